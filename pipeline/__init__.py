@@ -1,0 +1,1 @@
+"""time-to-dispatch: train, validate, version and serve dispatch-time estimates."""

@@ -1,0 +1,376 @@
+"""Versioned datasets and models on S3: the bucket layout, "newest", and integrity.
+
+Layout of a bucket::
+
+    datasets/time_to_dispatch_<ISO-8601 timestamp>.csv   weekly data from data engineering
+    models/time_to_dispatch_<UTC timestamp>_<id>.pkl    model artefacts, never overwritten
+
+"Newest" is the newest timestamp in the key, over every object under the prefix (listings
+are paged, 1,000 keys a page). Keys without a timestamp that parses are skipped. Each model
+artefact carries the SHA-256 of its pickled bytes in its S3 metadata; loading verifies it
+and unpickles only the classes a model artefact is made of.
+
+All S3 access is plain boto3; endpoint, region and credentials come from the standard AWS
+environment variables (`AWS_ENDPOINT_URL` selects an S3-compatible server).
+"""
+import hashlib
+import io
+import logging
+import pickle
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator, NamedTuple, Optional, Tuple
+
+import boto3
+import pandas as pd
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline.model import Model
+
+DATASETS_PREFIX = "datasets/"
+MODELS_PREFIX = "models/"
+DATASET_FILE_STEM = "time_to_dispatch"
+MODEL_FILE_STEM = "time_to_dispatch"
+SHA256_METADATA_KEY = "sha256"
+PICKLE_PROTOCOL = 4
+
+log = logging.getLogger(__name__)
+
+# A date, then a time whose parts may be separated by ':' or any other single non-digit
+# character (data engineering's keys include `16|45|38`), optional fractional seconds and
+# an optional UTC offset. Naive timestamps are taken as UTC.
+_TIMESTAMP = re.compile(
+    r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[T _]"
+    r"(?P<hour>\d{2})(?P<sep>[^\d]?)(?P<minute>\d{2})(?P=sep)(?P<second>\d{2})"
+    r"(?:[.,](?P<fraction>\d{1,6}))?"
+    r"(?P<tz>Z|[+-]\d{2}(?:[^\d]?\d{2})?)?"
+)
+
+# What a model artefact may be made of: the project's containers, the estimator and the
+# numpy and datetime pieces their pickles name. Anything else is refused before it is built.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("pipeline.model", "Model"),
+        ("pipeline.model", "TaskMetrics"),
+        ("pipeline.model", "DatasetLineage"),
+        ("pipeline.model", "MonotonicityReport"),
+        ("pipeline.model", "ProductMonotonicity"),
+        ("pipeline.features", "ProductCodeEncoding"),
+        ("sklearn.tree._classes", "DecisionTreeRegressor"),
+        ("sklearn.tree._tree", "Tree"),
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("datetime", "datetime"),
+        ("datetime", "timezone"),
+        ("datetime", "timedelta"),
+    }
+)
+
+
+class StorageError(Exception):
+    """Something about the bucket or an object in it is not as the pipeline needs it."""
+
+
+class NoSuchBucketError(StorageError):
+    """The bucket does not exist."""
+
+
+class AccessDeniedError(StorageError):
+    """The credentials may not do what was asked."""
+
+
+class NoObjectsError(StorageError):
+    """No object under the prefix has a key with a parsable timestamp."""
+
+
+class DatasetReadError(StorageError):
+    """A dataset object could not be read as CSV."""
+
+
+class ArtefactError(StorageError):
+    """A model artefact failed its integrity check or is not a Model."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A versioned dataset: the data and exactly which S3 object it came from."""
+
+    data: pd.DataFrame
+    bucket: str
+    key: str
+    timestamp: datetime
+    etag: str
+    version_id: Optional[str]
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class StoredObject(NamedTuple):
+    """A listed object whose key carries a timestamp."""
+
+    key: str
+    timestamp: datetime
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client configured from the standard AWS environment variables."""
+    return boto3.client("s3")
+
+
+def parse_key_timestamp(key: str) -> Optional[datetime]:
+    """The timestamp in an object key's file name, as an aware UTC datetime.
+
+    Returns None when the file name has no timestamp that parses to a real date and time.
+    """
+    name = key.rsplit("/", 1)[-1]
+    match = _TIMESTAMP.search(name)
+    if match is None:
+        return None
+    parts = match.groupdict()
+    try:
+        stamp = datetime(
+            int(parts["year"]), int(parts["month"]), int(parts["day"]),
+            int(parts["hour"]), int(parts["minute"]), int(parts["second"]),
+            int((parts["fraction"] or "0").ljust(6, "0")),
+        )
+    except ValueError:
+        return None
+    tz = parts["tz"]
+    if tz and tz != "Z":
+        digits = re.sub(r"[^\d]", "", tz[1:])
+        hours, minutes = int(digits[:2]), int(digits[2:] or 0)
+        if hours > 23 or minutes > 59:
+            return None
+        offset = (hours * 60 + minutes) * (1 if tz[0] == "+" else -1)
+        return (stamp - timedelta(minutes=offset)).replace(tzinfo=timezone.utc)
+    return stamp.replace(tzinfo=timezone.utc)
+
+
+def dataset_key(timestamp: datetime) -> str:
+    """The key data engineering would give a dataset dropped at `timestamp`."""
+    return f"{DATASETS_PREFIX}{DATASET_FILE_STEM}_{_utc(timestamp):%Y-%m-%dT%H:%M:%S}.csv"
+
+
+def model_key(model: Model) -> str:
+    """The key of a model artefact: creation time to the microsecond plus the artefact id."""
+    return f"{MODELS_PREFIX}{MODEL_FILE_STEM}_{_utc(model.created_at):%Y-%m-%dT%H:%M:%S.%f}Z_{model.artefact_id}.pkl"
+
+
+def list_timestamped_objects(
+    bucket: str, prefix: str, suffix: str, client: Any = None
+) -> Iterator[StoredObject]:
+    """Every object under `prefix` ending in `suffix` whose key has a timestamp, all pages.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: naming the bucket and prefix.
+    """
+    client = client or s3_client()
+    paginator = client.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                if not key.lower().endswith(suffix):
+                    continue
+                stamp = parse_key_timestamp(key)
+                if stamp is None:
+                    log.debug(f"skipping s3://{bucket}/{key}: no timestamp in its name")
+                    continue
+                yield StoredObject(key, stamp)
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket, prefix, "list") from error
+
+
+def latest_object(bucket: str, prefix: str, suffix: str, client: Any = None) -> StoredObject:
+    """The object under `prefix` with the newest timestamp in its key (ties: greatest key).
+
+    Raises:
+        NoObjectsError: if no key under the prefix has a parsable timestamp.
+        NoSuchBucketError, AccessDeniedError, StorageError: if the listing fails.
+    """
+    newest: Optional[StoredObject] = None
+    for item in list_timestamped_objects(bucket, prefix, suffix, client):
+        if newest is None or (item.timestamp, item.key) > (newest.timestamp, newest.key):
+            newest = item
+    if newest is None:
+        raise NoObjectsError(
+            f"s3://{bucket}/{prefix}: no {suffix} object with a timestamp in its key"
+        )
+    return newest
+
+
+def get_latest_dataset(bucket: str, prefix: str = DATASETS_PREFIX, client: Any = None) -> Dataset:
+    """Download the newest CSV dataset under `prefix` with its version information.
+
+    Raises:
+        NoObjectsError: no dataset under the prefix.
+        DatasetReadError: the newest object is not readable CSV.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    client = client or s3_client()
+    newest = latest_object(bucket, prefix, ".csv", client)
+    body, response = _get_object(client, bucket, newest.key)
+    try:
+        data = pd.read_csv(io.BytesIO(body))
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise DatasetReadError(f"s3://{bucket}/{newest.key}: not readable as CSV: {error}") from error
+    return Dataset(
+        data=data,
+        bucket=bucket,
+        key=newest.key,
+        timestamp=newest.timestamp,
+        etag=response["ETag"].strip('"'),
+        version_id=_version_id(response),
+    )
+
+
+def put_dataset(bucket: str, data: pd.DataFrame, timestamp: datetime, client: Any = None) -> str:
+    """Upload a frame as CSV under the dataset key for `timestamp` (tests, local run, demos).
+
+    Returns:
+        The key written.
+    """
+    client = client or s3_client()
+    key = dataset_key(timestamp)
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data.to_csv(index=False).encode("utf-8"))
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket, key, "write") from error
+    return key
+
+
+def put_model(bucket: str, model: Model, client: Any = None) -> str:
+    """Persist a model artefact under a new timestamped key; never overwrites.
+
+    The SHA-256 of the pickled bytes goes into the object's metadata. The write is
+    conditional (`If-None-Match: *`), so even two runs that picked the same key cannot
+    replace each other's artefact.
+
+    Returns:
+        The key written; also set as `model.artefact_key`.
+
+    Raises:
+        ArtefactError: if an object already exists at the key.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    client = client or s3_client()
+    key = model_key(model)
+    model.artefact_key = key
+    body = pickle.dumps(model, protocol=PICKLE_PROTOCOL)
+    digest = hashlib.sha256(body).hexdigest()
+    try:
+        client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            Metadata={SHA256_METADATA_KEY: digest},
+            IfNoneMatch="*",
+        )
+    except ClientError as error:
+        if _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            raise ArtefactError(f"s3://{bucket}/{key}: an artefact already exists at this key") from error
+        raise _storage_error(error, bucket, key, "write") from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket, key, "write") from error
+    return key
+
+
+def get_latest_model(bucket: str, prefix: str = MODELS_PREFIX, client: Any = None) -> Model:
+    """Load the newest model artefact, verified, with `artefact_key` set to where it was.
+
+    Raises:
+        NoObjectsError: no model artefact under the prefix.
+        ArtefactError: checksum missing or wrong, forbidden classes, or not a Model.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    client = client or s3_client()
+    newest = latest_object(bucket, prefix, ".pkl", client)
+    return get_model(bucket, newest.key, client)
+
+
+def get_model(bucket: str, key: str, client: Any = None) -> Model:
+    """Load one model artefact by key, verifying its checksum and contents.
+
+    Raises:
+        ArtefactError, NoSuchBucketError, AccessDeniedError, StorageError: as for
+        `get_latest_model`.
+    """
+    client = client or s3_client()
+    uri = f"s3://{bucket}/{key}"
+    body, response = _get_object(client, bucket, key)
+    expected = response.get("Metadata", {}).get(SHA256_METADATA_KEY)
+    if not expected:
+        raise ArtefactError(f"{uri}: no SHA-256 checksum in its metadata; refusing to load it")
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != expected:
+        raise ArtefactError(
+            f"{uri}: SHA-256 of the artefact is {actual}, its metadata says {expected}; "
+            "the artefact was altered or corrupted, refusing to load it"
+        )
+    try:
+        model = _RestrictedUnpickler(io.BytesIO(body)).load()
+    except ArtefactError as error:
+        raise ArtefactError(f"{uri}: {error}") from None
+    except Exception as error:  # any failure to rebuild the object means an unusable artefact
+        raise ArtefactError(f"{uri}: cannot unpickle the artefact: {error!r}") from error
+    if not isinstance(model, Model):
+        raise ArtefactError(f"{uri}: the artefact is a {type(model).__name__}, not a Model")
+    model.artefact_key = key
+    return model
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise ArtefactError(
+                f"the pickle names {module}.{name}, which a model artefact may not contain; "
+                "refusing to load it"
+            )
+        return super().find_class(module, name)
+
+
+def _get_object(client: Any, bucket: str, key: str) -> Tuple[bytes, Any]:
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+        return response["Body"].read(), response
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket, key, "read") from error
+
+
+def _version_id(response: Any) -> Optional[str]:
+    version = response.get("VersionId")
+    return None if version in (None, "null") else str(version)
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _storage_error(error: Exception, bucket: str, key: str, action: str) -> StorageError:
+    uri = f"s3://{bucket}/{key}"
+    if isinstance(error, ClientError):
+        code = _error_code(error)
+        message = error.response.get("Error", {}).get("Message", str(error))
+        if code == "NoSuchBucket":
+            return NoSuchBucketError(f"s3://{bucket}: bucket does not exist (while trying to {action} {uri})")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return AccessDeniedError(f"{uri}: access denied while trying to {action} it ({code}: {message})")
+        if code in ("NoSuchKey", "404"):
+            return StorageError(f"{uri}: no such object (while trying to {action} it)")
+        return StorageError(f"{uri}: cannot {action} it ({code}: {message})")
+    return StorageError(f"{uri}: cannot {action} it: {error}")
+
+
+def _utc(timestamp: datetime) -> datetime:
+    if timestamp.tzinfo is None:
+        return timestamp.replace(tzinfo=timezone.utc)
+    return timestamp.astimezone(timezone.utc)

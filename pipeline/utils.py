@@ -1,0 +1,34 @@
+"""What every stage shares: the log format and the logger set-up."""
+import logging
+import sys
+
+LOG_FORMAT = "%(asctime)s - %(levelname)s - %(module)s.%(funcName)s - %(message)s"
+
+# Libraries that log every HTTP call at INFO would drown the stage's own story.
+_QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+def configure_logger(level: int = logging.INFO) -> logging.Logger:
+    """Send all logging to stdout in the project's format.
+
+    Idempotent: calling it again replaces the handler it installed before rather than
+    adding a second one, so a stage never prints a line twice.
+
+    Args:
+        level: the root logger's level.
+
+    Returns:
+        The root logger.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_time_to_dispatch", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    setattr(handler, "_time_to_dispatch", True)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return root
