@@ -6,7 +6,7 @@ data and travels inside the model artefact, so a new SKU in next week's data nee
 change, and the service accepts exactly the codes its model was trained on.
 """
 from dataclasses import dataclass
-from typing import Iterable, Sequence, Tuple
+from typing import Iterable, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -15,6 +15,8 @@ ORDERS_COLUMN = "orders_placed"
 PRODUCT_COLUMN = "product_code"
 DATASET_COLUMNS = (LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN)
 FEATURE_NAMES = (ORDERS_COLUMN, PRODUCT_COLUMN)
+
+Numbers = Union[Sequence[float], np.ndarray]
 
 
 class UnknownProductCodeError(ValueError):
@@ -73,7 +75,7 @@ class ProductCodeEncoding:
 
 
 def encode_features(
-    orders_placed: Sequence[float], product_codes: Sequence[str], encoding: ProductCodeEncoding
+    orders_placed: Numbers, product_codes: Sequence[str], encoding: ProductCodeEncoding
 ) -> np.ndarray:
     """Build the model's feature matrix.
 

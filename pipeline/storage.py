@@ -162,7 +162,8 @@ def dataset_key(timestamp: datetime) -> str:
 
 def model_key(model: Model) -> str:
     """The key of a model artefact: creation time to the microsecond plus the artefact id."""
-    return f"{MODELS_PREFIX}{MODEL_FILE_STEM}_{_utc(model.created_at):%Y-%m-%dT%H:%M:%S.%f}Z_{model.artefact_id}.pkl"
+    stamp = f"{_utc(model.created_at):%Y-%m-%dT%H:%M:%S.%f}Z"
+    return f"{MODELS_PREFIX}{MODEL_FILE_STEM}_{stamp}_{model.artefact_id}.pkl"
 
 
 def list_timestamped_objects(

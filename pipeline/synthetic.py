@@ -76,7 +76,7 @@ def generate_orders(
             PRODUCT_COLUMN: codes[product_idx],
         }
     )
-    return frame[list(DATASET_COLUMNS)]
+    return frame.loc[:, list(DATASET_COLUMNS)]
 
 
 def generate_weeks(

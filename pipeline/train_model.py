@@ -113,7 +113,8 @@ def main(
     dataset = get_latest_dataset(bucket)
     log.info(f"training on {dataset.uri} (ETag {dataset.etag}, version {dataset.version_id})")
     data = prepare_data(dataset.data)
-    search = tune_hyperparameters(data.X_train, data.y_train, hyperparam_grid or HYPERPARAM_GRID, n_jobs)
+    grid = hyperparam_grid or HYPERPARAM_GRID
+    search = tune_hyperparameters(data.X_train, data.y_train, grid, n_jobs)
     metrics = evaluate(search.estimator, data)
     check_model_logic(search.estimator, data)
     check_r_squared(metrics, error_threshold, warning_threshold)
@@ -161,22 +162,24 @@ def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
     orders = pd.to_numeric(data[ORDERS_COLUMN], errors="coerce")
     labels = pd.to_numeric(data[LABEL_COLUMN], errors="coerce")
     codes = data[PRODUCT_COLUMN]
-    _report(problems, data[ORDERS_COLUMN].notna() & orders.isna(), f"non-numeric {ORDERS_COLUMN}", data[ORDERS_COLUMN])
+    _report(problems, data[ORDERS_COLUMN].notna() & orders.isna(), f"non-numeric {ORDERS_COLUMN}",
+            data[ORDERS_COLUMN])
     _report(problems, data[ORDERS_COLUMN].isna(), f"missing {ORDERS_COLUMN}")
     _report(problems, np.isinf(orders), f"infinite {ORDERS_COLUMN}", orders)
     _report(problems, orders < 0, f"negative {ORDERS_COLUMN}", orders)
-    _report(problems, data[LABEL_COLUMN].notna() & labels.isna(), f"non-numeric {LABEL_COLUMN}", data[LABEL_COLUMN])
+    _report(problems, data[LABEL_COLUMN].notna() & labels.isna(), f"non-numeric {LABEL_COLUMN}",
+            data[LABEL_COLUMN])
     _report(problems, data[LABEL_COLUMN].isna(), f"missing {LABEL_COLUMN} (label)")
     _report(problems, np.isinf(labels), f"infinite {LABEL_COLUMN}", labels)
     _report(problems, labels < 0, f"negative {LABEL_COLUMN}", labels)
     blank_codes = codes.isna() | (codes.astype(str).str.strip() == "")
     _report(problems, blank_codes, f"missing {PRODUCT_COLUMN}")
     if not problems:
-        counts = codes.astype(str).value_counts()
-        few = counts[counts < MIN_ROWS_PER_PRODUCT]
-        if not few.empty:
+        counts = codes.astype(str).str.strip().value_counts().to_dict()
+        few = {code: n for code, n in counts.items() if n < MIN_ROWS_PER_PRODUCT}
+        if few:
             problems.append(
-                f"too few rows for product(s) "
+                "too few rows for product(s) "
                 + ", ".join(f"{code} ({n})" for code, n in sorted(few.items()))
                 + f"; each product needs at least {MIN_ROWS_PER_PRODUCT}"
             )
@@ -320,7 +323,9 @@ def check_model_logic(estimator: DecisionTreeRegressor, data: PreparedData) -> N
     test_predictions = estimator.predict(data.X_test)
     negative = int((test_predictions < 0).sum())
     if negative:
-        failures.append(f"{negative} negative estimate(s) on the test set (lowest {test_predictions.min():.3f}h)")
+        failures.append(
+            f"{negative} negative estimate(s) on the test set (lowest {test_predictions.min():.3f}h)"
+        )
     ceiling = MAX_ESTIMATE_TO_LABEL_RATIO * float(np.max(data.y_test))
     too_high = int((test_predictions > ceiling).sum())
     if too_high:
@@ -374,12 +379,16 @@ def measure_monotonicity(estimator: DecisionTreeRegressor, data: PreparedData) -
     return report
 
 
-def build_model(search: SearchResult, data: PreparedData, metrics: TaskMetrics, dataset: Dataset) -> Model:
+def build_model(
+    search: SearchResult, data: PreparedData, metrics: TaskMetrics, dataset: Dataset
+) -> Model:
     """Wrap the estimator with its lineage."""
     return Model(
         estimator=search.estimator,
         encoding=data.encoding,
-        dataset=DatasetLineage(dataset.bucket, dataset.key, dataset.timestamp, dataset.etag, dataset.version_id),
+        dataset=DatasetLineage(
+            dataset.bucket, dataset.key, dataset.timestamp, dataset.etag, dataset.version_id
+        ),
         metrics=metrics,
         hyperparameters=dict(search.best_params),
         monotonicity=measure_monotonicity(search.estimator, data),
@@ -396,13 +405,16 @@ def _equivalence_key(params: Dict[str, Any]) -> Any:
     return rest + (("min_samples_split", repr(split)),)
 
 
-def _report(problems: List[str], mask: "pd.Series[bool]", what: str, values: Optional["pd.Series[Any]"] = None) -> None:
+def _report(
+    problems: List[str], mask: "pd.Series[bool]", what: str, values: "Optional[pd.Series[Any]]" = None
+) -> None:
     mask = mask.fillna(False).astype(bool)
     count = int(mask.sum())
     if count:
         rows = ", ".join(str(i + 2) for i in np.flatnonzero(mask.to_numpy())[:5])
         example = f" (e.g. {values[mask].iloc[0]!r})" if values is not None else ""
-        problems.append(f"{count} row(s) with {what}{example} at CSV line(s) {rows}{'...' if count > 5 else ''}")
+        more = "..." if count > 5 else ""
+        problems.append(f"{count} row(s) with {what}{example} at CSV line(s) {rows}{more}")
 
 
 class _ArgumentError(Exception):
@@ -446,7 +458,10 @@ if __name__ == "__main__":
         log.error(f"Invalid arguments passed to train_model.py: {error}; {USAGE}")
         sys.exit(1)
     try:
-        main(arguments.bucket, arguments.error_threshold, arguments.warning_threshold, n_jobs=arguments.n_jobs)
+        main(
+            arguments.bucket, arguments.error_threshold, arguments.warning_threshold,
+            n_jobs=arguments.n_jobs,
+        )
     except (StorageError, DatasetError, ModelValidationError, ValueError) as error:
         log.error(f"train_model failed: {error}")
         sys.exit(1)
