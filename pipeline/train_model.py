@@ -242,9 +242,12 @@ def tune_hyperparameters(
     in `ParameterGrid` order with the best mean score, which is how `GridSearchCV` breaks ties.
 
     Raises:
-        ValueError: if the grid is empty.
+        ValueError: if the grid is empty or malformed.
     """
-    candidates = list(ParameterGrid(grid))
+    try:
+        candidates = list(ParameterGrid(grid))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"invalid hyper-parameter grid: {error}") from None
     if not candidates:
         raise ValueError("the hyper-parameter grid is empty")
     groups: Dict[Any, List[int]] = {}

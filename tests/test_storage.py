@@ -1,0 +1,343 @@
+"""The storage module against a real S3 API: moto's server over HTTP on 127.0.0.1."""
+import hashlib
+import io
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterator
+
+import pandas as pd
+import pytest
+
+from pipeline import storage
+from pipeline.model import Model
+from pipeline.synthetic import generate_orders
+from tests.conftest import REGION, create_bucket
+
+
+def _put_csv(client: Any, bucket: str, key: str, frame: pd.DataFrame) -> Dict[str, Any]:
+    body = frame.to_csv(index=False).encode()
+    response: Dict[str, Any] = client.put_object(Bucket=bucket, Key=key, Body=body)
+    return {"body": body, **response}
+
+
+# --- timestamps in keys -----------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("datasets/time_to_dispatch_2021-07-01T16:45:38.csv", datetime(2021, 7, 1, 16, 45, 38)),
+        ("datasets/time_to_dispatch_2021-07-01T16|45|38.csv", datetime(2021, 7, 1, 16, 45, 38)),
+        ("datasets/time_to_dispatch_2021-07-01T16-45-38.csv", datetime(2021, 7, 1, 16, 45, 38)),
+        ("datasets/time_to_dispatch_2021-07-01T164538.csv", datetime(2021, 7, 1, 16, 45, 38)),
+        ("datasets/time_to_dispatch_2021-07-01 16_45_38.csv", datetime(2021, 7, 1, 16, 45, 38)),
+        ("datasets/time_to_dispatch_2021-07-01T16:45:38.25.csv", datetime(2021, 7, 1, 16, 45, 38, 250000)),
+        ("datasets/time_to_dispatch_2021-07-01T16:45:38Z.csv", datetime(2021, 7, 1, 16, 45, 38)),
+        ("datasets/time_to_dispatch_2021-07-01T18:45:38+02:00.csv", datetime(2021, 7, 1, 16, 45, 38)),
+        ("models/time_to_dispatch_2026-11-25T02:07:05.123456Z_ab12cd34.pkl",
+         datetime(2026, 11, 25, 2, 7, 5, 123456)),
+    ],
+)
+def test_parse_key_timestamp_accepts_any_single_character_time_separator(key: str, expected: datetime) -> None:
+    assert storage.parse_key_timestamp(key) == expected.replace(tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "datasets/time_to_dispatch.csv",
+        "datasets/time_to_dispatch_latest.csv",
+        "datasets/time_to_dispatch_2021-13-01T16:45:38.csv",
+        "datasets/time_to_dispatch_2021-02-30T16:45:38.csv",
+        "datasets/time_to_dispatch_2021-07-01T25:45:38.csv",
+        "datasets/time_to_dispatch_2021-07-01T16:45|38.csv",
+        "2021-07-01T16:45:38/readme.csv",
+    ],
+)
+def test_parse_key_timestamp_returns_none_without_a_valid_timestamp_in_the_file_name(key: str) -> None:
+    assert storage.parse_key_timestamp(key) is None
+
+
+def test_dataset_key_follows_data_engineerings_naming() -> None:
+    key = storage.dataset_key(datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc))
+    assert key == "datasets/time_to_dispatch_2026-11-20T23:00:00.csv"
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+def test_get_latest_dataset_takes_the_newest_timestamp_not_the_last_upload(s3: Any, bucket: str) -> None:
+    newest = generate_orders(50, seed=1)
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-08T23:00:00.csv", newest)
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T23:00:00.csv", generate_orders(50, seed=2))
+
+    dataset = storage.get_latest_dataset(bucket)
+
+    assert dataset.key == "datasets/time_to_dispatch_2021-07-08T23:00:00.csv"
+    pd.testing.assert_frame_equal(dataset.data, newest)
+
+
+def test_get_latest_dataset_orders_by_time_not_by_key_text(s3: Any, bucket: str) -> None:
+    # '|' sorts after ':' as text, but this key is one second older.
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T16|45|38.csv", generate_orders(20, seed=1))
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T16:45:39.csv", generate_orders(20, seed=2))
+
+    assert storage.get_latest_dataset(bucket).key == "datasets/time_to_dispatch_2021-07-01T16:45:39.csv"
+
+
+def test_get_latest_dataset_skips_keys_without_timestamp_and_non_csv(s3: Any, bucket: str) -> None:
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T23:00:00.csv", generate_orders(20, seed=1))
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_latest.csv", generate_orders(20, seed=2))
+    s3.put_object(Bucket=bucket, Key="datasets/time_to_dispatch_2030-01-01T00:00:00.json", Body=b"{}")
+
+    assert storage.get_latest_dataset(bucket).key == "datasets/time_to_dispatch_2021-07-01T23:00:00.csv"
+
+
+def test_get_latest_dataset_records_etag_and_version_id(s3: Any, bucket: str) -> None:
+    put = _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T23:00:00.csv", generate_orders(20, seed=1))
+
+    dataset = storage.get_latest_dataset(bucket)
+
+    assert dataset.etag == hashlib.md5(put["body"]).hexdigest()
+    assert dataset.version_id == put["VersionId"]
+    assert dataset.timestamp == datetime(2021, 7, 1, 23, 0, tzinfo=timezone.utc)
+    assert dataset.uri == f"s3://{bucket}/datasets/time_to_dispatch_2021-07-01T23:00:00.csv"
+
+
+def test_get_latest_dataset_reads_the_current_version_of_an_overwritten_key(s3: Any, bucket: str) -> None:
+    key = "datasets/time_to_dispatch_2021-07-01T23:00:00.csv"
+    _put_csv(s3, bucket, key, generate_orders(20, seed=1))
+    second = _put_csv(s3, bucket, key, generate_orders(30, seed=2))
+
+    dataset = storage.get_latest_dataset(bucket)
+
+    assert dataset.version_id == second["VersionId"]
+    assert len(dataset.data) == 30
+
+
+def test_get_latest_dataset_in_an_unversioned_bucket_has_no_version_id(s3: Any) -> None:
+    bucket = create_bucket(s3, versioned=False)
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T23:00:00.csv", generate_orders(20, seed=1))
+
+    assert storage.get_latest_dataset(bucket).version_id is None
+
+
+def test_get_latest_dataset_over_1000_keys_orders_by_time_not_by_listing_order(s3: Any, bucket: str) -> None:
+    # 1,100 older datasets written as `16|mm|ss`: '|' sorts after ':', so as text they all come
+    # after the newest key (`16:59:59`) and fill two pages of the listing behind it.
+    body = generate_orders(5, seed=3).to_csv(index=False).encode()
+    for i in range(1100):
+        s3.put_object(Bucket=bucket, Key=f"datasets/time_to_dispatch_2021-07-01T16|{i // 60:02d}|{i % 60:02d}.csv",
+                      Body=body)
+    newest = "datasets/time_to_dispatch_2021-07-01T16:59:59.csv"
+    s3.put_object(Bucket=bucket, Key=newest, Body=body)
+    first_page = s3.list_objects_v2(Bucket=bucket, Prefix="datasets/")
+    assert first_page["IsTruncated"] is True
+    assert first_page["Contents"][0]["Key"] == newest
+
+    assert storage.get_latest_dataset(bucket).key == newest
+
+
+def test_get_latest_dataset_finds_the_newest_on_the_second_page_of_the_listing(s3: Any, bucket: str) -> None:
+    body = generate_orders(5, seed=3).to_csv(index=False).encode()
+    for i in range(1001):
+        s3.put_object(Bucket=bucket, Key=f"datasets/time_to_dispatch_2021-01-01T00:{i // 60:02d}:{i % 60:02d}.csv",
+                      Body=body)
+    newest = "datasets/time_to_dispatch_2021-06-01T00:00:00.csv"
+    s3.put_object(Bucket=bucket, Key=newest, Body=body)
+    assert all(item["Key"] != newest for item in s3.list_objects_v2(Bucket=bucket, Prefix="datasets/")["Contents"])
+
+    assert storage.get_latest_dataset(bucket).key == newest
+
+
+def test_get_latest_dataset_without_datasets_names_the_prefix(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="datasets/readme.txt", Body=b"no data yet")
+
+    with pytest.raises(storage.NoObjectsError, match=f"s3://{bucket}/datasets/"):
+        storage.get_latest_dataset(bucket)
+
+
+def test_get_latest_dataset_from_a_missing_bucket_names_the_bucket(s3: Any) -> None:
+    with pytest.raises(storage.NoSuchBucketError, match="s3://ttd-no-such-bucket: bucket does not exist"):
+        storage.get_latest_dataset("ttd-no-such-bucket")
+
+
+@pytest.mark.parametrize("body", [b"", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", b'"unterminated\n1,2'])
+def test_get_latest_dataset_that_is_not_csv_raises_naming_the_key(s3: Any, bucket: str, body: bytes) -> None:
+    key = "datasets/time_to_dispatch_2021-07-01T23:00:00.csv"
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    with pytest.raises(storage.DatasetReadError, match=f"s3://{bucket}/{key}: not readable as CSV"):
+        storage.get_latest_dataset(bucket)
+
+
+def test_put_dataset_round_trips_through_get_latest_dataset(s3: Any, bucket: str) -> None:
+    frame = generate_orders(40, seed=9)
+    key = storage.put_dataset(bucket, frame, datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc))
+
+    dataset = storage.get_latest_dataset(bucket)
+
+    assert dataset.key == key
+    pd.testing.assert_frame_equal(dataset.data, frame)
+
+
+# --- access control -------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_with_auth_endpoint() -> Iterator[str]:
+    """A second S3 server that checks credentials, as AWS does."""
+    port = _free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the S3 server with authentication did not start")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_get_latest_dataset_with_rejected_credentials_says_access_denied(
+    s3_with_auth_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_with_auth_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAKNOWNKEY0000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+
+    with pytest.raises(storage.AccessDeniedError, match="s3://ttd-locked/datasets/: access denied"):
+        storage.get_latest_dataset("ttd-locked")
+
+
+# --- models ---------------------------------------------------------------------------------
+
+def test_put_model_then_get_latest_model_returns_an_equal_verified_model(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    key = storage.put_model(bucket, trained_model)
+
+    loaded = storage.get_latest_model(bucket)
+
+    assert key.startswith("models/time_to_dispatch_") and key.endswith(f"_{trained_model.artefact_id}.pkl")
+    assert loaded.artefact_key == key
+    assert str(loaded) == str(trained_model)
+    assert loaded.model_hash == trained_model.model_hash
+    assert list(loaded.predict(["SKU003"], [112])) == list(trained_model.predict(["SKU003"], [112]))
+
+
+def test_put_model_stores_the_sha256_of_the_artefact_in_its_metadata(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    key = storage.put_model(bucket, trained_model)
+
+    stored = s3.get_object(Bucket=bucket, Key=key)
+
+    assert stored["Metadata"]["sha256"] == hashlib.sha256(stored["Body"].read()).hexdigest()
+
+
+def test_put_model_never_overwrites_an_existing_artefact(s3: Any, bucket: str, trained_model: Model) -> None:
+    key = storage.put_model(bucket, trained_model)
+    before = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    trained_model.git_commit = "a-different-commit"
+
+    with pytest.raises(storage.ArtefactError, match="already exists"):
+        storage.put_model(bucket, trained_model)
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == before
+
+
+def test_two_models_created_in_the_same_second_get_different_keys(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    twin = pickle.loads(pickle.dumps(trained_model))
+    twin.artefact_id = "0123abcd"
+
+    keys = {storage.put_model(bucket, trained_model), storage.put_model(bucket, twin)}
+
+    assert len(keys) == 2
+    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="models/")["Contents"]) == 2
+
+
+def test_get_latest_model_takes_the_newest_timestamp(s3: Any, bucket: str, trained_model: Model) -> None:
+    older = pickle.loads(pickle.dumps(trained_model))
+    older.created_at = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    older.artefact_id = "00000000"
+    storage.put_model(bucket, trained_model)
+    storage.put_model(bucket, older)
+
+    assert storage.get_latest_model(bucket).artefact_id == trained_model.artefact_id
+
+
+def test_get_latest_model_without_models_names_the_prefix(s3: Any, bucket: str) -> None:
+    with pytest.raises(storage.NoObjectsError, match=f"s3://{bucket}/models/: no .pkl object"):
+        storage.get_latest_model(bucket)
+
+
+def test_get_latest_model_refuses_an_artefact_whose_bytes_changed(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    key = storage.put_model(bucket, trained_model)
+    stored = s3.get_object(Bucket=bucket, Key=key)
+    body = bytearray(stored["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(body), Metadata=stored["Metadata"])
+
+    with pytest.raises(storage.ArtefactError, match="SHA-256 of the artefact is .* refusing to load it"):
+        storage.get_latest_model(bucket)
+
+
+def test_get_latest_model_refuses_an_artefact_without_a_checksum(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    s3.put_object(Bucket=bucket, Key=storage.model_key(trained_model), Body=pickle.dumps(trained_model))
+
+    with pytest.raises(storage.ArtefactError, match="no SHA-256 checksum"):
+        storage.get_latest_model(bucket)
+
+
+class _RunsACommand:
+    def __reduce__(self) -> Any:
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (_RunsACommand(), r"names (posix|os|nt)\.system, which a model artefact may not contain"),
+        (io.StringIO("x"), r"names _io\.StringIO"),
+        ({"estimator": "not a model"}, "the artefact is a dict, not a Model"),
+    ],
+)
+def test_get_latest_model_refuses_a_correctly_checksummed_pickle_that_is_not_a_model(
+    s3: Any, bucket: str, payload: Any, message: str
+) -> None:
+    body = pickle.dumps(payload)
+    key = "models/time_to_dispatch_2030-01-01T00:00:00.000000Z_deadbeef.pkl"
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": hashlib.sha256(body).hexdigest()})
+
+    with pytest.raises(storage.ArtefactError, match=message):
+        storage.get_latest_model(bucket)
+
+
+def test_put_model_to_a_missing_bucket_names_the_bucket(s3: Any, trained_model: Model) -> None:
+    with pytest.raises(storage.NoSuchBucketError, match="s3://ttd-no-such-bucket: bucket does not exist"):
+        storage.put_model("ttd-no-such-bucket", trained_model)

@@ -1,0 +1,254 @@
+"""The whole train stage: `main` in-process and the real CLI in a subprocess, on a real S3 API."""
+import logging
+import re
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+import pytest
+import sklearn
+
+from pipeline import storage, train_model
+from pipeline.model import Model
+from pipeline.synthetic import generate_orders
+from tests.conftest import REPO_ROOT, run_cli
+
+LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - \w+\.\w+ - ")
+
+
+def _model_keys(client: Any, bucket: str) -> List[str]:
+    return [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix="models/").get("Contents", [])]
+
+
+def _newest_model_key(bucket: str) -> Optional[str]:
+    try:
+        return storage.latest_object(bucket, storage.MODELS_PREFIX, ".pkl").key
+    except storage.NoObjectsError:
+        return None
+
+
+# --- main(), in-process ---------------------------------------------------------------------
+
+def test_main_persists_a_model_good_enough_for_the_notebooks_bar(
+    s3: Any, bucket_with_datasets: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        model = train_model.main(bucket_with_datasets, 0.9, 0.95)
+
+    assert model.metrics.r_squared >= 0.97
+    assert model.metrics.mean_absolute_error <= 0.95
+    assert _model_keys(s3, bucket_with_datasets) == [model.artefact_key]
+    assert str(storage.get_latest_model(bucket_with_datasets)) == str(model)
+    assert f"test metrics: r²={model.metrics.r_squared:.4f}, MAE={model.metrics.mean_absolute_error:.4f}" in caplog.text
+
+
+def test_main_records_the_lineage_of_the_model(
+    s3: Any, bucket_with_datasets: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_COMMIT_HASH", "3f2a9c1d0b7e")
+    dataset = storage.get_latest_dataset(bucket_with_datasets)
+
+    model = train_model.main(bucket_with_datasets, 0.9, 0.95)
+
+    assert (model.dataset.key, model.dataset.etag, model.dataset.version_id) == (
+        dataset.key, dataset.etag, dataset.version_id)
+    assert model.dataset.version_id is not None
+    assert model.git_commit == "3f2a9c1d0b7e"
+    assert set(model.hyperparameters) == {"criterion", "max_depth", "min_samples_split", "min_samples_leaf"}
+    assert model.hyperparameters == {k: v for k, v in model.estimator.get_params().items() if k in model.hyperparameters}
+    assert model.library_versions["scikit-learn"] == sklearn.__version__
+    assert model.encoding.codes == ("SKU001", "SKU002", "SKU003", "SKU004", "SKU005")
+    assert model.created_at.utcoffset() is not None and model.created_at.utcoffset().total_seconds() == 0
+    assert model.monotonicity.max_orders_placed == int(dataset.data["orders_placed"].max())
+    assert set(model.monotonicity.per_product) == set(model.encoding.codes)
+    assert f"data={dataset.key}@{dataset.etag}" in str(model)
+
+
+def test_main_logs_each_step_as_it_goes(bucket_with_datasets: str, caplog: pytest.LogCaptureFixture) -> None:
+    dataset = storage.get_latest_dataset(bucket_with_datasets)
+
+    with caplog.at_level(logging.INFO):
+        model = train_model.main(bucket_with_datasets, 0.9, 0.95)
+
+    text = caplog.text
+    assert f"training on s3://{bucket_with_datasets}/{dataset.key} (ETag {dataset.etag}" in text
+    assert "rows per product: {'SKU001': " in text
+    assert "grid search: 300 candidates" in text
+    assert f"best parameters {model.hyperparameters}" in text
+    assert "logic checks passed" in text
+    assert "monotonicity over 0.." in text
+    assert f"to s3://{bucket_with_datasets}/{model.artefact_key}" in text
+
+
+def test_main_below_the_error_threshold_persists_nothing_and_keeps_the_previous_model(
+    s3: Any, bucket_with_model: str
+) -> None:
+    before = _model_keys(s3, bucket_with_model)
+
+    with pytest.raises(train_model.ModelValidationError, match="below the error threshold 0.999; no model persisted"):
+        train_model.main(bucket_with_model, 0.999, 0.9995)
+
+    assert _model_keys(s3, bucket_with_model) == before
+
+
+def test_main_between_the_thresholds_persists_and_warns_of_drift(
+    s3: Any, bucket_with_datasets: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        model = train_model.main(bucket_with_datasets, 0.5, 0.999)
+
+    assert _model_keys(s3, bucket_with_datasets) == [model.artefact_key]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "below the warning threshold 0.999" in warnings[0] and "drift" in warnings[0]
+
+
+def test_main_with_the_warning_below_the_error_threshold_works_and_says_so_once(
+    s3: Any, bucket_with_datasets: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        model = train_model.main(bucket_with_datasets, 0.9, 0.8)
+
+    assert _model_keys(s3, bucket_with_datasets) == [model.artefact_key]
+    assert caplog.text.count("no drift warning can fire") == 1
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+
+
+def test_main_trains_on_a_new_product_without_code_changes(s3: Any, bucket: str) -> None:
+    frame = generate_orders(1200, seed=4, product_slopes={"SKU001": 0.075, "SKU002": 0.1, "SKU003": 0.125,
+                                                          "SKU004": 0.15, "SKU005": 0.175, "SKU006": 0.2})
+    storage.put_dataset(bucket, frame, pd.Timestamp("2026-11-20T23:00:00Z").to_pydatetime())
+
+    model = train_model.main(bucket, 0.9, 0.95)
+
+    assert "SKU006" in model.encoding.codes
+    assert model.predict(["SKU006"], [150])[0] > model.predict(["SKU006"], [100])[0]
+
+
+def test_main_on_a_bad_dataset_persists_nothing(s3: Any, bucket_with_model: str) -> None:
+    before = _newest_model_key(bucket_with_model)
+    frame = generate_orders(1000, seed=1)
+    frame.loc[10, "orders_placed"] = -3
+    storage.put_dataset(bucket_with_model, frame, pd.Timestamp("2030-01-04T23:00:00Z").to_pydatetime())
+
+    with pytest.raises(train_model.DatasetError, match="negative orders_placed"):
+        train_model.main(bucket_with_model, 0.9, 0.95)
+
+    assert _newest_model_key(bucket_with_model) == before
+
+
+# --- the CLI, as engineers and Bodywork run it ----------------------------------------------
+
+def _cli_variants() -> List[Dict[str, Any]]:
+    return [
+        {"args": ["-m", "pipeline.train_model"], "cwd": REPO_ROOT},
+        {"args": ["train_model.py"], "cwd": REPO_ROOT / "pipeline"},
+    ]
+
+
+def _error_lines(stdout: str) -> List[str]:
+    return [line for line in stdout.splitlines() if " - ERROR - " in line]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("variant", _cli_variants(), ids=["python -m", "bodywork"])
+def test_cli_trains_and_persists_a_model(s3: Any, s3_env: Dict[str, str], bucket_with_datasets: str,
+                                         variant: Dict[str, Any]) -> None:
+    result = run_cli([*variant["args"], bucket_with_datasets, "0.9", "0.8"], s3_env, cwd=variant["cwd"])
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    keys = _model_keys(s3, bucket_with_datasets)
+    assert len(keys) == 1
+    assert "persisted model time-to-dispatch:" in result.stdout
+    assert f"to s3://{bucket_with_datasets}/{keys[0]}" in result.stdout
+    assert isinstance(storage.get_latest_model(bucket_with_datasets), Model)
+    assert all(LOG_LINE.match(line) for line in result.stdout.splitlines()), result.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["only-a-bucket"], ["bucket", "0.9"], ["bucket", "high", "0.8"], ["bucket", "0", "0.8"],
+     ["bucket", "0.9", "1.5"], ["bucket", "0.9", "0.8", "surplus"]],
+)
+def test_cli_with_bad_arguments_exits_1_with_the_usage(s3_env: Dict[str, str], argv: List[str]) -> None:
+    result = run_cli(["-m", "pipeline.train_model", *argv], s3_env)
+
+    assert result.returncode == 1
+    errors = _error_lines(result.stdout)
+    assert len(errors) == 1
+    assert "Invalid arguments passed to train_model.py" in errors[0]
+    assert "usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_THRESHOLD" in errors[0]
+
+
+@pytest.mark.e2e
+def test_cli_run_as_bodywork_does_with_bad_arguments_exits_1(s3_env: Dict[str, str]) -> None:
+    result = run_cli(["train_model.py", "bucket"], s3_env, cwd=REPO_ROOT / "pipeline")
+
+    assert result.returncode == 1
+    assert "Invalid arguments passed to train_model.py" in _error_lines(result.stdout)[0]
+
+
+@pytest.mark.e2e
+def test_cli_with_a_missing_bucket_exits_1_naming_it(s3_env: Dict[str, str]) -> None:
+    result = run_cli(["-m", "pipeline.train_model", "ttd-does-not-exist", "0.9", "0.8"], s3_env)
+
+    assert result.returncode == 1
+    assert _error_lines(result.stdout) == [
+        line for line in result.stdout.splitlines() if "s3://ttd-does-not-exist: bucket does not exist" in line
+    ]
+    assert len(_error_lines(result.stdout)) == 1
+
+
+@pytest.mark.e2e
+def test_cli_with_no_datasets_exits_1_and_keeps_the_previous_model(
+    s3: Any, s3_env: Dict[str, str], bucket: str, trained_model: Model
+) -> None:
+    storage.put_model(bucket, trained_model)
+    before = _newest_model_key(bucket)
+
+    result = run_cli(["-m", "pipeline.train_model", bucket, "0.9", "0.8"], s3_env)
+
+    assert result.returncode == 1
+    errors = _error_lines(result.stdout)
+    assert len(errors) == 1 and f"s3://{bucket}/datasets/: no .csv object with a timestamp in its key" in errors[0]
+    assert _newest_model_key(bucket) == before
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"hours_to_dispatch,product_code\n1.0,SKU001\n", "missing column(s) orders_placed"),
+        (b"\x00\x01\x02\xff\xfe", "not readable as CSV"),
+        (generate_orders(200, seed=2).assign(orders_placed=-1).to_csv(index=False).encode(), "negative orders_placed"),
+    ],
+    ids=["missing column", "binary", "negative orders"],
+)
+def test_cli_with_a_bad_csv_exits_1_and_keeps_the_previous_model(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str, body: bytes, reason: str
+) -> None:
+    before = _newest_model_key(bucket_with_model)
+    key = "datasets/time_to_dispatch_2031-01-03T23|00|00.csv"
+    s3.put_object(Bucket=bucket_with_model, Key=key, Body=body)
+
+    result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.8"], s3_env)
+
+    assert result.returncode == 1
+    errors = _error_lines(result.stdout)
+    assert len(errors) == 1 and reason in errors[0], result.stdout
+    assert _newest_model_key(bucket_with_model) == before
+
+
+@pytest.mark.e2e
+def test_cli_below_the_error_threshold_exits_1_and_keeps_the_previous_model(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str
+) -> None:
+    before = _model_keys(s3, bucket_with_model)
+
+    result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.999", "0.9999"], s3_env)
+
+    assert result.returncode == 1
+    errors = _error_lines(result.stdout)
+    assert len(errors) == 1 and "is below the error threshold 0.999; no model persisted" in errors[0]
+    assert _model_keys(s3, bucket_with_model) == before
+
