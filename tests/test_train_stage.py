@@ -54,7 +54,9 @@ def test_main_records_the_lineage_of_the_model(
     assert model.dataset.version_id is not None
     assert model.git_commit == "3f2a9c1d0b7e"
     assert set(model.hyperparameters) == {"criterion", "max_depth", "min_samples_split", "min_samples_leaf"}
-    assert model.hyperparameters == {k: v for k, v in model.estimator.get_params().items() if k in model.hyperparameters}
+    assert model.hyperparameters == {
+        k: v for k, v in model.estimator.get_params().items() if k in model.hyperparameters
+    }
     assert model.library_versions["scikit-learn"] == sklearn.__version__
     assert model.encoding.codes == ("SKU001", "SKU002", "SKU003", "SKU004", "SKU005")
     assert model.created_at.utcoffset() is not None and model.created_at.utcoffset().total_seconds() == 0
@@ -251,4 +253,3 @@ def test_cli_below_the_error_threshold_exits_1_and_keeps_the_previous_model(
     errors = _error_lines(result.stdout)
     assert len(errors) == 1 and "is below the error threshold 0.999; no model persisted" in errors[0]
     assert _model_keys(s3, bucket_with_model) == before
-

@@ -71,7 +71,8 @@ def test_validate_dataset_rejects_a_product_with_too_few_rows() -> None:
         ignore_index=True,
     )
 
-    with pytest.raises(DatasetError, match=r"too few rows for product\(s\) SKU009 \(3\); each product needs at least 10"):
+    with pytest.raises(DatasetError,
+                       match=r"too few rows for product\(s\) SKU009 \(3\); each product needs at least 10"):
         train_model.validate_dataset(frame)
 
 
@@ -198,7 +199,9 @@ def good_tree(prepared: PreparedData) -> DecisionTreeRegressor:
     )
 
 
-def test_evaluate_reports_r2_and_mae_on_the_test_split(prepared: PreparedData, good_tree: DecisionTreeRegressor) -> None:
+def test_evaluate_reports_r2_and_mae_on_the_test_split(
+    prepared: PreparedData, good_tree: DecisionTreeRegressor
+) -> None:
     metrics = train_model.evaluate(good_tree, prepared)
 
     predictions = good_tree.predict(prepared.X_test)
@@ -233,7 +236,8 @@ def test_check_model_logic_fails_on_estimates_above_125_percent_of_the_largest_l
 ) -> None:
     shrunk_labels = prepared._replace(y_test=prepared.y_test * 0.5)
 
-    with pytest.raises(ModelValidationError, match=r"estimate\(s\) on the test set above 1.25 x the largest test label"):
+    with pytest.raises(ModelValidationError,
+                       match=r"estimate\(s\) on the test set above 1.25 x the largest test label"):
         train_model.check_model_logic(good_tree, shrunk_labels)
 
 
@@ -254,7 +258,8 @@ def _metrics(r_squared: float) -> TaskMetrics:
 
 
 def test_check_r_squared_below_the_error_threshold_raises() -> None:
-    with pytest.raises(ModelValidationError, match="test r² 0.8500 is below the error threshold 0.9; no model persisted"):
+    with pytest.raises(ModelValidationError,
+                       match="test r² 0.8500 is below the error threshold 0.9; no model persisted"):
         train_model.check_r_squared(_metrics(0.85), 0.9, 0.95)
 
 
