@@ -1,0 +1,309 @@
+"""The local run: one command runs the whole pipeline on an embedded S3 and stops cleanly.
+
+The end-to-end tests run `python -m pipeline.run_local --in-place` in a subprocess with the
+test's own interpreter (which has the requirements), so no virtualenv is created; the
+virtualenv logic is tested on its own, without creating one.
+"""
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional
+
+import pytest
+
+from pipeline import run_local, storage
+from pipeline.synthetic import generate_weeks
+from pipeline.utils import LOG_FORMAT
+from tests.conftest import REPO_ROOT
+
+# A line in the project's log format: LOG_FORMAT with its fields filled in.
+LOG_LINE = re.compile(
+    r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - \S+\.\S+ - .*$"
+)
+RUN_TIMEOUT_SECONDS = 240
+
+
+class LocalRun(NamedTuple):
+    """A finished local run: its exit code, output lines and the port its service used."""
+
+    returncode: int
+    lines: List[str]
+    port: int
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on the port again: nothing listens there any more.
+
+    Probed with SO_REUSEADDR, as servers bind, so that closed connections lingering in
+    TIME_WAIT (normal after any HTTP exchange) do not count as a leftover.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def local_run_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment without any AWS settings of the developer's, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(extra or {})
+    return env
+
+
+def run_to_completion(args: List[str], env: Dict[str, str]) -> LocalRun:
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run_local", "--in-place", "--port", str(port), *args],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS,
+    )
+    return LocalRun(result.returncode, (result.stdout + result.stderr).splitlines(), port)
+
+
+def logged_json(lines: List[str], marker: str) -> Any:
+    """The JSON logged after `marker` on the first line that has it."""
+    for line in lines:
+        if marker in line:
+            return json.loads(line.split(marker, 1)[1])
+    raise AssertionError(f"no line with {marker!r} in the output:\n" + "\n".join(lines))
+
+
+def stage_pids(lines: List[str]) -> List[int]:
+    return [int(m.group(1)) for line in lines for m in [re.search(r"stage started \(pid (\d+)\)", line)] if m]
+
+
+def stage_still_running(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"pipeline.serve_model" in cmdline or b"pipeline.train_model" in cmdline
+
+
+def newest_synthetic_key() -> str:
+    return storage.dataset_key(generate_weeks(run_local.DEFAULT_WEEKS)[-1].timestamp)
+
+
+@pytest.fixture(scope="module")
+def finished_run() -> LocalRun:
+    """One local run on the embedded S3 that stops after the example request."""
+    return run_to_completion(["--exit-after-request"], local_run_env())
+
+
+# --- end to end: embedded S3, --exit-after-request ------------------------------------------
+
+
+@pytest.mark.e2e
+def test_local_run_exits_0_after_the_example_request(finished_run: LocalRun) -> None:
+    assert finished_run.returncode == 0, "\n".join(finished_run.lines)
+
+
+@pytest.mark.e2e
+def test_local_run_prints_the_estimate_for_the_example_request(finished_run: LocalRun) -> None:
+    response = logged_json(finished_run.lines, "response: ")
+    lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
+    # SKU001 takes about 0.075 hours per order: about 8.4 hours at 112 orders, noise sd 1 hour.
+    assert 5.0 < response["est_hours_to_dispatch"] < 12.0
+    assert response["model_version"] == lineage["model_version"]
+
+
+@pytest.mark.e2e
+def test_local_run_trains_on_the_newest_synthetic_week(finished_run: LocalRun) -> None:
+    key = newest_synthetic_key()
+    lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
+    assert lineage["dataset"]["key"] == key
+    assert any(f"the train stage will pick the newest dataset: s3://{run_local.LOCAL_BUCKET}/{key}" in line
+               for line in finished_run.lines)
+
+
+@pytest.mark.e2e
+def test_local_run_prints_the_train_stages_metrics(finished_run: LocalRun) -> None:
+    metrics = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")["metrics"]
+    assert metrics["r_squared"] >= run_local.DEFAULT_R2_ERROR_THRESHOLD
+    expected = f"test metrics: r²={metrics['r_squared']:.4f}, MAE={metrics['mean_absolute_error']:.4f} hours"
+    assert any(expected in line for line in finished_run.lines)
+
+
+@pytest.mark.e2e
+def test_local_run_prints_where_the_model_went(finished_run: LocalRun) -> None:
+    lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
+    assert lineage["artefact_key"].startswith(storage.MODELS_PREFIX)
+    assert any(f"the model artefact is at s3://{run_local.LOCAL_BUCKET}/{lineage['artefact_key']}" in line
+               for line in finished_run.lines)
+
+
+@pytest.mark.e2e
+def test_local_run_prints_the_api_docs_url(finished_run: LocalRun) -> None:
+    assert any(line.endswith(f"API docs: http://127.0.0.1:{finished_run.port}/docs")
+               for line in finished_run.lines)
+
+
+@pytest.mark.e2e
+def test_local_run_output_is_all_in_the_project_log_format(finished_run: LocalRun) -> None:
+    assert LOG_FORMAT == "%(asctime)s - %(levelname)s - %(module)s.%(funcName)s - %(message)s"
+    assert finished_run.lines
+    assert [line for line in finished_run.lines if not LOG_LINE.match(line)] == []
+
+
+@pytest.mark.e2e
+def test_local_run_leaves_its_port_free(finished_run: LocalRun) -> None:
+    assert port_is_free(finished_run.port)
+
+
+@pytest.mark.e2e
+def test_local_run_leaves_no_stage_process_running(finished_run: LocalRun) -> None:
+    pids = stage_pids(finished_run.lines)
+    assert len(pids) == 2  # the train stage, then the serve stage
+    assert [pid for pid in pids if stage_still_running(pid)] == []
+
+
+# --- end to end: Ctrl-C -----------------------------------------------------------------------
+
+
+def _read_lines(stream: Any, lines: "queue.Queue[Optional[str]]") -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+@pytest.fixture
+def serving_run() -> Iterator["subprocess.Popen[str]"]:
+    """A local run that keeps serving; killed at the end if a test left it running."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run_local", "--in-place", "--port", str(free_port())],
+        cwd=REPO_ROOT, env=local_run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.e2e
+def test_sigint_while_serving_stops_everything_and_exits_0(serving_run: "subprocess.Popen[str]") -> None:
+    lines: "queue.Queue[Optional[str]]" = queue.Queue()
+    threading.Thread(target=_read_lines, args=(serving_run.stdout, lines), daemon=True).start()
+    seen: List[str] = []
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while not any("until Ctrl-C" in line for line in seen):
+        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        assert line is not None, "the local run ended before serving:\n" + "\n".join(seen)
+        seen.append(line)
+    serving = re.search(r"serving on http://127\.0\.0\.1:(\d+)", seen[-1])
+    assert serving is not None, seen[-1]
+    port = int(serving.group(1))
+    assert not port_is_free(port)
+
+    serving_run.send_signal(signal.SIGINT)
+
+    assert serving_run.wait(timeout=60) == 0
+    while (line := lines.get(timeout=10)) is not None:
+        seen.append(line)
+    assert port_is_free(port)
+    assert [pid for pid in stage_pids(seen) if stage_still_running(pid)] == []
+
+
+# --- end to end: an existing bucket ----------------------------------------------------------
+
+
+def _dataset_keys(client: Any, bucket: str) -> List[str]:
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=storage.DATASETS_PREFIX)
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+@pytest.mark.e2e
+def test_existing_bucket_is_used_as_it_is_without_synthetic_data(
+    s3: Any, s3_endpoint: str, bucket_with_datasets: str
+) -> None:
+    datasets_before = _dataset_keys(s3, bucket_with_datasets)
+    env = local_run_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                         "AWS_DEFAULT_REGION": "eu-west-2"})
+
+    run = run_to_completion(
+        ["--exit-after-request", "--bucket", bucket_with_datasets, "--endpoint-url", s3_endpoint], env
+    )
+
+    assert run.returncode == 0, "\n".join(run.lines)
+    assert _dataset_keys(s3, bucket_with_datasets) == datasets_before
+    lineage = logged_json(run.lines, "model lineage (GET /api/v0.1/model): ")
+    assert lineage["dataset"]["bucket"] == bucket_with_datasets
+    assert lineage["dataset"]["key"] == datasets_before[-1]
+    assert not any("embedded S3 at" in line for line in run.lines)
+
+
+# --- the command line and the virtualenv -----------------------------------------------------
+
+
+def test_endpoint_url_without_bucket_is_an_invalid_argument() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run_local", "--endpoint-url", "http://127.0.0.1:9"],
+        cwd=REPO_ROOT, env=local_run_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "ERROR" in result.stdout and "Invalid arguments passed to run_local.py" in result.stdout
+
+
+def test_run_local_imports_only_the_standard_library() -> None:
+    # A bare Python with pip must be able to start it, before any requirement is installed.
+    probe = (
+        "import sys; before = set(sys.modules); import pipeline.run_local; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(sorted(new - set(sys.stdlib_module_names) - {'pipeline'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=local_run_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def requirement_files(tmp_path: Path) -> List[Path]:
+    pipe, cicd = tmp_path / "requirements_pipe.txt", tmp_path / "requirements_cicd.txt"
+    pipe.write_text("numpy==2.0.2\n")
+    cicd.write_text("pytest==9.0.3\n")
+    return [pipe, cicd]
+
+
+def test_no_install_when_requirements_are_unchanged_since_the_last_install(
+    tmp_path: Path, requirement_files: List[Path]
+) -> None:
+    venv_dir = tmp_path / ".venv"
+    venv_dir.mkdir()
+    run_local.write_stamp(venv_dir, run_local.requirements_digest(requirement_files))
+
+    assert run_local.install_needed(venv_dir, run_local.requirements_digest(requirement_files)) is False
+
+
+def test_install_when_a_pin_changed_since_the_last_install(
+    tmp_path: Path, requirement_files: List[Path]
+) -> None:
+    venv_dir = tmp_path / ".venv"
+    venv_dir.mkdir()
+    run_local.write_stamp(venv_dir, run_local.requirements_digest(requirement_files))
+    requirement_files[0].write_text("numpy==2.1.0\n")
+
+    assert run_local.install_needed(venv_dir, run_local.requirements_digest(requirement_files)) is True
+
+
+def test_install_when_the_virtualenv_has_no_stamp(tmp_path: Path, requirement_files: List[Path]) -> None:
+    venv_dir = tmp_path / ".venv"
+    venv_dir.mkdir()
+
+    assert run_local.install_needed(venv_dir, run_local.requirements_digest(requirement_files)) is True
