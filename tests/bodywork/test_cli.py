@@ -1,0 +1,82 @@
+"""The README's Deployment commands as Bodywork 3.0.12's own CLI parses them.
+
+Each `bodywork ...` command in the section is parsed by Bodywork's command-line app (typer on
+click) without running it, so a wrong flag, a missing argument or a bad value fails here
+rather than on the cluster.
+"""
+from typing import Any, Dict, List, Tuple
+
+import click
+import pytest
+import typer
+from bodywork.cli.cli import cli_app
+from bodywork.cli.secrets import parse_cli_secrets_strings
+from bodywork.cli.workflow_jobs import _is_valid_cron_schedule
+from bodywork.config import BodyworkConfig
+from bodywork.k8s import ingress_route, make_valid_k8s_name
+
+from tests.test_deployment_config import readme_bodywork_commands, readme_command, readme_section
+
+
+def parse_with_bodywork_cli(command: List[str]) -> Tuple[List[str], Dict[str, Any]]:
+    """The sub-command path and the parsed parameters of a `bodywork ...` command line.
+
+    Raises:
+        click.UsageError: as the CLI would report it (unknown option, missing argument, ...).
+    """
+    group = typer.main.get_command(cli_app)
+    context = group.make_context("bodywork", command[1:])
+    current: click.Command = group
+    path: List[str] = []
+    while isinstance(current, click.MultiCommand):
+        name, sub, rest = current.resolve_command(context, context.protected_args + context.args)
+        assert name is not None and sub is not None
+        path.append(name)
+        context = sub.make_context(name, rest, parent=context)
+        current = sub
+    return path, context.params
+
+
+README_COMMANDS = readme_bodywork_commands()
+
+
+def test_readme_has_the_deployment_commands() -> None:
+    verbs = sorted(" ".join(command[1:3]) for command in README_COMMANDS)
+    for expected in ("configure-cluster", "create secret", "create deployment", "create cronjob",
+                     "get cronjob"):
+        assert any(verb.startswith(expected) for verb in verbs), f"no `bodywork {expected}` in {verbs}"
+
+
+@pytest.mark.parametrize("command", README_COMMANDS, ids=lambda c: " ".join(c[1:3]))
+def test_readme_command_parses_with_the_bodywork_cli(command: List[str]) -> None:
+    path, _ = parse_with_bodywork_cli(command)
+    assert path == [word for word in command[1:1 + len(path)]]
+
+
+def test_readme_secret_is_created_in_the_configs_secrets_group(bodywork_config: BodyworkConfig) -> None:
+    _, params = parse_with_bodywork_cli(readme_command("create", "secret"))
+    assert params["group"] == bodywork_config.pipeline.secrets_group
+
+
+def test_readme_secret_holds_every_variable_the_stages_read(bodywork_config: BodyworkConfig) -> None:
+    _, params = parse_with_bodywork_cli(readme_command("create", "secret"))
+    held = {(params["name"], key) for key in parse_cli_secrets_strings(params["data"])}
+    read = {pair for stage in bodywork_config.stages.values() for pair in stage.env_vars_from_secrets}
+    assert sorted(read - held) == []
+
+
+def test_readme_cronjob_schedule_is_valid_for_bodywork() -> None:
+    _, params = parse_with_bodywork_cli(readme_command("create", "cronjob"))
+    assert _is_valid_cron_schedule(params["schedule"])
+
+
+def test_readme_cronjob_redeploys_what_ci_deploys() -> None:
+    _, cronjob = parse_with_bodywork_cli(readme_command("create", "cronjob"))
+    _, deployment = parse_with_bodywork_cli(readme_command("create", "deployment"))
+    assert (cronjob["git_url"], cronjob["git_branch"]) == (deployment["git_url"], "master")
+    assert deployment["git_branch"] == "master"
+
+
+def test_readme_curl_targets_the_ingress_route_of_the_serve_stage(bodywork_config: BodyworkConfig) -> None:
+    route = ingress_route(bodywork_config.pipeline.namespace, make_valid_k8s_name("serve_model"))
+    assert f"{route}/api/v0.1/time_to_dispatch" in readme_section("deployment")

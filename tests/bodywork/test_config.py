@@ -1,0 +1,65 @@
+"""bodywork.yaml as Bodywork 3.0's own parser reads it: the DAG and the stages are as intended."""
+import pytest
+from bodywork.config import BatchStageConfig, BodyworkConfig, ServiceStageConfig
+from bodywork.constants import BODYWORK_CONFIG_VERSION
+
+from tests.conftest import REPO_ROOT
+
+AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
+AWS_SECRET = "aws-credentials"
+
+
+def test_config_is_written_for_this_bodywork_config_version() -> None:
+    # BodyworkConfig refuses any other version; this pins which one that is.
+    assert BODYWORK_CONFIG_VERSION == "1.1"
+
+
+def test_pipeline_runs_in_the_bodywork_3_0_image(bodywork_config: BodyworkConfig) -> None:
+    assert bodywork_config.pipeline.docker_image == "bodyworkml/bodywork-core:3.0"
+
+
+def test_pipeline_deploys_to_the_pipelines_namespace(bodywork_config: BodyworkConfig) -> None:
+    assert (bodywork_config.pipeline.name, bodywork_config.pipeline.namespace) == (
+        "time-to-dispatch", "pipelines"
+    )
+
+
+def test_dag_trains_then_serves(bodywork_config: BodyworkConfig) -> None:
+    assert bodywork_config.pipeline.workflow == [["train_model"], ["serve_model"]]
+
+
+def test_pipeline_takes_its_secrets_from_a_group(bodywork_config: BodyworkConfig) -> None:
+    assert bodywork_config.pipeline.secrets_group == "prod"
+
+
+def test_train_stage_is_a_batch_job_running_the_train_module(bodywork_config: BodyworkConfig) -> None:
+    stage = bodywork_config.stages["train_model"]
+    assert isinstance(stage, BatchStageConfig)
+    assert stage.executable_module_path == REPO_ROOT / "pipeline" / "train_model.py"
+    assert stage.args == ["time-to-dispatch", "0.9", "0.95"]
+
+
+def test_train_stage_retries_a_failed_run(bodywork_config: BodyworkConfig) -> None:
+    stage = bodywork_config.stages["train_model"]
+    assert isinstance(stage, BatchStageConfig)
+    assert stage.retries == 2
+
+
+def test_serve_stage_is_a_service_running_the_serve_module(bodywork_config: BodyworkConfig) -> None:
+    stage = bodywork_config.stages["serve_model"]
+    assert isinstance(stage, ServiceStageConfig)
+    assert stage.executable_module_path == REPO_ROOT / "pipeline" / "serve_model.py"
+    assert stage.args == ["time-to-dispatch"]
+
+
+def test_serve_stage_has_two_replicas_on_port_8000_behind_the_ingress(
+    bodywork_config: BodyworkConfig,
+) -> None:
+    stage = bodywork_config.stages["serve_model"]
+    assert isinstance(stage, ServiceStageConfig)
+    assert (stage.replicas, stage.port, stage.create_ingress) == (2, 8000, True)
+
+
+@pytest.mark.parametrize("stage", ["train_model", "serve_model"])
+def test_stage_gets_the_aws_credentials_from_the_secret(bodywork_config: BodyworkConfig, stage: str) -> None:
+    assert bodywork_config.stages[stage].env_vars_from_secrets == [(AWS_SECRET, name) for name in AWS_VARIABLES]

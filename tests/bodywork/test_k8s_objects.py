@@ -1,0 +1,340 @@
+"""The Kubernetes objects Bodywork would create for our stages, built by Bodywork's own code.
+
+The objects are made exactly as Bodywork's workflow controller makes them during a deployment
+(`bodywork.workflow_execution._run_batch_stages` and `_run_service_stages`): the stage's
+settings from bodywork.yaml as Bodywork parsed them, the AWS variables from
+`configure_env_vars_from_secrets`, and the git commit as an environment variable. They are
+then checked against the Kubernetes API's JSON schemas (strict: no unknown fields) for 1.22,
+the API of the Kubernetes client Bodywork pins, and 1.31, the newest the validator ships.
+
+`configure_env_vars_from_secrets` asks the cluster's API server which secrets the namespace
+holds. Here a small HTTP server on 127.0.0.1 answers that one request with the secret the
+README's `bodywork create secret` command makes, as Bodywork copies it into the namespace.
+"""
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, Iterator, List
+
+import kubernetes_validate
+import pytest
+import yaml
+from bodywork import k8s
+from bodywork.config import BatchStageConfig, BodyworkConfig, ServiceStageConfig
+from bodywork.constants import (
+    BODYWORK_NAMESPACE,
+    GIT_COMMIT_HASH_K8S_ENV_VAR,
+    K8S_PROBE_PERIOD_SECONDS,
+    SECRET_GROUP_LABEL,
+)
+from kubernetes import client
+
+from tests.bodywork.test_cli import parse_with_bodywork_cli
+from tests.test_deployment_config import readme_command, readme_section
+
+KUBERNETES_VERSIONS = ("1.22.0", "1.31.0")
+# The last Kubernetes version serving batch/v1beta1 CronJobs, which Bodywork 3.0 creates.
+LAST_VERSION_WITH_V1BETA1_CRONJOB = "1.24.0"
+COMMIT = "0123abc"
+AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
+
+
+class _SecretsApi(BaseHTTPRequestHandler):
+    """Answers `GET /api/v1/namespaces/NAMESPACE/secrets` with `secrets[NAMESPACE]`."""
+
+    secrets: Dict[str, List[Dict[str, Any]]] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "secrets":
+            body = {"apiVersion": "v1", "kind": "SecretList", "metadata": {},
+                    "items": self.secrets.get(parts[3], [])}
+            self._reply(200, body)
+        else:
+            self._reply(404, {"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                              "reason": "NotFound", "code": 404})
+
+    def _reply(self, status: int, body: Dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster_api(bodywork_config: BodyworkConfig) -> Iterator[str]:
+    """The Kubernetes client pointed at a loopback API holding the README's AWS secret."""
+    _, secret = parse_with_bodywork_cli(readme_command("create", "secret"))
+    keys = [item.split("=", 1)[0] for item in secret["data"]]
+    _SecretsApi.secrets = {
+        bodywork_config.pipeline.namespace: [{
+            "metadata": {
+                "name": secret["name"],
+                "namespace": bodywork_config.pipeline.namespace,
+                "labels": {SECRET_GROUP_LABEL: secret["group"]},
+            },
+            "type": "Opaque",
+            "data": {key: base64.b64encode(b"not-a-real-value").decode() for key in keys},
+        }]
+    }
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SecretsApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
+    client.Configuration.set_default(configuration)
+    try:
+        yield configuration.host
+    finally:
+        client.Configuration.set_default(client.Configuration())
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def deployment_args() -> Dict[str, Any]:
+    """The README's `bodywork create deployment` command as Bodywork's CLI parses it."""
+    _, params = parse_with_bodywork_cli(readme_command("create", "deployment"))
+    return params
+
+
+def env_vars(stage: Any, namespace: str) -> List[client.V1EnvVar]:
+    """A stage container's environment, made as Bodywork's workflow controller makes it."""
+    return k8s.configure_env_vars_from_secrets(namespace, stage.env_vars_from_secrets) + (
+        k8s.create_k8s_environment_variables([(GIT_COMMIT_HASH_K8S_ENV_VAR, COMMIT)])
+    )
+
+
+@pytest.fixture(scope="module")
+def train_job(
+    cluster_api: str, bodywork_config: BodyworkConfig, deployment_args: Dict[str, Any]
+) -> Dict[str, Any]:
+    """The batch job for train_model, as the JSON Bodywork would send to the cluster."""
+    stage = bodywork_config.stages["train_model"]
+    assert isinstance(stage, BatchStageConfig)
+    namespace = bodywork_config.pipeline.namespace
+    job = k8s.configure_batch_stage_job(
+        namespace,
+        stage.name,
+        deployment_args["git_url"],
+        deployment_args["git_branch"],
+        retries=stage.retries,
+        timeout=stage.max_completion_time,
+        container_env_vars=env_vars(stage, namespace),
+        image=bodywork_config.pipeline.docker_image,
+        cpu_request=stage.cpu_request,
+        memory_request=stage.memory_request,
+    )
+    # BatchV1Api.create_namespaced_job sends it to batch/v1's jobs.
+    return {"apiVersion": "batch/v1", "kind": "Job", **client.ApiClient().sanitize_for_serialization(job)}
+
+
+@pytest.fixture(scope="module")
+def serve_deployment(
+    cluster_api: str, bodywork_config: BodyworkConfig, deployment_args: Dict[str, Any]
+) -> Dict[str, Any]:
+    """The deployment for serve_model, as the JSON Bodywork would send to the cluster."""
+    stage = bodywork_config.stages["serve_model"]
+    assert isinstance(stage, ServiceStageConfig)
+    namespace = bodywork_config.pipeline.namespace
+    deployment = k8s.configure_service_stage_deployment(
+        namespace,
+        stage.name,
+        bodywork_config.pipeline.name,
+        deployment_args["git_url"],
+        COMMIT,
+        deployment_args["git_branch"],
+        replicas=stage.replicas,
+        port=stage.port,
+        container_env_vars=env_vars(stage, namespace),
+        image=bodywork_config.pipeline.docker_image,
+        cpu_request=stage.cpu_request,
+        memory_request=stage.memory_request,
+        startup_time_seconds=stage.max_startup_time,
+    )
+    # AppsV1Api.create_namespaced_deployment sends it to apps/v1's deployments.
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        **client.ApiClient().sanitize_for_serialization(deployment),
+    }
+
+
+@pytest.fixture(scope="module")
+def weekly_cronjob() -> Dict[str, Any]:
+    """The cronjob the README's `bodywork create cronjob` command makes, built as the CLI does."""
+    _, params = parse_with_bodywork_cli(readme_command("create", "cronjob"))
+    cronjob = k8s.configure_workflow_cronjob(
+        params["schedule"],
+        BODYWORK_NAMESPACE,
+        k8s.make_valid_k8s_name(params["name"]),
+        params["git_url"],
+        params["git_branch"] or "master",
+        params["retries"],
+        params["history_limit"],
+        params["history_limit"],
+        env_vars=None,  # no --ssh / --group: the repository is cloned over HTTPS
+    )
+    # BatchV1beta1Api.create_namespaced_cron_job sends it to batch/v1beta1's cronjobs.
+    return {
+        "apiVersion": "batch/v1beta1", "kind": "CronJob",
+        **client.ApiClient().sanitize_for_serialization(cronjob),
+    }
+
+
+def container(obj: Dict[str, Any]) -> Dict[str, Any]:
+    """The one container of a job's or a deployment's pod template."""
+    (only,) = obj["spec"]["template"]["spec"]["containers"]
+    return dict(only)
+
+
+def secret_env(obj: Dict[str, Any]) -> Dict[str, Any]:
+    """The container's variables that come from secrets: name -> (secret, key)."""
+    return {
+        var["name"]: (var["valueFrom"]["secretKeyRef"]["name"], var["valueFrom"]["secretKeyRef"]["key"])
+        for var in container(obj).get("env", [])
+        if "valueFrom" in var
+    }
+
+
+# --- train_model: the batch job ----------------------------------------------------------
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_train_job_is_valid_for_kubernetes(train_job: Dict[str, Any], version: str) -> None:
+    assert kubernetes_validate.validate(train_job, version, strict=True) == version.rsplit(".", 1)[0]
+
+
+def test_train_job_runs_the_stage_with_its_time_limit(
+    train_job: Dict[str, Any], bodywork_config: BodyworkConfig, deployment_args: Dict[str, Any]
+) -> None:
+    stage = bodywork_config.stages["train_model"]
+    assert isinstance(stage, BatchStageConfig)
+    assert container(train_job)["command"] == ["bodywork", "stage"]
+    assert container(train_job)["args"] == [
+        deployment_args["git_url"], "train_model", "--branch=master", str(stage.max_completion_time)
+    ]
+
+
+def test_train_job_retries_as_configured(train_job: Dict[str, Any]) -> None:
+    assert train_job["spec"]["backoffLimit"] == 2
+
+
+def requests_in_config(bodywork_config: BodyworkConfig, stage_name: str) -> Dict[str, Any]:
+    """A stage's cpu_request and memory_request_mb as Kubernetes quantities (MB are 10^6 bytes)."""
+    stage = bodywork_config.stages[stage_name]
+    return {"requests": {"cpu": str(stage.cpu_request), "memory": f"{stage.memory_request}M"}}
+
+
+def test_train_job_requests_the_configured_resources(
+    train_job: Dict[str, Any], bodywork_config: BodyworkConfig
+) -> None:
+    assert container(train_job)["resources"] == requests_in_config(bodywork_config, "train_model")
+
+
+def test_train_job_gets_the_aws_credentials_from_the_secret(train_job: Dict[str, Any]) -> None:
+    assert secret_env(train_job) == {name: ("aws-credentials", name) for name in AWS_VARIABLES}
+
+
+def test_train_job_runs_in_the_configured_image(train_job: Dict[str, Any]) -> None:
+    assert container(train_job)["image"] == "bodyworkml/bodywork-core:3.0"
+
+
+# --- serve_model: the service deployment -------------------------------------------------
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_serve_deployment_is_valid_for_kubernetes(serve_deployment: Dict[str, Any], version: str) -> None:
+    result = kubernetes_validate.validate(serve_deployment, version, strict=True)
+    assert result == version.rsplit(".", 1)[0]
+
+
+def test_serve_deployment_has_two_replicas(serve_deployment: Dict[str, Any]) -> None:
+    assert serve_deployment["spec"]["replicas"] == 2
+
+
+def test_serve_deployment_probes_port_8000_over_tcp(serve_deployment: Dict[str, Any]) -> None:
+    probes = {name: container(serve_deployment)[name] for name in ("startupProbe", "livenessProbe")}
+    assert {name: probe["tcpSocket"] for name, probe in probes.items()} == {
+        "startupProbe": {"port": 8000}, "livenessProbe": {"port": 8000}
+    }
+    assert serve_deployment["metadata"]["annotations"]["port"] == "8000"
+
+
+def test_serve_deployment_startup_probe_waits_the_configured_startup_time(
+    serve_deployment: Dict[str, Any], bodywork_config: BodyworkConfig
+) -> None:
+    stage = bodywork_config.stages["serve_model"]
+    assert isinstance(stage, ServiceStageConfig)
+    probe = container(serve_deployment)["startupProbe"]
+    assert probe["periodSeconds"] == K8S_PROBE_PERIOD_SECONDS
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= stage.max_startup_time
+
+
+def test_serve_deployment_rolls_out_without_unavailable_pods(serve_deployment: Dict[str, Any]) -> None:
+    assert serve_deployment["spec"]["strategy"] == {"rollingUpdate": {"maxSurge": 2, "maxUnavailable": 0}}
+
+
+def test_serve_deployment_requests_the_configured_resources(
+    serve_deployment: Dict[str, Any], bodywork_config: BodyworkConfig
+) -> None:
+    assert container(serve_deployment)["resources"] == requests_in_config(bodywork_config, "serve_model")
+
+
+def test_serve_deployment_gets_the_aws_credentials_from_the_secret(serve_deployment: Dict[str, Any]) -> None:
+    assert secret_env(serve_deployment) == {name: ("aws-credentials", name) for name in AWS_VARIABLES}
+
+
+def test_serve_deployment_runs_the_service_stage(
+    serve_deployment: Dict[str, Any], deployment_args: Dict[str, Any]
+) -> None:
+    assert container(serve_deployment)["command"] == ["bodywork", "stage"]
+    assert container(serve_deployment)["args"] == [deployment_args["git_url"], "serve_model", "--branch=master"]
+
+
+# --- the weekly cronjob ------------------------------------------------------------------
+
+def test_weekly_cronjob_is_valid_for_kubernetes_1_24(weekly_cronjob: Dict[str, Any]) -> None:
+    assert kubernetes_validate.validate(weekly_cronjob, LAST_VERSION_WITH_V1BETA1_CRONJOB, strict=True) == "1.24"
+
+
+def test_weekly_cronjob_api_is_gone_from_kubernetes_1_25(weekly_cronjob: Dict[str, Any]) -> None:
+    """Bodywork 3.0 makes batch/v1beta1 CronJobs, which Kubernetes 1.25 stopped serving
+    (see README, "Deployment", for the cronjob on newer clusters)."""
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate(weekly_cronjob, "1.25.0", strict=True)
+
+
+def test_weekly_cronjob_runs_the_readme_schedule_with_retries(weekly_cronjob: Dict[str, Any]) -> None:
+    _, params = parse_with_bodywork_cli(readme_command("create", "cronjob"))
+    assert weekly_cronjob["spec"]["schedule"] == params["schedule"]
+    assert weekly_cronjob["spec"]["jobTemplate"]["spec"]["backoffLimit"] == params["retries"]
+
+
+def readme_cronjob_manifest() -> Dict[str, Any]:
+    """The `batch/v1` CronJob the README applies with `kubectl apply -f - <<EOF ... EOF`."""
+    lines = readme_section("deployment").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("kubectl apply -f - <<EOF"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "EOF")
+    manifest = yaml.safe_load("\n".join(lines[start + 1:end]))
+    assert isinstance(manifest, dict)
+    return manifest
+
+
+def test_readme_batch_v1_cronjob_is_valid_for_kubernetes_1_31() -> None:
+    assert kubernetes_validate.validate(readme_cronjob_manifest(), "1.31.0", strict=True) == "1.31"
+
+
+def test_readme_batch_v1_cronjob_is_bodyworks_cronjob_with_the_api_version_changed(
+    weekly_cronjob: Dict[str, Any], bodywork_config: BodyworkConfig
+) -> None:
+    """Only two differences: batch/v1 instead of batch/v1beta1, and the stages' image instead
+    of the `latest` that Bodywork's CLI gives the cronjob."""
+    expected = json.loads(json.dumps(weekly_cronjob))
+    expected["apiVersion"] = "batch/v1"
+    pod = expected["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod["containers"][0]["image"] = bodywork_config.pipeline.docker_image
+    assert readme_cronjob_manifest() == expected

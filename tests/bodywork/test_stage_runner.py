@@ -1,0 +1,248 @@
+"""Both stages run by Bodywork's own stage runner, as the pods Bodywork creates run them.
+
+A stage's pod runs the command of the Job or Deployment that Bodywork builds for it:
+`bodywork stage REPO_URL STAGE --branch=master [TIME_LIMIT]`. Bodywork then clones the
+repository, pip-installs the stage's `requirements`, and runs `python MODULE ARGS` from the
+module's folder with the clone on PYTHONPATH (bodywork/stage_execution.py). Here that same
+command runs with the repository made from the working tree (`file://`, see conftest.py), the
+stage's AWS variables pointing at the local S3 server, and the bucket named in bodywork.yaml
+holding synthetic weeks. The DAG's order is kept: serve_model serves the model that
+train_model has just persisted.
+
+pip runs with PIP_NO_INDEX: every stage requirement must already be satisfied by this
+environment (tox installs requirements_pipe.txt), so the step takes a second and needs no
+network; a requirement that is not satisfied fails the stage.
+
+One change from production, in the clone's bodywork.yaml only: the service is given
+`--host 127.0.0.1`, so that it listens on this machine's loopback rather than on every
+interface. Its port stays bodywork.yaml's.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import boto3
+import httpx
+import pytest
+from bodywork import k8s
+from bodywork.config import BatchStageConfig, BodyworkConfig, ServiceStageConfig
+from bodywork.git import get_git_commit_hash
+
+from pipeline import storage
+from pipeline.model import Model
+from pipeline.synthetic import generate_orders, generate_weeks
+from tests.bodywork.conftest import BRANCH
+from tests.conftest import REGION, TEST_WEEK_SEED
+
+LOOPBACK = "127.0.0.1"
+PREDICTION_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
+# How long the service may take to stop after SIGTERM (serve_model's graceful shutdown
+# gives requests in flight up to 25 s; none are in flight here).
+STOP_TIMEOUT_SECONDS = 60
+LOG_TAIL = 4000
+
+
+@dataclass
+class StageRun:
+    """What a stage run did: its exit code and everything it printed."""
+
+    exit_code: Optional[int]
+    output: str
+
+    def tail(self) -> str:
+        return self.output[-LOG_TAIL:]
+
+
+def pod_command(obj: Any) -> List[str]:
+    """The command and arguments of the one container Bodywork put in a Job or Deployment."""
+    (container,) = obj.spec.template.spec.containers
+    return [*container.command, *container.args]
+
+
+def pod_environment(s3_endpoint: str, commit: str) -> Dict[str, str]:
+    """The stage container's environment: the secret's AWS variables, Bodywork's
+    GIT_COMMIT_HASH, and this environment's tools first on PATH (the image's `python` and
+    `pip`). Nothing of this checkout leaks in: no PYTHONPATH, no other AWS settings."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=s3_endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=REGION,
+        GIT_COMMIT_HASH=commit,
+        PIP_NO_INDEX="1",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def s3_client(s3_endpoint: str) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name=REGION,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture(scope="module")
+def production_bucket(bodywork_config: BodyworkConfig, s3_client: Any) -> str:
+    """The bucket the stages' args name, versioned, with three weekly datasets."""
+    name = bodywork_config.stages["train_model"].args[0]
+    assert bodywork_config.stages["serve_model"].args[0] == name
+    s3_client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3_client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    weeks = generate_weeks(3, seed=100)
+    for week in weeks[:-1]:
+        storage.put_dataset(name, week.data, week.timestamp, s3_client)
+    storage.put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[-1].timestamp, s3_client)
+    return name
+
+
+@pytest.fixture(scope="module")
+def commit(stage_repo: Path) -> str:
+    """The commit hash Bodywork would give the stages (it reads it from its own clone)."""
+    return get_git_commit_hash(stage_repo)
+
+
+@pytest.fixture(scope="module")
+def train_run(
+    bodywork_config: BodyworkConfig, stage_repo: Path, production_bucket: str, s3_endpoint: str,
+    commit: str, tmp_path_factory: pytest.TempPathFactory,
+) -> StageRun:
+    """train_model run by `bodywork stage`, with the job's command and time limit."""
+    stage = bodywork_config.stages["train_model"]
+    assert isinstance(stage, BatchStageConfig)
+    job = k8s.configure_batch_stage_job(
+        bodywork_config.pipeline.namespace, stage.name, stage_repo.as_uri(), BRANCH,
+        retries=stage.retries, timeout=stage.max_completion_time,
+        image=bodywork_config.pipeline.docker_image,
+        cpu_request=stage.cpu_request, memory_request=stage.memory_request,
+    )
+    result = subprocess.run(
+        pod_command(job), cwd=tmp_path_factory.mktemp("train-pod"),
+        env=pod_environment(s3_endpoint, commit), capture_output=True, text=True,
+        timeout=stage.max_completion_time + 120,
+    )
+    return StageRun(result.returncode, result.stdout + result.stderr)
+
+
+def test_train_stage_run_by_bodywork_exits_0(train_run: StageRun) -> None:
+    assert train_run.exit_code == 0, train_run.tail()
+
+
+def test_train_stage_run_by_bodywork_persists_a_model_of_the_newest_week(
+    train_run: StageRun, production_bucket: str, s3_client: Any, commit: str
+) -> None:
+    model = storage.get_latest_model(production_bucket, client=s3_client)
+    newest = storage.latest_object(production_bucket, storage.DATASETS_PREFIX, ".csv", s3_client)
+    assert (model.dataset.key, model.git_commit) == (newest.key, commit), train_run.tail()
+
+
+@dataclass
+class ServiceRun:
+    """What happened to the service: its answer to a prediction, then how it stopped."""
+
+    model: Model
+    response: httpx.Response
+    stage: StageRun
+    service_left_running: bool
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((LOOPBACK, port)) == 0
+
+
+def child_pids(pid: int) -> List[int]:
+    """The processes whose parent is `pid`."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def process_exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+@pytest.fixture(scope="module")
+def service_run(
+    bodywork_config: BodyworkConfig, stage_repo: Path, production_bucket: str, s3_endpoint: str,
+    s3_client: Any, commit: str, train_run: StageRun, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceRun]:
+    """serve_model run by `bodywork stage` with the deployment's command: wait for its port,
+    ask for one prediction, then send SIGTERM to the service's process and let it stop.
+
+    (In a pod, Kubernetes sends SIGTERM to PID 1, which is Bodywork's runner; it has no
+    handler for it, so as PID 1 it ignores it and the pod ends by SIGKILL after the grace
+    period. README, "Deployment", says what that means. Here the service gets the signal.)
+    """
+    stage = bodywork_config.stages["serve_model"]
+    assert isinstance(stage, ServiceStageConfig)
+    assert train_run.exit_code == 0, "the service needs the model the train stage persists"
+    if port_is_open(stage.port):
+        pytest.fail(f"port {stage.port} on {LOOPBACK} is already in use: cannot start the service there")
+    deployment = k8s.configure_service_stage_deployment(
+        bodywork_config.pipeline.namespace, stage.name, bodywork_config.pipeline.name,
+        stage_repo.as_uri(), commit, BRANCH, replicas=stage.replicas, port=stage.port,
+        image=bodywork_config.pipeline.docker_image, cpu_request=stage.cpu_request,
+        memory_request=stage.memory_request, startup_time_seconds=stage.max_startup_time,
+    )
+    pod = tmp_path_factory.mktemp("serve-pod")
+    log_path = pod / "output.log"
+    with open(log_path, "w") as log:
+        runner = subprocess.Popen(
+            pod_command(deployment), cwd=pod, env=pod_environment(s3_endpoint, commit),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + stage.max_startup_time
+        while not port_is_open(stage.port):
+            if runner.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the service never opened port {stage.port}:\n{log_path.read_text()[-LOG_TAIL:]}")
+            time.sleep(0.2)
+        response = httpx.post(
+            f"http://{LOOPBACK}:{stage.port}/api/v0.1/time_to_dispatch", json=PREDICTION_REQUEST, timeout=10
+        )
+        services = [
+            pid for pid in child_pids(runner.pid)
+            if b"serve_model.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(services) == 1, f"expected one serve_model.py process under Bodywork's, found {services}"
+        os.kill(services[0], signal.SIGTERM)
+        exit_code = runner.wait(timeout=STOP_TIMEOUT_SECONDS)
+        yield ServiceRun(
+            model=storage.get_latest_model(production_bucket, client=s3_client),
+            response=response,
+            stage=StageRun(exit_code, log_path.read_text()),
+            service_left_running=process_exists(services[0]) or port_is_open(stage.port),
+        )
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+
+
+def test_service_run_by_bodywork_answers_a_prediction_from_the_trained_model(service_run: ServiceRun) -> None:
+    assert service_run.response.status_code == 200, service_run.response.text
+    assert service_run.response.json() == {
+        "est_hours_to_dispatch": pytest.approx(service_run.model.predict_one("SKU001", 112)),
+        "model_version": str(service_run.model),
+    }
+
+
+def test_service_run_by_bodywork_stops_cleanly_on_sigterm(service_run: ServiceRun) -> None:
+    assert service_run.stage.exit_code == 0, service_run.stage.tail()
+    assert not service_run.service_left_running

@@ -1,0 +1,389 @@
+"""The deployment's files agree with each other, with the code and with the measurements.
+
+These checks need no Bodywork package (the ones made with Bodywork's own code are in
+tests/bodywork/ and run in the `bodywork` tox environment):
+
+- every stage's `requirements` in bodywork.yaml are lines of requirements_pipe.txt and cover
+  the pinned libraries the stage imports;
+- the memory requests and time limits in bodywork.yaml cover the benchmarks' figures with a
+  margin (the figures are read from benchmarks/results/, which the benchmarks write);
+- the pipeline package parses as Python 3.9, the production image's Python;
+- .circleci/config.yml is valid for CircleCI, tests branches and deploys master;
+- the weekly cronjob in the README fires after the Friday 23:00 UTC data drop, with retries.
+"""
+import ast
+import configparser
+import json
+import re
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+import yaml
+from croniter import croniter
+
+from pipeline.synthetic import FIRST_DROP
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BODYWORK_YAML = REPO_ROOT / "bodywork.yaml"
+CIRCLECI_CONFIG = REPO_ROOT / ".circleci" / "config.yml"
+README = REPO_ROOT / "README.md"
+TOX_INI = REPO_ROOT / "tox.ini"
+REQUIREMENTS_PIPE = REPO_ROOT / "requirements_pipe.txt"
+REQUIREMENTS_CICD = REPO_ROOT / "requirements_cicd.txt"
+REQUIREMENTS_BODYWORK_ENV = REPO_ROOT / "tests" / "bodywork" / "requirements.txt"
+TRAIN_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "train.json"
+SERVE_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "serve.json"
+STAGES = ("train_model", "serve_model")
+
+# Requests and limits must leave room above what was measured: memory 1.5x the peak RSS,
+# time 3x the measured duration (a busier node, a slower disk, a bigger week).
+MEMORY_MARGIN = 1.5
+TIME_MARGIN = 3.0
+# Bodywork turns memory_request_mb into the Kubernetes quantity "<n>M" (10^6 bytes); the
+# benchmarks report MiB (2^20 bytes).
+BYTES_PER_REQUEST_MB = 10**6
+BYTES_PER_BENCHMARK_MB = 2**20
+
+# Data engineering drops each week's file on Friday at 23:00 UTC. The retraining must start
+# at least an hour later (a late upload still makes it) and within a day (Saturday's shop
+# gets the new model).
+DROP_WEEKDAY, DROP_HOUR = 4, 23  # Friday
+MIN_DELAY_AFTER_DROP = timedelta(hours=1)
+MAX_DELAY_AFTER_DROP = timedelta(hours=24)
+WEEKS_CHECKED = 12
+
+
+# --- reading the files -------------------------------------------------------------------
+
+def bodywork_config() -> Dict[str, Any]:
+    """bodywork.yaml as plain data."""
+    config = yaml.safe_load(BODYWORK_YAML.read_text())
+    assert isinstance(config, dict), "bodywork.yaml is not a mapping"
+    return config
+
+
+def requirement_lines(path: Path) -> List[str]:
+    """The requirement lines of a requirements file and of the files it includes with `-r`,
+    without comments or blank lines."""
+    found: List[str] = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            found += requirement_lines(path.parent / line[3:].strip())
+        elif line and not line.startswith("-"):
+            found.append(line)
+    return found
+
+
+def distribution_name(requirement: str) -> str:
+    """The normalised distribution name of a requirement line (`moto[server]==5` -> `moto`)."""
+    name = re.split(r"[\[<>=!~;\s]", requirement, maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def readme_section(name: str) -> str:
+    """The text between the README's `<!-- section:NAME -->` markers."""
+    match = re.search(
+        rf"<!-- section:{name} -->(.*?)<!-- /section:{name} -->", README.read_text(), re.DOTALL
+    )
+    assert match is not None, f"README.md has no section {name!r}"
+    return match.group(1)
+
+
+def readme_bodywork_commands() -> List[List[str]]:
+    """Every `bodywork ...` command in the README's Deployment section, split as a shell would.
+
+    Lines ending in a backslash continue on the next line; a leading `$ ` prompt is dropped.
+    """
+    commands: List[List[str]] = []
+    pending = ""
+    for raw in readme_section("deployment").splitlines():
+        line = raw.strip()
+        if pending:
+            line = pending + " " + line
+            pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1].strip()
+            continue
+        line = line[2:] if line.startswith("$ ") else line
+        if line.startswith("bodywork "):
+            commands.append(shlex.split(line))
+    return commands
+
+
+def readme_command(*words: str) -> List[str]:
+    """The one README command that starts `bodywork WORDS...`."""
+    found = [c for c in readme_bodywork_commands() if c[1:1 + len(words)] == list(words)]
+    assert len(found) == 1, f"README.md should have one `bodywork {' '.join(words)}` command, has {found}"
+    return found[0]
+
+
+def option_values(command: List[str], option: str) -> List[str]:
+    """The values given to `--option` in a split command (`--option V` or `--option=V`)."""
+    values = []
+    for i, word in enumerate(command):
+        if word == option and i + 1 < len(command):
+            values.append(command[i + 1])
+        elif word.startswith(option + "="):
+            values.append(word[len(option) + 1:])
+    return values
+
+
+def option_value(command: List[str], option: str) -> Optional[str]:
+    """The value given to `--option`, if it is given once; None if not given."""
+    values = option_values(command, option)
+    assert len(values) <= 1, f"{option} is given {len(values)} times in {command}"
+    return values[0] if values else None
+
+
+def circleci_config() -> Dict[str, Any]:
+    """.circleci/config.yml as plain data."""
+    config = yaml.safe_load(CIRCLECI_CONFIG.read_text())
+    assert isinstance(config, dict), ".circleci/config.yml is not a mapping"
+    return config
+
+
+def job_commands(config: Dict[str, Any], job: str) -> List[str]:
+    """The shell commands of a CircleCI job's `run` steps, in order."""
+    commands = []
+    for step in config["jobs"][job]["steps"]:
+        if isinstance(step, dict) and "run" in step:
+            run = step["run"]
+            commands.append(run["command"] if isinstance(run, dict) else run)
+    return commands
+
+
+def workflow_jobs(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """The jobs of the one workflow, by name, with their settings (requires, filters)."""
+    workflows = {k: v for k, v in config["workflows"].items() if k != "version"}
+    assert len(workflows) == 1, f"expected one workflow, found {sorted(workflows)}"
+    jobs: Dict[str, Dict[str, Any]] = {}
+    for entry in next(iter(workflows.values()))["jobs"]:
+        if isinstance(entry, str):
+            jobs[entry] = {}
+        else:
+            (name, settings), = entry.items()
+            jobs[name] = settings or {}
+    return jobs
+
+
+def runs_on_branch(settings: Dict[str, Any], branch: str) -> bool:
+    """Whether a workflow job with these settings runs for a push to `branch`."""
+    branches = settings.get("filters", {}).get("branches", {})
+    only, ignore = branches.get("only"), branches.get("ignore")
+    if only is not None and branch not in _as_list(only):
+        return False
+    return branch not in _as_list(ignore)
+
+
+def _as_list(value: Any) -> List[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def firing_delays(schedule: str, first_drop: datetime, weeks: int) -> List[List[timedelta]]:
+    """For each of `weeks` weekly drops, how long after it each firing of `schedule` comes,
+    counting the firings before the next drop."""
+    delays: List[List[timedelta]] = []
+    runs = croniter(schedule, first_drop)
+    fire = runs.get_next(datetime)
+    for week in range(weeks):
+        drop = first_drop + timedelta(weeks=week)
+        this_week = []
+        while fire < drop + timedelta(weeks=1):
+            this_week.append(fire - drop)
+            fire = runs.get_next(datetime)
+        delays.append(this_week)
+    return delays
+
+
+def schedule_problems(schedule: str) -> List[str]:
+    """What is wrong with a retraining schedule: it must fire once per week, 1 to 24 hours
+    after the Friday 23:00 UTC drop (EKS evaluates CronJob schedules in UTC)."""
+    assert (FIRST_DROP.weekday(), FIRST_DROP.hour, FIRST_DROP.utcoffset()) == (
+        DROP_WEEKDAY, DROP_HOUR, timedelta(0)
+    )
+    problems = []
+    for week, delays in enumerate(firing_delays(schedule, FIRST_DROP, WEEKS_CHECKED)):
+        if len(delays) != 1:
+            problems.append(f"week {week}: {len(delays)} firings between two drops, not 1")
+        elif not MIN_DELAY_AFTER_DROP <= delays[0] < MAX_DELAY_AFTER_DROP:
+            problems.append(f"week {week}: fires {delays[0]} after the drop")
+    return problems
+
+
+# --- requirements ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_requirements_are_lines_of_requirements_pipe(stage: str) -> None:
+    requirements = bodywork_config()["stages"][stage]["requirements"]
+    pipe = requirement_lines(REQUIREMENTS_PIPE)
+    assert requirements, f"{stage} has no requirements"
+    assert [r for r in requirements if r not in pipe] == []
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_requirements_cover_the_pinned_libraries_the_stage_imports(stage: str) -> None:
+    """Importing the stage's module loads no pinned library its requirements leave out (pip
+    in the container would install some other version of it, or none)."""
+    module = bodywork_config()["stages"][stage]["executable_module_path"][:-3].replace("/", ".")
+    loaded = subprocess.run(
+        [sys.executable, "-c",
+         f"import importlib, sys; importlib.import_module({module!r}); print(' '.join(sys.modules))"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.split()
+    providers = metadata.packages_distributions()
+    imported = {
+        distribution_name(dist)
+        for name in loaded
+        for dist in providers.get(name.split(".")[0], [])
+    }
+    pinned = {distribution_name(line) for line in requirement_lines(REQUIREMENTS_PIPE)}
+    listed = {distribution_name(r) for r in bodywork_config()["stages"][stage]["requirements"]}
+    assert sorted((imported & pinned) - listed) == []
+
+
+def test_bodywork_env_pins_what_it_shares_with_the_other_requirements_as_they_do() -> None:
+    """tests/bodywork/requirements*.txt pin PyYAML and click for the Bodywork CLI alone (CI's
+    deploy job); the bodywork tox environment installs them with the other two files."""
+    others = {
+        distribution_name(line): line
+        for path in (REQUIREMENTS_PIPE, REQUIREMENTS_CICD) for line in requirement_lines(path)
+    }
+    bodywork_env = {distribution_name(line): line for line in requirement_lines(REQUIREMENTS_BODYWORK_ENV)}
+    shared = sorted(set(others) & set(bodywork_env))
+    assert shared, "expected the Bodywork CLI's pins to share some libraries with the others"
+    assert [bodywork_env[name] for name in shared] == [others[name] for name in shared]
+
+
+# --- resources sized from the benchmarks -------------------------------------------------
+
+def benchmark(path: Path) -> Dict[str, Any]:
+    """A benchmark's results file; a missing file fails the test that needs it."""
+    assert path.exists(), f"{path.relative_to(REPO_ROOT)} is missing: run the benchmark (see README)"
+    results = json.loads(path.read_text())
+    assert isinstance(results, dict)
+    return results
+
+
+def memory_request_bytes(stage: str) -> int:
+    return int(bodywork_config()["stages"][stage]["memory_request_mb"]) * BYTES_PER_REQUEST_MB
+
+
+def test_train_memory_request_covers_the_peak_rss_of_a_ten_times_week() -> None:
+    figures = benchmark(TRAIN_BENCHMARK)
+    assert figures["rows"] >= 10_000
+    needed = MEMORY_MARGIN * figures["peak_rss_mb"] * BYTES_PER_BENCHMARK_MB
+    assert memory_request_bytes("train_model") >= needed
+
+
+def test_train_time_limit_covers_a_ten_times_week() -> None:
+    figures = benchmark(TRAIN_BENCHMARK)
+    assert figures["rows"] >= 10_000
+    limit = bodywork_config()["stages"]["train_model"]["batch"]["max_completion_time_seconds"]
+    assert limit >= TIME_MARGIN * figures["seconds"]
+
+
+def test_serve_memory_request_covers_the_rss_after_ten_thousand_requests() -> None:
+    figures = benchmark(SERVE_BENCHMARK)
+    needed = MEMORY_MARGIN * figures["rss_mb_after_10000_requests"] * BYTES_PER_BENCHMARK_MB
+    assert memory_request_bytes("serve_model") >= needed
+
+
+def test_serve_startup_time_covers_the_cold_start() -> None:
+    figures = benchmark(SERVE_BENCHMARK)
+    limit = bodywork_config()["stages"]["serve_model"]["service"]["max_startup_time_seconds"]
+    assert limit >= TIME_MARGIN * figures["cold_start_seconds"]
+
+
+# --- Python 3.9 --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "module", sorted(p.name for p in (REPO_ROOT / "pipeline").glob("*.py")), ids=str
+)
+def test_pipeline_module_parses_as_python_3_9(module: str) -> None:
+    """No syntax newer than the production image's Python (match, `except*`, ...); library
+    calls newer than 3.9 are mypy's to find (`tox -e static` runs it for 3.9)."""
+    path = REPO_ROOT / "pipeline" / module
+    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+
+
+# --- CircleCI ----------------------------------------------------------------------------
+
+def test_circleci_config_is_valid_against_circleci_schema() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.circle-ci",
+         str(CIRCLECI_CONFIG)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_circleci_config_is_version_2_1() -> None:
+    assert str(circleci_config()["version"]) == "2.1"
+
+
+def test_circleci_runs_static_analysis_then_tests_on_other_branches_than_master() -> None:
+    config = circleci_config()
+    jobs = workflow_jobs(config)
+    on_branch = [name for name, settings in jobs.items() if runs_on_branch(settings, "feature-x")]
+    assert on_branch == ["static-analysis", "tests"]
+    assert jobs["tests"]["requires"] == ["static-analysis"]
+    assert any("tox -e static" in c for c in job_commands(config, "static-analysis"))
+
+
+def test_circleci_runs_every_tox_environment_on_branches() -> None:
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(TOX_INI)
+    envlist = {env.strip() for env in tox["tox"]["envlist"].split(",")}
+    config = circleci_config()
+    run = set()
+    for job in ("static-analysis", "tests"):
+        for command in job_commands(config, job):
+            for envs in re.findall(r"tox -e ([\w,-]+)", command):
+                run.update(envs.split(","))
+    assert run == envlist
+
+
+def test_circleci_deploys_only_master_with_bodywork() -> None:
+    config = circleci_config()
+    jobs = workflow_jobs(config)
+    on_master = [name for name, settings in jobs.items() if runs_on_branch(settings, "master")]
+    assert on_master == ["deploy"]
+    deploy = [c for c in job_commands(config, "deploy") if "bodywork create deployment" in c]
+    assert len(deploy) == 1
+    assert option_value(shlex.split(deploy[0]), "--branch") == "master"
+
+
+def test_circleci_installs_the_bodywork_version_the_bodywork_env_tests() -> None:
+    tested = re.findall(r"bodywork==[\d.]+", TOX_INI.read_text())
+    installed = re.findall(r"bodywork==[\d.]+", "\n".join(job_commands(circleci_config(), "deploy")))
+    assert tested == ["bodywork==3.0.12"]
+    assert installed == tested
+
+
+# --- the weekly retraining ---------------------------------------------------------------
+
+def test_readme_cronjob_fires_once_a_week_after_the_friday_drop() -> None:
+    schedule = option_value(readme_command("create", "cronjob"), "--schedule")
+    assert schedule is not None, "the README's cronjob command has no --schedule"
+    assert schedule_problems(schedule) == []
+
+
+def test_schedule_check_rejects_the_original_articles_schedule() -> None:
+    """Friday 11:45 comes half a day before the drop: every run retrains on last week's data."""
+    assert len(schedule_problems("45 11 * * 5")) == WEEKS_CHECKED
+
+
+def test_readme_cronjob_retries_a_failed_run() -> None:
+    retries = option_value(readme_command("create", "cronjob"), "--retries")
+    assert retries is not None and int(retries) >= 1
+
+
+def test_readme_cronjob_deploys_the_master_branch() -> None:
+    assert option_value(readme_command("create", "cronjob"), "--branch") == "master"
