@@ -53,8 +53,12 @@ CV_FOLDS = 5
 # 5-fold search some of its rows to learn from.
 MIN_ROWS_PER_PRODUCT = 10
 # Below this many training rows a pool of worker processes costs more to start than it
-# saves (benchmarks/train_benchmark.py measures it); above it, use every core.
-PARALLEL_MIN_TRAIN_ROWS = 4000
+# saves; from it on, use every core. Measured on 2 cores with `PYTHONPATH=. python
+# benchmarks/train_benchmark.py --rows --memory-rows --repeats 5 --crossover-rows 1000 1500
+# 2000 2500 3000 4000` (median seconds, one process / two): 800 training rows (a 1,000-row
+# week) 1.66 / 1.96, 1200 rows 2.45 / 2.14, 1600 rows 3.60 / 2.66, 3200 rows 10.36 / 7.81
+# (and 8000 rows 53.9 / 41.2 in an earlier run). See benchmarks/results/train.txt.
+PARALLEL_MIN_TRAIN_ROWS = 1200
 # The logic checks: estimates must rise from 100 to 150 orders, and stay within reason.
 CHECK_ORDERS_LOW, CHECK_ORDERS_HIGH = 100, 150
 MAX_ESTIMATE_TO_LABEL_RATIO = 1.25

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure the stages; their figures are kept in `benchmarks/results/`."""
