@@ -1,0 +1,477 @@
+"""Serve-stage benchmark: our endpoint against the framework's floor and the straightforward way,
+the service's cold start, and its resident memory under use.
+
+Four servers answer `POST /api/v0.1/time_to_dispatch` with the same request and response
+schema (`build_request_model` and `Prediction` from `pipeline.serve_model`), each in its own
+process, one uvicorn worker each, started and stopped the same way (`open_port` and
+`run_server`, so the same uvicorn settings as production, access log off):
+
+- ours: the service's real app, `create_app(model)` (an `async def` endpoint and the exact
+  pure-Python tree walk `Model.predict_one`);
+- ours_access_log: the same with uvicorn's access log on (`--access-log`), one log line per
+  request in the project's format (written to /dev/null here);
+- floor: the same route declared `async def`, returning a constant prediction: what the
+  framework costs on its own, the fastest any implementation of this route can be;
+- straightforward: a `def` endpoint (so FastAPI runs it in its thread pool) calling the
+  estimator's `predict` on a 1x2 array per request.
+
+The model is trained by the real train stage on a synthetic week stored in a local S3 server
+(moto, on 127.0.0.1), and every server loads it from there as the service does. `wrk` drives
+each server on loopback for a fixed time with a fixed number of connections from one thread,
+cycling through 50 request bodies; the servers take turns, round after round, so they all
+see the same conditions and the ratios are measured within one run. Figures are the median
+over rounds.
+
+Then the real CLI (`python -m pipeline.serve_model BUCKET`) is started against the same local
+S3 server several times, timing process start to first successful prediction (cold start);
+the last one answers 10,000 single requests over one keep-alive connection, and its VmRSS is
+read from /proc, then again after 100 batch requests of 1,000 items.
+
+Needs `wrk` (Debian/Ubuntu: `apt-get update && apt-get install -y wrk`). Usage, from the
+repository root (on a shared machine, under a lock so that no two benchmarks overlap):
+
+    flock /tmp/ttd-bench.lock env PYTHONPATH=. .venv/bin/python benchmarks/serve_benchmark.py \\
+        --json benchmarks/results/serve.json --text benchmarks/results/serve.txt
+"""
+import argparse
+import http.client
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Sequence
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+
+from pipeline import storage, train_model
+from pipeline.model import Model
+from pipeline.serve_model import (
+    PREDICT_BATCH_PATH,
+    PREDICT_PATH,
+    Prediction,
+    PredictionRequest,
+    build_request_model,
+    create_app,
+    open_port,
+    run_server,
+    validation_error_response,
+)
+from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.utils import configure_logger
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("ours", "ours_access_log", "floor", "straightforward")
+REGION = "eu-west-2"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "benchmark", "AWS_SECRET_ACCESS_KEY": "benchmark", "AWS_DEFAULT_REGION": REGION}
+# The issue's targets, relative to the floor.
+TARGET_THROUGHPUT_RATIO = 0.8
+TARGET_P99_RATIO = 1.25
+START_TIMEOUT = 60.0
+WRK_INSTALL_HINT = "wrk is not installed; on Debian or Ubuntu: apt-get update && apt-get install -y wrk"
+
+# wrk's Lua side: pre-formatted requests, cycled; at the end one JSON line with the figures.
+WRK_SCRIPT = """
+local bodies = {BODIES}
+local requests = {}
+local i = 0
+init = function(args)
+  for n, body in ipairs(bodies) do
+    requests[n] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
+  end
+end
+request = function()
+  i = i % #requests + 1
+  return requests[i]
+end
+done = function(summary, latency, requests)
+  io.write(string.format(
+    'WRK_RESULT {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, '
+    .. '"mean_us": %.1f, "non_2xx": %d, "connect_errors": %d, "read_errors": %d, '
+    .. '"write_errors": %d, "timeouts": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.mean, summary.errors.status, summary.errors.connect,
+    summary.errors.read, summary.errors.write, summary.errors.timeout))
+end
+"""
+
+
+class LoadResult(NamedTuple):
+    """One wrk run against one server."""
+
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+
+
+class Server(NamedTuple):
+    kind: str
+    process: "subprocess.Popen[bytes]"
+    port: int
+
+
+# --- the apps ----------------------------------------------------------------------------------
+
+def floor_app(model: Model) -> FastAPI:
+    """The route with our request and response schema, `async def`, answering a constant."""
+    request_model = build_request_model(model.product_codes)
+    constant = Prediction(est_hours_to_dispatch=5.321, model_version=str(model))
+    app = FastAPI()
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+
+    @app.post(PREDICT_PATH, response_model=Prediction)
+    async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
+        return constant
+
+    return app
+
+
+def straightforward_app(model: Model) -> FastAPI:
+    """The route with our schema, `def`, calling the estimator's `predict` on a 1x2 array."""
+    request_model = build_request_model(model.product_codes)
+    version = str(model)
+    app = FastAPI()
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+
+    @app.post(PREDICT_PATH, response_model=Prediction)
+    def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
+        body: PredictionRequest = request
+        features = np.array([[body.orders_placed, model.encoding.index(body.product_code)]], dtype=np.float64)
+        return Prediction(est_hours_to_dispatch=float(model.estimator.predict(features)[0]), model_version=version)
+
+    return app
+
+
+def serve_one(kind: str, bucket: str, port: int) -> None:
+    """Child process: load the newest model from the bucket and serve one of the apps."""
+    configure_logger(logging.INFO)
+    model = storage.get_latest_model(bucket)
+    build = {"ours": create_app, "ours_access_log": create_app, "floor": floor_app,
+             "straightforward": straightforward_app}[kind]
+    run_server(build(model), open_port("127.0.0.1", port), access_log=kind == "ours_access_log")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def request_bodies(product_codes: Sequence[str]) -> List[Dict[str, Any]]:
+    """50 requests: every product code at ten order counts over the usual range."""
+    return [{"product_code": code, "orders_placed": float(orders)}
+            for code in product_codes for orders in (0, 12, 35, 60, 73, 90, 112, 150, 210, 300)]
+
+
+def post(conn: http.client.HTTPConnection, path: str, body: Any) -> Any:
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    payload = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"POST {path} answered {response.status}: {payload[:200]!r}")
+    return json.loads(payload)
+
+
+def wait_for_prediction(port: int, process: "subprocess.Popen[bytes]", body: Dict[str, Any]) -> Any:
+    """Poll until the server answers a prediction; return the answer."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before answering")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                return post(conn, PREDICT_PATH, body)
+            finally:
+                conn.close()
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"no prediction from port {port} within {START_TIMEOUT}s")
+
+
+def rss_mb(pid: int) -> float:
+    return _proc_status_kb(pid, "VmRSS") / 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    return _proc_status_kb(pid, "VmHWM") / 1024
+
+
+def _proc_status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def stop(process: "subprocess.Popen[Any]") -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class LocalS3:
+    """moto's S3 server on 127.0.0.1 with a bucket holding a week of data and a trained model."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+                    "PYTHONPATH": str(REPO_ROOT)}
+        os.environ.update({k: self.env[k] for k in (*CREDENTIALS, "AWS_ENDPOINT_URL")})
+        client = storage.s3_client()
+        self.bucket = "ttd-serve-benchmark"
+        client.create_bucket(Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+        storage.put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp, client)
+        self.model = train_model.main(self.bucket, 0.9, 0.95)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+# --- the measurements -------------------------------------------------------------------------
+
+def start_server(kind: str, s3: LocalS3) -> Server:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--bucket", s3.bucket, "--port", str(port)],
+        env=s3.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+    )
+    return Server(kind, process, port)
+
+
+def run_wrk(port: int, script: Path, duration: float, connections: int) -> LoadResult:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "10s",
+               "-s", str(script), f"http://127.0.0.1:{port}{PREDICT_PATH}"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+    line = next(line for line in output.splitlines() if line.startswith("WRK_RESULT "))
+    result = json.loads(line[len("WRK_RESULT "):])
+    errors = {k: result[k] for k in ("non_2xx", "connect_errors", "read_errors", "write_errors", "timeouts")}
+    if any(errors.values()):
+        raise RuntimeError(f"wrk saw errors against port {port}: {errors}\n{output}")
+    return LoadResult(
+        requests_per_second=result["requests"] / (result["duration_us"] / 1e6),
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+    )
+
+
+def compare_servers(s3: LocalS3, duration: float, connections: int, rounds: int, warmup: float,
+                    out: "Report") -> Dict[str, Any]:
+    """Throughput and latency of the servers, taking turns; medians over rounds."""
+    bodies = request_bodies(s3.model.product_codes)
+    lua_bodies = "{" + ", ".join(json.dumps(json.dumps(b)) for b in bodies) + "}"
+    results: Dict[str, List[LoadResult]] = {kind: [] for kind in KINDS}
+    rss_after: Dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(WRK_SCRIPT.replace("{BODIES}", lua_bodies))
+        servers = [start_server(kind, s3) for kind in KINDS]
+        try:
+            for server in servers:
+                answers = [wait_for_prediction(server.port, server.process, body) for body in bodies]
+                if server.kind != "floor":
+                    expected = s3.model.predict([b["product_code"] for b in bodies],
+                                                [b["orders_placed"] for b in bodies])
+                    got = np.array([a["est_hours_to_dispatch"] for a in answers])
+                    if not np.allclose(got, expected, rtol=0, atol=1e-9):
+                        raise RuntimeError(f"{server.kind} answers differ from the estimator")
+                run_wrk(server.port, script, warmup, connections)
+            for round_ in range(rounds):
+                for server in servers:
+                    result = run_wrk(server.port, script, duration, connections)
+                    results[server.kind].append(result)
+                    out.print(f"  round {round_ + 1} {server.kind:<16} {result.requests_per_second:8.0f} req/s  "
+                              f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms")
+            rss_after = {server.kind: rss_mb(server.process.pid) for server in servers}
+        finally:
+            for server in servers:
+                stop(server.process)
+    summary: Dict[str, Any] = {}
+    for kind in KINDS:
+        runs = results[kind]
+        summary[kind] = {
+            "requests_per_second": statistics.median(r.requests_per_second for r in runs),
+            "p50_ms": statistics.median(r.p50_ms for r in runs),
+            "p99_ms": statistics.median(r.p99_ms for r in runs),
+            "rss_mb_after_load": round(rss_after[kind], 1),
+            "runs": [r._asdict() for r in runs],
+        }
+    floor = summary["floor"]
+    for kind in KINDS:
+        summary[kind]["throughput_vs_floor"] = summary[kind]["requests_per_second"] / floor["requests_per_second"]
+        summary[kind]["p99_vs_floor"] = summary[kind]["p99_ms"] / floor["p99_ms"]
+    summary["ours_vs_straightforward_throughput"] = (
+        summary["ours"]["requests_per_second"] / summary["straightforward"]["requests_per_second"])
+    return summary
+
+
+def prediction_call_costs(model: Model) -> Dict[str, float]:
+    """Microseconds per call of the two ways to predict one row, in this process (best of 5)."""
+    features = np.array([[112.0, float(model.encoding.index("SKU001"))]])
+    model.predict_one("SKU001", 112.0)
+    calls = {
+        "estimator_predict_1x2_us": lambda: model.estimator.predict(features),
+        "predict_one_us": lambda: model.predict_one("SKU001", 112.0),
+    }
+    return {name: round(min(timeit.repeat(call, number=2000, repeat=5)) / 2000 * 1e6, 2)
+            for name, call in calls.items()}
+
+
+def cold_start_and_memory(s3: LocalS3, starts: int, n_requests: int, n_batches: int) -> Dict[str, Any]:
+    """Time the real CLI from process start to first prediction; its RSS after use."""
+    bodies = request_bodies(s3.model.product_codes)
+    seconds: List[float] = []
+    memory: Dict[str, Any] = {}
+    for attempt in range(starts):
+        port = free_port()
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serve_model", s3.bucket, "--host", "127.0.0.1", "--port", str(port)],
+            env=s3.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_prediction(port, process, bodies[0])
+            seconds.append(time.perf_counter() - started)
+            if attempt == starts - 1:
+                memory["rss_mb_after_start"] = rss_mb(process.pid)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                for i in range(n_requests):
+                    post(conn, PREDICT_PATH, bodies[i % len(bodies)])
+                memory[f"rss_mb_after_{n_requests}_requests"] = rss_mb(process.pid)
+                batch = [bodies[i % len(bodies)] for i in range(1000)]
+                for _ in range(n_batches):
+                    post(conn, PREDICT_BATCH_PATH, batch)
+                conn.close()
+                memory[f"rss_mb_after_{n_batches}_more_batches_of_1000"] = rss_mb(process.pid)
+                memory["peak_rss_mb"] = peak_rss_mb(process.pid)
+        finally:
+            stop(process)
+    return {
+        "cold_start_seconds_runs": [round(s, 3) for s in seconds],
+        "cold_start_seconds_median": round(statistics.median(seconds), 3),
+        **{k: round(v, 1) for k, v in memory.items()},
+    }
+
+
+class Report:
+    """Prints and keeps the lines, for the text file."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def print(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+
+def benchmark(args: argparse.Namespace, command: str) -> Dict[str, Any]:
+    out = Report()
+    out.print(f"$ {command}")
+    out.print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
+              f"{subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}")
+    s3 = LocalS3()
+    try:
+        out.print(f"model: {s3.model}")
+        out.print(f"\nthroughput and latency: wrk -t1 -c{args.connections} -d{args.duration:g}s, "
+                  f"{args.rounds} rounds, servers taking turns (after a {args.warmup:g}s warm-up each)")
+        load = compare_servers(s3, args.duration, args.connections, args.rounds, args.warmup, out)
+        out.print("")
+        out.print(f"{'endpoint':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s vs floor':>15} "
+                  f"{'p99 vs floor':>13} {'RSS MB':>7}")
+        for kind in KINDS:
+            row = load[kind]
+            out.print(f"{kind:<16} {row['requests_per_second']:8.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} "
+                      f"{row['throughput_vs_floor']:15.2f} {row['p99_vs_floor']:13.2f} {row['rss_mb_after_load']:7.1f}")
+        ours = load["ours"]
+        met = (ours["throughput_vs_floor"] >= TARGET_THROUGHPUT_RATIO and ours["p99_vs_floor"] <= TARGET_P99_RATIO)
+        out.print(f"ours vs straightforward: {load['ours_vs_straightforward_throughput']:.2f}x the throughput; "
+                  f"target (>= {TARGET_THROUGHPUT_RATIO}x floor req/s, <= {TARGET_P99_RATIO}x floor p99): "
+                  f"{'met' if met else 'NOT met'}")
+        costs = prediction_call_costs(s3.model)
+        out.print(f"per call, in-process: estimator.predict on a 1x2 array {costs['estimator_predict_1x2_us']} us, "
+                  f"Model.predict_one {costs['predict_one_us']} us")
+        out.print(f"\ncold start (python -m pipeline.serve_model, start to first prediction, {args.cold_starts} runs) "
+                  f"and memory after {args.requests:,} requests, then {args.batches} batches of 1,000")
+        service = cold_start_and_memory(s3, args.cold_starts, args.requests, args.batches)
+        for key, value in service.items():
+            out.print(f"  {key}: {value}")
+    finally:
+        s3.stop()
+    results = {
+        "command": command,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "load": {"connections": args.connections, "duration_seconds": args.duration, "rounds": args.rounds,
+                 **load, "target_met": met},
+        "prediction_call_costs": costs,
+        # The figures the deployment's resources are sized from: the slowest cold start seen and
+        # the memory after 10,000 requests.
+        "cold_start_seconds": max(service["cold_start_seconds_runs"]),
+        "rss_mb_after_10000_requests": service.get("rss_mb_after_10000_requests"),
+        "service": service,
+    }
+    if args.text:
+        Path(args.text).write_text("\n".join(out.lines) + "\n")
+    return results
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--rounds", type=int, default=5, help="wrk runs per server (default 5)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
+    parser.add_argument("--cold-starts", type=int, default=3, help="CLI starts timed (default 3)")
+    parser.add_argument("--requests", type=int, default=10000, help="requests before reading RSS (default 10000)")
+    parser.add_argument("--batches", type=int, default=100, help="batches of 1,000 after that (default 100)")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--text", help="write the printed report to this file")
+    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--bucket", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(list(argv))
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    if args.serve:
+        serve_one(args.serve, args.bucket, args.port)
+        return 0
+    if shutil.which("wrk") is None:
+        print(WRK_INSTALL_HINT, file=sys.stderr)
+        return 2
+    configure_logger(logging.WARNING)
+    command = "PYTHONPATH=. python benchmarks/serve_benchmark.py " + " ".join(shlex.quote(a) for a in argv)
+    results = benchmark(args, command.strip())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,406 @@
+"""The serve stage's real CLI in a subprocess, against the local S3 server over HTTP.
+
+Each service listens on 127.0.0.1 on a port that was free a moment before. "The port never
+opened" is checked by trying to connect all the time the process runs.
+"""
+import asyncio
+import http.client
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import pytest
+
+from pipeline import storage
+from pipeline.model import Model
+from pipeline.serve_model import DEFAULT_HOST, DEFAULT_PORT, PREDICT_PATH, open_port, parse_args
+from tests.conftest import REPO_ROOT, run_cli
+
+pytestmark = pytest.mark.e2e
+
+# `%(funcName)s` is `<module>` for lines logged by the CLI block itself.
+LOG_LINE = re.compile(
+    r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - \w+\.(\w+|<module>) - "
+)
+START_TIMEOUT = 60.0
+EXAMPLE_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Service(NamedTuple):
+    process: "subprocess.Popen[str]"
+    port: int
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_service(
+    args: List[str], env: Dict[str, str], tmp_path: Path, cwd: Optional[Path] = None
+) -> Service:
+    """Start the CLI with `--host 127.0.0.1 --port N` added, its stdout and stderr to a file."""
+    port = free_port()
+    log_path = tmp_path / f"serve-{port}.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, *args, "--host", "127.0.0.1", "--port", str(port)],
+            env=env, cwd=cwd or REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+        )
+    return Service(process, port, log_path)
+
+
+def wait_until_listening(service: Service) -> None:
+    """Return once the service accepts connections; fail if it exits or takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            pytest.fail(f"the service exited with {service.process.returncode}:\n{service.log()}")
+        if port_accepts(service.port):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the service did not open its port within {START_TIMEOUT}s:\n{service.log()}")
+
+
+def wait_for_exit_watching_port(service: Service, timeout: float = START_TIMEOUT) -> bool:
+    """Wait for the process to exit; True if its port accepted a connection meanwhile."""
+    opened = False
+    deadline = time.monotonic() + timeout
+    while service.process.poll() is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the service did not exit within {timeout}s:\n{service.log()}")
+        opened = opened or port_accepts(service.port)
+        time.sleep(0.02)
+    return opened or port_accepts(service.port)
+
+
+def wait_for_log(service: Service, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in service.log():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{text!r} not logged within {timeout}s:\n{service.log()}")
+        time.sleep(0.02)
+
+
+def stop(service: Service) -> int:
+    """SIGTERM the service and return its exit code (killing it if it hangs)."""
+    if service.process.poll() is None:
+        service.process.send_signal(signal.SIGTERM)
+    try:
+        return service.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        service.process.kill()
+        service.process.wait()
+        raise
+
+
+@pytest.fixture
+def services() -> Iterator[List[Service]]:
+    """Services a test started; any still running afterwards are killed."""
+    started: List[Service] = []
+    yield started
+    for service in started:
+        if service.process.poll() is None:
+            service.process.kill()
+            service.process.wait()
+
+
+def post(port: int, path: str, body: Any) -> Tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def get(port: int, path: str) -> Tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def error_lines(log: str) -> List[str]:
+    return [line for line in log.splitlines() if " - ERROR - " in line]
+
+
+def expected_estimate(model: Model, product_code: str, orders_placed: float) -> float:
+    features = [[orders_placed, float(model.encoding.codes.index(product_code))]]
+    return float(model.estimator.predict(features)[0])
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+def test_module_cli_serves_the_newest_model(
+    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+) -> None:
+    model = storage.get_latest_model(bucket_with_model)
+    service = start_service(["-m", "pipeline.serve_model", bucket_with_model], s3_env, tmp_path)
+    services.append(service)
+    wait_until_listening(service)
+
+    status, body = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+
+    assert status == 200
+    assert body == {"est_hours_to_dispatch": pytest.approx(expected_estimate(model, "SKU001", 112), abs=1e-9),
+                    "model_version": str(model)}
+    assert get(service.port, "/ready") == (200, {"status": "ready", "model_version": str(model)})
+    assert stop(service) == 0
+
+
+def test_script_run_as_bodywork_runs_it_serves_the_newest_model(
+    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+) -> None:
+    model = storage.get_latest_model(bucket_with_model)
+    service = start_service(["serve_model.py", bucket_with_model], s3_env, tmp_path, cwd=REPO_ROOT / "pipeline")
+    services.append(service)
+    wait_until_listening(service)
+
+    status, body = post(service.port, PREDICT_PATH, {"product_code": "SKU005", "orders_placed": 250})
+
+    assert (status, body["model_version"]) == (200, str(model))
+    assert body["est_hours_to_dispatch"] == pytest.approx(expected_estimate(model, "SKU005", 250), abs=1e-9)
+    assert stop(service) == 0
+
+
+def test_every_log_line_is_in_the_project_format_on_stdout_including_uvicorns(
+    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+) -> None:
+    service = start_service(["-m", "pipeline.serve_model", bucket_with_model, "--access-log"], s3_env, tmp_path)
+    services.append(service)
+    wait_until_listening(service)
+    post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    stop(service)
+
+    lines = service.log().splitlines()
+    assert [line for line in lines if not LOG_LINE.match(line)] == []
+    assert any(" - server._serve - Started server process" in line for line in lines)
+    assert any(f'"POST {PREDICT_PATH} HTTP/1.1" 200' in line for line in lines)
+
+
+def test_requests_are_not_logged_by_default(
+    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+) -> None:
+    service = start_service(["-m", "pipeline.serve_model", bucket_with_model], s3_env, tmp_path)
+    services.append(service)
+    wait_until_listening(service)
+    post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    stop(service)
+
+    assert PREDICT_PATH not in service.log()
+    assert "serving model time-to-dispatch:" in service.log()
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
+    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+) -> None:
+    model = storage.get_latest_model(bucket_with_model)
+    service = start_service(["-m", "pipeline.serve_model", bucket_with_model], s3_env, tmp_path)
+    services.append(service)
+    wait_until_listening(service)
+    body = json.dumps({"product_code": "SKU002", "orders_placed": 140}).encode()
+    head = (f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
+        conn.sendall(head + body[:10])
+        time.sleep(0.5)  # let the service read the headers: the request is now in flight
+        service.process.send_signal(signal.SIGTERM)
+        wait_for_log(service, "Shutting down")
+        refused_during_shutdown = not port_accepts(service.port)
+        conn.sendall(body[10:])
+        response = conn.makefile("rb").read()  # the service closes the connection after answering
+
+    status_line, _, rest = response.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK"
+    answer = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert answer == {"est_hours_to_dispatch": pytest.approx(expected_estimate(model, "SKU002", 140), abs=1e-9),
+                      "model_version": str(model)}
+    assert refused_during_shutdown
+    assert service.process.wait(timeout=30) == 0
+    assert not port_accepts(service.port)
+    assert "stopped by SIGTERM after a graceful shutdown" in service.log()
+
+
+# --- failing to start: one ERROR line, exit 1, port never opened -------------------------------
+
+def test_empty_models_folder_exits_1_without_opening_the_port(
+    s3_env: Dict[str, str], bucket_with_datasets: str, services: List[Service], tmp_path: Path
+) -> None:
+    service = start_service(["-m", "pipeline.serve_model", bucket_with_datasets], s3_env, tmp_path)
+    services.append(service)
+
+    opened = wait_for_exit_watching_port(service)
+
+    assert service.process.returncode == 1
+    assert not opened
+    [line] = error_lines(service.log())
+    assert f"serve_model failed: s3://{bucket_with_datasets}/models/: no .pkl object with a timestamp" in line
+
+
+def test_tampered_artefact_exits_1_without_opening_the_port(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+) -> None:
+    key = storage.latest_object(bucket_with_model, storage.MODELS_PREFIX, ".pkl", s3).key
+    stored = s3.get_object(Bucket=bucket_with_model, Key=key)
+    body = bytearray(stored["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    s3.put_object(Bucket=bucket_with_model, Key=key, Body=bytes(body), Metadata=stored["Metadata"])
+    service = start_service(["-m", "pipeline.serve_model", bucket_with_model], s3_env, tmp_path)
+    services.append(service)
+
+    opened = wait_for_exit_watching_port(service)
+
+    assert service.process.returncode == 1
+    assert not opened
+    [line] = error_lines(service.log())
+    assert f"serve_model failed: s3://{bucket_with_model}/{key}: SHA-256 of the artefact is " in line
+    assert "the artefact was altered or corrupted, refusing to load it" in line
+
+
+def test_artefact_from_another_scikit_learn_version_exits_1_without_opening_the_port(
+    s3: Any, s3_env: Dict[str, str], bucket_with_datasets: str, trained_model: Model,
+    services: List[Service], tmp_path: Path
+) -> None:
+    trained_model.library_versions["scikit-learn"] = "1.5.2"
+    key = storage.put_model(bucket_with_datasets, trained_model, s3)
+    service = start_service(["-m", "pipeline.serve_model", bucket_with_datasets], s3_env, tmp_path)
+    services.append(service)
+
+    opened = wait_for_exit_watching_port(service)
+
+    assert service.process.returncode == 1
+    assert not opened
+    [line] = error_lines(service.log())
+    assert f"serve_model failed: model artefact {key} was trained with scikit-learn 1.5.2, but" in line
+
+
+def test_missing_bucket_exits_1_without_opening_the_port(
+    s3_env: Dict[str, str], services: List[Service], tmp_path: Path
+) -> None:
+    service = start_service(["-m", "pipeline.serve_model", "ttd-no-such-bucket"], s3_env, tmp_path)
+    services.append(service)
+
+    opened = wait_for_exit_watching_port(service)
+
+    assert service.process.returncode == 1
+    assert not opened
+    [line] = error_lines(service.log())
+    assert "serve_model failed: s3://ttd-no-such-bucket: bucket does not exist" in line
+
+
+def test_port_in_use_exits_1_with_one_error_line(
+    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(["-m", "pipeline.serve_model", bucket_with_model, "--host", "127.0.0.1",
+                          "--port", str(port)], s3_env, timeout=START_TIMEOUT)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert f"serve_model failed: cannot listen on 127.0.0.1:{port}: " in line
+    assert "Address already in use" in line
+
+
+def test_connections_to_the_service_port_have_nagles_algorithm_off() -> None:
+    # With Nagle on, each response waits for the client's delayed ACK: about 40 ms a request.
+    sock = open_port("127.0.0.1", free_port())
+
+    async def nodelay_of_an_accepted_connection() -> int:
+        accepted: "asyncio.Future[int]" = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                conn = transport.get_extra_info("socket")
+                accepted.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(accepted, timeout=10)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
+
+
+# --- arguments ------------------------------------------------------------------------------------
+
+USAGE_TEXT = "usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log]"
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        ([], "the following arguments are required: bucket"),
+        (["bucket-a", "bucket-b"], "unrecognized arguments: bucket-b"),
+        (["bucket-a", "--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
+        (["bucket-a", "--port", "0"], "--port must be in 1..65535, got 0"),
+        (["bucket-a", "--port", "70000"], "--port must be in 1..65535, got 70000"),
+        (["bucket-a", "--host", ""], "--host is empty"),
+        (["bucket-a", "--workers", "2"], "unrecognized arguments: --workers 2"),
+        (["  "], "S3_BUCKET is empty"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_reason(args: List[str], reason: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse_args(args)
+
+    assert str(refused.value) == reason
+
+
+def test_module_cli_without_arguments_exits_1_with_the_reason_and_usage(s3_env: Dict[str, str]) -> None:
+    result = run_cli(["-m", "pipeline.serve_model"], s3_env)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert LOG_LINE.match(line)
+    assert line.endswith("Invalid arguments passed to serve_model.py: the following arguments are required: "
+                         f"bucket; {USAGE_TEXT}")
+
+
+def test_script_with_a_bad_port_exits_1_with_the_reason_and_usage(s3_env: Dict[str, str]) -> None:
+    result = run_cli(["serve_model.py", "bucket-a", "--port", "70000"], s3_env, cwd=REPO_ROOT / "pipeline")
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert line.endswith(f"Invalid arguments passed to serve_model.py: --port must be in 1..65535, got 70000; "
+                         f"{USAGE_TEXT}")
+
+
+def test_listens_on_all_interfaces_port_8000_by_default() -> None:
+    args = parse_args(["bucket-a"])
+
+    assert (args.host, args.port, args.access_log) == (DEFAULT_HOST, DEFAULT_PORT, False)
+    assert (DEFAULT_HOST, DEFAULT_PORT) == ("0.0.0.0", 8000)
