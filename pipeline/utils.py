@@ -1,6 +1,8 @@
 """What every stage shares: the log format and the logger set-up."""
 import logging
 import sys
+import warnings
+from typing import Optional, TextIO, Type, Union
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(module)s.%(funcName)s - %(message)s"
 
@@ -31,4 +33,18 @@ def configure_logger(level: int = logging.INFO) -> logging.Logger:
     root.setLevel(level)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A library's warning (e.g. boto3 announcing the end of Python 3.9 support) would otherwise
+    # be two bare lines on stderr; as one log line it keeps the stage's output in one format.
+    warnings.showwarning = _log_warning
     return root
+
+
+def _log_warning(
+    message: Union[Warning, str],
+    category: Type[Warning],
+    filename: str,
+    lineno: int,
+    file: Optional[TextIO] = None,
+    line: Optional[str] = None,
+) -> None:
+    logging.getLogger("py.warnings").warning(f"{category.__name__}: {message} ({filename}:{lineno})")

@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 import pytest
+import sklearn
 from fastapi.testclient import TestClient
 
 from pipeline import storage, train_model
@@ -325,9 +326,9 @@ def test_model_from_another_scikit_learn_version_is_refused(served_model: Model)
 
 
 def test_model_from_the_installed_scikit_learn_version_is_accepted(served_model: Model) -> None:
-    check_library_versions(served_model)  # raises if refused
+    assert served_model.library_versions["scikit-learn"] == sklearn.__version__
 
-    assert served_model.library_versions["scikit-learn"] == __import__("sklearn").__version__
+    check_library_versions(served_model)  # raises if refused
 
 
 def test_warm_up_refuses_a_model_whose_fast_path_disagrees_with_its_estimator(served_model: Model) -> None:

@@ -75,3 +75,26 @@ def test_configure_logger_writes_the_project_format_to_stdout_once(
     assert len([line for line in lines if line.endswith("hello")]) == 1
     assert re.match(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - INFO - test_synthetic_and_utils\."
                     r"test_configure_logger_writes_the_project_format_to_stdout_once - hello$", lines[-1])
+
+
+def test_configure_logger_turns_a_library_warning_into_one_log_line(
+    capsys: pytest.CaptureFixture, restore_root_logger: None
+) -> None:
+    import warnings
+
+    previous = warnings.showwarning
+    try:
+        configure_logger()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("Python 3.9 is no longer supported", DeprecationWarning)
+    finally:
+        warnings.showwarning = previous
+
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if "no longer supported" in line]
+    assert len(lines) == 1
+    assert re.match(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - WARNING - utils\._log_warning - "
+                    r"DeprecationWarning: Python 3.9 is no longer supported \(.*test_synthetic_and_utils.py:\d+\)$",
+                    lines[0])
+    assert captured.err == ""
