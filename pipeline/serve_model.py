@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.model import Model
 from pipeline.storage import StorageError, get_latest_model
-from pipeline.utils import configure_logger
+from pipeline.utils import ArgumentParser, configure_logger
 
 API_VERSION = "0.1"
 API_PREFIX = f"/api/v{API_VERSION}"
@@ -367,30 +367,18 @@ def _log_stop_signal(signum: int, frame: Optional[FrameType]) -> None:
     log.info(f"stopped by {signal.Signals(signum).name} after a graceful shutdown")
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise _ArgumentError(message)
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the CLI arguments.
 
     Raises:
         ValueError: with the reason, for any bad argument.
     """
-    parser = _Parser(prog="serve_model.py", add_help=False)
+    parser = ArgumentParser(prog="serve_model.py", add_help=False)
     parser.add_argument("bucket")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--access-log", action="store_true")
-    try:
-        args = parser.parse_args(list(argv))
-    except _ArgumentError as error:
-        raise ValueError(str(error)) from None
+    args = parser.parse_args(list(argv))
     if not args.bucket.strip():
         raise ValueError("S3_BUCKET is empty")
     if not args.host.strip():

@@ -38,7 +38,7 @@ from pipeline.model import (
     TaskMetrics,
 )
 from pipeline.storage import Dataset, StorageError, get_latest_dataset, put_model
-from pipeline.utils import configure_logger
+from pipeline.utils import ArgumentParser, configure_logger
 
 HYPERPARAM_GRID: Dict[str, List[Any]] = {
     "criterion": ["squared_error", "absolute_error"],
@@ -424,30 +424,18 @@ def _report(
         problems.append(f"{count} row(s) with {what}{example} at CSV line(s) {rows}{more}")
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise _ArgumentError(message)
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the CLI arguments.
 
     Raises:
         ValueError: with the reason, for any bad argument.
     """
-    parser = _Parser(prog="train_model.py", add_help=False)
+    parser = ArgumentParser(prog="train_model.py", add_help=False)
     parser.add_argument("bucket")
     parser.add_argument("error_threshold", type=float)
     parser.add_argument("warning_threshold", type=float)
     parser.add_argument("--n-jobs", type=int, default=None)
-    try:
-        args = parser.parse_args(list(argv))
-    except _ArgumentError as error:
-        raise ValueError(str(error)) from None
+    args = parser.parse_args(list(argv))
     if not args.bucket.strip():
         raise ValueError("S3_BUCKET is empty")
     for name in ("error_threshold", "warning_threshold"):

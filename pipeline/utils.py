@@ -1,8 +1,9 @@
-"""What every stage shares: the log format and the logger set-up."""
+"""What every stage shares: the log format, the logger set-up and argument parsing."""
+import argparse
 import logging
 import sys
 import warnings
-from typing import Optional, TextIO, Type, Union
+from typing import NoReturn, Optional, TextIO, Type, Union
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(module)s.%(funcName)s - %(message)s"
 
@@ -48,3 +49,13 @@ def _log_warning(
     line: Optional[str] = None,
 ) -> None:
     logging.getLogger("py.warnings").warning(f"{category.__name__}: {message} ({filename}:{lineno})")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser that raises ValueError instead of printing and exiting with 2.
+
+    A stage's CLI turns the ValueError into its one ERROR line and exit code 1.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
