@@ -149,6 +149,19 @@ def error_lines(log: str) -> List[str]:
     return [line for line in log.splitlines() if " - ERROR - " in line]
 
 
+def the_error_of_a_failed_start(bucket: str, env: Dict[str, str], services: List[Service], tmp_path: Path) -> str:
+    """Start the service on `bucket`, expect exit 1 with its port never opened; its one ERROR line."""
+    service = start_service(["-m", "pipeline.serve_model", bucket], env, tmp_path)
+    services.append(service)
+
+    opened = wait_for_exit_watching_port(service)
+
+    assert service.process.returncode == 1
+    assert not opened
+    [line] = error_lines(service.log())
+    return line
+
+
 def expected_estimate(model: Model, product_code: str, orders_placed: float) -> float:
     features = [[orders_placed, float(model.encoding.codes.index(product_code))]]
     return float(model.estimator.predict(features)[0])
@@ -252,14 +265,8 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
 def test_empty_models_folder_exits_1_without_opening_the_port(
     s3_env: Dict[str, str], bucket_with_datasets: str, services: List[Service], tmp_path: Path
 ) -> None:
-    service = start_service(["-m", "pipeline.serve_model", bucket_with_datasets], s3_env, tmp_path)
-    services.append(service)
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, services, tmp_path)
 
-    opened = wait_for_exit_watching_port(service)
-
-    assert service.process.returncode == 1
-    assert not opened
-    [line] = error_lines(service.log())
     assert f"serve_model failed: s3://{bucket_with_datasets}/models/: no .pkl object with a timestamp" in line
 
 
@@ -271,14 +278,8 @@ def test_tampered_artefact_exits_1_without_opening_the_port(
     body = bytearray(stored["Body"].read())
     body[len(body) // 2] ^= 0xFF
     s3.put_object(Bucket=bucket_with_model, Key=key, Body=bytes(body), Metadata=stored["Metadata"])
-    service = start_service(["-m", "pipeline.serve_model", bucket_with_model], s3_env, tmp_path)
-    services.append(service)
+    line = the_error_of_a_failed_start(bucket_with_model, s3_env, services, tmp_path)
 
-    opened = wait_for_exit_watching_port(service)
-
-    assert service.process.returncode == 1
-    assert not opened
-    [line] = error_lines(service.log())
     assert f"serve_model failed: s3://{bucket_with_model}/{key}: SHA-256 of the artefact is " in line
     assert "the artefact was altered or corrupted, refusing to load it" in line
 
@@ -289,28 +290,16 @@ def test_artefact_from_another_scikit_learn_version_exits_1_without_opening_the_
 ) -> None:
     trained_model.library_versions["scikit-learn"] = "1.5.2"
     key = storage.put_model(bucket_with_datasets, trained_model, s3)
-    service = start_service(["-m", "pipeline.serve_model", bucket_with_datasets], s3_env, tmp_path)
-    services.append(service)
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, services, tmp_path)
 
-    opened = wait_for_exit_watching_port(service)
-
-    assert service.process.returncode == 1
-    assert not opened
-    [line] = error_lines(service.log())
     assert f"serve_model failed: model artefact {key} was trained with scikit-learn 1.5.2, but" in line
 
 
 def test_missing_bucket_exits_1_without_opening_the_port(
     s3_env: Dict[str, str], services: List[Service], tmp_path: Path
 ) -> None:
-    service = start_service(["-m", "pipeline.serve_model", "ttd-no-such-bucket"], s3_env, tmp_path)
-    services.append(service)
+    line = the_error_of_a_failed_start("ttd-no-such-bucket", s3_env, services, tmp_path)
 
-    opened = wait_for_exit_watching_port(service)
-
-    assert service.process.returncode == 1
-    assert not opened
-    [line] = error_lines(service.log())
     assert "serve_model failed: s3://ttd-no-such-bucket: bucket does not exist" in line
 
 
