@@ -87,12 +87,12 @@ def distribution_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def readme_section(name: str) -> str:
-    """The text between the README's `<!-- section:NAME -->` markers."""
+def readme_section(title: str) -> str:
+    """The README's `## TITLE` section (matched ignoring case), up to the next `## ` heading."""
     match = re.search(
-        rf"<!-- section:{name} -->(.*?)<!-- /section:{name} -->", README.read_text(), re.DOTALL
+        rf"^## {re.escape(title)}\s*$(.*?)(?=^## |\Z)", README.read_text(), re.DOTALL | re.MULTILINE | re.IGNORECASE
     )
-    assert match is not None, f"README.md has no section {name!r}"
+    assert match is not None, f"README.md has no section {title!r}"
     return match.group(1)
 
 
