@@ -14,13 +14,14 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import mean_absolute_error, r2_score
-from sklearn.model_selection import GridSearchCV, KFold, ParameterGrid, train_test_split
+from sklearn.model_selection import KFold, ParameterGrid, train_test_split
 from sklearn.tree import DecisionTreeRegressor
+from sklearn.utils.parallel import Parallel, delayed
 
 from pipeline.features import (
     DATASET_COLUMNS,
@@ -59,6 +60,9 @@ MIN_ROWS_PER_PRODUCT = 10
 # week) 1.66 / 1.96, 1200 rows 2.45 / 2.14, 1600 rows 3.60 / 2.66, 3200 rows 10.36 / 7.81
 # (and 8000 rows 53.9 / 41.2 in an earlier run). See benchmarks/results/train.txt.
 PARALLEL_MIN_TRAIN_ROWS = 1200
+# A long search logs how many of its fits are done at most this often (a 100,000-row week
+# searches for well over half an hour).
+PROGRESS_INTERVAL_S = 30.0
 # The logic checks: estimates must rise from 100 to 150 orders, and stay within reason.
 CHECK_ORDERS_LOW, CHECK_ORDERS_HIGH = 100, 150
 MAX_ESTIMATE_TO_LABEL_RATIO = 1.25
@@ -244,9 +248,12 @@ def tune_hyperparameters(
     value (and on everything else) grow identical trees. Each such group is cross-validated
     once and its scores are shared by all its members; the best is then the first grid point
     in `ParameterGrid` order with the best mean score, which is how `GridSearchCV` breaks ties.
+    Each fit is made as `GridSearchCV` makes it (same unshuffled folds, same seed, r² on the
+    held-out fold), in the same order, by a pool of `n_jobs` processes; a long search logs how
+    many fits are done every `PROGRESS_INTERVAL_S` seconds.
 
     Raises:
-        ValueError: if the grid is empty or malformed.
+        ValueError: if the grid is empty or malformed, or the tree rejects one of its values.
     """
     try:
         candidates = list(ParameterGrid(grid))
@@ -264,17 +271,23 @@ def tune_hyperparameters(
         f"{CV_FOLDS}-fold CV on {len(y_train)} rows, n_jobs={workers}"
     )
     started = time.perf_counter()
-    search = GridSearchCV(
-        DecisionTreeRegressor(random_state=RANDOM_STATE),
-        [{k: [v] for k, v in params.items()} for params in representatives],
-        cv=KFold(n_splits=CV_FOLDS),
-        scoring="r2",
-        n_jobs=workers,
-        refit=False,
+    splits = list(KFold(n_splits=CV_FOLDS).split(X_train))
+    fold_scores = np.empty((len(representatives), CV_FOLDS))
+    fits = Parallel(n_jobs=workers, return_as="generator_unordered")(
+        delayed(_fit_and_score)(tree, fold, params, X_train, y_train, train, test)
+        for tree, params in enumerate(representatives)
+        for fold, (train, test) in enumerate(splits)
     )
-    search.fit(X_train, y_train)
+    total = fold_scores.size
+    last_report = started
+    for done, (tree, fold, score) in enumerate(fits, start=1):
+        fold_scores[tree, fold] = score
+        now = time.perf_counter()
+        if done < total and now - last_report >= PROGRESS_INTERVAL_S:
+            log.info(f"grid search: {done} of {total} fits done ({100 * done // total}%), {now - started:.0f}s so far")
+            last_report = now
     mean_scores = np.empty(len(candidates))
-    for members, score in zip(groups.values(), search.cv_results_["mean_test_score"]):
+    for members, score in zip(groups.values(), fold_scores.mean(axis=1)):
         mean_scores[members] = score
     best_index = int(np.flatnonzero(mean_scores == np.nanmax(mean_scores))[0])
     best_params = candidates[best_index]
@@ -401,6 +414,17 @@ def build_model(
         monotonicity=measure_monotonicity(search.estimator, data),
         git_commit=os.environ.get("GIT_COMMIT_HASH", "unknown"),
     )
+
+
+def _fit_and_score(
+    tree: int, fold: int, params: Dict[str, Any], X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> Tuple[int, int, float]:
+    """One fit of the search, as `GridSearchCV` makes it: the fold's r² of a tree with `params`."""
+    try:
+        estimator = DecisionTreeRegressor(random_state=RANDOM_STATE, **params).fit(X[train], y[train])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"invalid hyper-parameters {params}: {error}") from None
+    return tree, fold, float(r2_score(y[test], estimator.predict(X[test])))
 
 
 def _equivalence_key(params: Dict[str, Any]) -> Any:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
-from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
 from sklearn.tree import DecisionTreeRegressor
 
 from pipeline import train_model
@@ -153,6 +153,46 @@ def test_tune_hyperparameters_gives_the_same_choice_with_two_processes() -> None
     parallel = train_model.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=2)
 
     assert parallel.best_params == serial.best_params
+    np.testing.assert_array_equal(parallel.cv_results["mean_test_score"], serial.cv_results["mean_test_score"])
+
+
+def test_a_long_search_logs_its_progress_in_fits_done(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = train_model.prepare_data(generate_orders(400, seed=11))
+    monkeypatch.setattr(train_model, "PROGRESS_INTERVAL_S", 0.0)
+
+    with caplog.at_level(logging.INFO, logger=train_model.log.name):
+        train_model.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=2)
+
+    messages = [record.getMessage() for record in caplog.records]
+    progress = [m for m in messages if "fits done" in m]
+    distinct_trees = len({train_model._equivalence_key(p) for p in ParameterGrid(SMALL_GRID)})
+    total = distinct_trees * train_model.CV_FOLDS
+    assert progress == [
+        f"grid search: {done} of {total} fits done ({100 * done // total}%), {m.rsplit(', ', 1)[1]}"
+        for done, m in zip(range(1, total), progress)
+    ]
+    assert len(progress) == total - 1
+    assert messages.index(progress[-1]) < next(i for i, m in enumerate(messages) if m.startswith("grid search done"))
+
+
+def test_a_short_search_logs_only_its_start_and_its_result(caplog: pytest.LogCaptureFixture) -> None:
+    data = train_model.prepare_data(generate_orders(400, seed=11))
+
+    with caplog.at_level(logging.INFO, logger=train_model.log.name):
+        train_model.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=1)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("grid search: ") and messages[1].startswith("grid search done in ")
+
+
+def test_tune_hyperparameters_names_a_value_the_tree_rejects() -> None:
+    data = train_model.prepare_data(generate_orders(400, seed=11))
+
+    with pytest.raises(ValueError, match=r"invalid hyper-parameters \{'max_depth': -1\}: .*max_depth"):
+        train_model.tune_hyperparameters(data.X_train, data.y_train, {"max_depth": [-1]}, n_jobs=1)
 
 
 def test_grid_points_that_grow_the_same_tree_share_one_group() -> None:
