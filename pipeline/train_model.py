@@ -57,8 +57,8 @@ MIN_ROWS_PER_PRODUCT = 10
 # saves; from it on, use every core. Measured on 2 cores with `PYTHONPATH=. python
 # benchmarks/train_benchmark.py --rows --memory-rows --repeats 5 --crossover-rows 1000 1500
 # 2000 2500 3000 4000` (median seconds, one process / two): 800 training rows (a 1,000-row
-# week) 1.66 / 1.96, 1200 rows 2.45 / 2.14, 1600 rows 3.60 / 2.66, 3200 rows 10.36 / 7.81
-# (and 8000 rows 53.9 / 41.2 in an earlier run). See benchmarks/results/train.txt.
+# week) 1.49 / 1.71, 1200 rows 2.50 / 2.17, 1600 rows 3.59 / 3.00, 3200 rows 10.31 / 6.22
+# (and 8000 rows 53.7 / 28.3 in the run before). See benchmarks/results/train.txt.
 PARALLEL_MIN_TRAIN_ROWS = 1200
 # A long search logs how many of its fits are done at most this often (a 100,000-row week
 # searches for well over half an hour).
