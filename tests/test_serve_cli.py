@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import pytest
 
@@ -56,6 +56,10 @@ class Service(NamedTuple):
         return self.log_path.read_text()
 
 
+# What the `start` fixture gives a test: `start(args, env, cwd=None) -> Service`.
+StartService = Callable[..., Service]
+
+
 def start_service(
     args: List[str], env: Dict[str, str], tmp_path: Path, cwd: Optional[Path] = None
 ) -> Service:
@@ -80,6 +84,13 @@ def wait_until_listening(service: Service) -> None:
             return
         time.sleep(0.05)
     pytest.fail(f"the service did not open its port within {START_TIMEOUT}s:\n{service.log()}")
+
+
+def start_listening(start: StartService, args: List[str], env: Dict[str, str], cwd: Optional[Path] = None) -> Service:
+    """Start the service and return once it accepts connections."""
+    service = start(args, env, cwd)
+    wait_until_listening(service)
+    return service
 
 
 def wait_for_exit_watching_port(service: Service, timeout: float = START_TIMEOUT) -> bool:
@@ -115,10 +126,17 @@ def stop(service: Service) -> int:
 
 
 @pytest.fixture
-def services() -> Iterator[List[Service]]:
-    """Services a test started; any still running afterwards are killed."""
+def start(tmp_path: Path) -> Iterator[StartService]:
+    """`start(args, env, cwd=None)`: `start_service` with the test's tmp_path; any service still
+    running after the test is killed."""
     started: List[Service] = []
-    yield started
+
+    def _start(args: List[str], env: Dict[str, str], cwd: Optional[Path] = None) -> Service:
+        service = start_service(args, env, tmp_path, cwd)
+        started.append(service)
+        return service
+
+    yield _start
     for service in started:
         if service.process.poll() is None:
             service.process.kill()
@@ -149,10 +167,9 @@ def error_lines(log: str) -> List[str]:
     return [line for line in log.splitlines() if " - ERROR - " in line]
 
 
-def the_error_of_a_failed_start(bucket: str, env: Dict[str, str], services: List[Service], tmp_path: Path) -> str:
+def the_error_of_a_failed_start(bucket: str, env: Dict[str, str], start: StartService) -> str:
     """Start the service on `bucket`, expect exit 1 with its port never opened; its one ERROR line."""
-    service = start_service(["-m", "pipeline.serve_model", bucket], env, tmp_path)
-    services.append(service)
+    service = start(["-m", "pipeline.serve_model", bucket], env)
 
     opened = wait_for_exit_watching_port(service)
 
@@ -170,12 +187,10 @@ def expected_estimate(model: Model, product_code: str, orders_placed: float) -> 
 # --- serving ------------------------------------------------------------------------------------
 
 def test_module_cli_serves_the_newest_model(
-    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     model = storage.get_latest_model(bucket_with_model)
-    service = start_service(["-m", "pipeline.serve_model", bucket_with_model], s3_env, tmp_path)
-    services.append(service)
-    wait_until_listening(service)
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
 
     status, body = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
 
@@ -187,12 +202,10 @@ def test_module_cli_serves_the_newest_model(
 
 
 def test_script_run_as_bodywork_runs_it_serves_the_newest_model(
-    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     model = storage.get_latest_model(bucket_with_model)
-    service = start_service(["serve_model.py", bucket_with_model], s3_env, tmp_path, cwd=REPO_ROOT / "pipeline")
-    services.append(service)
-    wait_until_listening(service)
+    service = start_listening(start, ["serve_model.py", bucket_with_model], s3_env, cwd=REPO_ROOT / "pipeline")
 
     status, body = post(service.port, PREDICT_PATH, {"product_code": "SKU005", "orders_placed": 250})
 
@@ -202,11 +215,9 @@ def test_script_run_as_bodywork_runs_it_serves_the_newest_model(
 
 
 def test_every_log_line_is_in_the_project_format_on_stdout_including_uvicorns(
-    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    service = start_service(["-m", "pipeline.serve_model", bucket_with_model, "--access-log"], s3_env, tmp_path)
-    services.append(service)
-    wait_until_listening(service)
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model, "--access-log"], s3_env)
     post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
     stop(service)
 
@@ -217,11 +228,9 @@ def test_every_log_line_is_in_the_project_format_on_stdout_including_uvicorns(
 
 
 def test_requests_are_not_logged_by_default(
-    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    service = start_service(["-m", "pipeline.serve_model", bucket_with_model], s3_env, tmp_path)
-    services.append(service)
-    wait_until_listening(service)
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
     post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
     stop(service)
 
@@ -230,12 +239,10 @@ def test_requests_are_not_logged_by_default(
 
 
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
-    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     model = storage.get_latest_model(bucket_with_model)
-    service = start_service(["-m", "pipeline.serve_model", bucket_with_model], s3_env, tmp_path)
-    services.append(service)
-    wait_until_listening(service)
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
     body = json.dumps({"product_code": "SKU002", "orders_placed": 140}).encode()
     head = (f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
@@ -263,22 +270,22 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
 # --- failing to start: one ERROR line, exit 1, port never opened -------------------------------
 
 def test_empty_models_folder_exits_1_without_opening_the_port(
-    s3_env: Dict[str, str], bucket_with_datasets: str, services: List[Service], tmp_path: Path
+    s3_env: Dict[str, str], bucket_with_datasets: str, start: StartService
 ) -> None:
-    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, services, tmp_path)
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
     assert f"serve_model failed: s3://{bucket_with_datasets}/models/: no .pkl object with a timestamp" in line
 
 
 def test_tampered_artefact_exits_1_without_opening_the_port(
-    s3: Any, s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     key = storage.latest_object(bucket_with_model, storage.MODELS_PREFIX, ".pkl", s3).key
     stored = s3.get_object(Bucket=bucket_with_model, Key=key)
     body = bytearray(stored["Body"].read())
     body[len(body) // 2] ^= 0xFF
     s3.put_object(Bucket=bucket_with_model, Key=key, Body=bytes(body), Metadata=stored["Metadata"])
-    line = the_error_of_a_failed_start(bucket_with_model, s3_env, services, tmp_path)
+    line = the_error_of_a_failed_start(bucket_with_model, s3_env, start)
 
     assert f"serve_model failed: s3://{bucket_with_model}/{key}: SHA-256 of the artefact is " in line
     assert "the artefact was altered or corrupted, refusing to load it" in line
@@ -286,26 +293,24 @@ def test_tampered_artefact_exits_1_without_opening_the_port(
 
 def test_artefact_from_another_scikit_learn_version_exits_1_without_opening_the_port(
     s3: Any, s3_env: Dict[str, str], bucket_with_datasets: str, trained_model: Model,
-    services: List[Service], tmp_path: Path
+    start: StartService
 ) -> None:
     trained_model.library_versions["scikit-learn"] = "1.5.2"
     key = storage.put_model(bucket_with_datasets, trained_model, s3)
-    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, services, tmp_path)
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
     assert f"serve_model failed: model artefact {key} was trained with scikit-learn 1.5.2, but" in line
 
 
 def test_missing_bucket_exits_1_without_opening_the_port(
-    s3_env: Dict[str, str], services: List[Service], tmp_path: Path
+    s3_env: Dict[str, str], start: StartService
 ) -> None:
-    line = the_error_of_a_failed_start("ttd-no-such-bucket", s3_env, services, tmp_path)
+    line = the_error_of_a_failed_start("ttd-no-such-bucket", s3_env, start)
 
     assert "serve_model failed: s3://ttd-no-such-bucket: bucket does not exist" in line
 
 
-def test_port_in_use_exits_1_with_one_error_line(
-    s3_env: Dict[str, str], bucket_with_model: str, services: List[Service], tmp_path: Path
-) -> None:
+def test_port_in_use_exits_1_with_one_error_line(s3_env: Dict[str, str], bucket_with_model: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
