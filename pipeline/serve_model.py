@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.model import Model
 from pipeline.storage import StorageError, get_latest_model
-from pipeline.utils import ArgumentParser, configure_logger
+from pipeline.utils import StageArgumentParser, configure_logger
 
 API_VERSION = "0.1"
 API_PREFIX = f"/api/v{API_VERSION}"
@@ -373,14 +373,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     Raises:
         ValueError: with the reason, for any bad argument.
     """
-    parser = ArgumentParser(prog="serve_model.py", add_help=False)
-    parser.add_argument("bucket")
+    parser = StageArgumentParser(prog="serve_model.py")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--access-log", action="store_true")
-    args = parser.parse_args(list(argv))
-    if not args.bucket.strip():
-        raise ValueError("S3_BUCKET is empty")
+    args = parser.parse_stage_args(argv)
     if not args.host.strip():
         raise ValueError("--host is empty")
     if not 1 <= args.port <= 65535:

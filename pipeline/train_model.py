@@ -39,7 +39,7 @@ from pipeline.model import (
     TaskMetrics,
 )
 from pipeline.storage import Dataset, StorageError, get_latest_dataset, put_model
-from pipeline.utils import ArgumentParser, configure_logger
+from pipeline.utils import StageArgumentParser, configure_logger
 
 HYPERPARAM_GRID: Dict[str, List[Any]] = {
     "criterion": ["squared_error", "absolute_error"],
@@ -454,14 +454,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     Raises:
         ValueError: with the reason, for any bad argument.
     """
-    parser = ArgumentParser(prog="train_model.py", add_help=False)
-    parser.add_argument("bucket")
+    parser = StageArgumentParser(prog="train_model.py")
     parser.add_argument("error_threshold", type=float)
     parser.add_argument("warning_threshold", type=float)
     parser.add_argument("--n-jobs", type=int, default=None)
-    args = parser.parse_args(list(argv))
-    if not args.bucket.strip():
-        raise ValueError("S3_BUCKET is empty")
+    args = parser.parse_stage_args(argv)
     for name in ("error_threshold", "warning_threshold"):
         value = getattr(args, name)
         if not (math.isfinite(value) and 0 < value <= 1):

@@ -3,7 +3,7 @@ import argparse
 import logging
 import sys
 import warnings
-from typing import NoReturn, Optional, TextIO, Type, Union
+from typing import NoReturn, Optional, Sequence, TextIO, Type, Union
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(module)s.%(funcName)s - %(message)s"
 
@@ -51,11 +51,23 @@ def _log_warning(
     logging.getLogger("py.warnings").warning(f"{category.__name__}: {message} ({filename}:{lineno})")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """An argparse parser that raises ValueError instead of printing and exiting with 2.
+class StageArgumentParser(argparse.ArgumentParser):
+    """The parser of a stage's CLI: the S3 bucket first, then the stage's own arguments.
 
-    A stage's CLI turns the ValueError into its one ERROR line and exit code 1.
+    It raises ValueError instead of printing and exiting with 2; the stage's CLI turns the
+    ValueError into its one ERROR line and exit code 1.
     """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog=prog, add_help=False)
+        self.add_argument("bucket")
+
+    def parse_stage_args(self, argv: Sequence[str]) -> argparse.Namespace:
+        """Parse `argv`; a bucket name of only whitespace is refused like any bad argument."""
+        args = self.parse_args(list(argv))
+        if not args.bucket.strip():
+            raise ValueError("S3_BUCKET is empty")
+        return args
 
     def error(self, message: str) -> NoReturn:
         raise ValueError(message)

@@ -375,6 +375,7 @@ def test_parse_args_reads_bucket_thresholds_and_n_jobs() -> None:
         (["bucket", "high", "0.8"], "invalid float value"),
         (["bucket", "0", "0.8"], r"R2_ERROR_THRESHOLD must be in \(0, 1\]"),
         (["bucket", "0.9", "1.01"], r"R2_WARNING_THRESHOLD must be in \(0, 1\]"),
+        (["  ", "0.9", "0.8"], "S3_BUCKET is empty"),
         (["bucket", "nan", "0.8"], r"R2_ERROR_THRESHOLD must be in \(0, 1\]"),
         (["bucket", "0.9", "0.8", "extra"], "unrecognized arguments"),
     ],
