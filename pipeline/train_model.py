@@ -250,7 +250,7 @@ def tune_hyperparameters(
     in `ParameterGrid` order with the best mean score, which is how `GridSearchCV` breaks ties.
     Each fit is made as `GridSearchCV` makes it (same unshuffled folds, same seed, r² on the
     held-out fold), in the same order, by a pool of `n_jobs` processes; a long search logs how
-    many fits are done every `PROGRESS_INTERVAL_S` seconds.
+    many fits are done, at most every `PROGRESS_INTERVAL_S` seconds.
 
     Raises:
         ValueError: if the grid is empty or malformed, or the tree rejects one of its values.
