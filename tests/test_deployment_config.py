@@ -9,7 +9,7 @@ tests/bodywork/ and run in the `bodywork` tox environment):
   margin (the figures are read from benchmarks/results/, which the benchmarks write);
 - the pipeline package parses as Python 3.9, the production image's Python;
 - .circleci/config.yml is valid for CircleCI, tests branches and deploys master;
-- the weekly cronjob in the README fires after the Friday 23:00 UTC data drop, with retries.
+- the weekly cronjob in docs/deployment.md fires after the Friday 23:00 UTC data drop, with retries.
 """
 import ast
 import configparser
@@ -21,7 +21,7 @@ import sys
 from datetime import datetime, timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -32,7 +32,7 @@ from pipeline.synthetic import FIRST_DROP
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BODYWORK_YAML = REPO_ROOT / "bodywork.yaml"
 CIRCLECI_CONFIG = REPO_ROOT / ".circleci" / "config.yml"
-README = REPO_ROOT / "README.md"
+DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"
 TOX_INI = REPO_ROOT / "tox.ini"
 REQUIREMENTS_PIPE = REPO_ROOT / "requirements_pipe.txt"
 REQUIREMENTS_CICD = REPO_ROOT / "requirements_cicd.txt"
@@ -40,6 +40,12 @@ REQUIREMENTS_BODYWORK_ENV = REPO_ROOT / "tests" / "bodywork" / "requirements.txt
 TRAIN_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "train.json"
 SERVE_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "serve.json"
 STAGES = ("train_model", "serve_model")
+# The deployment's commands and the cronjob manifest are the code blocks of docs/deployment.md
+# whose info string carries these markers (```` ```sh deployment-commands ````): the tests read
+# those blocks, never the prose or the headings around them.
+DEPLOYMENT_COMMANDS = "deployment-commands"
+CRONJOB_MANIFEST = "cronjob-manifest"
+FENCE = re.compile(r"^\s*(`{3,})([^`]*)$")
 
 # Requests and limits must leave room above what was measured: memory 1.5x the peak RSS,
 # time 3x the measured duration (a busier node, a slower disk, a bigger week).
@@ -87,23 +93,53 @@ def distribution_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def readme_section(title: str) -> str:
-    """The README's `## TITLE` section (matched ignoring case), up to the next `## ` heading."""
-    match = re.search(
-        rf"^## {re.escape(title)}\s*$(.*?)(?=^## |\Z)", README.read_text(), re.DOTALL | re.MULTILINE | re.IGNORECASE
-    )
-    assert match is not None, f"README.md has no section {title!r}"
-    return match.group(1)
+def fenced_blocks(path: Path) -> List[Tuple[List[str], str]]:
+    """Every fenced code block of a markdown file, in order: the words of its info string
+    (```` ```sh deployment-commands ```` -> `["sh", "deployment-commands"]`) and its text.
+
+    A fence may be indented (a block inside a list item); a block ends at a line of at least
+    as many backticks as opened it and nothing else.
+    """
+    blocks: List[Tuple[List[str], str]] = []
+    opening: Optional[Tuple[int, List[str]]] = None
+    body: List[str] = []
+    for line in path.read_text().splitlines():
+        fence = FENCE.match(line)
+        if opening is None:
+            if fence:
+                opening, body = (len(fence.group(1)), fence.group(2).split()), []
+        elif fence and len(fence.group(1)) >= opening[0] and not fence.group(2).strip():
+            blocks.append((opening[1], "\n".join(body)))
+            opening = None
+        else:
+            body.append(line)
+    assert opening is None, f"{path.relative_to(REPO_ROOT)}: a code block is never closed"
+    return blocks
 
 
-def readme_bodywork_commands() -> List[List[str]]:
-    """Every `bodywork ...` command in the README's Deployment section, split as a shell would.
+def doc_blocks(path: Path, marker: str) -> List[str]:
+    """The text of every code block in `path` whose info string carries `marker` after the
+    language; at least one must."""
+    found = [text for info, text in fenced_blocks(path) if marker in info[1:]]
+    assert found, f"{path.relative_to(REPO_ROOT)} has no code block marked {marker!r}"
+    return found
+
+
+def doc_block(path: Path, marker: str) -> str:
+    """The text of the one code block in `path` marked `marker`."""
+    found = doc_blocks(path, marker)
+    assert len(found) == 1, f"{path.relative_to(REPO_ROOT)} has {len(found)} code blocks marked {marker!r}, not 1"
+    return found[0]
+
+
+def bodywork_commands(text: str) -> List[List[str]]:
+    """Every `bodywork ...` command in a piece of shell, split as a shell would.
 
     Lines ending in a backslash continue on the next line; a leading `$ ` prompt is dropped.
     """
     commands: List[List[str]] = []
     pending = ""
-    for raw in readme_section("deployment").splitlines():
+    for raw in text.splitlines():
         line = raw.strip()
         if pending:
             line = pending + " " + line
@@ -117,10 +153,20 @@ def readme_bodywork_commands() -> List[List[str]]:
     return commands
 
 
-def readme_command(*words: str) -> List[str]:
-    """The one README command that starts `bodywork WORDS...`."""
-    found = [c for c in readme_bodywork_commands() if c[1:1 + len(words)] == list(words)]
-    assert len(found) == 1, f"README.md should have one `bodywork {' '.join(words)}` command, has {found}"
+def deployment_text() -> str:
+    """The code blocks of docs/deployment.md marked `deployment-commands`, joined."""
+    return "\n".join(doc_blocks(DEPLOYMENT_DOC, DEPLOYMENT_COMMANDS))
+
+
+def deployment_commands() -> List[List[str]]:
+    """Every `bodywork ...` command of the deployment steps in docs/deployment.md."""
+    return bodywork_commands(deployment_text())
+
+
+def deployment_command(*words: str) -> List[str]:
+    """The one deployment command that starts `bodywork WORDS...`."""
+    found = [c for c in deployment_commands() if c[1:1 + len(words)] == list(words)]
+    assert len(found) == 1, f"docs/deployment.md should have one `bodywork {' '.join(words)}` command, has {found}"
     return found[0]
 
 
@@ -265,7 +311,7 @@ def test_bodywork_env_pins_what_it_shares_with_the_other_requirements_as_they_do
 
 def benchmark(path: Path) -> Dict[str, Any]:
     """A benchmark's results file; a missing file fails the test that needs it."""
-    assert path.exists(), f"{path.relative_to(REPO_ROOT)} is missing: run the benchmark (see README)"
+    assert path.exists(), f"{path.relative_to(REPO_ROOT)} is missing: run the benchmark (see docs/benchmarks.md)"
     results = json.loads(path.read_text())
     assert isinstance(results, dict)
     return results
@@ -369,9 +415,9 @@ def test_circleci_installs_the_bodywork_version_the_bodywork_env_tests() -> None
 
 # --- the weekly retraining ---------------------------------------------------------------
 
-def test_readme_cronjob_fires_once_a_week_after_the_friday_drop() -> None:
-    schedule = option_value(readme_command("create", "cronjob"), "--schedule")
-    assert schedule is not None, "the README's cronjob command has no --schedule"
+def test_deployment_cronjob_fires_once_a_week_after_the_friday_drop() -> None:
+    schedule = option_value(deployment_command("create", "cronjob"), "--schedule")
+    assert schedule is not None, "the deployment's cronjob command has no --schedule"
     assert schedule_problems(schedule) == []
 
 
@@ -380,10 +426,28 @@ def test_schedule_check_rejects_the_original_articles_schedule() -> None:
     assert len(schedule_problems("45 11 * * 5")) == WEEKS_CHECKED
 
 
-def test_readme_cronjob_retries_a_failed_run() -> None:
-    retries = option_value(readme_command("create", "cronjob"), "--retries")
+def test_deployment_cronjob_retries_a_failed_run() -> None:
+    retries = option_value(deployment_command("create", "cronjob"), "--retries")
     assert retries is not None and int(retries) >= 1
 
 
-def test_readme_cronjob_deploys_the_master_branch() -> None:
-    assert option_value(readme_command("create", "cronjob"), "--branch") == "master"
+def test_deployment_cronjob_deploys_the_master_branch() -> None:
+    assert option_value(deployment_command("create", "cronjob"), "--branch") == "master"
+
+
+# --- the documented commands -------------------------------------------------------------
+
+def test_every_bodywork_command_in_the_docs_is_one_the_checks_read() -> None:
+    """A `bodywork ...` command in any other code block would escape the checks made with
+    Bodywork's own CLI (tests/bodywork/test_cli.py): it belongs in a `deployment-commands`
+    block of docs/deployment.md, or it should refer to one."""
+    checked = deployment_commands()
+    documents = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    unchecked = [
+        (str(path.relative_to(REPO_ROOT)), " ".join(command))
+        for path in documents
+        for _, text in fenced_blocks(path)
+        for command in bodywork_commands(text)
+        if command not in checked
+    ]
+    assert unchecked == []

@@ -1,8 +1,8 @@
-"""The README's Deployment commands as Bodywork 3.0.12's own CLI parses them.
+"""The deployment's commands, as docs/deployment.md gives them, parsed by Bodywork 3.0.12's own CLI.
 
-Each `bodywork ...` command in the section is parsed by Bodywork's command-line app (typer on
-click) without running it, so a wrong flag, a missing argument or a bad value fails here
-rather than on the cluster.
+Each `bodywork ...` command in the document's `deployment-commands` code blocks is parsed by
+Bodywork's command-line app (typer on click) without running it, so a wrong flag, a missing
+argument or a bad value fails here rather than on the cluster.
 """
 from typing import Any, Dict, List, Tuple
 
@@ -15,7 +15,7 @@ from bodywork.cli.workflow_jobs import _is_valid_cron_schedule
 from bodywork.config import BodyworkConfig
 from bodywork.k8s import ingress_route, make_valid_k8s_name
 
-from tests.test_deployment_config import readme_bodywork_commands, readme_command, readme_section
+from tests.test_deployment_config import deployment_command, deployment_commands, deployment_text
 
 
 def parse_with_bodywork_cli(command: List[str]) -> Tuple[List[str], Dict[str, Any]]:
@@ -37,46 +37,46 @@ def parse_with_bodywork_cli(command: List[str]) -> Tuple[List[str], Dict[str, An
     return path, context.params
 
 
-README_COMMANDS = readme_bodywork_commands()
+DEPLOYMENT_COMMANDS = deployment_commands()
 
 
-def test_readme_has_the_deployment_commands() -> None:
-    verbs = sorted(" ".join(command[1:3]) for command in README_COMMANDS)
+def test_deployment_doc_has_the_deployment_commands() -> None:
+    verbs = sorted(" ".join(command[1:3]) for command in DEPLOYMENT_COMMANDS)
     for expected in ("configure-cluster", "create secret", "create deployment", "create cronjob",
                      "get cronjob"):
         assert any(verb.startswith(expected) for verb in verbs), f"no `bodywork {expected}` in {verbs}"
 
 
-@pytest.mark.parametrize("command", README_COMMANDS, ids=lambda c: " ".join(c[1:3]))
-def test_readme_command_parses_with_the_bodywork_cli(command: List[str]) -> None:
+@pytest.mark.parametrize("command", DEPLOYMENT_COMMANDS, ids=lambda c: " ".join(c[1:3]))
+def test_deployment_command_parses_with_the_bodywork_cli(command: List[str]) -> None:
     path, _ = parse_with_bodywork_cli(command)
     assert path == [word for word in command[1:1 + len(path)]]
 
 
-def test_readme_secret_is_created_in_the_configs_secrets_group(bodywork_config: BodyworkConfig) -> None:
-    _, params = parse_with_bodywork_cli(readme_command("create", "secret"))
+def test_deployment_secret_is_created_in_the_configs_secrets_group(bodywork_config: BodyworkConfig) -> None:
+    _, params = parse_with_bodywork_cli(deployment_command("create", "secret"))
     assert params["group"] == bodywork_config.pipeline.secrets_group
 
 
-def test_readme_secret_holds_every_variable_the_stages_read(bodywork_config: BodyworkConfig) -> None:
-    _, params = parse_with_bodywork_cli(readme_command("create", "secret"))
+def test_deployment_secret_holds_every_variable_the_stages_read(bodywork_config: BodyworkConfig) -> None:
+    _, params = parse_with_bodywork_cli(deployment_command("create", "secret"))
     held = {(params["name"], key) for key in parse_cli_secrets_strings(params["data"])}
     read = {pair for stage in bodywork_config.stages.values() for pair in stage.env_vars_from_secrets}
     assert sorted(read - held) == []
 
 
-def test_readme_cronjob_schedule_is_valid_for_bodywork() -> None:
-    _, params = parse_with_bodywork_cli(readme_command("create", "cronjob"))
+def test_deployment_cronjob_schedule_is_valid_for_bodywork() -> None:
+    _, params = parse_with_bodywork_cli(deployment_command("create", "cronjob"))
     assert _is_valid_cron_schedule(params["schedule"])
 
 
-def test_readme_cronjob_redeploys_what_ci_deploys() -> None:
-    _, cronjob = parse_with_bodywork_cli(readme_command("create", "cronjob"))
-    _, deployment = parse_with_bodywork_cli(readme_command("create", "deployment"))
+def test_deployment_cronjob_redeploys_what_ci_deploys() -> None:
+    _, cronjob = parse_with_bodywork_cli(deployment_command("create", "cronjob"))
+    _, deployment = parse_with_bodywork_cli(deployment_command("create", "deployment"))
     assert (cronjob["git_url"], cronjob["git_branch"]) == (deployment["git_url"], "master")
     assert deployment["git_branch"] == "master"
 
 
-def test_readme_curl_targets_the_ingress_route_of_the_serve_stage(bodywork_config: BodyworkConfig) -> None:
+def test_deployment_curl_targets_the_ingress_route_of_the_serve_stage(bodywork_config: BodyworkConfig) -> None:
     route = ingress_route(bodywork_config.pipeline.namespace, make_valid_k8s_name("serve_model"))
-    assert f"{route}/api/v0.1/time_to_dispatch" in readme_section("deployment")
+    assert f"{route}/api/v0.1/time_to_dispatch" in deployment_text()

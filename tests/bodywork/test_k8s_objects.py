@@ -9,7 +9,7 @@ the API of the Kubernetes client Bodywork pins, and 1.31, the newest the validat
 
 `configure_env_vars_from_secrets` asks the cluster's API server which secrets the namespace
 holds. Here a small HTTP server on 127.0.0.1 answers that one request with the secret the
-README's `bodywork create secret` command makes, as Bodywork copies it into the namespace.
+`bodywork create secret` command of docs/deployment.md makes, as Bodywork copies it into the namespace.
 """
 import base64
 import json
@@ -31,7 +31,7 @@ from bodywork.constants import (
 from kubernetes import client
 
 from tests.bodywork.test_cli import parse_with_bodywork_cli
-from tests.test_deployment_config import readme_command, readme_section
+from tests.test_deployment_config import CRONJOB_MANIFEST, DEPLOYMENT_DOC, deployment_command, doc_block
 
 KUBERNETES_VERSIONS = ("1.22.0", "1.31.0")
 # The last Kubernetes version serving batch/v1beta1 CronJobs, which Bodywork 3.0 creates.
@@ -69,8 +69,8 @@ class _SecretsApi(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def cluster_api(bodywork_config: BodyworkConfig) -> Iterator[str]:
-    """The Kubernetes client pointed at a loopback API holding the README's AWS secret."""
-    _, secret = parse_with_bodywork_cli(readme_command("create", "secret"))
+    """The Kubernetes client pointed at a loopback API holding the deployment's AWS secret."""
+    _, secret = parse_with_bodywork_cli(deployment_command("create", "secret"))
     keys = [item.split("=", 1)[0] for item in secret["data"]]
     _SecretsApi.secrets = {
         bodywork_config.pipeline.namespace: [{
@@ -99,8 +99,8 @@ def cluster_api(bodywork_config: BodyworkConfig) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def deployment_args() -> Dict[str, Any]:
-    """The README's `bodywork create deployment` command as Bodywork's CLI parses it."""
-    _, params = parse_with_bodywork_cli(readme_command("create", "deployment"))
+    """The `bodywork create deployment` command of docs/deployment.md as Bodywork's CLI parses it."""
+    _, params = parse_with_bodywork_cli(deployment_command("create", "deployment"))
     return params
 
 
@@ -167,8 +167,8 @@ def serve_deployment(
 
 @pytest.fixture(scope="module")
 def weekly_cronjob() -> Dict[str, Any]:
-    """The cronjob the README's `bodywork create cronjob` command makes, built as the CLI does."""
-    _, params = parse_with_bodywork_cli(readme_command("create", "cronjob"))
+    """The cronjob the `bodywork create cronjob` command of docs/deployment.md makes, built as the CLI does."""
+    _, params = parse_with_bodywork_cli(deployment_command("create", "cronjob"))
     cronjob = k8s.configure_workflow_cronjob(
         params["schedule"],
         BODYWORK_NAMESPACE,
@@ -303,20 +303,21 @@ def test_weekly_cronjob_is_valid_for_kubernetes_1_24(weekly_cronjob: Dict[str, A
 
 def test_weekly_cronjob_api_is_gone_from_kubernetes_1_25(weekly_cronjob: Dict[str, Any]) -> None:
     """Bodywork 3.0 makes batch/v1beta1 CronJobs, which Kubernetes 1.25 stopped serving
-    (see README, "Deployment", for the cronjob on newer clusters)."""
+    (docs/deployment.md, "5. Schedule the weekly retraining", gives the cronjob for newer clusters)."""
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         kubernetes_validate.validate(weekly_cronjob, "1.25.0", strict=True)
 
 
-def test_weekly_cronjob_runs_the_readme_schedule_with_retries(weekly_cronjob: Dict[str, Any]) -> None:
-    _, params = parse_with_bodywork_cli(readme_command("create", "cronjob"))
+def test_weekly_cronjob_runs_the_documented_schedule_with_retries(weekly_cronjob: Dict[str, Any]) -> None:
+    _, params = parse_with_bodywork_cli(deployment_command("create", "cronjob"))
     assert weekly_cronjob["spec"]["schedule"] == params["schedule"]
     assert weekly_cronjob["spec"]["jobTemplate"]["spec"]["backoffLimit"] == params["retries"]
 
 
-def readme_cronjob_manifest() -> Dict[str, Any]:
-    """The `batch/v1` CronJob the README applies with `kubectl apply -f - <<EOF ... EOF`."""
-    lines = readme_section("deployment").splitlines()
+def documented_cronjob_manifest() -> Dict[str, Any]:
+    """The `batch/v1` CronJob that docs/deployment.md applies with `kubectl apply -f - <<EOF
+    ... EOF`, in its code block marked `cronjob-manifest`."""
+    lines = doc_block(DEPLOYMENT_DOC, CRONJOB_MANIFEST).splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("kubectl apply -f - <<EOF"))
     end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "EOF")
     manifest = yaml.safe_load("\n".join(lines[start + 1:end]))
@@ -324,11 +325,11 @@ def readme_cronjob_manifest() -> Dict[str, Any]:
     return manifest
 
 
-def test_readme_batch_v1_cronjob_is_valid_for_kubernetes_1_31() -> None:
-    assert kubernetes_validate.validate(readme_cronjob_manifest(), "1.31.0", strict=True) == "1.31"
+def test_documented_batch_v1_cronjob_is_valid_for_kubernetes_1_31() -> None:
+    assert kubernetes_validate.validate(documented_cronjob_manifest(), "1.31.0", strict=True) == "1.31"
 
 
-def test_readme_batch_v1_cronjob_is_bodyworks_cronjob_with_the_api_version_changed(
+def test_documented_batch_v1_cronjob_is_bodyworks_cronjob_with_the_api_version_changed(
     weekly_cronjob: Dict[str, Any], bodywork_config: BodyworkConfig
 ) -> None:
     """Only two differences: batch/v1 instead of batch/v1beta1, and the stages' image instead
@@ -337,4 +338,4 @@ def test_readme_batch_v1_cronjob_is_bodyworks_cronjob_with_the_api_version_chang
     expected["apiVersion"] = "batch/v1"
     pod = expected["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     pod["containers"][0]["image"] = bodywork_config.pipeline.docker_image
-    assert readme_cronjob_manifest() == expected
+    assert documented_cronjob_manifest() == expected
