@@ -1,75 +1,55 @@
-"""Shared fixtures: a real S3 API over HTTP (moto's server on 127.0.0.1) and test data.
+"""Shared fixtures: a real S3 API over HTTP (the local S3 server on 127.0.0.1), test data,
+a trained model, and services started as subprocesses.
 
 Every test that touches S3 gets its own bucket on one server per session, so tests do not
 see each other's objects. `AWS_ENDPOINT_URL` points boto3 (and any subprocess given
 `s3_env`) at the server, exactly as an engineer would point the stages at a staging bucket.
 """
-import logging
 import os
-import subprocess
-import sys
-import uuid
+import pickle
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pandas as pd
 import pytest
-from moto.server import ThreadedMotoServer
 
 from pipeline import storage
+from pipeline.local_s3 import LocalS3, create_bucket
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders, generate_weeks
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REGION = "eu-west-2"
-# The synthetic week the tests train on: a week like the notebook's (see README, "Model quality").
-TEST_WEEK_SEED = 4
+from tests.helpers import REPO_ROOT, TEST_WEEK_SEED, Service, start_service
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """URL of an S3-compatible server on loopback, for the whole test session."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def local_s3() -> Iterator[LocalS3]:
+    """The local S3 server on loopback, for the whole test session."""
+    with LocalS3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(local_s3: LocalS3) -> str:
+    """URL of the local S3 server."""
+    return local_s3.endpoint
 
 
 @pytest.fixture
-def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]:
+def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]:
     """The AWS environment pointing at the local server, set for this process.
 
     Returns the full environment for subprocesses, with the repo root on PYTHONPATH.
     """
-    values = {
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }
-    for name, value in values.items():
+    for name, value in local_s3.environment().items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    env = {**os.environ, **values, "PYTHONPATH": str(REPO_ROOT)}
-    return env
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 
 
 @pytest.fixture
 def s3(s3_env: Dict[str, str]) -> Any:
     """A boto3 client for the local server."""
     return storage.s3_client()
-
-
-def create_bucket(client: Any, versioned: bool = True) -> str:
-    """Make a fresh, uniquely named bucket (versioned like production's by default)."""
-    name = f"ttd-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
-    if versioned:
-        client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    return name
 
 
 @pytest.fixture
@@ -95,7 +75,7 @@ def bucket_with_datasets(s3: Any, bucket: str, test_week: pd.DataFrame) -> str:
 
 
 @pytest.fixture(scope="session")
-def trained_model_bytes(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def trained_model_bytes(local_s3: LocalS3) -> bytes:
     """One model trained by the real train stage on the test week, as its stored bytes.
 
     Trained once per session (it takes a couple of seconds) and re-uploaded by
@@ -103,14 +83,8 @@ def trained_model_bytes(s3_endpoint: str, tmp_path_factory: pytest.TempPathFacto
     """
     from pipeline import train_model
 
-    env = {
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
+    saved = dict(os.environ)
+    local_s3.point_environment_here()
     try:
         client = storage.s3_client()
         name = create_bucket(client)
@@ -120,18 +94,13 @@ def trained_model_bytes(s3_endpoint: str, tmp_path_factory: pytest.TempPathFacto
         assert model.artefact_key is not None
         return bytes(client.get_object(Bucket=name, Key=model.artefact_key)["Body"].read())
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture
 def trained_model(trained_model_bytes: bytes) -> Model:
     """The session's trained model, unpickled afresh for this test."""
-    import pickle
-
     model = pickle.loads(trained_model_bytes)
     assert isinstance(model, Model)
     return model
@@ -144,11 +113,23 @@ def bucket_with_model(s3: Any, bucket_with_datasets: str, trained_model: Model) 
     return bucket_with_datasets
 
 
-def run_cli(
-    args: List[str], env: Dict[str, str], cwd: Optional[Path] = None, timeout: float = 120
-) -> "subprocess.CompletedProcess[str]":
-    """Run a command with the test interpreter, capturing its output as text."""
-    return subprocess.run(
-        [sys.executable, *args], env=env, cwd=cwd or REPO_ROOT, capture_output=True,
-        text=True, timeout=timeout,
-    )
+# What the `start` fixture gives a test: `start(args, env, cwd=None) -> Service`.
+StartService = Callable[..., Service]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[StartService]:
+    """`start(args, env, cwd=None)`: `helpers.start_service` with the test's tmp_path; any
+    service still running after the test is killed."""
+    started: List[Service] = []
+
+    def _start(args: List[str], env: Dict[str, str], cwd: Optional[Path] = None) -> Service:
+        service = start_service(args, env, tmp_path, cwd)
+        started.append(service)
+        return service
+
+    yield _start
+    for service in started:
+        if service.process.poll() is None:
+            service.process.kill()
+            service.process.wait()

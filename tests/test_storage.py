@@ -16,7 +16,8 @@ import pytest
 from pipeline import storage
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders
-from tests.conftest import REGION, create_bucket
+from pipeline.local_s3 import create_bucket
+from tests.helpers import REGION, free_port
 
 
 def _put_csv(client: Any, bucket: str, key: str, frame: pd.DataFrame) -> Dict[str, Any]:
@@ -186,16 +187,10 @@ def test_put_dataset_round_trips_through_get_latest_dataset(s3: Any, bucket: str
 
 # --- access control -------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_with_auth_endpoint() -> Iterator[str]:
     """A second S3 server that checks credentials, as AWS does."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

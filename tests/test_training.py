@@ -1,19 +1,18 @@
-"""Each step of the train stage on its own: data in, data out."""
+"""The train stage's steps: validation, split, evaluation, logic checks, thresholds, monotonicity."""
 import logging
-from typing import Any, Dict, List
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
-from sklearn.model_selection import GridSearchCV, ParameterGrid, train_test_split
+from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeRegressor
 
-from pipeline import train_model
+from pipeline import training
 from pipeline.features import ProductCodeEncoding, encode_features
 from pipeline.model import TaskMetrics
 from pipeline.synthetic import generate_orders
-from pipeline.train_model import DatasetError, ModelValidationError, PreparedData
+from pipeline.training import DatasetError, ModelValidationError, PreparedData
 
 
 # --- validate_dataset / prepare_data --------------------------------------------------------
@@ -22,7 +21,7 @@ def test_validate_dataset_names_missing_columns() -> None:
     frame = generate_orders(100, seed=1).drop(columns=["orders_placed"])
 
     with pytest.raises(DatasetError, match="missing column.*orders_placed"):
-        train_model.validate_dataset(frame)
+        training.validate_dataset(frame)
 
 
 def test_validate_dataset_rejects_non_numeric_orders_placed() -> None:
@@ -30,7 +29,7 @@ def test_validate_dataset_rejects_non_numeric_orders_placed() -> None:
     frame.loc[5, "orders_placed"] = "lots"
 
     with pytest.raises(DatasetError, match=r"1 row\(s\) with non-numeric orders_placed \(e.g. 'lots'\) at CSV line"):
-        train_model.validate_dataset(frame)
+        training.validate_dataset(frame)
 
 
 def test_validate_dataset_rejects_negative_orders_placed() -> None:
@@ -38,7 +37,7 @@ def test_validate_dataset_rejects_negative_orders_placed() -> None:
     frame.loc[[3, 4], "orders_placed"] = -1
 
     with pytest.raises(DatasetError, match=r"2 row\(s\) with negative orders_placed"):
-        train_model.validate_dataset(frame)
+        training.validate_dataset(frame)
 
 
 def test_validate_dataset_rejects_missing_labels() -> None:
@@ -46,7 +45,7 @@ def test_validate_dataset_rejects_missing_labels() -> None:
     frame.loc[7, "hours_to_dispatch"] = np.nan
 
     with pytest.raises(DatasetError, match=r"1 row\(s\) with missing hours_to_dispatch \(label\) at CSV line\(s\) 9"):
-        train_model.validate_dataset(frame)
+        training.validate_dataset(frame)
 
 
 def test_validate_dataset_reports_every_problem_together() -> None:
@@ -56,7 +55,7 @@ def test_validate_dataset_reports_every_problem_together() -> None:
     frame.loc[3, "product_code"] = np.nan
 
     with pytest.raises(DatasetError) as raised:
-        train_model.validate_dataset(frame)
+        training.validate_dataset(frame)
 
     message = str(raised.value)
     assert "negative orders_placed" in message
@@ -73,18 +72,18 @@ def test_validate_dataset_rejects_a_product_with_too_few_rows() -> None:
 
     with pytest.raises(DatasetError,
                        match=r"too few rows for product\(s\) SKU009 \(3\); each product needs at least 10"):
-        train_model.validate_dataset(frame)
+        training.validate_dataset(frame)
 
 
 def test_validate_dataset_rejects_an_empty_dataset() -> None:
     with pytest.raises(DatasetError, match="no rows"):
-        train_model.validate_dataset(generate_orders(10, seed=1).iloc[0:0])
+        training.validate_dataset(generate_orders(10, seed=1).iloc[0:0])
 
 
 def test_prepare_data_splits_80_20_stratified_by_product_with_random_state_42() -> None:
     frame = generate_orders(1000, seed=5)
 
-    data = train_model.prepare_data(frame)
+    data = training.prepare_data(frame)
 
     assert (len(data.y_train), len(data.y_test)) == (800, 200)
     expected_train, expected_test = train_test_split(
@@ -101,7 +100,7 @@ def test_prepare_data_learns_the_encoding_including_a_new_product() -> None:
     frame = generate_orders(500, seed=5)
     frame.loc[frame.index[:40], "product_code"] = "SKU006"
 
-    data = train_model.prepare_data(frame)
+    data = training.prepare_data(frame)
 
     assert data.encoding.codes == ("SKU001", "SKU002", "SKU003", "SKU004", "SKU005", "SKU006")
     assert data.rows_per_product["SKU006"] == 40
@@ -110,126 +109,14 @@ def test_prepare_data_learns_the_encoding_including_a_new_product() -> None:
 def test_prepare_data_records_the_largest_orders_placed() -> None:
     frame = generate_orders(300, seed=5)
 
-    assert train_model.prepare_data(frame).max_orders_placed == frame["orders_placed"].max()
-
-
-# --- tune_hyperparameters -------------------------------------------------------------------
-
-SMALL_GRID: Dict[str, List[Any]] = {
-    "criterion": ["squared_error", "absolute_error"],
-    "max_depth": [3, None],
-    "min_samples_split": [2, 4, 10],
-    "min_samples_leaf": [2, 4, 6],
-}
-
-
-def test_tune_hyperparameters_chooses_what_a_plain_grid_search_chooses() -> None:
-    data = train_model.prepare_data(generate_orders(400, seed=11))
-    plain = GridSearchCV(DecisionTreeRegressor(random_state=42), SMALL_GRID, cv=5, scoring="r2").fit(
-        data.X_train, data.y_train
-    )
-
-    ours = train_model.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=1)
-
-    assert ours.best_params == plain.best_params_
-    np.testing.assert_allclose(ours.cv_results["mean_test_score"], plain.cv_results_["mean_test_score"], rtol=0,
-                               atol=1e-12)
-    assert ours.best_cv_r_squared == pytest.approx(plain.best_score_, abs=1e-12)
-
-
-def test_tune_hyperparameters_refits_the_best_tree_on_all_training_rows() -> None:
-    data = train_model.prepare_data(generate_orders(400, seed=11))
-
-    ours = train_model.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=1)
-
-    reference = DecisionTreeRegressor(random_state=42, **ours.best_params).fit(data.X_train, data.y_train)
-    np.testing.assert_array_equal(ours.estimator.predict(data.X_test), reference.predict(data.X_test))
-
-
-def test_tune_hyperparameters_gives_the_same_choice_with_two_processes() -> None:
-    data = train_model.prepare_data(generate_orders(400, seed=11))
-
-    serial = train_model.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=1)
-    parallel = train_model.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=2)
-
-    assert parallel.best_params == serial.best_params
-    np.testing.assert_array_equal(parallel.cv_results["mean_test_score"], serial.cv_results["mean_test_score"])
-
-
-def test_a_long_search_logs_its_progress_in_fits_done(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    data = train_model.prepare_data(generate_orders(400, seed=11))
-    monkeypatch.setattr(train_model, "PROGRESS_INTERVAL_S", 0.0)
-
-    with caplog.at_level(logging.INFO, logger=train_model.log.name):
-        train_model.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=2)
-
-    messages = [record.getMessage() for record in caplog.records]
-    progress = [m for m in messages if "fits done" in m]
-    distinct_trees = len({train_model._equivalence_key(p) for p in ParameterGrid(SMALL_GRID)})
-    total = distinct_trees * train_model.CV_FOLDS
-    assert progress == [
-        f"grid search: {done} of {total} fits done ({100 * done // total}%), {m.rsplit(', ', 1)[1]}"
-        for done, m in zip(range(1, total), progress)
-    ]
-    assert len(progress) == total - 1
-    assert messages.index(progress[-1]) < next(i for i, m in enumerate(messages) if m.startswith("grid search done"))
-
-
-def test_a_short_search_logs_only_its_start_and_its_result(caplog: pytest.LogCaptureFixture) -> None:
-    data = train_model.prepare_data(generate_orders(400, seed=11))
-
-    with caplog.at_level(logging.INFO, logger=train_model.log.name):
-        train_model.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=1)
-
-    messages = [record.getMessage() for record in caplog.records]
-    assert len(messages) == 2
-    assert messages[0].startswith("grid search: ") and messages[1].startswith("grid search done in ")
-
-
-def test_tune_hyperparameters_names_a_value_the_tree_rejects() -> None:
-    data = train_model.prepare_data(generate_orders(400, seed=11))
-
-    with pytest.raises(ValueError, match=r"invalid hyper-parameters \{'max_depth': -1\}: .*max_depth"):
-        train_model.tune_hyperparameters(data.X_train, data.y_train, {"max_depth": [-1]}, n_jobs=1)
-
-
-def test_grid_points_that_grow_the_same_tree_share_one_group() -> None:
-    same = [
-        train_model._equivalence_key({"criterion": "squared_error", "max_depth": 4, "min_samples_leaf": 4,
-                                      "min_samples_split": split})
-        for split in (2, 4, 6, 8)
-    ]
-    different = train_model._equivalence_key(
-        {"criterion": "squared_error", "max_depth": 4, "min_samples_leaf": 4, "min_samples_split": 10}
-    )
-
-    assert len(set(same)) == 1
-    assert different != same[0]
-
-
-def test_tune_hyperparameters_rejects_a_grid_with_an_empty_list_naming_it() -> None:
-    with pytest.raises(ValueError, match="invalid hyper-parameter grid: .*'max_depth'"):
-        train_model.tune_hyperparameters(np.zeros((10, 2)), np.zeros(10), {"max_depth": []})
-
-
-@pytest.mark.parametrize("rows, expected", [(800, 1), (train_model.PARALLEL_MIN_TRAIN_ROWS, -1), (80_000, -1)])
-def test_choose_n_jobs_by_training_rows(rows: int, expected: int) -> None:
-    assert train_model.choose_n_jobs(rows) == expected
-
-
-def test_choose_n_jobs_respects_an_explicit_choice_and_rejects_zero() -> None:
-    assert train_model.choose_n_jobs(800, 2) == 2
-    with pytest.raises(ValueError, match="n_jobs"):
-        train_model.choose_n_jobs(800, 0)
+    assert training.prepare_data(frame).max_orders_placed == frame["orders_placed"].max()
 
 
 # --- evaluate / logic checks / thresholds ---------------------------------------------------
 
 @pytest.fixture(scope="module")
 def prepared() -> PreparedData:
-    return train_model.prepare_data(generate_orders(1000, seed=4))
+    return training.prepare_data(generate_orders(1000, seed=4))
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +129,7 @@ def good_tree(prepared: PreparedData) -> DecisionTreeRegressor:
 def test_evaluate_reports_r2_and_mae_on_the_test_split(
     prepared: PreparedData, good_tree: DecisionTreeRegressor
 ) -> None:
-    metrics = train_model.evaluate(good_tree, prepared)
+    metrics = training.evaluate(good_tree, prepared)
 
     predictions = good_tree.predict(prepared.X_test)
     assert metrics.r_squared == pytest.approx(r2_score(prepared.y_test, predictions), abs=1e-12)
@@ -251,14 +138,14 @@ def test_evaluate_reports_r2_and_mae_on_the_test_split(
 
 
 def test_check_model_logic_passes_a_sound_model(prepared: PreparedData, good_tree: DecisionTreeRegressor) -> None:
-    train_model.check_model_logic(good_tree, prepared)
+    training.check_model_logic(good_tree, prepared)
 
 
 def test_check_model_logic_fails_when_estimates_fall_from_100_to_150_orders(prepared: PreparedData) -> None:
     falling = DecisionTreeRegressor(max_depth=6, random_state=42).fit(prepared.X_train, 60 - prepared.y_train)
 
     with pytest.raises(ModelValidationError) as raised:
-        train_model.check_model_logic(falling, prepared)
+        training.check_model_logic(falling, prepared)
 
     for code in prepared.encoding.codes:
         assert f"{code}: estimate at 150 orders" in str(raised.value)
@@ -268,7 +155,7 @@ def test_check_model_logic_fails_on_negative_estimates(prepared: PreparedData) -
     shifted = DecisionTreeRegressor(max_depth=6, random_state=42).fit(prepared.X_train, prepared.y_train - 5)
 
     with pytest.raises(ModelValidationError, match=r"\d+ negative estimate\(s\) on the test set"):
-        train_model.check_model_logic(shifted, prepared)
+        training.check_model_logic(shifted, prepared)
 
 
 def test_check_model_logic_fails_on_estimates_above_125_percent_of_the_largest_label(
@@ -278,14 +165,14 @@ def test_check_model_logic_fails_on_estimates_above_125_percent_of_the_largest_l
 
     with pytest.raises(ModelValidationError,
                        match=r"estimate\(s\) on the test set above 1.25 x the largest test label"):
-        train_model.check_model_logic(good_tree, shrunk_labels)
+        training.check_model_logic(good_tree, shrunk_labels)
 
 
 def test_check_model_logic_reports_all_failures_in_one_error(prepared: PreparedData) -> None:
     bad = DecisionTreeRegressor(max_depth=6, random_state=42).fit(prepared.X_train, 20 - prepared.y_train)
 
     with pytest.raises(ModelValidationError) as raised:
-        train_model.check_model_logic(bad, prepared._replace(y_test=prepared.y_test * 0.3))
+        training.check_model_logic(bad, prepared._replace(y_test=prepared.y_test * 0.3))
 
     message = str(raised.value)
     assert "estimate at 150 orders" in message
@@ -300,16 +187,16 @@ def _metrics(r_squared: float) -> TaskMetrics:
 def test_check_r_squared_below_the_error_threshold_raises() -> None:
     with pytest.raises(ModelValidationError,
                        match="test r² 0.8500 is below the error threshold 0.9; no model persisted"):
-        train_model.check_r_squared(_metrics(0.85), 0.9, 0.95)
+        training.check_r_squared(_metrics(0.85), 0.9, 0.95)
 
 
 def test_check_r_squared_at_the_error_threshold_passes() -> None:
-    train_model.check_r_squared(_metrics(0.9), 0.9, 0.8)
+    training.check_r_squared(_metrics(0.9), 0.9, 0.8)
 
 
 def test_check_r_squared_between_the_thresholds_warns_of_drift(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
-        train_model.check_r_squared(_metrics(0.92), 0.9, 0.95)
+        training.check_r_squared(_metrics(0.92), 0.9, 0.95)
 
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -319,7 +206,7 @@ def test_check_r_squared_between_the_thresholds_warns_of_drift(caplog: pytest.Lo
 
 def test_check_r_squared_above_the_warning_threshold_is_silent(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
-        train_model.check_r_squared(_metrics(0.97), 0.9, 0.95)
+        training.check_r_squared(_metrics(0.97), 0.9, 0.95)
 
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
@@ -327,12 +214,12 @@ def test_check_r_squared_above_the_warning_threshold_is_silent(caplog: pytest.Lo
 @pytest.mark.parametrize("error, warning", [(0.0, 0.5), (1.5, 0.5), (0.9, -0.1), (float("nan"), 0.9)])
 def test_check_thresholds_valid_rejects_values_outside_0_1(error: float, warning: float) -> None:
     with pytest.raises(ValueError, match=r"must be a number in \(0, 1\]"):
-        train_model.check_thresholds_valid(error, warning)
+        training.check_thresholds_valid(error, warning)
 
 
 def test_check_thresholds_valid_says_when_no_drift_warning_can_fire(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
-        train_model.check_thresholds_valid(0.9, 0.8)
+        training.check_thresholds_valid(0.9, 0.8)
 
     assert sum("no drift warning can fire" in r.getMessage() for r in caplog.records) == 1
 
@@ -350,36 +237,10 @@ def test_measure_monotonicity_counts_falling_steps_and_the_largest_drop() -> Non
     tree = DecisionTreeRegressor(random_state=0).fit(X, y)
     data = PreparedData(X, X, y, y, encoding, {"SKU001": 11, "SKU002": 11}, 10)
 
-    report = train_model.measure_monotonicity(tree, data)
+    report = training.measure_monotonicity(tree, data)
 
     assert report.per_product["SKU001"].decreasing_steps == 1
     assert report.per_product["SKU001"].largest_drop_hours == pytest.approx(3.0)
     assert report.per_product["SKU002"].decreasing_steps == 0
     assert report.total_decreasing_steps == 1
     assert report.max_orders_placed == 10
-
-
-# --- argument parsing -----------------------------------------------------------------------
-
-def test_parse_args_reads_bucket_thresholds_and_n_jobs() -> None:
-    args = train_model.parse_args(["my-bucket", "0.9", "0.8", "--n-jobs", "2"])
-
-    assert (args.bucket, args.error_threshold, args.warning_threshold, args.n_jobs) == ("my-bucket", 0.9, 0.8, 2)
-
-
-@pytest.mark.parametrize(
-    "argv, reason",
-    [
-        ([], "the following arguments are required"),
-        (["bucket", "0.9"], "the following arguments are required"),
-        (["bucket", "high", "0.8"], "invalid float value"),
-        (["bucket", "0", "0.8"], r"R2_ERROR_THRESHOLD must be in \(0, 1\]"),
-        (["bucket", "0.9", "1.01"], r"R2_WARNING_THRESHOLD must be in \(0, 1\]"),
-        (["  ", "0.9", "0.8"], "S3_BUCKET is empty"),
-        (["bucket", "nan", "0.8"], r"R2_ERROR_THRESHOLD must be in \(0, 1\]"),
-        (["bucket", "0.9", "0.8", "extra"], "unrecognized arguments"),
-    ],
-)
-def test_parse_args_rejects_bad_arguments_with_the_reason(argv: List[str], reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
-        train_model.parse_args(argv)

@@ -4,12 +4,10 @@ The end-to-end tests run `python -m pipeline.run_local --in-place` in a subproce
 test's own interpreter (which has the requirements), so no virtualenv is created; the
 virtualenv logic is tested on its own, without creating one.
 """
-import json
 import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,14 +18,10 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 import pytest
 
 from pipeline import run_local, storage
+from pipeline.processes import port_is_free
 from pipeline.synthetic import generate_weeks
 from pipeline.utils import LOG_FORMAT
-from tests.conftest import REPO_ROOT
-
-# A line in the project's log format: LOG_FORMAT with its fields filled in.
-LOG_LINE = re.compile(
-    r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - \S+\.\S+ - .*$"
-)
+from tests.helpers import LOG_LINE, REPO_ROOT, free_port, logged_json
 RUN_TIMEOUT_SECONDS = 240
 
 
@@ -37,27 +31,6 @@ class LocalRun(NamedTuple):
     returncode: int
     lines: List[str]
     port: int
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a server could listen on the port again: nothing listens there any more.
-
-    Probed with SO_REUSEADDR, as servers bind, so that closed connections lingering in
-    TIME_WAIT (normal after any HTTP exchange) do not count as a leftover.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def local_run_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -75,14 +48,6 @@ def run_to_completion(args: List[str], env: Dict[str, str]) -> LocalRun:
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS,
     )
     return LocalRun(result.returncode, (result.stdout + result.stderr).splitlines(), port)
-
-
-def logged_json(lines: List[str], marker: str) -> Any:
-    """The JSON logged after `marker` on the first line that has it."""
-    for line in lines:
-        if marker in line:
-            return json.loads(line.split(marker, 1)[1])
-    raise AssertionError(f"no line with {marker!r} in the output:\n" + "\n".join(lines))
 
 
 def stage_pids(lines: List[str]) -> List[int]:
@@ -164,7 +129,7 @@ def test_local_run_output_is_all_in_the_project_log_format(finished_run: LocalRu
 
 @pytest.mark.e2e
 def test_local_run_leaves_its_port_free(finished_run: LocalRun) -> None:
-    assert port_is_free(finished_run.port)
+    assert port_is_free("127.0.0.1", finished_run.port)
 
 
 @pytest.mark.e2e
@@ -209,14 +174,14 @@ def test_sigint_while_serving_stops_everything_and_exits_0(serving_run: "subproc
     serving = re.search(r"serving on http://127\.0\.0\.1:(\d+)", seen[-1])
     assert serving is not None, seen[-1]
     port = int(serving.group(1))
-    assert not port_is_free(port)
+    assert not port_is_free("127.0.0.1", port)
 
     serving_run.send_signal(signal.SIGINT)
 
     assert serving_run.wait(timeout=60) == 0
     while (line := lines.get(timeout=10)) is not None:
         seen.append(line)
-    assert port_is_free(port)
+    assert port_is_free("127.0.0.1", port)
     assert [pid for pid in stage_pids(seen) if stage_still_running(pid)] == []
 
 
@@ -271,39 +236,3 @@ def test_run_local_imports_only_the_standard_library() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
-
-
-@pytest.fixture
-def requirement_files(tmp_path: Path) -> List[Path]:
-    pipe, cicd = tmp_path / "requirements_pipe.txt", tmp_path / "requirements_cicd.txt"
-    pipe.write_text("numpy==2.0.2\n")
-    cicd.write_text("pytest==9.0.3\n")
-    return [pipe, cicd]
-
-
-def test_no_install_when_requirements_are_unchanged_since_the_last_install(
-    tmp_path: Path, requirement_files: List[Path]
-) -> None:
-    venv_dir = tmp_path / ".venv"
-    venv_dir.mkdir()
-    run_local.write_stamp(venv_dir, run_local.requirements_digest(requirement_files))
-
-    assert run_local.install_needed(venv_dir, run_local.requirements_digest(requirement_files)) is False
-
-
-def test_install_when_a_pin_changed_since_the_last_install(
-    tmp_path: Path, requirement_files: List[Path]
-) -> None:
-    venv_dir = tmp_path / ".venv"
-    venv_dir.mkdir()
-    run_local.write_stamp(venv_dir, run_local.requirements_digest(requirement_files))
-    requirement_files[0].write_text("numpy==2.1.0\n")
-
-    assert run_local.install_needed(venv_dir, run_local.requirements_digest(requirement_files)) is True
-
-
-def test_install_when_the_virtualenv_has_no_stamp(tmp_path: Path, requirement_files: List[Path]) -> None:
-    venv_dir = tmp_path / ".venv"
-    venv_dir.mkdir()
-
-    assert run_local.install_needed(venv_dir, run_local.requirements_digest(requirement_files)) is True

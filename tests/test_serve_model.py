@@ -3,87 +3,37 @@
 Each service listens on 127.0.0.1 on a port that was free a moment before. "The port never
 opened" is checked by trying to connect all the time the process runs.
 """
-import asyncio
 import http.client
 import json
-import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
 from pipeline import storage
+from pipeline.api import PREDICT_PATH
 from pipeline.model import Model
-from pipeline.serve_model import DEFAULT_HOST, DEFAULT_PORT, PREDICT_PATH, open_port, parse_args
-from tests.conftest import REPO_ROOT, run_cli
+from pipeline.serve_model import DEFAULT_HOST, DEFAULT_PORT, parse_args
+from tests.conftest import StartService
+from tests.helpers import (
+    LOG_LINE,
+    REPO_ROOT,
+    START_TIMEOUT,
+    Service,
+    error_lines,
+    port_accepts,
+    run_cli,
+    stop_service,
+    wait_for_log,
+    wait_until_listening,
+)
 
 pytestmark = pytest.mark.e2e
 
-# `%(funcName)s` is `<module>` for lines logged by the CLI block itself.
-LOG_LINE = re.compile(
-    r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - \w+\.(\w+|<module>) - "
-)
-START_TIMEOUT = 60.0
 EXAMPLE_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class Service(NamedTuple):
-    process: "subprocess.Popen[str]"
-    port: int
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
-# What the `start` fixture gives a test: `start(args, env, cwd=None) -> Service`.
-StartService = Callable[..., Service]
-
-
-def start_service(
-    args: List[str], env: Dict[str, str], tmp_path: Path, cwd: Optional[Path] = None
-) -> Service:
-    """Start the CLI with `--host 127.0.0.1 --port N` added, its stdout and stderr to a file."""
-    port = free_port()
-    log_path = tmp_path / f"serve-{port}.log"
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, *args, "--host", "127.0.0.1", "--port", str(port)],
-            env=env, cwd=cwd or REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, text=True,
-        )
-    return Service(process, port, log_path)
-
-
-def wait_until_listening(service: Service) -> None:
-    """Return once the service accepts connections; fail if it exits or takes too long."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            pytest.fail(f"the service exited with {service.process.returncode}:\n{service.log()}")
-        if port_accepts(service.port):
-            return
-        time.sleep(0.05)
-    pytest.fail(f"the service did not open its port within {START_TIMEOUT}s:\n{service.log()}")
 
 
 def start_listening(start: StartService, args: List[str], env: Dict[str, str], cwd: Optional[Path] = None) -> Service:
@@ -105,44 +55,6 @@ def wait_for_exit_watching_port(service: Service, timeout: float = START_TIMEOUT
     return opened or port_accepts(service.port)
 
 
-def wait_for_log(service: Service, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in service.log():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{text!r} not logged within {timeout}s:\n{service.log()}")
-        time.sleep(0.02)
-
-
-def stop(service: Service) -> int:
-    """SIGTERM the service and return its exit code (killing it if it hangs)."""
-    if service.process.poll() is None:
-        service.process.send_signal(signal.SIGTERM)
-    try:
-        return service.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        service.process.kill()
-        service.process.wait()
-        raise
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[StartService]:
-    """`start(args, env, cwd=None)`: `start_service` with the test's tmp_path; any service still
-    running after the test is killed."""
-    started: List[Service] = []
-
-    def _start(args: List[str], env: Dict[str, str], cwd: Optional[Path] = None) -> Service:
-        service = start_service(args, env, tmp_path, cwd)
-        started.append(service)
-        return service
-
-    yield _start
-    for service in started:
-        if service.process.poll() is None:
-            service.process.kill()
-            service.process.wait()
-
-
 def post(port: int, path: str, body: Any) -> Tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -161,10 +73,6 @@ def get(port: int, path: str) -> Tuple[int, Any]:
         return response.status, json.loads(response.read())
     finally:
         conn.close()
-
-
-def error_lines(log: str) -> List[str]:
-    return [line for line in log.splitlines() if " - ERROR - " in line]
 
 
 def the_error_of_a_failed_start(bucket: str, env: Dict[str, str], start: StartService) -> str:
@@ -198,7 +106,7 @@ def test_module_cli_serves_the_newest_model(
     assert body == {"est_hours_to_dispatch": pytest.approx(expected_estimate(model, "SKU001", 112), abs=1e-9),
                     "model_version": str(model)}
     assert get(service.port, "/ready") == (200, {"status": "ready", "model_version": str(model)})
-    assert stop(service) == 0
+    assert stop_service(service) == 0
 
 
 def test_script_run_as_bodywork_runs_it_serves_the_newest_model(
@@ -211,7 +119,7 @@ def test_script_run_as_bodywork_runs_it_serves_the_newest_model(
 
     assert (status, body["model_version"]) == (200, str(model))
     assert body["est_hours_to_dispatch"] == pytest.approx(expected_estimate(model, "SKU005", 250), abs=1e-9)
-    assert stop(service) == 0
+    assert stop_service(service) == 0
 
 
 def test_every_log_line_is_in_the_project_format_on_stdout_including_uvicorns(
@@ -219,7 +127,7 @@ def test_every_log_line_is_in_the_project_format_on_stdout_including_uvicorns(
 ) -> None:
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model, "--access-log"], s3_env)
     post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
-    stop(service)
+    stop_service(service)
 
     lines = service.log().splitlines()
     assert [line for line in lines if not LOG_LINE.match(line)] == []
@@ -232,7 +140,7 @@ def test_requests_are_not_logged_by_default(
 ) -> None:
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
     post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
-    stop(service)
+    stop_service(service)
 
     assert PREDICT_PATH not in service.log()
     assert "serving model time-to-dispatch:" in service.log()
@@ -322,31 +230,6 @@ def test_port_in_use_exits_1_with_one_error_line(s3_env: Dict[str, str], bucket_
     [line] = error_lines(result.stdout)
     assert f"serve_model failed: cannot listen on 127.0.0.1:{port}: " in line
     assert "Address already in use" in line
-
-
-def test_connections_to_the_service_port_have_nagles_algorithm_off() -> None:
-    # With Nagle on, each response waits for the client's delayed ACK: about 40 ms a request.
-    sock = open_port("127.0.0.1", free_port())
-
-    async def nodelay_of_an_accepted_connection() -> int:
-        accepted: "asyncio.Future[int]" = asyncio.get_running_loop().create_future()
-
-        class Probe(asyncio.Protocol):
-            def connection_made(self, transport: Any) -> None:
-                conn = transport.get_extra_info("socket")
-                accepted.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-                transport.close()
-
-        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
-        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
-        try:
-            return await asyncio.wait_for(accepted, timeout=10)
-        finally:
-            writer.close()
-            server.close()
-            await server.wait_closed()
-
-    assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
 
 
 # --- arguments ------------------------------------------------------------------------------------

@@ -1,18 +1,15 @@
 """The whole train stage: `main` in-process and the real CLI in a subprocess, on a real S3 API."""
 import logging
-import re
 from typing import Any, Dict, List, Optional
 
 import pandas as pd
 import pytest
 import sklearn
 
-from pipeline import storage, train_model
+from pipeline import storage, train_model, training
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders
-from tests.conftest import REPO_ROOT, run_cli
-
-LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - \w+\.\w+ - ")
+from tests.helpers import LOG_LINE, REPO_ROOT, error_lines, run_cli
 
 
 def _model_keys(client: Any, bucket: str) -> List[str]:
@@ -86,7 +83,7 @@ def test_main_below_the_error_threshold_persists_nothing_and_keeps_the_previous_
 ) -> None:
     before = _model_keys(s3, bucket_with_model)
 
-    with pytest.raises(train_model.ModelValidationError, match="below the error threshold 0.999; no model persisted"):
+    with pytest.raises(training.ModelValidationError, match="below the error threshold 0.999; no model persisted"):
         train_model.main(bucket_with_model, 0.999, 0.9995)
 
     assert _model_keys(s3, bucket_with_model) == before
@@ -132,10 +129,36 @@ def test_main_on_a_bad_dataset_persists_nothing(s3: Any, bucket_with_model: str)
     frame.loc[10, "orders_placed"] = -3
     storage.put_dataset(bucket_with_model, frame, pd.Timestamp("2030-01-04T23:00:00Z").to_pydatetime())
 
-    with pytest.raises(train_model.DatasetError, match="negative orders_placed"):
+    with pytest.raises(training.DatasetError, match="negative orders_placed"):
         train_model.main(bucket_with_model, 0.9, 0.95)
 
     assert _newest_model_key(bucket_with_model) == before
+
+
+# --- argument parsing -----------------------------------------------------------------------
+
+def test_parse_args_reads_bucket_thresholds_and_n_jobs() -> None:
+    args = train_model.parse_args(["my-bucket", "0.9", "0.8", "--n-jobs", "2"])
+
+    assert (args.bucket, args.error_threshold, args.warning_threshold, args.n_jobs) == ("my-bucket", 0.9, 0.8, 2)
+
+
+@pytest.mark.parametrize(
+    "argv, reason",
+    [
+        ([], "the following arguments are required"),
+        (["bucket", "0.9"], "the following arguments are required"),
+        (["bucket", "high", "0.8"], "invalid float value"),
+        (["bucket", "0", "0.8"], r"R2_ERROR_THRESHOLD must be in \(0, 1\]"),
+        (["bucket", "0.9", "1.01"], r"R2_WARNING_THRESHOLD must be in \(0, 1\]"),
+        (["  ", "0.9", "0.8"], "S3_BUCKET is empty"),
+        (["bucket", "nan", "0.8"], r"R2_ERROR_THRESHOLD must be in \(0, 1\]"),
+        (["bucket", "0.9", "0.8", "extra"], "unrecognized arguments"),
+    ],
+)
+def test_parse_args_rejects_bad_arguments_with_the_reason(argv: List[str], reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        train_model.parse_args(argv)
 
 
 # --- the CLI, as engineers and Bodywork run it ----------------------------------------------
@@ -145,10 +168,6 @@ def _cli_variants() -> List[Dict[str, Any]]:
         {"args": ["-m", "pipeline.train_model"], "cwd": REPO_ROOT},
         {"args": ["train_model.py"], "cwd": REPO_ROOT / "pipeline"},
     ]
-
-
-def _error_lines(stdout: str) -> List[str]:
-    return [line for line in stdout.splitlines() if " - ERROR - " in line]
 
 
 @pytest.mark.e2e
@@ -176,7 +195,7 @@ def test_cli_with_bad_arguments_exits_1_with_the_usage(s3_env: Dict[str, str], a
     result = run_cli(["-m", "pipeline.train_model", *argv], s3_env)
 
     assert result.returncode == 1
-    errors = _error_lines(result.stdout)
+    errors = error_lines(result.stdout)
     assert len(errors) == 1
     assert "Invalid arguments passed to train_model.py" in errors[0]
     assert "usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_THRESHOLD" in errors[0]
@@ -187,7 +206,7 @@ def test_cli_run_as_bodywork_does_with_bad_arguments_exits_1(s3_env: Dict[str, s
     result = run_cli(["train_model.py", "bucket"], s3_env, cwd=REPO_ROOT / "pipeline")
 
     assert result.returncode == 1
-    assert "Invalid arguments passed to train_model.py" in _error_lines(result.stdout)[0]
+    assert "Invalid arguments passed to train_model.py" in error_lines(result.stdout)[0]
 
 
 @pytest.mark.e2e
@@ -195,10 +214,10 @@ def test_cli_with_a_missing_bucket_exits_1_naming_it(s3_env: Dict[str, str]) -> 
     result = run_cli(["-m", "pipeline.train_model", "ttd-does-not-exist", "0.9", "0.8"], s3_env)
 
     assert result.returncode == 1
-    assert _error_lines(result.stdout) == [
+    assert error_lines(result.stdout) == [
         line for line in result.stdout.splitlines() if "s3://ttd-does-not-exist: bucket does not exist" in line
     ]
-    assert len(_error_lines(result.stdout)) == 1
+    assert len(error_lines(result.stdout)) == 1
 
 
 @pytest.mark.e2e
@@ -211,7 +230,7 @@ def test_cli_with_no_datasets_exits_1_and_keeps_the_previous_model(
     result = run_cli(["-m", "pipeline.train_model", bucket, "0.9", "0.8"], s3_env)
 
     assert result.returncode == 1
-    errors = _error_lines(result.stdout)
+    errors = error_lines(result.stdout)
     assert len(errors) == 1 and f"s3://{bucket}/datasets/: no .csv object with a timestamp in its key" in errors[0]
     assert _newest_model_key(bucket) == before
 
@@ -236,7 +255,7 @@ def test_cli_with_a_bad_csv_exits_1_and_keeps_the_previous_model(
     result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.8"], s3_env)
 
     assert result.returncode == 1
-    errors = _error_lines(result.stdout)
+    errors = error_lines(result.stdout)
     assert len(errors) == 1 and reason in errors[0], result.stdout
     assert _newest_model_key(bucket_with_model) == before
 
@@ -250,6 +269,6 @@ def test_cli_below_the_error_threshold_exits_1_and_keeps_the_previous_model(
     result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.999", "0.9999"], s3_env)
 
     assert result.returncode == 1
-    errors = _error_lines(result.stdout)
+    errors = error_lines(result.stdout)
     assert len(errors) == 1 and "is below the error threshold 0.999; no model persisted" in errors[0]
     assert _model_keys(s3, bucket_with_model) == before

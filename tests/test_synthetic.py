@@ -1,14 +1,9 @@
-"""The synthetic data generator follows the notebook's facts; the logger uses the project format."""
-import logging
-import re
-from typing import Iterator
-
+"""The synthetic data generator follows the notebook's facts."""
 import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
 from pipeline.synthetic import PRODUCT_SLOPES, generate_orders, generate_weeks
-from pipeline.utils import LOG_FORMAT, configure_logger
 
 
 def test_generate_orders_has_the_delivered_columns_and_row_count() -> None:
@@ -51,50 +46,3 @@ def test_generate_weeks_are_a_week_apart_on_friday_at_23_utc_and_stable() -> Non
     assert [(w.timestamp.weekday(), w.timestamp.hour) for w in weeks] == [(4, 23)] * 3
     assert [(b.timestamp - a.timestamp).days for a, b in zip(weeks, weeks[1:])] == [7, 7]
     assert weeks[1].data.equals(generate_weeks(2, rows_per_week=50, seed=10)[1].data)
-
-
-@pytest.fixture
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def test_configure_logger_writes_the_project_format_to_stdout_once(
-    capsys: pytest.CaptureFixture, restore_root_logger: None
-) -> None:
-    configure_logger()
-    configure_logger()
-
-    logging.getLogger("pipeline.example").info("hello")
-
-    lines = capsys.readouterr().out.splitlines()
-    assert LOG_FORMAT == "%(asctime)s - %(levelname)s - %(module)s.%(funcName)s - %(message)s"
-    assert len([line for line in lines if line.endswith("hello")]) == 1
-    assert re.match(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - INFO - test_synthetic_and_utils\."
-                    r"test_configure_logger_writes_the_project_format_to_stdout_once - hello$", lines[-1])
-
-
-def test_configure_logger_turns_a_library_warning_into_one_log_line(
-    capsys: pytest.CaptureFixture, restore_root_logger: None
-) -> None:
-    import warnings
-
-    previous = warnings.showwarning
-    try:
-        configure_logger()
-        with warnings.catch_warnings():
-            warnings.simplefilter("always")
-            warnings.warn("Python 3.9 is no longer supported", DeprecationWarning)
-    finally:
-        warnings.showwarning = previous
-
-    captured = capsys.readouterr()
-    lines = [line for line in captured.out.splitlines() if "no longer supported" in line]
-    assert len(lines) == 1
-    assert re.match(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - WARNING - utils\._log_warning - "
-                    r"DeprecationWarning: Python 3.9 is no longer supported \(.*test_synthetic_and_utils.py:\d+\)$",
-                    lines[0])
-    assert captured.err == ""

@@ -1,45 +1,11 @@
-"""The shared feature encoding and the model artefact."""
+"""The model artefact: predictions, version string, hash, pickling and lineage."""
 import pickle
 
 import numpy as np
 import pytest
 
-from pipeline.features import ProductCodeEncoding, UnknownProductCodeError, encode_features
+from pipeline.features import UnknownProductCodeError, encode_features
 from pipeline.model import Model, estimator_hash
-
-
-def test_encoding_is_the_sorted_codes_seen_in_training() -> None:
-    encoding = ProductCodeEncoding.fit(["SKU003", "SKU001", "SKU003", "SKU002"])
-
-    assert encoding.codes == ("SKU001", "SKU002", "SKU003")
-    assert [encoding.index(code) for code in encoding.codes] == [0, 1, 2]
-
-
-@pytest.mark.parametrize("codes", [[], ["SKU001", ""], ["SKU001", None]])
-def test_encoding_refuses_to_learn_from_no_or_blank_codes(codes: list) -> None:
-    with pytest.raises(ValueError, match="product code"):
-        ProductCodeEncoding.fit(codes)
-
-
-def test_encode_names_every_unknown_code_and_the_known_ones() -> None:
-    encoding = ProductCodeEncoding(("SKU001", "SKU002"))
-
-    with pytest.raises(UnknownProductCodeError, match="'SKU007', 'sku001'; known codes: SKU001, SKU002"):
-        encoding.encode(["SKU001", "sku001", "SKU007"])
-
-
-def test_encode_features_puts_orders_then_product_index() -> None:
-    encoding = ProductCodeEncoding(("SKU001", "SKU002"))
-
-    features = encode_features([112, 0.5], ["SKU002", "SKU001"], encoding)
-
-    np.testing.assert_array_equal(features, np.array([[112.0, 1.0], [0.5, 0.0]]))
-    assert features.dtype == np.float64
-
-
-def test_encode_features_rejects_inputs_of_different_lengths() -> None:
-    with pytest.raises(ValueError, match="2 orders_placed values but 1 product codes"):
-        encode_features([1, 2], ["SKU001"], ProductCodeEncoding(("SKU001",)))
 
 
 def test_predict_one_equals_the_estimators_predict_for_every_product(trained_model: Model) -> None:

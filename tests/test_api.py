@@ -9,20 +9,11 @@ from typing import Any, Dict, List
 
 import numpy as np
 import pytest
-import sklearn
 from fastapi.testclient import TestClient
 
-from pipeline import storage, train_model
+from pipeline import storage, training, tuning
+from pipeline.api import MAX_BATCH_SIZE, MAX_ORDERS_PLACED, build_request_model, create_app
 from pipeline.model import Model
-from pipeline.serve_model import (
-    MAX_BATCH_SIZE,
-    MAX_ORDERS_PLACED,
-    ModelCompatibilityError,
-    build_request_model,
-    check_library_versions,
-    create_app,
-    warm_up,
-)
 from pipeline.synthetic import generate_orders
 
 PREDICT = "/api/v0.1/time_to_dispatch"
@@ -300,11 +291,12 @@ def test_docs_page_is_served(client: TestClient) -> None:
 
 def test_service_accepts_exactly_the_codes_its_model_was_trained_on() -> None:
     slopes = {"SKU001": 0.075, "SKU002": 0.1, "SKU006": 0.2}
-    data = train_model.prepare_data(generate_orders(600, seed=11, product_slopes=slopes))
-    search = train_model.tune_hyperparameters(data.X_train, data.y_train, {"max_depth": [6]})
+    data = training.prepare_data(generate_orders(600, seed=11, product_slopes=slopes))
+    search = tuning.tune_hyperparameters(data.X_train, data.y_train, {"max_depth": [6]})
     dataset = storage.Dataset(generate_orders(1), "bucket", "datasets/time_to_dispatch_2026-10-02T23:00:00.csv",
                               datetime(2026, 10, 2, 23, tzinfo=timezone.utc), "etag", None)
-    model = train_model.build_model(search, data, train_model.evaluate(search.estimator, data), dataset)
+    metrics = training.evaluate(search.estimator, data)
+    model = training.build_model(search.estimator, search.best_params, data, metrics, dataset)
     client = TestClient(create_app(model))
 
     new_code = post_json(client, PREDICT, {"product_code": "SKU006", "orders_placed": 50})
@@ -314,37 +306,6 @@ def test_service_accepts_exactly_the_codes_its_model_was_trained_on() -> None:
     assert new_code.json()["est_hours_to_dispatch"] == pytest.approx(
         estimator_predictions(model, "SKU006", [50])[0], abs=1e-9)
     assert dropped_code.status_code == 422
-
-
-# --- start-up checks, in-process --------------------------------------------------------------
-
-def test_model_from_another_scikit_learn_version_is_refused(served_model: Model) -> None:
-    served_model.library_versions["scikit-learn"] = "1.5.2"
-
-    with pytest.raises(ModelCompatibilityError, match=r"trained with scikit-learn 1\.5\.2, but scikit-learn "):
-        check_library_versions(served_model)
-
-
-def test_model_from_the_installed_scikit_learn_version_is_accepted(served_model: Model) -> None:
-    assert served_model.library_versions["scikit-learn"] == sklearn.__version__
-
-    check_library_versions(served_model)  # raises if refused
-
-
-def test_warm_up_refuses_a_model_whose_fast_path_disagrees_with_its_estimator(served_model: Model) -> None:
-    served_model.predict_one("SKU001", 0.0)  # builds the fast path's tables
-    walker = served_model._walker
-    assert walker is not None
-    walker.value = [v + 0.5 for v in walker.value]
-
-    with pytest.raises(ModelCompatibilityError, match="fast prediction path disagrees with the estimator"):
-        warm_up(served_model)
-
-
-def test_warm_up_accepts_a_faithful_model(served_model: Model) -> None:
-    warm_up(served_model)  # raises if the paths disagree
-
-    assert served_model._walker is not None
 
 
 def test_request_model_needs_product_codes() -> None:

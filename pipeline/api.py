@@ -1,0 +1,180 @@
+"""The service's HTTP API: request and response schemas, routes, and the 422 handler.
+
+    POST /api/v0.1/time_to_dispatch        {"product_code": "SKU001", "orders_placed": 112}
+                                           -> {"est_hours_to_dispatch": 5.321, "model_version": "..."}
+    POST /api/v0.1/time_to_dispatch/batch  [request, ...] (1 to 1,000) -> [prediction, ...]
+    GET  /api/v0.1/model                   the model's lineage
+    GET  /health                           liveness
+    GET  /ready                            readiness: a model is loaded and warmed up
+
+`create_app` is the app factory: production (`serve_model.py`) and the tests build the app
+the same way, with a loaded model passed in. docs/api.md documents the contract.
+"""
+import json
+import math
+from typing import Annotated, Any, Dict, List, Literal, Sequence, Type, cast
+
+from fastapi import Body, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from pipeline.model import Model
+
+API_VERSION = "0.1"
+API_PREFIX = f"/api/v{API_VERSION}"
+PREDICT_PATH = f"{API_PREFIX}/time_to_dispatch"
+PREDICT_BATCH_PATH = f"{API_PREFIX}/time_to_dispatch/batch"
+MODEL_PATH = f"{API_PREFIX}/model"
+HEALTH_PATH = "/health"
+READY_PATH = "/ready"
+MAX_BATCH_SIZE = 1000
+# The tree compares features as float32 (largest about 3.4e38, beyond which scikit-learn's
+# predict fails); a day never sees a billion orders, so anything above is a client error.
+MAX_ORDERS_PLACED = 1e9
+
+
+class Prediction(BaseModel):
+    """One estimate, and exactly which model made it."""
+
+    est_hours_to_dispatch: float = Field(description="Estimated hours until the order is dispatched.")
+    model_version: str = Field(description="The model artefact that made the estimate, with its lineage.")
+
+
+class PredictionRequest(BaseModel):
+    """A prediction request; `build_request_model` narrows `product_code` to a model's codes.
+
+    `orders_placed` must be a JSON number (not a string or a boolean), finite, from 0 to
+    MAX_ORDERS_PLACED. Unknown fields are rejected, so that a misspelt or unsupported field is
+    a 422 naming it rather than silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_code: str = Field(description="A product code the model was trained on.")
+    orders_placed: float = Field(
+        ge=0,
+        le=MAX_ORDERS_PLACED,
+        allow_inf_nan=False,
+        strict=True,
+        description="Orders already placed today: a finite number from 0 to 1e9.",
+        examples=[112],
+    )
+
+
+def build_request_model(product_codes: Sequence[str]) -> Type[PredictionRequest]:
+    """The request body of a prediction, accepting exactly the given product codes.
+
+    Built per model, so that validation and the OpenAPI schema (an enum of the codes) follow
+    the codes the model was trained on.
+
+    Args:
+        product_codes: the codes the model was trained on.
+
+    Returns:
+        A subclass of `PredictionRequest`, also named `PredictionRequest`.
+
+    Raises:
+        ValueError: if there are no product codes.
+    """
+    codes = tuple(product_codes)
+    if not codes:
+        raise ValueError("a request model needs at least one product code")
+    return create_model(
+        "PredictionRequest",
+        __base__=PredictionRequest,
+        __doc__="Estimate the hours to dispatch an order for a product, given today's orders so far.",
+        product_code=(
+            cast(Any, Literal)[codes],
+            Field(description="A product code the model was trained on.",
+                  json_schema_extra={"examples": [codes[0]]}),
+        ),
+    )
+
+
+def create_app(model: Model) -> FastAPI:
+    """The service's app, answering with `model`.
+
+    Production and tests use this same factory with a real model injected.
+
+    Args:
+        model: a loaded model artefact (see `load_model`).
+
+    Returns:
+        The FastAPI app.
+
+    Raises:
+        ValueError: if the model has no product codes.
+    """
+    version = str(model)
+    lineage = jsonable_encoder(model.lineage())
+    request_model = build_request_model(model.product_codes)
+    app = FastAPI(
+        title="time-to-dispatch",
+        version=API_VERSION,
+        description=f"Estimated hours until an order is dispatched. Serving model {version}.",
+    )
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+
+    # `async def` without any awaiting: the tree walk takes microseconds, so running it on the
+    # event loop is far cheaper than a hop to the thread pool that FastAPI uses for `def`.
+    @app.post(PREDICT_PATH, response_model=Prediction, summary="Estimate the hours to dispatch")
+    async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
+        body = cast(PredictionRequest, request)
+        return Prediction(
+            est_hours_to_dispatch=model.predict_one(body.product_code, body.orders_placed),
+            model_version=version,
+        )
+
+    # One vectorised call of the estimator for the whole batch; a batch of 1,000 takes well
+    # under a millisecond, so it too stays on the event loop.
+    @app.post(PREDICT_BATCH_PATH, response_model=List[Prediction], summary="Estimate for many requests")
+    async def time_to_dispatch_batch(
+        requests: Annotated[  # type: ignore[valid-type]
+            List[request_model], Body(min_length=1, max_length=MAX_BATCH_SIZE)
+        ],
+    ) -> List[Prediction]:
+        bodies = cast(List[PredictionRequest], requests)
+        estimates = model.predict(
+            [body.product_code for body in bodies], [body.orders_placed for body in bodies]
+        )
+        return [Prediction(est_hours_to_dispatch=float(e), model_version=version) for e in estimates]
+
+    @app.get(MODEL_PATH, summary="The model's lineage")
+    async def model_lineage() -> Dict[str, Any]:
+        return cast(Dict[str, Any], lineage)
+
+    @app.get(HEALTH_PATH, summary="Liveness")
+    async def health() -> Dict[str, str]:
+        return {"status": "ok"}
+
+    # The factory only ever gets a loaded model, and `main` warms it up before the port opens,
+    # so whenever this can answer, the service is ready.
+    @app.get(READY_PATH, summary="Readiness: a model is loaded and warmed up")
+    async def ready() -> Dict[str, str]:
+        return {"status": "ready", "model_version": version}
+
+    return app
+
+
+async def validation_error_response(request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's standard 422 body, also for requests holding NaN or Infinity.
+
+    Python's JSON parser accepts the literals `NaN` and `Infinity`, the request is then
+    rejected, and the standard handler would echo the value back and fail to render it as
+    JSON (a 500). Here such inputs are echoed as the strings `"NaN"`, `"Infinity"` and
+    `"-Infinity"` instead.
+    """
+    errors = cast(RequestValidationError, error).errors()
+    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
