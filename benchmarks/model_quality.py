@@ -1,4 +1,4 @@
-"""How the data scientist's method does across synthetic weeks (the spread quoted in the README).
+"""How the data scientist's method does across synthetic weeks (the spread quoted in docs/data-and-model.md).
 
 Usage: PYTHONPATH=. python benchmarks/model_quality.py [--seeds 20] [--rows 1000]
 """
@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import List, Sequence
 
-from pipeline import train_model
+from pipeline import training, tuning
 from pipeline.synthetic import generate_orders
 
 
@@ -14,9 +14,9 @@ def run(seeds: Sequence[int], rows: int) -> List[str]:
     """Train and test the tuned tree on each seed's week; one line of figures per week."""
     lines = []
     for seed in seeds:
-        data = train_model.prepare_data(generate_orders(rows, seed=seed))
-        search = train_model.tune_hyperparameters(data.X_train, data.y_train, train_model.HYPERPARAM_GRID)
-        metrics = train_model.evaluate(search.estimator, data)
+        data = training.prepare_data(generate_orders(rows, seed=seed))
+        search = tuning.tune_hyperparameters(data.X_train, data.y_train, tuning.HYPERPARAM_GRID)
+        metrics = training.evaluate(search.estimator, data)
         lines.append(f"seed {seed:3d}  r2 {metrics.r_squared:.4f}  MAE {metrics.mean_absolute_error:.3f}  "
                      f"{search.best_params}")
     return lines

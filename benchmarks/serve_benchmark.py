@@ -2,7 +2,7 @@
 the service's cold start, and its resident memory under use.
 
 Four servers answer `POST /api/v0.1/time_to_dispatch` with the same request and response
-schema (`build_request_model` and `Prediction` from `pipeline.serve_model`), each in its own
+schema (`build_request_model` and `Prediction` from `pipeline.api`), each in its own
 process, one uvicorn worker each, started and stopped the same way (`open_port` and
 `run_server`, so the same uvicorn settings as production, access log off):
 
@@ -57,26 +57,23 @@ import numpy as np
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from pipeline import storage, train_model
-from pipeline.model import Model
-from pipeline.serve_model import (
+from pipeline import storage
+from pipeline.api import (
     PREDICT_BATCH_PATH,
     PREDICT_PATH,
     Prediction,
     PredictionRequest,
     build_request_model,
     create_app,
-    open_port,
-    run_server,
     validation_error_response,
 )
+from pipeline.model import Model
+from pipeline.serving import open_port, run_server
 from pipeline.synthetic import generate_orders, generate_weeks
 from pipeline.utils import configure_logger
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("ours", "ours_access_log", "floor", "straightforward")
-REGION = "eu-west-2"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "benchmark", "AWS_SECRET_ACCESS_KEY": "benchmark", "AWS_DEFAULT_REGION": REGION}
 # The issue's targets, relative to the floor.
 TARGET_THROUGHPUT_RATIO = 0.8
 TARGET_P99_RATIO = 1.25
@@ -229,24 +226,20 @@ def stop(process: "subprocess.Popen[Any]") -> None:
             process.wait()
 
 
-class LocalS3:
-    """moto's S3 server on 127.0.0.1 with a bucket holding a week of data and a trained model."""
+class BenchmarkS3:
+    """The local S3 server with a bucket holding a week of data and a model the real train stage made."""
 
     def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
+        from pipeline.local_s3 import LocalS3
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.env = {**os.environ, **CREDENTIALS, "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-                    "PYTHONPATH": str(REPO_ROOT)}
-        os.environ.update({k: self.env[k] for k in (*CREDENTIALS, "AWS_ENDPOINT_URL")})
-        client = storage.s3_client()
-        self.bucket = "ttd-serve-benchmark"
-        client.create_bucket(Bucket=self.bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        storage.put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp, client)
-        self.model = train_model.main(self.bucket, 0.9, 0.95)
+        self.server = LocalS3().start()
+        self.server.point_environment_here()
+        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        self.bucket = self.server.create_bucket("ttd-serve-benchmark")
+        storage.put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp)
+        subprocess.run([sys.executable, "-m", "pipeline.train_model", self.bucket, "0.9", "0.95"],
+                       env=self.env, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+        self.model = storage.get_latest_model(self.bucket)
 
     def stop(self) -> None:
         self.server.stop()
@@ -254,7 +247,7 @@ class LocalS3:
 
 # --- the measurements -------------------------------------------------------------------------
 
-def start_server(kind: str, s3: LocalS3) -> Server:
+def start_server(kind: str, s3: BenchmarkS3) -> Server:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--bucket", s3.bucket, "--port", str(port)],
@@ -279,7 +272,7 @@ def run_wrk(port: int, script: Path, duration: float, connections: int) -> LoadR
     )
 
 
-def compare_servers(s3: LocalS3, duration: float, connections: int, rounds: int, warmup: float,
+def compare_servers(s3: BenchmarkS3, duration: float, connections: int, rounds: int, warmup: float,
                     out: "Report") -> Dict[str, Any]:
     """Throughput and latency of the servers, taking turns; medians over rounds."""
     bodies = request_bodies(s3.model.product_codes)
@@ -341,7 +334,7 @@ def prediction_call_costs(model: Model) -> Dict[str, float]:
             for name, call in calls.items()}
 
 
-def cold_start_and_memory(s3: LocalS3, starts: int, n_requests: int, n_batches: int) -> Dict[str, Any]:
+def cold_start_and_memory(s3: BenchmarkS3, starts: int, n_requests: int, n_batches: int) -> Dict[str, Any]:
     """Time the real CLI from process start to first prediction; its RSS after use."""
     bodies = request_bodies(s3.model.product_codes)
     seconds: List[float] = []
@@ -393,7 +386,7 @@ def benchmark(args: argparse.Namespace, command: str) -> Dict[str, Any]:
     out.print(f"$ {command}")
     out.print(f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
               f"{subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}")
-    s3 = LocalS3()
+    s3 = BenchmarkS3()
     try:
         out.print(f"model: {s3.model}")
         out.print(f"\nthroughput and latency: wrk -t1 -c{args.connections} -d{args.duration:g}s, "

@@ -30,7 +30,6 @@ two benchmarks overlap):
 import argparse
 import functools
 import json
-import logging
 import os
 import platform
 import resource
@@ -51,13 +50,13 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.tree import DecisionTreeRegressor
 
 from pipeline.synthetic import FIRST_DROP, ROWS_PER_WEEK, generate_orders
-from pipeline.train_model import (
+from pipeline.training import prepare_data
+from pipeline.tuning import (
     HYPERPARAM_GRID,
     PARALLEL_MIN_TRAIN_ROWS,
     RANDOM_STATE,
     _equivalence_key,
     choose_n_jobs,
-    prepare_data,
     tune_hyperparameters,
 )
 
@@ -68,7 +67,6 @@ LARGE_ROWS = 5000
 SAMPLE_INTERVAL_S = 0.05
 # Thresholds the stage runs with here: any week of the synthetic data passes them.
 STAGE_THRESHOLDS = ("0.9", "0.8")
-REGION = "eu-west-2"
 MB = 1024 * 1024
 
 
@@ -241,28 +239,15 @@ def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
         peak_processes, largest_process_rss_mb, cpu_seconds, exit_code, the stage's command
         and its grid-search log lines.
     """
-    from moto.server import ThreadedMotoServer
-
     from pipeline import storage
+    from pipeline.local_s3 import LocalS3
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = LocalS3().start()
     try:
-        host, port = server.get_host_and_port()
-        aws = {
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-        }
-        os.environ.update(aws)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-            os.environ.pop(name, None)
+        server.point_environment_here()
+        aws = server.environment()
         client = storage.s3_client()
-        bucket = f"ttd-bench-{rows}"
-        client.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-        client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        bucket = server.create_bucket(f"ttd-bench-{rows}")
         storage.put_dataset(bucket, generate_orders(rows, seed), FIRST_DROP, client)
         stage = ["train_model.py", bucket, *STAGE_THRESHOLDS]
         env = {**os.environ, **aws, "PYTHONPATH": str(REPO_ROOT)}

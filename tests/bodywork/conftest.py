@@ -15,7 +15,7 @@ import pytest
 import yaml
 from bodywork.config import BodyworkConfig
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 BRANCH = "master"
 

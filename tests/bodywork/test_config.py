@@ -3,7 +3,7 @@ import pytest
 from bodywork.config import BatchStageConfig, BodyworkConfig, ServiceStageConfig
 from bodywork.constants import BODYWORK_CONFIG_VERSION
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
 AWS_SECRET = "aws-credentials"

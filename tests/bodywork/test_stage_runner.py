@@ -38,7 +38,7 @@ from pipeline import storage
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders, generate_weeks
 from tests.bodywork.conftest import BRANCH
-from tests.conftest import REGION, TEST_WEEK_SEED
+from tests.helpers import REGION, TEST_WEEK_SEED
 
 LOOPBACK = "127.0.0.1"
 PREDICTION_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
@@ -187,7 +187,8 @@ def service_run(
 
     (In a pod, Kubernetes sends SIGTERM to PID 1, which is Bodywork's runner; it has no
     handler for it, so as PID 1 it ignores it and the pod ends by SIGKILL after the grace
-    period. README, "Deployment", says what that means. Here the service gets the signal.)
+    period. docs/deployment.md, "6. History and logs", says what that means. Here the
+    service gets the signal.)
     """
     stage = bodywork_config.stages["serve_model"]
     assert isinstance(stage, ServiceStageConfig)
