@@ -155,7 +155,7 @@ def straightforward_app(model: Model) -> FastAPI:
 def serve_one(kind: str, bucket: str, port: int) -> None:
     """Child process: load the newest model from the bucket and serve one of the apps."""
     configure_logger(logging.INFO)
-    model = storage.get_latest_model(bucket)
+    model = storage.get_live_model(bucket)
     build = {"ours": create_app, "ours_access_log": create_app, "floor": floor_app,
              "straightforward": straightforward_app}[kind]
     run_server(build(model), open_port("127.0.0.1", port), access_log=kind == "ours_access_log")
@@ -239,7 +239,7 @@ class BenchmarkS3:
         storage.put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp)
         subprocess.run([sys.executable, "-m", "pipeline.train_model", self.bucket, "0.9", "0.95"],
                        env=self.env, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
-        self.model = storage.get_latest_model(self.bucket)
+        self.model = storage.get_live_model(self.bucket)
 
     def stop(self) -> None:
         self.server.stop()

@@ -26,7 +26,7 @@ from pipeline.serving import (
     run_server,
     warm_up,
 )
-from pipeline.storage import StorageError, get_latest_model
+from pipeline.storage import StorageError, get_live_model
 from pipeline.utils import StageArgumentParser, configure_logger
 
 DEFAULT_HOST = "0.0.0.0"
@@ -63,10 +63,10 @@ def load_model(bucket: str) -> Model:
     """The newest verified model artefact in the bucket, checked against the installed scikit-learn.
 
     Raises:
-        StorageError: as `storage.get_latest_model`.
+        StorageError: as `storage.get_live_model`.
         ModelCompatibilityError: as `check_library_versions`.
     """
-    model = get_latest_model(bucket)
+    model = get_live_model(bucket)
     log.info(f"loaded model artefact s3://{bucket}/{model.artefact_key}")
     check_library_versions(model)
     return model

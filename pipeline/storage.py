@@ -4,9 +4,14 @@ Layout of a bucket::
 
     datasets/time_to_dispatch_<ISO-8601 timestamp>.csv   weekly data from data engineering
     models/time_to_dispatch_<UTC timestamp>_<id>.pkl    model artefacts, never overwritten
+    registry/<artefact file stem>/<UTC timestamp>_<action>.json
+                                                         who rejected or restored a model, when, why
 
 "Newest" is the newest timestamp in the key, over every object under the prefix (listings
-are paged, 1,000 keys a page). Keys without a timestamp that parses are skipped. Each model
+are paged, 1,000 keys a page). Keys without a timestamp that parses are skipped. For models,
+the one that counts is the *live* model: the newest artefact that is not rejected (its latest
+status change in `registry/` is not a rejection); the serve stage, the champion selection and
+batch scoring all use `get_live_model`. Each model
 artefact carries the SHA-256 of its pickled bytes in its S3 metadata; loading verifies it
 and unpickles only the classes a model artefact is made of.
 
@@ -15,12 +20,13 @@ environment variables (`AWS_ENDPOINT_URL` selects an S3-compatible server).
 """
 import hashlib
 import io
+import json
 import logging
 import pickle
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 import boto3
 import pandas as pd
@@ -30,6 +36,9 @@ from pipeline.model import Model
 
 DATASETS_PREFIX = "datasets/"
 MODELS_PREFIX = "models/"
+REGISTRY_PREFIX = "registry/"
+REJECT, RESTORE = "reject", "restore"
+STATUS_ACTIONS = (REJECT, RESTORE)
 DATASET_FILE_STEM = "time_to_dispatch"
 MODEL_FILE_STEM = "time_to_dispatch"
 SHA256_METADATA_KEY = "sha256"
@@ -285,25 +294,12 @@ def put_model(bucket: str, model: Model, client: Any = None) -> str:
     return key
 
 
-def get_latest_model(bucket: str, prefix: str = MODELS_PREFIX, client: Any = None) -> Model:
-    """Load the newest model artefact, verified, with `artefact_key` set to where it was.
-
-    Raises:
-        NoObjectsError: no model artefact under the prefix.
-        ArtefactError: checksum missing or wrong, forbidden classes, or not a Model.
-        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
-    """
-    client = client or s3_client()
-    newest = latest_object(bucket, prefix, ".pkl", client)
-    return get_model(bucket, newest.key, client)
-
-
 def get_model(bucket: str, key: str, client: Any = None) -> Model:
     """Load one model artefact by key, verifying its checksum and contents.
 
     Raises:
-        ArtefactError, NoSuchBucketError, AccessDeniedError, StorageError: as for
-        `get_latest_model`.
+        ArtefactError: checksum missing or wrong, forbidden classes, or not a Model.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
     """
     client = client or s3_client()
     uri = f"s3://{bucket}/{key}"
@@ -327,6 +323,134 @@ def get_model(bucket: str, key: str, client: Any = None) -> Model:
         raise ArtefactError(f"{uri}: the artefact is a {type(model).__name__}, not a Model")
     model.artefact_key = key
     return model
+
+
+# --- the registry: which models are rejected ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """One change of a model's status in the registry: who rejected or restored it, when, why."""
+
+    artefact_key: str
+    action: str
+    reason: str
+    who: str
+    at: datetime
+
+    def to_json(self) -> Dict[str, str]:
+        return {"artefact_key": self.artefact_key, "action": self.action, "reason": self.reason,
+                "who": self.who, "at": _utc(self.at).isoformat()}
+
+    @classmethod
+    def from_json(cls, value: Dict[str, Any]) -> "StatusChange":
+        """Raises: KeyError, ValueError, TypeError for a malformed record."""
+        action = str(value["action"])
+        if action not in STATUS_ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        return cls(str(value["artefact_key"]), action, str(value["reason"]), str(value["who"]),
+                   _utc(datetime.fromisoformat(str(value["at"]))))
+
+
+def status_change_key(change: StatusChange) -> str:
+    """Where a status change is recorded: a folder per artefact, a file per change."""
+    stem = change.artefact_key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return f"{REGISTRY_PREFIX}{stem}/{_utc(change.at):%Y-%m-%dT%H:%M:%S.%f}Z_{change.action}.json"
+
+
+def put_status_change(bucket: str, change: StatusChange, client: Any = None) -> str:
+    """Record a status change under a new key; never overwrites (conditional write).
+
+    Returns:
+        The key written.
+
+    Raises:
+        StorageError: S3 refused or failed, or a record already exists at the key.
+    """
+    client = client or s3_client()
+    key = status_change_key(change)
+    body = json.dumps(change.to_json(), sort_keys=True).encode("utf-8")
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
+    except ClientError as error:
+        if _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            raise StorageError(f"s3://{bucket}/{key}: a status change already exists at this key") from error
+        raise _storage_error(error, bucket, key, "write") from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket, key, "write") from error
+    return key
+
+
+def list_status_changes(bucket: str, client: Any = None) -> Dict[str, List[StatusChange]]:
+    """Every recorded status change, by artefact key, oldest first.
+
+    Raises:
+        StorageError: S3 failed, or a record is not a status change (naming its key).
+    """
+    client = client or s3_client()
+    changes: Dict[str, List[StatusChange]] = {}
+    for item in list_timestamped_objects(bucket, REGISTRY_PREFIX, ".json", client):
+        body, _ = _get_object(client, bucket, item.key)
+        try:
+            change = StatusChange.from_json(json.loads(body))
+        except (ValueError, KeyError, TypeError) as error:
+            raise StorageError(f"s3://{bucket}/{item.key}: not a status change record: {error}") from error
+        changes.setdefault(change.artefact_key, []).append(change)
+    for history in changes.values():
+        history.sort(key=lambda change: change.at)
+    return changes
+
+
+def rejected_model_keys(bucket: str, client: Any = None) -> Set[str]:
+    """The artefact keys whose latest status change is a rejection."""
+    return {key for key, history in list_status_changes(bucket, client).items() if history[-1].action == REJECT}
+
+
+def list_models(bucket: str, client: Any = None) -> List[StoredObject]:
+    """Every model artefact under `models/` with a timestamp in its key, newest first.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: if the listing fails.
+    """
+    models = list(list_timestamped_objects(bucket, MODELS_PREFIX, ".pkl", client))
+    return sorted(models, key=lambda item: (item.timestamp, item.key), reverse=True)
+
+
+def live_model_object(bucket: str, before: Optional[datetime] = None, client: Any = None) -> StoredObject:
+    """The live model: the newest model artefact that is not rejected (created before `before`).
+
+    This is the one definition of "newest model" that the serve stage, the champion selection
+    and batch scoring use.
+
+    Raises:
+        NoObjectsError: no model artefact, or every one is rejected (or newer than `before`).
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    client = client or s3_client()
+    models = list_models(bucket, client)
+    rejected = rejected_model_keys(bucket, client) if models else set()
+    for item in models:
+        if item.key not in rejected and (before is None or item.timestamp < _utc(before)):
+            return item
+    when = f" created before {_utc(before).isoformat()}" if before is not None else ""
+    if not models:
+        raise NoObjectsError(f"s3://{bucket}/{MODELS_PREFIX}: no .pkl object with a timestamp in its key")
+    raise NoObjectsError(
+        f"s3://{bucket}/{MODELS_PREFIX}: no model{when} that is not rejected "
+        f"({len(models)} artefact(s), {len(rejected)} rejected)"
+    )
+
+
+def get_live_model(bucket: str, before: Optional[datetime] = None, client: Any = None) -> Model:
+    """Load the live model (see `live_model_object`), verified, with `artefact_key` set.
+
+    Raises:
+        NoObjectsError: no model to serve.
+        ArtefactError: checksum missing or wrong, forbidden classes, or not a Model.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    client = client or s3_client()
+    return get_model(bucket, live_model_object(bucket, before, client).key, client)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

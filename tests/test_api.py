@@ -23,7 +23,7 @@ PREDICT_BATCH = "/api/v0.1/time_to_dispatch/batch"
 @pytest.fixture
 def served_model(bucket_with_model: str) -> Model:
     """The newest model of a bucket, loaded and verified by the storage module."""
-    return storage.get_latest_model(bucket_with_model)
+    return storage.get_live_model(bucket_with_model)
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def expected_estimate(model: Model, product_code: str, orders_placed: float) -> 
 def test_module_cli_serves_the_newest_model(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    model = storage.get_latest_model(bucket_with_model)
+    model = storage.get_live_model(bucket_with_model)
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
 
     status, body = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
@@ -112,7 +112,7 @@ def test_module_cli_serves_the_newest_model(
 def test_script_run_as_bodywork_runs_it_serves_the_newest_model(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    model = storage.get_latest_model(bucket_with_model)
+    model = storage.get_live_model(bucket_with_model)
     service = start_listening(start, ["serve_model.py", bucket_with_model], s3_env, cwd=REPO_ROOT / "pipeline")
 
     status, body = post(service.port, PREDICT_PATH, {"product_code": "SKU005", "orders_placed": 250})
@@ -149,7 +149,7 @@ def test_requests_are_not_logged_by_default(
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    model = storage.get_latest_model(bucket_with_model)
+    model = storage.get_live_model(bucket_with_model)
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
     body = json.dumps({"product_code": "SKU002", "orders_placed": 140}).encode()
     head = (f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

@@ -15,7 +15,7 @@ from tests.helpers import free_port
 @pytest.fixture
 def served_model(bucket_with_model: str) -> Model:
     """The newest model of a bucket, loaded and verified by the storage module."""
-    return storage.get_latest_model(bucket_with_model)
+    return storage.get_live_model(bucket_with_model)
 
 
 # --- start-up checks --------------------------------------------------------------

@@ -226,12 +226,12 @@ def test_get_latest_dataset_with_rejected_credentials_says_access_denied(
 
 # --- models ---------------------------------------------------------------------------------
 
-def test_put_model_then_get_latest_model_returns_an_equal_verified_model(
+def test_put_model_then_get_live_model_returns_an_equal_verified_model(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
     key = storage.put_model(bucket, trained_model)
 
-    loaded = storage.get_latest_model(bucket)
+    loaded = storage.get_live_model(bucket)
 
     assert key.startswith("models/time_to_dispatch_") and key.endswith(f"_{trained_model.artefact_id}.pkl")
     assert loaded.artefact_key == key
@@ -272,22 +272,22 @@ def test_two_models_created_in_the_same_second_get_different_keys(
     assert len(s3.list_objects_v2(Bucket=bucket, Prefix="models/")["Contents"]) == 2
 
 
-def test_get_latest_model_takes_the_newest_timestamp(s3: Any, bucket: str, trained_model: Model) -> None:
+def test_get_live_model_takes_the_newest_timestamp(s3: Any, bucket: str, trained_model: Model) -> None:
     older = pickle.loads(pickle.dumps(trained_model))
     older.created_at = datetime(2020, 1, 1, tzinfo=timezone.utc)
     older.artefact_id = "00000000"
     storage.put_model(bucket, trained_model)
     storage.put_model(bucket, older)
 
-    assert storage.get_latest_model(bucket).artefact_id == trained_model.artefact_id
+    assert storage.get_live_model(bucket).artefact_id == trained_model.artefact_id
 
 
-def test_get_latest_model_without_models_names_the_prefix(s3: Any, bucket: str) -> None:
+def test_get_live_model_without_models_names_the_prefix(s3: Any, bucket: str) -> None:
     with pytest.raises(storage.NoObjectsError, match=f"s3://{bucket}/models/: no .pkl object"):
-        storage.get_latest_model(bucket)
+        storage.get_live_model(bucket)
 
 
-def test_get_latest_model_refuses_an_artefact_whose_bytes_changed(
+def test_get_live_model_refuses_an_artefact_whose_bytes_changed(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
     key = storage.put_model(bucket, trained_model)
@@ -297,16 +297,16 @@ def test_get_latest_model_refuses_an_artefact_whose_bytes_changed(
     s3.put_object(Bucket=bucket, Key=key, Body=bytes(body), Metadata=stored["Metadata"])
 
     with pytest.raises(storage.ArtefactError, match="SHA-256 of the artefact is .* refusing to load it"):
-        storage.get_latest_model(bucket)
+        storage.get_live_model(bucket)
 
 
-def test_get_latest_model_refuses_an_artefact_without_a_checksum(
+def test_get_live_model_refuses_an_artefact_without_a_checksum(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
     s3.put_object(Bucket=bucket, Key=storage.model_key(trained_model), Body=pickle.dumps(trained_model))
 
     with pytest.raises(storage.ArtefactError, match="no SHA-256 checksum"):
-        storage.get_latest_model(bucket)
+        storage.get_live_model(bucket)
 
 
 class _RunsACommand:
@@ -322,7 +322,7 @@ class _RunsACommand:
         ({"estimator": "not a model"}, "the artefact is a dict, not a Model"),
     ],
 )
-def test_get_latest_model_refuses_a_correctly_checksummed_pickle_that_is_not_a_model(
+def test_get_live_model_refuses_a_correctly_checksummed_pickle_that_is_not_a_model(
     s3: Any, bucket: str, payload: Any, message: str
 ) -> None:
     body = pickle.dumps(payload)
@@ -330,7 +330,7 @@ def test_get_latest_model_refuses_a_correctly_checksummed_pickle_that_is_not_a_m
     s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": hashlib.sha256(body).hexdigest()})
 
     with pytest.raises(storage.ArtefactError, match=message):
-        storage.get_latest_model(bucket)
+        storage.get_live_model(bucket)
 
 
 def test_put_model_to_a_missing_bucket_names_the_bucket(s3: Any, trained_model: Model) -> None:

@@ -34,7 +34,7 @@ def test_main_persists_a_model_good_enough_for_the_notebooks_bar(
     assert model.metrics.r_squared >= 0.97
     assert model.metrics.mean_absolute_error <= 0.95
     assert _model_keys(s3, bucket_with_datasets) == [model.artefact_key]
-    assert str(storage.get_latest_model(bucket_with_datasets)) == str(model)
+    assert str(storage.get_live_model(bucket_with_datasets)) == str(model)
     assert f"test metrics: r²={model.metrics.r_squared:.4f}, MAE={model.metrics.mean_absolute_error:.4f}" in caplog.text
 
 
@@ -181,7 +181,7 @@ def test_cli_trains_and_persists_a_model(s3: Any, s3_env: Dict[str, str], bucket
     assert len(keys) == 1
     assert "persisted model time-to-dispatch:" in result.stdout
     assert f"to s3://{bucket_with_datasets}/{keys[0]}" in result.stdout
-    assert isinstance(storage.get_latest_model(bucket_with_datasets), Model)
+    assert isinstance(storage.get_live_model(bucket_with_datasets), Model)
     assert all(LOG_LINE.match(line) for line in result.stdout.splitlines()), result.stdout
 
 

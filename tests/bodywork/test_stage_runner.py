@@ -139,7 +139,7 @@ def test_train_stage_run_by_bodywork_exits_0(train_run: StageRun) -> None:
 def test_train_stage_run_by_bodywork_persists_a_model_of_the_newest_week(
     train_run: StageRun, production_bucket: str, s3_client: Any, commit: str
 ) -> None:
-    model = storage.get_latest_model(production_bucket, client=s3_client)
+    model = storage.get_live_model(production_bucket, client=s3_client)
     newest = storage.latest_object(production_bucket, storage.DATASETS_PREFIX, ".csv", s3_client)
     assert (model.dataset.key, model.git_commit) == (newest.key, commit), train_run.tail()
 
@@ -225,7 +225,7 @@ def service_run(
         os.kill(services[0], signal.SIGTERM)
         exit_code = runner.wait(timeout=STOP_TIMEOUT_SECONDS)
         yield ServiceRun(
-            model=storage.get_latest_model(production_bucket, client=s3_client),
+            model=storage.get_live_model(production_bucket, client=s3_client),
             response=response,
             stage=StageRun(exit_code, log_path.read_text()),
             service_left_running=process_exists(services[0]) or port_is_open(stage.port),
