@@ -277,20 +277,7 @@ def put_model(bucket: str, model: Model, client: Any = None) -> str:
     model.artefact_key = key
     body = pickle.dumps(model, protocol=PICKLE_PROTOCOL)
     digest = hashlib.sha256(body).hexdigest()
-    try:
-        client.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=body,
-            Metadata={SHA256_METADATA_KEY: digest},
-            IfNoneMatch="*",
-        )
-    except ClientError as error:
-        if _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-            raise ArtefactError(f"s3://{bucket}/{key}: an artefact already exists at this key") from error
-        raise _storage_error(error, bucket, key, "write") from error
-    except BotoCoreError as error:
-        raise _storage_error(error, bucket, key, "write") from error
+    _put_new_object(client, bucket, key, body, ArtefactError("an artefact"), Metadata={SHA256_METADATA_KEY: digest})
     return key
 
 
@@ -370,14 +357,7 @@ def put_status_change(bucket: str, change: StatusChange, client: Any = None) -> 
     client = client or s3_client()
     key = status_change_key(change)
     body = json.dumps(change.to_json(), sort_keys=True).encode("utf-8")
-    try:
-        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
-    except ClientError as error:
-        if _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-            raise StorageError(f"s3://{bucket}/{key}: a status change already exists at this key") from error
-        raise _storage_error(error, bucket, key, "write") from error
-    except BotoCoreError as error:
-        raise _storage_error(error, bucket, key, "write") from error
+    _put_new_object(client, bucket, key, body, StorageError("a status change"), ContentType="application/json")
     return key
 
 
@@ -461,6 +441,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 "refusing to load it"
             )
         return super().find_class(module, name)
+
+
+def _put_new_object(client: Any, bucket: str, key: str, body: bytes, exists: StorageError, **extra: Any) -> None:
+    """Write an object only if none exists at the key (`If-None-Match: *`); never overwrites.
+
+    Raises:
+        `exists`, with its message completed by the key: an object already exists there.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
+    except ClientError as error:
+        if _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            raise type(exists)(f"s3://{bucket}/{key}: {exists} already exists at this key") from error
+        raise _storage_error(error, bucket, key, "write") from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket, key, "write") from error
 
 
 def _get_object(client: Any, bucket: str, key: str) -> Tuple[bytes, Any]:
