@@ -103,3 +103,31 @@ def test_importing_a_pipeline_module_loads_neither_the_tests_nor_moto(module: st
     loaded = modules_loaded_by_importing(module)
 
     assert sorted(m for m in loaded if m.split(".")[0] in ("tests", "moto")) == []
+
+
+def pipeline_imports(path: Path) -> Set[str]:
+    """The other `pipeline` modules a module imports, by their short names."""
+    return {name.split(".")[1] for name in imported_names(path)
+            if name.startswith("pipeline.") and name.count(".") == 1} - {path.stem}
+
+
+def diagram_edges() -> Set[str]:
+    """The `a --> b` arrows between pipeline modules in docs/architecture.md's mermaid graph."""
+    text = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    modules = {p.stem for p in MODULES}
+    edges = set()
+    for line in block.splitlines():
+        words = [w for w in line.replace("-->", " ").replace(".->", " ").split() if w.isidentifier()]
+        if len(words) >= 2 and words[0] in modules and words[-1] in modules:
+            edges.add(f"{words[0]} --> {words[-1]}")
+    return edges
+
+
+def test_the_architecture_diagram_shows_exactly_the_imports_between_pipeline_modules() -> None:
+    actual = {f"{path.stem} --> {other}" for path in MODULES for other in pipeline_imports(path)}
+
+    extra, missing = sorted(diagram_edges() - actual), sorted(actual - diagram_edges())
+
+    assert extra == [], f"arrows in docs/architecture.md that the code does not have: {extra}"
+    assert missing == [], f"imports missing from docs/architecture.md's diagram: {missing}"
