@@ -40,7 +40,7 @@ PRODUCT_MIX_PSI_THRESHOLD = 0.1
 # The live model's MAE on the new week over its recorded test MAE: overall, and per product.
 PERFORMANCE_MAE_RATIO_THRESHOLD = 1.3
 PRODUCT_PERFORMANCE_MAE_RATIO_THRESHOLD = 1.6
-# A product needs this many rows in both weeks for its own orders_placed statistics.
+# A product needs this many rows (in both weeks) for statistics of its own.
 MIN_PRODUCT_ROWS = 50
 
 ORDERS_PLACED, PRODUCT_MIX, PERFORMANCE = "orders_placed", "product mix", "performance"
@@ -165,7 +165,7 @@ def product_mix_drift(reference: pd.DataFrame, current: pd.DataFrame) -> List[Dr
 
 def performance_drift(live: Model, current: pd.DataFrame) -> List[DriftStatistic]:
     """The live model's MAE on the new week's rows (the products it knows), overall and per
-    product, as a ratio of the test MAE recorded in its lineage."""
+    product with at least MIN_PRODUCT_ROWS rows, as a ratio of the test MAE in its lineage."""
     orders, codes = _orders_and_codes(current)
     labels = pd.to_numeric(current[LABEL_COLUMN], errors="coerce").to_numpy(dtype=np.float64)
     known = np.isin(codes, live.product_codes) & np.isfinite(orders) & np.isfinite(labels)
@@ -175,8 +175,10 @@ def performance_drift(live: Model, current: pd.DataFrame) -> List[DriftStatistic
     recorded = live.metrics.mean_absolute_error
     statistics = [_performance_statistic(None, errors, recorded, PERFORMANCE_MAE_RATIO_THRESHOLD, live)]
     for code in sorted(set(codes[known])):
-        statistics.append(_performance_statistic(
-            code, errors[codes[known] == code], recorded, PRODUCT_PERFORMANCE_MAE_RATIO_THRESHOLD, live))
+        product_errors = errors[codes[known] == code]
+        if len(product_errors) >= MIN_PRODUCT_ROWS:
+            statistics.append(_performance_statistic(
+                code, product_errors, recorded, PRODUCT_PERFORMANCE_MAE_RATIO_THRESHOLD, live))
     return statistics
 
 
