@@ -87,8 +87,8 @@ def test_a_changed_product_mix_is_product_mix_drift(reference: pd.DataFrame) -> 
 
 
 def test_new_and_vanished_codes_are_product_mix_drift(reference: pd.DataFrame) -> None:
-    week = generate_orders(1000, seed=HEALTHY_SEED, product_slopes={**{c: s for c, s in PRODUCT_SLOPES.items()
-                                                                        if c != "SKU002"}, "SKU006": 0.2})
+    slopes = {**{code: slope for code, slope in PRODUCT_SLOPES.items() if code != "SKU002"}, "SKU006": 0.2}
+    week = generate_orders(1000, seed=HEALTHY_SEED, product_slopes=slopes)
 
     [_, new, vanished] = drift.product_mix_drift(reference, week)
 
