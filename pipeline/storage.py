@@ -432,6 +432,19 @@ def get_report_html(bucket: str, model: Model, client: Any = None) -> Optional[b
         raise _storage_error(error, bucket, model.report_key, "read") from error
 
 
+def get_report_file(bucket: str, model: Model, name: str, client: Any = None) -> bytes:
+    """One file of a model's report folder (e.g. report.json), by name.
+
+    Raises:
+        StorageError: the model has no report, or S3 refused or failed (no such file).
+    """
+    if not model.report_key:
+        raise StorageError(f"model {model.artefact_id} has no report (made before reports existed)")
+    client = client or s3_client()
+    body, _ = _get_object(client, bucket, model.report_key.rsplit("/", 1)[0] + "/" + name)
+    return body
+
+
 def list_report_keys(bucket: str, model_key_: str, client: Any = None) -> List[str]:
     """The keys in the report folder of a model artefact (empty if it has no report).
 
