@@ -4,6 +4,7 @@
                                            -> {"est_hours_to_dispatch": 5.321, "model_version": "..."}
     POST /api/v0.1/time_to_dispatch/batch  [request, ...] (1 to 1,000) -> [prediction, ...]
     GET  /api/v0.1/model                   the model's lineage
+    GET  /api/v0.1/model/report            the model's report (HTML), 404 for a model without one
     GET  /health                           liveness
     GET  /ready                            readiness: a model is loaded and warmed up
 
@@ -12,12 +13,12 @@ the same way, with a loaded model passed in. docs/api.md documents the contract.
 """
 import json
 import math
-from typing import Annotated, Any, Dict, List, Literal, Sequence, Type, cast
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, cast
 
 from fastapi import Body, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.model import Model
@@ -27,6 +28,7 @@ API_PREFIX = f"/api/v{API_VERSION}"
 PREDICT_PATH = f"{API_PREFIX}/time_to_dispatch"
 PREDICT_BATCH_PATH = f"{API_PREFIX}/time_to_dispatch/batch"
 MODEL_PATH = f"{API_PREFIX}/model"
+MODEL_REPORT_PATH = f"{API_PREFIX}/model/report"
 HEALTH_PATH = "/health"
 READY_PATH = "/ready"
 MAX_BATCH_SIZE = 1000
@@ -93,13 +95,14 @@ def build_request_model(product_codes: Sequence[str]) -> Type[PredictionRequest]
     )
 
 
-def create_app(model: Model) -> FastAPI:
+def create_app(model: Model, report_html: Optional[bytes] = None) -> FastAPI:
     """The service's app, answering with `model`.
 
     Production and tests use this same factory with a real model injected.
 
     Args:
         model: a loaded model artefact (see `load_model`).
+        report_html: the model's report page, or None if it has none.
 
     Returns:
         The FastAPI app.
@@ -144,6 +147,15 @@ def create_app(model: Model) -> FastAPI:
     @app.get(MODEL_PATH, summary="The model's lineage")
     async def model_lineage() -> Dict[str, Any]:
         return cast(Dict[str, Any], lineage)
+
+    @app.get(MODEL_REPORT_PATH, summary="The model's report (HTML)", response_class=HTMLResponse,
+             responses={404: {"description": "The model has no report (it was made before reports existed)"}})
+    async def model_report() -> Any:
+        if report_html is None:
+            where = f"named {model.report_key}, not found" if model.report_key else "made before reports existed"
+            return JSONResponse(status_code=404, content={
+                "detail": f"model {model.artefact_id} has no report ({where})"})
+        return HTMLResponse(report_html)
 
     @app.get(HEALTH_PATH, summary="Liveness")
     async def health() -> Dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from sklearn.tree import DecisionTreeRegressor
 
-from pipeline.features import ProductCodeEncoding, encode_features
+from pipeline.features import Numbers, ProductCodeEncoding, encode_features
 
 MODEL_NAME = "time-to-dispatch"
 
@@ -125,6 +125,9 @@ class Model:
     library_versions: Dict[str, str] = field(default_factory=library_versions)
     model_hash: str = ""
     artefact_key: Optional[str] = None
+    # Where the run's report.html is (under reports/); None for models made before reports.
+    # Artefacts pickled before the field existed read it from the class default.
+    report_key: Optional[str] = None
     _walker: Optional[_TreeWalker] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -149,7 +152,7 @@ class Model:
     def product_codes(self) -> Tuple[str, ...]:
         return self.encoding.codes
 
-    def predict(self, product_codes: Sequence[str], orders_placed: Sequence[float]) -> np.ndarray:
+    def predict(self, product_codes: Sequence[str], orders_placed: Numbers) -> np.ndarray:
         """Estimated hours to dispatch for each (product code, orders placed) pair.
 
         Raises:
@@ -178,6 +181,7 @@ class Model:
             "name": self.name,
             "artefact_key": self.artefact_key,
             "artefact_id": self.artefact_id,
+            "report_key": self.report_key,
             "created_at": self.created_at.isoformat(),
             "model_hash": self.model_hash,
             "git_commit": self.git_commit,

@@ -63,6 +63,7 @@ DEFAULT_R2_WARNING_THRESHOLD = 0.95
 EXAMPLE_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
 PREDICT_PATH = "/api/v0.1/time_to_dispatch"
 LINEAGE_PATH = "/api/v0.1/model"
+REPORT_PATH = "/api/v0.1/model/report"
 DOCS_PATH = "/docs"
 SERVE_START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 15.0
@@ -131,6 +132,7 @@ def main(settings: Settings) -> None:
         base_url = f"http://{HOST}:{settings.port}"
         wait_for_port(HOST, settings.port, service, SERVE_START_TIMEOUT_SECONDS)
         report_example(request_example(base_url), bucket)
+        log.info(f"model report: {base_url}{REPORT_PATH}")
         log.info(f"API docs: {base_url}{DOCS_PATH}")
         if settings.exit_after_request:
             log.info("--exit-after-request: stopping")
@@ -272,6 +274,7 @@ def report_example(result: ExampleResult, bucket: str) -> None:
         f"test r²={_number(metrics.get('r_squared'))}, MAE={_number(metrics.get('mean_absolute_error'))} hours"
     )
     log.info(f"the model artefact is at s3://{bucket}/{lineage.get('artefact_key')}")
+    log.info(f"the model report is at s3://{bucket}/{lineage.get('report_key')}")
     log.info(
         f"SKU001 with 112 orders placed: {_number(result.prediction.get('est_hours_to_dispatch'))} "
         f"hours to dispatch (model {result.prediction.get('model_version')})"

@@ -3,10 +3,11 @@
 Usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log]
 
 Bodywork runs it as `python serve_model.py S3_BUCKET` from `pipeline/` with the repository
-root on PYTHONPATH. At start-up it loads the newest model artefact from `s3://S3_BUCKET/models/`
-(checksum and contents verified by the storage module), refuses an artefact trained with
-another scikit-learn version, warms the model up and checks its fast path against the
-estimator, and only then opens the port: Kubernetes takes an open TCP port as "ready". Any
+root on PYTHONPATH. At start-up it loads the live model (the newest artefact in
+`s3://S3_BUCKET/models/` that is not rejected; checksum and contents verified by the storage
+module) and its report if it has one, refuses an artefact trained with another scikit-learn
+version, warms the model up and checks its fast path against the estimator, and only then
+opens the port: Kubernetes takes an open TCP port as "ready". Any
 failure before that is one ERROR line and exit code 1, with the port never opened. SIGTERM
 stops accepting connections, lets requests in flight finish, and exits 0.
 
@@ -15,7 +16,7 @@ The API is `api.py` (see docs/api.md); running the process is `serving.py`.
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 from pipeline.api import create_app
 from pipeline.model import Model
@@ -26,7 +27,7 @@ from pipeline.serving import (
     run_server,
     warm_up,
 )
-from pipeline.storage import StorageError, get_live_model
+from pipeline.storage import StorageError, get_live_model, get_report_html
 from pipeline.utils import StageArgumentParser, configure_logger
 
 DEFAULT_HOST = "0.0.0.0"
@@ -52,7 +53,7 @@ def main(bucket: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, access
         OSError: the port cannot be opened.
     """
     model = load_model(bucket)
-    app = create_app(model)
+    app = create_app(model, load_report(bucket, model))
     warm_up(model)
     log.info(f"serving model {model}")
     sock = open_port(host, port)
@@ -70,6 +71,22 @@ def load_model(bucket: str) -> Model:
     log.info(f"loaded model artefact s3://{bucket}/{model.artefact_key}")
     check_library_versions(model)
     return model
+
+
+def load_report(bucket: str, model: Model) -> Optional[bytes]:
+    """The model's HTML report, or None: an older model without one, or a report that cannot be
+    read, which is logged and never stops the service (the report is for people, not for the shop).
+    """
+    try:
+        html = get_report_html(bucket, model)
+    except StorageError as error:
+        log.warning(f"cannot read the report of model {model.artefact_id}; serving without it: {error}")
+        return None
+    if html is None:
+        log.info(f"model {model.artefact_id} has no report: GET /api/v0.1/model/report answers 404")
+    else:
+        log.info(f"serving the model's report from s3://{bucket}/{model.report_key}")
+    return html
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -6,6 +6,8 @@ Layout of a bucket::
     models/time_to_dispatch_<UTC timestamp>_<id>.pkl    model artefacts, never overwritten
     registry/<artefact file stem>/<UTC timestamp>_<action>.json
                                                          who rejected or restored a model, when, why
+    reports/<artefact file stem>/report.json, *.png, report.html
+                                                         each training run's model report
 
 "Newest" is the newest timestamp in the key, over every object under the prefix (listings
 are paged, 1,000 keys a page). Keys without a timestamp that parses are skipped. For models,
@@ -37,6 +39,10 @@ from pipeline.model import Model
 DATASETS_PREFIX = "datasets/"
 MODELS_PREFIX = "models/"
 REGISTRY_PREFIX = "registry/"
+REPORTS_PREFIX = "reports/"
+REPORT_HTML = "report.html"
+# What a report's files are served as, by extension; nothing else is written under reports/.
+REPORT_CONTENT_TYPES = {".json": "application/json", ".png": "image/png", ".html": "text/html; charset=utf-8"}
 REJECT, RESTORE = "reject", "restore"
 STATUS_ACTIONS = (REJECT, RESTORE)
 DATASET_FILE_STEM = "time_to_dispatch"
@@ -175,6 +181,23 @@ def model_key(model: Model) -> str:
     return f"{MODELS_PREFIX}{MODEL_FILE_STEM}_{stamp}_{model.artefact_id}.pkl"
 
 
+def artefact_file_stem(key: str) -> str:
+    """The file name of a model artefact's key without its extension: the name its registry
+    records and its report are filed under."""
+    return key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def artefact_id_of_key(key: str) -> str:
+    """The artefact id a model key ends with (`..._<id>.pkl`)."""
+    return artefact_file_stem(key).rsplit("_", 1)[-1]
+
+
+def report_prefix(model: Model) -> str:
+    """The folder of a run's report: named after the artefact key the model has or would get,
+    so that its name holds the artefact id (the run's id when the model is refused)."""
+    return f"{REPORTS_PREFIX}{artefact_file_stem(model_key(model))}/"
+
+
 def list_timestamped_objects(
     bucket: str, prefix: str, suffix: str, client: Any = None
 ) -> Iterator[StoredObject]:
@@ -241,6 +264,30 @@ def get_latest_dataset(bucket: str, prefix: str = DATASETS_PREFIX, client: Any =
         etag=response["ETag"].strip('"'),
         version_id=_version_id(response),
     )
+
+
+def get_dataset_version(bucket: str, key: str, version_id: Optional[str], client: Any = None) -> Dataset:
+    """Download one exact version of a dataset (the newest when `version_id` is None), e.g. the
+    week a model was trained on, as its lineage names it.
+
+    Raises:
+        DatasetReadError: the object is not readable CSV.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed (no such
+            key or version).
+    """
+    client = client or s3_client()
+    extra = {"VersionId": version_id} if version_id else {}
+    try:
+        response = client.get_object(Bucket=bucket, Key=key, **extra)
+        body = response["Body"].read()
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket, key, "read") from error
+    try:
+        data = pd.read_csv(io.BytesIO(body))
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise DatasetReadError(f"s3://{bucket}/{key}: not readable as CSV: {error}") from error
+    stamp = parse_key_timestamp(key) or datetime.fromtimestamp(0, timezone.utc)
+    return Dataset(data, bucket, key, stamp, response["ETag"].strip('"'), _version_id(response))
 
 
 def put_dataset(bucket: str, data: pd.DataFrame, timestamp: datetime, client: Any = None) -> str:
@@ -312,6 +359,105 @@ def get_model(bucket: str, key: str, client: Any = None) -> Model:
     return model
 
 
+# --- reports: what each training run found ----------------------------------------------
+
+
+def put_report(bucket: str, prefix: str, files: Dict[str, bytes], client: Any = None) -> List[str]:
+    """Write a run's report files under `prefix` (in `reports/`); never overwrites.
+
+    Args:
+        prefix: the report's folder, from `report_prefix`.
+        files: file name -> bytes; names end in .json, .png or .html.
+
+    Returns:
+        The keys written, in the order given.
+
+    Raises:
+        ValueError: the prefix is not under reports/ or a file type is not a report's.
+        StorageError: S3 refused or failed, or a file already exists at a key.
+    """
+    if not prefix.startswith(REPORTS_PREFIX) or not prefix.endswith("/"):
+        raise ValueError(f"a report folder must be under {REPORTS_PREFIX} and end in '/', got {prefix!r}")
+    client = client or s3_client()
+    keys = []
+    for name, body in files.items():
+        content_type = REPORT_CONTENT_TYPES.get("." + name.rsplit(".", 1)[-1].lower())
+        if "/" in name or content_type is None:
+            raise ValueError(f"{name!r} is not a report file name (.json, .png or .html, no folder)")
+        key = prefix + name
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
+        except ClientError as error:
+            if _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise StorageError(f"s3://{bucket}/{key}: a report file already exists at this key") from error
+            raise _storage_error(error, bucket, key, "write") from error
+        except BotoCoreError as error:
+            raise _storage_error(error, bucket, key, "write") from error
+        keys.append(key)
+    return keys
+
+
+def get_report_html(bucket: str, model: Model, client: Any = None) -> Optional[bytes]:
+    """The HTML report its lineage names, or None for a model that has none (made before
+    reports existed) or whose report object is missing.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed otherwise.
+    """
+    if not model.report_key:
+        return None
+    client = client or s3_client()
+    try:
+        return bytes(client.get_object(Bucket=bucket, Key=model.report_key)["Body"].read())
+    except ClientError as error:
+        if _error_code(error) in ("NoSuchKey", "404"):
+            log.warning(f"model {model.artefact_id} names the report s3://{bucket}/{model.report_key}, "
+                        "which does not exist")
+            return None
+        raise _storage_error(error, bucket, model.report_key, "read") from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket, model.report_key, "read") from error
+
+
+def get_report_file(bucket: str, model: Model, name: str, client: Any = None) -> bytes:
+    """One file of a model's report folder (e.g. report.json), by name.
+
+    Raises:
+        StorageError: the model has no report, or S3 refused or failed (no such file).
+    """
+    if not model.report_key:
+        raise StorageError(f"model {model.artefact_id} has no report (made before reports existed)")
+    client = client or s3_client()
+    body, _ = _get_object(client, bucket, model.report_key.rsplit("/", 1)[0] + "/" + name)
+    return body
+
+
+def list_report_keys(bucket: str, model_key_: str, client: Any = None) -> List[str]:
+    """The keys in the report folder of a model artefact (empty if it has no report).
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: if the listing fails.
+    """
+    client = client or s3_client()
+    prefix = f"{REPORTS_PREFIX}{artefact_file_stem(model_key_)}/"
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket, prefix, "list") from error
+
+
+def aws_identity() -> Optional[str]:
+    """Who the AWS credentials belong to (the ARN from STS), or None when STS cannot say.
+
+    The registry records it with every status change.
+    """
+    try:
+        return str(boto3.client("sts").get_caller_identity()["Arn"])
+    except (ClientError, BotoCoreError, KeyError):
+        return None
+
+
 # --- the registry: which models are rejected ---------------------------------------------
 
 
@@ -341,7 +487,7 @@ class StatusChange:
 
 def status_change_key(change: StatusChange) -> str:
     """Where a status change is recorded: a folder per artefact, a file per change."""
-    stem = change.artefact_key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    stem = artefact_file_stem(change.artefact_key)
     return f"{REGISTRY_PREFIX}{stem}/{_utc(change.at):%Y-%m-%dT%H:%M:%S.%f}Z_{change.action}.json"
 
 

@@ -6,7 +6,7 @@ Each step takes data and returns data (or raises); the train stage's entry point
 import logging
 import math
 import os
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -173,15 +173,17 @@ def evaluate(estimator: DecisionTreeRegressor, data: PreparedData) -> TaskMetric
     return metrics
 
 
-def check_model_logic(estimator: DecisionTreeRegressor, data: PreparedData) -> None:
-    """The three checks a model must pass before it is persisted, reported together.
+def test_rows(data: PreparedData) -> Tuple[np.ndarray, List[str]]:
+    """The held-out rows' `orders_placed` and product codes, decoded from the test features."""
+    return data.X_test[:, 0].copy(), [data.encoding.codes[int(i)] for i in data.X_test[:, 1]]
+
+
+def logic_check_failures(estimator: DecisionTreeRegressor, data: PreparedData) -> List[str]:
+    """The three checks a model must pass before it is persisted; returns every failure.
 
     - every product: a strictly higher estimate at 150 orders than at 100;
     - no negative estimate on the test set;
     - no estimate on the test set above 1.25 times the largest test label.
-
-    Raises:
-        ModelValidationError: listing every failed check.
     """
     failures: List[str] = []
     codes = list(data.encoding.codes)
@@ -206,29 +208,49 @@ def check_model_logic(estimator: DecisionTreeRegressor, data: PreparedData) -> N
             f"{too_high} estimate(s) on the test set above {MAX_ESTIMATE_TO_LABEL_RATIO} x the "
             f"largest test label ({ceiling:.3f}h; highest estimate {test_predictions.max():.3f}h)"
         )
-    if failures:
-        raise ModelValidationError("model failed its logic checks: " + "; ".join(failures))
-    log.info("logic checks passed: estimates rise from 100 to 150 orders, none negative or too high")
+    if not failures:
+        log.info("logic checks passed: estimates rise from 100 to 150 orders, none negative or too high")
+    return failures
 
 
-def check_r_squared(metrics: TaskMetrics, error_threshold: float, warning_threshold: float) -> None:
-    """Apply the r² thresholds.
+def check_model_logic(estimator: DecisionTreeRegressor, data: PreparedData) -> None:
+    """The logic checks of `logic_check_failures`, as a gate of their own.
 
     Raises:
-        ModelValidationError: r² below the error threshold (nothing must be persisted).
+        ModelValidationError: listing every failed check.
+    """
+    failures = logic_check_failures(estimator, data)
+    if failures:
+        raise ModelValidationError("model failed its logic checks: " + "; ".join(failures))
+
+
+def r_squared_failure(metrics: TaskMetrics, error_threshold: float, warning_threshold: float) -> Optional[str]:
+    """Apply the r² thresholds: the reason the model must not be persisted, or None.
+
+    Below the warning threshold (and not the error threshold) it logs a WARNING that
+    suggests drift; the model may still be persisted.
     """
     r_squared = metrics.r_squared
     if r_squared < error_threshold:
-        raise ModelValidationError(
-            f"test r² {r_squared:.4f} is below the error threshold {error_threshold}; "
-            "no model persisted"
-        )
+        return f"test r² {r_squared:.4f} is below the error threshold {error_threshold}"
     if r_squared < warning_threshold:
         log.warning(
             f"test r² {r_squared:.4f} is below the warning threshold {warning_threshold} "
             f"(error threshold {error_threshold}): this suggests drift in the data; "
             "the model is persisted, but look into it"
         )
+    return None
+
+
+def check_r_squared(metrics: TaskMetrics, error_threshold: float, warning_threshold: float) -> None:
+    """The r² thresholds of `r_squared_failure`, as a gate of their own.
+
+    Raises:
+        ModelValidationError: r² below the error threshold (nothing must be persisted).
+    """
+    failure = r_squared_failure(metrics, error_threshold, warning_threshold)
+    if failure:
+        raise ModelValidationError(f"{failure}; no model persisted")
 
 
 def measure_monotonicity(estimator: DecisionTreeRegressor, data: PreparedData) -> MonotonicityReport:

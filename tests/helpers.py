@@ -3,6 +3,7 @@
 Fixtures live in conftest.py; plain functions and containers that several test modules use
 live here, once.
 """
+import pickle
 import re
 import signal
 import socket
@@ -10,11 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any, Dict, List, NamedTuple, Optional
 
 import pytest
 
+from pipeline import storage
 from pipeline.local_s3 import REGION
+from pipeline.model import Model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["REGION", "REPO_ROOT"]
@@ -129,3 +133,21 @@ def logged_json(lines: List[str], marker: str) -> Any:
         if marker in line:
             return json.loads(line.split(marker, 1)[1])
     raise AssertionError(f"no line with {marker!r} in the output:\n" + "\n".join(lines))
+
+
+def models_created(bucket: str, model: Model, days: List[int], with_report: bool = True) -> List[Model]:
+    """Copies of `model` created on the given days of October 2026 with ids `000000DD`,
+    persisted; oldest first. Without a report they are like models made before reports existed."""
+    made = []
+    for day in days:
+        copy = pickle.loads(pickle.dumps(model))
+        copy.created_at = datetime(2026, 10, day, 12, tzinfo=timezone.utc)
+        copy.artefact_id = f"{day:08d}"
+        copy.report_key = None
+        if with_report:
+            prefix = storage.report_prefix(copy)
+            storage.put_report(bucket, prefix, {"report.html": f"<html>report of {copy.artefact_id}</html>".encode()})
+            copy.report_key = prefix + "report.html"
+        storage.put_model(bucket, copy)
+        made.append(copy)
+    return made

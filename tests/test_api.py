@@ -250,6 +250,27 @@ def test_model_endpoint_returns_the_lineage(client: TestClient, served_model: Mo
     assert lineage["created_at"] == served_model.created_at.isoformat()
     assert lineage["git_commit"] == served_model.git_commit
     assert lineage["product_codes"] == list(served_model.product_codes)
+    assert lineage["report_key"] == served_model.report_key
+
+
+def test_model_report_serves_the_report_html_it_was_given(served_model: Model) -> None:
+    page = b"<!DOCTYPE html><html><body><h1>Model report</h1></body></html>"
+
+    response = TestClient(create_app(served_model, page)).get("/api/v0.1/model/report")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.content == page
+
+
+def test_model_report_of_a_model_made_before_reports_is_a_404_naming_the_model(served_model: Model) -> None:
+    served_model.report_key = None
+
+    response = TestClient(create_app(served_model)).get("/api/v0.1/model/report")
+
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": f"model {served_model.artefact_id} has no report (made before reports existed)"}
 
 
 def test_health_is_ok(client: TestClient) -> None:
@@ -277,7 +298,7 @@ def test_openapi_shows_the_models_product_codes_as_an_enum(client: TestClient, s
 def test_openapi_documents_every_endpoint(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
 
-    assert set(paths) == {PREDICT, PREDICT_BATCH, "/api/v0.1/model", "/health", "/ready"}
+    assert set(paths) == {PREDICT, PREDICT_BATCH, "/api/v0.1/model", "/api/v0.1/model/report", "/health", "/ready"}
     batch_body = paths[PREDICT_BATCH]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert (batch_body["minItems"], batch_body["maxItems"]) == (1, MAX_BATCH_SIZE)
 

@@ -115,6 +115,16 @@ def test_local_run_prints_where_the_model_went(finished_run: LocalRun) -> None:
 
 
 @pytest.mark.e2e
+def test_local_run_prints_where_the_model_report_is(finished_run: LocalRun) -> None:
+    lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
+    assert lineage["report_key"].startswith(storage.REPORTS_PREFIX)
+    assert any(f"the model report is at s3://{run_local.LOCAL_BUCKET}/{lineage['report_key']}" in line
+               for line in finished_run.lines)
+    assert any(line.endswith(f"model report: http://127.0.0.1:{finished_run.port}/api/v0.1/model/report")
+               for line in finished_run.lines)
+
+
+@pytest.mark.e2e
 def test_local_run_prints_the_api_docs_url(finished_run: LocalRun) -> None:
     assert any(line.endswith(f"API docs: http://127.0.0.1:{finished_run.port}/docs")
                for line in finished_run.lines)

@@ -1,26 +1,14 @@
 """The registry's record of rejected models, and the live model, against a real S3 API."""
-import pickle
 from datetime import datetime, timedelta, timezone
-from typing import Any, List
+from typing import Any
 
 import pytest
 
 from pipeline import storage
 from pipeline.model import Model
+from tests.helpers import models_created
 
 WHEN = datetime(2026, 11, 1, 9, 30, tzinfo=timezone.utc)
-
-
-def models_created(bucket: str, model: Model, days: List[int]) -> List[Model]:
-    """Copies of `model` created on the given days of October 2026, persisted; oldest first."""
-    made = []
-    for day in days:
-        copy = pickle.loads(pickle.dumps(model))
-        copy.created_at = datetime(2026, 10, day, 12, tzinfo=timezone.utc)
-        copy.artefact_id = f"{day:08d}"
-        storage.put_model(bucket, copy)
-        made.append(copy)
-    return made
 
 
 def change(model: Model, action: str, minutes: int = 0) -> storage.StatusChange:

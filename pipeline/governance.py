@@ -1,0 +1,208 @@
+"""The model registry's operations: every model with its status, finding one, rejecting and
+restoring it.
+
+A model's status is one of:
+
+- live: the newest model that is not rejected, the one the serve stage, the champion selection
+  and batch scoring use (`storage.live_model_object`);
+- rejected: its latest status change in `registry/` is a rejection;
+- superseded: not rejected, but a newer model is live.
+
+Rejecting or restoring writes a new status-change record under `registry/` (who, when, why);
+nothing is ever deleted or overwritten. The registry CLI (`registry.py`) calls these.
+"""
+import getpass
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import List, Optional, Tuple
+
+from pipeline.model import Model
+from pipeline.storage import (
+    REJECT,
+    RESTORE,
+    ArtefactError,
+    NoObjectsError,
+    StatusChange,
+    StoredObject,
+    artefact_id_of_key,
+    aws_identity,
+    get_model,
+    list_models,
+    list_report_keys,
+    list_status_changes,
+    live_model_object,
+    put_status_change,
+)
+
+LIVE, REJECTED, SUPERSEDED = "live", "rejected", "superseded"
+# The shortest start of an artefact id that is taken as a reference to it.
+MIN_ID_PREFIX = 4
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(ValueError):
+    """MODEL names no model or several, or the status change makes no sense for it."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model artefact in the bucket, its status and its history of status changes."""
+
+    key: str
+    artefact_id: str
+    created: datetime
+    status: str
+    history: Tuple[StatusChange, ...]
+
+
+def model_entries(bucket: str) -> List[ModelEntry]:
+    """Every model artefact in the bucket with its status, newest first.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    models = list_models(bucket)
+    changes = list_status_changes(bucket) if models else {}
+    entries, live_found = [], False
+    for item in models:
+        history = tuple(changes.get(item.key, []))
+        if history and history[-1].action == REJECT:
+            status = REJECTED
+        elif not live_found:
+            status, live_found = LIVE, True
+        else:
+            status = SUPERSEDED
+        entries.append(ModelEntry(item.key, artefact_id_of_key(item.key), item.timestamp, status, history))
+    return entries
+
+
+def resolve_model(bucket: str, entries: List[ModelEntry], reference: str) -> ModelEntry:
+    """The one model that `reference` names: its key (with or without `s3://BUCKET/`), its
+    artefact id, or a start of its id at least MIN_ID_PREFIX characters long.
+
+    Raises:
+        RegistryError: no model or more than one matches, naming the candidates.
+    """
+    ref = reference.strip()
+    key = ref[len(f"s3://{bucket}/"):] if ref.startswith(f"s3://{bucket}/") else ref
+    for matches in (
+        [e for e in entries if e.key == key],
+        [e for e in entries if e.artefact_id == ref],
+        [e for e in entries if len(ref) >= MIN_ID_PREFIX and e.artefact_id.startswith(ref)],
+    ):
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise RegistryError(
+                f"MODEL {reference!r} is ambiguous in s3://{bucket}/models/: it matches "
+                f"{len(matches)} artefacts ({', '.join(e.key for e in matches)}); give the full key"
+            )
+    raise RegistryError(
+        f"MODEL {reference!r} is not an artefact id or key in s3://{bucket}/models/ "
+        f"({len(entries)} model(s); `list` shows them)"
+    )
+
+
+def list_lines(bucket: str) -> List[str]:
+    """One line per model, newest first: id, created, training dataset, test r² and MAE, status.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    lines = [f"{'id':<10} {'created (UTC)':<20} {'status':<10} {'r²':>7} {'MAE':>7}  training dataset"]
+    for entry in model_entries(bucket):
+        model, problem = _load(bucket, entry.key)
+        created = f"{entry.created:%Y-%m-%d %H:%M:%S}"
+        if model is None:
+            lines.append(f"{entry.artefact_id:<10} {created:<20} {entry.status:<10} {'?':>7} {'?':>7}  "
+                         f"(unreadable: {problem})")
+            continue
+        lines.append(
+            f"{entry.artefact_id:<10} {created:<20} {entry.status:<10} {model.metrics.r_squared:>7.4f} "
+            f"{model.metrics.mean_absolute_error:>7.4f}  {model.dataset.key}"
+        )
+    return lines
+
+
+def show_lines(bucket: str, reference: str) -> List[str]:
+    """What `show MODEL` prints: status, lineage, where its report is, its status history.
+
+    Raises:
+        RegistryError: MODEL names no model or several.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    entry = resolve_model(bucket, model_entries(bucket), reference)
+    model, problem = _load(bucket, entry.key)
+    lines = [f"model {entry.artefact_id}: {entry.status}", f"artefact: s3://{bucket}/{entry.key}"]
+    report_keys = list_report_keys(bucket, entry.key)
+    if report_keys:
+        folder = report_keys[0].rsplit("/", 1)[0]
+        lines.append(f"report: s3://{bucket}/{folder}/ ({', '.join(k.rsplit('/', 1)[-1] for k in report_keys)})")
+    else:
+        lines.append("report: none (the model was made before reports existed)")
+    if model is None:
+        lines.append(f"lineage: unreadable ({problem})")
+    else:
+        lines.append("lineage: " + json.dumps(model.lineage(), indent=1, sort_keys=True, default=str))
+    lines.append(f"status history ({len(entry.history)} change(s)):")
+    lines += [f"  {c.at.isoformat()} {c.action} by {c.who}: {c.reason}" for c in entry.history]
+    return lines
+
+
+def change_status(bucket: str, reference: str, action: str, reason: str, who: Optional[str] = None) -> StatusChange:
+    """Record a rejection or a restoration of the model `reference` names.
+
+    Args:
+        action: REJECT or RESTORE.
+        reason: why, in words; required.
+        who: who does it; by default the AWS identity (STS) or, failing that, the OS user.
+
+    Raises:
+        RegistryError: MODEL names no model or several, the reason is empty, or the model is
+            already rejected (reject) or is not rejected (restore).
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    if action not in (REJECT, RESTORE):
+        raise RegistryError(f"unknown action {action!r}")
+    if not reason.strip():
+        raise RegistryError("--reason is empty: say why")
+    entry = resolve_model(bucket, model_entries(bucket), reference)
+    if action == REJECT and entry.status == REJECTED:
+        raise RegistryError(f"model {entry.artefact_id} is already rejected ({entry.history[-1].reason})")
+    if action == RESTORE and entry.status != REJECTED:
+        raise RegistryError(f"model {entry.artefact_id} is not rejected (it is {entry.status}); nothing to restore")
+    change = StatusChange(entry.key, action, reason.strip(), who or current_identity(), datetime.now(timezone.utc))
+    key = put_status_change(bucket, change)
+    log.info(f"{action} of model {entry.artefact_id} recorded at s3://{bucket}/{key} "
+             f"(by {change.who}: {change.reason})")
+    return change
+
+
+def live_model_after_change(bucket: str) -> Optional[StoredObject]:
+    """The live model now, or None (with a WARNING) when every model is rejected."""
+    try:
+        return live_model_object(bucket)
+    except NoObjectsError as error:
+        log.warning(f"no live model is left, so the serve stage cannot start: {error}")
+        return None
+
+
+def current_identity() -> str:
+    """Who is acting: the AWS identity's ARN where STS answers, else the OS user."""
+    identity = aws_identity()
+    if identity:
+        return identity
+    try:
+        return f"os-user:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _load(bucket: str, key: str) -> Tuple[Optional[Model], str]:
+    try:
+        return get_model(bucket, key), ""
+    except ArtefactError as error:
+        return None, str(error)

@@ -1,0 +1,168 @@
+"""The registry CLI, as an engineer runs it (subprocesses, over the local S3 server): list, show,
+reject and restore, unknown and ambiguous models, a missing bucket, older models without a
+report, and the serve stage picking the right model on its next start."""
+import http.client
+import json
+from typing import Any, Dict, List
+
+import pytest
+
+from pipeline import storage
+from pipeline.model import Model
+from tests.conftest import StartService
+from tests.helpers import error_lines, models_created, run_cli, stop_service, wait_until_listening
+
+pytestmark = pytest.mark.e2e
+
+
+def registry(bucket: str, env: Dict[str, str], *args: str) -> Any:
+    return run_cli(["-m", "pipeline.registry", bucket, *args], env)
+
+
+def model_line_statuses(stdout: str) -> List[List[str]]:
+    """(id, status) of each model line of `list`, in order."""
+    return [[line.split()[0], line.split()[3]] for line in stdout.splitlines()[1:]]
+
+
+def served_version(start: StartService, bucket: str, env: Dict[str, str]) -> str:
+    """Start the serve stage, return the model version it serves, stop it."""
+    service = start(["-m", "pipeline.serve_model", bucket], env)
+    wait_until_listening(service)
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    conn.request("GET", "/ready")
+    version = json.loads(conn.getresponse().read())["model_version"]
+    conn.close()
+    assert stop_service(service) == 0
+    return str(version)
+
+
+@pytest.fixture
+def three_models(s3: Any, bucket: str, trained_model: Model) -> List[Model]:
+    """Models of 1, 8 and 15 October 2026; the two older ones made before reports existed."""
+    older = models_created(bucket, trained_model, [1, 8], with_report=False)
+    return older + models_created(bucket, trained_model, [15])
+
+
+def test_list_shows_every_model_newest_first_with_its_status_and_metrics(
+    s3_env: Dict[str, str], bucket: str, three_models: List[Model]
+) -> None:
+    result = registry(bucket, s3_env, "list")
+
+    assert result.returncode == 0, result.stdout
+    assert model_line_statuses(result.stdout) == [
+        ["00000015", "live"], ["00000008", "superseded"], ["00000001", "superseded"]]
+    newest = three_models[-1]
+    assert result.stdout.splitlines()[1].split() == [
+        "00000015", "2026-10-15", "12:00:00", "live", f"{newest.metrics.r_squared:.4f}",
+        f"{newest.metrics.mean_absolute_error:.4f}", newest.dataset.key]
+
+
+def test_reject_then_restore_round_trip_and_the_serve_stage_follows(
+    s3: Any, s3_env: Dict[str, str], bucket: str, three_models: List[Model], start: StartService
+) -> None:
+    _, second, newest = three_models
+    artefacts_before = s3.list_object_versions(Bucket=bucket, Prefix="models/")["Versions"]
+
+    rejected = registry(bucket, s3_env, "reject", newest.artefact_id, "--reason", "dispatch times doubled")
+    serving_after_reject = served_version(start, bucket, s3_env)
+    restored = registry(bucket, s3_env, "restore", str(newest.artefact_key))
+    serving_after_restore = served_version(start, bucket, s3_env)
+
+    assert (rejected.returncode, restored.returncode) == (0, 0), rejected.stdout + restored.stdout
+    assert f"live model now: s3://{bucket}/{second.artefact_key}" in rejected.stdout
+    assert serving_after_reject == str(storage.get_model(bucket, str(second.artefact_key)))
+    assert serving_after_restore == str(storage.get_model(bucket, str(newest.artefact_key)))
+    history = storage.list_status_changes(bucket)[str(newest.artefact_key)]
+    assert [(c.action, c.reason) for c in history] == [("reject", "dispatch times doubled"), ("restore", "restored")]
+    assert history[0].who.startswith("arn:aws:")  # the AWS identity, from STS
+    assert s3.list_object_versions(Bucket=bucket, Prefix="models/")["Versions"] == artefacts_before
+
+
+def test_a_rejected_model_is_listed_as_rejected(s3_env: Dict[str, str], bucket: str, three_models: List[Model]) -> None:
+    registry(bucket, s3_env, "reject", "00000015", "--reason", "bad week")
+
+    result = registry(bucket, s3_env, "list")
+
+    assert model_line_statuses(result.stdout) == [
+        ["00000015", "rejected"], ["00000008", "live"], ["00000001", "superseded"]]
+
+
+def test_show_prints_lineage_report_location_and_history(
+    s3_env: Dict[str, str], bucket: str, three_models: List[Model]
+) -> None:
+    newest = three_models[-1]
+    registry(bucket, s3_env, "reject", "00000015", "--reason", "bad week")
+
+    result = registry(bucket, s3_env, "show", "00000015")
+
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["model 00000015: rejected", f"artefact: s3://{bucket}/{newest.artefact_key}"]
+    assert lines[2] == f"report: s3://{bucket}/{storage.report_prefix(newest)} (report.html)"
+    assert '"artefact_id": "00000015"' in result.stdout
+    assert lines[-2] == "status history (1 change(s)):"
+    assert lines[-1].endswith(" reject by arn:aws:sts::123456789012:user/moto: bad week")
+
+
+def test_show_of_a_model_made_before_reports_says_it_has_none(
+    s3_env: Dict[str, str], bucket: str, three_models: List[Model]
+) -> None:
+    result = registry(bucket, s3_env, "show", "00000001")
+
+    assert result.returncode == 0, result.stdout
+    assert "report: none (the model was made before reports existed)" in result.stdout.splitlines()
+
+
+def test_the_serve_stage_starts_on_a_model_without_a_report_and_answers_404(
+    s3: Any, s3_env: Dict[str, str], bucket: str, three_models: List[Model], start: StartService
+) -> None:
+    registry(bucket, s3_env, "reject", "00000015", "--reason", "bad week")
+    service = start(["-m", "pipeline.serve_model", bucket], s3_env)
+    wait_until_listening(service)
+
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    conn.request("GET", "/api/v0.1/model/report")
+    response = conn.getresponse()
+
+    assert (response.status, json.loads(response.read())) == (
+        404, {"detail": "model 00000008 has no report (made before reports existed)"})
+    assert stop_service(service) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "ffffffff"], "MODEL 'ffffffff' is not an artefact id or key in s3://{bucket}/models/ (3 model(s)"),
+    (["reject", "models/nope.pkl", "--reason", "x"], "MODEL 'models/nope.pkl' is not an artefact id or key"),
+    (["show", "000000"], "MODEL '000000' is ambiguous in s3://{bucket}/models/: it matches 3 artefacts"),
+    (["restore", "00000015"], "model 00000015 is not rejected (it is live); nothing to restore"),
+])
+def test_unknown_ambiguous_or_pointless_is_one_error_and_exit_1(
+    s3_env: Dict[str, str], bucket: str, three_models: List[Model], args: List[str], message: str
+) -> None:
+    result = registry(bucket, s3_env, *args)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert message.format(bucket=bucket) in line
+    assert storage.list_status_changes(bucket) == {}
+
+
+def test_a_missing_bucket_is_one_error_and_exit_1(s3_env: Dict[str, str]) -> None:
+    result = registry("ttd-no-such-bucket", s3_env, "list")
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert "s3://ttd-no-such-bucket: bucket does not exist" in line
+
+
+@pytest.mark.parametrize("args, reason", [
+    ([], "the following arguments are required: command"),
+    (["drop"], "invalid choice: 'drop'"),
+    (["reject", "00000015"], "reject needs --reason TEXT"),
+    (["show"], "show needs a MODEL"),
+])
+def test_bad_arguments_are_one_error_with_the_usage(s3_env: Dict[str, str], args: List[str], reason: str) -> None:
+    result = registry("some-bucket", s3_env, *args)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert "Invalid arguments passed to registry.py" in line and reason in line and "usage:" in line
