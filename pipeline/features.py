@@ -15,6 +15,10 @@ ORDERS_COLUMN = "orders_placed"
 PRODUCT_COLUMN = "product_code"
 DATASET_COLUMNS = (LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN)
 FEATURE_NAMES = (ORDERS_COLUMN, PRODUCT_COLUMN)
+# The largest `orders_placed` the service and batch scoring accept. The tree compares features
+# as float32 (largest about 3.4e38, beyond which scikit-learn's predict fails); a day never
+# sees a billion orders, so anything above is an input error.
+MAX_ORDERS_PLACED = 1e9
 
 Numbers = Union[Sequence[float], np.ndarray]
 

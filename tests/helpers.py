@@ -129,3 +129,26 @@ def logged_json(lines: List[str], marker: str) -> Any:
         if marker in line:
             return json.loads(line.split(marker, 1)[1])
     raise AssertionError(f"no line with {marker!r} in the output:\n" + "\n".join(lines))
+
+
+def persist_model_copy(bucket: str, model: Any, created_at: Any, artefact_id: str) -> Any:
+    """A copy of `model` created at `created_at` with `artefact_id`, persisted to the bucket."""
+    import pickle
+
+    from pipeline import storage
+
+    copy = pickle.loads(pickle.dumps(model))
+    copy.created_at = created_at
+    copy.artefact_id = artefact_id
+    storage.put_model(bucket, copy)
+    return copy
+
+
+def csv_text(rows: List[List[str]]) -> str:
+    """Rows of fields as CSV text, `\\n` line ends."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
