@@ -241,20 +241,22 @@ def plot_weekly_mae(weeks: List[Dict[str, Any]]) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.dates import date2num
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 4), layout="constrained")
     axes = figure.add_subplot()
-    by_model: Dict[str, List[Tuple[datetime, float]]] = {}
+    by_model: Dict[str, List[Tuple[float, float]]] = {}
     for week in weeks:
         if week.get("mae") is not None:
-            by_model.setdefault(week["model_id"], []).append(
-                (datetime.fromisoformat(week["dataset_timestamp"]), float(week["mae"])))
+            when = float(date2num(datetime.fromisoformat(week["dataset_timestamp"])))
+            by_model.setdefault(week["model_id"], []).append((when, float(week["mae"])))
     timeline = sorted(point for points in by_model.values() for point in points)
     if timeline:
         axes.plot([t for t, _ in timeline], [mae for _, mae in timeline], color="lightgray", zorder=1)
     for model_id, points in by_model.items():
         axes.scatter([t for t, _ in points], [mae for _, mae in points], label=f"model {model_id}", zorder=2)
+    axes.xaxis_date()
     axes.set_title("Backtest: mean absolute error per week, with the model live then")
     axes.set_xlabel("dataset dropped (UTC)")
     axes.set_ylabel("MAE (hours)")

@@ -68,14 +68,17 @@ class ProductCodeEncoding:
             UnknownProductCodeError: naming every code that was not seen in training.
         """
         lookup = {code: float(i) for i, code in enumerate(self.codes)}
-        unknown = sorted({str(code) for code in product_codes if code not in lookup})
-        if unknown:
+        try:
+            # map with the dict's own lookup runs without a Python-level step per code: batch
+            # scoring encodes millions.
+            return np.fromiter(map(lookup.__getitem__, product_codes), dtype=np.float64,
+                               count=len(product_codes))
+        except KeyError:
+            unknown = sorted({str(code) for code in product_codes if code not in lookup})
             raise UnknownProductCodeError(
                 f"unknown product code(s) {', '.join(map(repr, unknown))}; "
                 f"known codes: {', '.join(self.codes)}"
-            )
-        return np.fromiter((lookup[code] for code in product_codes), dtype=np.float64,
-                           count=len(product_codes))
+            ) from None
 
 
 def encode_features(

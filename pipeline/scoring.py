@@ -16,6 +16,8 @@ backfill, `BacktestAccumulator` measures the estimates against a label column as
 """
 import csv
 import io
+import itertools
+import operator
 import logging
 import math
 import time
@@ -61,12 +63,14 @@ class Reject(NamedTuple):
 
 
 class ScoredChunk(NamedTuple):
-    """A chunk of the input: the scorable rows with their estimates, and the rejects."""
+    """A chunk of the input: the scorable rows with their estimates, the rejects, and the
+    scored rows' output as CSV text (the row, a comma, the estimate)."""
 
     rows: List[List[str]]
     product_codes: List[str]
     estimates: np.ndarray
     rejects: List[Reject]
+    output: str
 
 
 @dataclass
@@ -164,55 +168,141 @@ def product_code_problem(code: str, known: Any) -> Optional[str]:
     return f"unknown product code: {code!r}"
 
 
+class _LineTap:
+    """Hands a text's lines to the CSV reader and keeps them: the output reuses them."""
+
+    def __init__(self, text: TextIO) -> None:
+        self._text = text
+        self.taken: List[str] = []
+
+    def __iter__(self) -> "_LineTap":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._text)
+        self.taken.append(line)
+        return line
+
+    def take(self) -> List[str]:
+        taken, self.taken = self.taken, []
+        return taken
+
+
 def score_chunks(
     text: TextIO, model: Model, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> Iterator[Any]:
-    """Parse, validate and score a CSV, a chunk of at most `chunk_rows` rows at a time.
+    """Parse, validate and score a CSV, a chunk of at most `chunk_rows` records at a time.
 
     Yields first the `CsvHeader`, then `ScoredChunk`s. Line numbers count the header as line
-    1 and every physical line (a quoted field spanning lines counts each); a blank line is
-    not a row.
+    1 and every physical line (a record with a quoted line break starts on the line given);
+    a blank line is not a row.
 
     Raises:
         ScoringError: the header is unusable (see `read_header`).
     """
-    reader = csv.reader(text)
+    tap = _LineTap(text)
+    reader = csv.reader(tap)
     header = read_header(reader)
+    tap.take()
+    lookup = {code: index for index, code in enumerate(model.product_codes)}
     yield header
-    width, orders_at, product_at = len(header.columns), header.orders_index, header.product_index
-    known = frozenset(model.product_codes)
-    rows: List[List[str]] = []
-    codes: List[str] = []
-    orders: List[float] = []
-    rejects: List[Reject] = []
-    line = reader.line_num
-    for fields in reader:
-        start, line = line + 1, reader.line_num
-        if not fields:
-            continue
-        if len(fields) != width:
-            rejects.append(Reject(start, f"wrong number of fields: expected {width}, got {len(fields)}", fields))
-        else:
-            problems = [p for p in (orders_placed_problem(fields[orders_at]),
-                                    product_code_problem(fields[product_at], known)) if p]
-            if problems:
-                rejects.append(Reject(start, "; ".join(problems), fields))
-            else:
-                rows.append(fields)
-                codes.append(fields[product_at])
-                orders.append(float(fields[orders_at]))
-        if len(rows) + len(rejects) >= chunk_rows:
-            yield _scored(model, rows, codes, orders, rejects)
-            rows, codes, orders, rejects = [], [], [], []
-    if rows or rejects:
-        yield _scored(model, rows, codes, orders, rejects)
+    while True:
+        first_line = reader.line_num + 1
+        records = list(itertools.islice(reader, chunk_rows))
+        if not records:
+            return
+        yield score_records(records, tap.take(), first_line, header, model, lookup)
 
 
-def _scored(
-    model: Model, rows: List[List[str]], codes: List[str], orders: List[float], rejects: List[Reject]
+def score_records(
+    records: List[List[str]],
+    lines: List[str],
+    first_line: int,
+    header: CsvHeader,
+    model: Model,
+    lookup: Dict[str, int],
 ) -> ScoredChunk:
+    """Validate and score parsed records (from `lines`, starting at line `first_line`).
+
+    The common case (every row fine, one line each, nothing quoted) runs vectorised and
+    writes each scored row as its original line plus the estimate; rejected rows are looked
+    at one by one, to say why.
+    """
+    width, orders_at, product_at = len(header.columns), header.orders_index, header.product_index
+    one_line_each = len(lines) == len(records)
+    if set(map(len, records)) == {width}:
+        whole = records
+        rejects: List[Reject] = []
+        line_of = None
+    else:
+        line_of = _line_numbers(records, lines, first_line, one_line_each)
+        whole = [record for record in records if len(record) == width]
+        rejects = [Reject(line, f"wrong number of fields: expected {width}, got {len(record)}", record)
+                   for record, line in zip(records, line_of) if record and len(record) != width]
+    codes = list(map(operator.itemgetter(product_at), whole))
+    orders_text = list(map(operator.itemgetter(orders_at), whole))
+    try:
+        orders = np.array(orders_text, dtype=np.float64)
+    except ValueError:  # some value is not a number: make it NaN, its reason comes below
+        orders = np.array([_number(value) for value in orders_text], dtype=np.float64)
+    known = np.fromiter(map(lookup.__contains__, codes), dtype=bool, count=len(codes))
+    fine = known & np.isfinite(orders) & (orders >= 0) & (orders <= MAX_ORDERS_PLACED)
+    all_fine = bool(fine.all())
+    if all_fine:
+        rows = whole
+    else:
+        if line_of is None:
+            line_of = _line_numbers(records, lines, first_line, one_line_each)
+        whole_lines = [line for record, line in zip(records, line_of) if len(record) == width]
+        for record, line, ok in zip(whole, whole_lines, fine.tolist()):
+            if not ok:
+                problems = [problem for problem in (orders_placed_problem(record[orders_at]),
+                                                    product_code_problem(record[product_at], lookup)) if problem]
+                rejects.append(Reject(line, "; ".join(problems), record))
+        rejects.sort(key=lambda reject: reject.line)
+        rows = list(itertools.compress(whole, fine.tolist()))
+        codes = list(itertools.compress(codes, fine.tolist()))
+        orders = orders[fine]
     estimates = model.predict(codes, orders) if rows else np.empty(0, dtype=np.float64)
-    return ScoredChunk(rows, codes, estimates, rejects)
+    return ScoredChunk(rows, codes, estimates, rejects,
+                       _output_text(records, lines, rows, estimates, width, one_line_each and all_fine))
+
+
+def _line_numbers(records: List[List[str]], lines: List[str], first_line: int, one_line_each: bool) -> List[int]:
+    """The line each record starts on."""
+    if one_line_each:
+        return list(range(first_line, first_line + len(records)))
+    reader = csv.reader(lines)
+    starts: List[int] = []
+    consumed = 0
+    for _ in reader:
+        starts.append(first_line + consumed)
+        consumed = reader.line_num
+    return starts
+
+
+def _output_text(
+    records: List[List[str]], lines: List[str], rows: List[List[str]], estimates: np.ndarray, width: int,
+    plain: bool,
+) -> str:
+    """The scored rows with their estimates as CSV text.
+
+    repr of a float is the shortest text that reads back as the same float: what the API's
+    JSON holds for the same estimate; the repr of a list holds each one's, made in one call.
+    """
+    if not rows:
+        return ""
+    texts = repr(estimates.tolist())[1:-1].split(", ")
+    if plain:
+        block = "".join(lines)
+        stripped = block.splitlines()
+        if '"' not in block and len(stripped) == len(lines):
+            # Nothing quoted, one line per record: each row's original line is its CSV text.
+            kept = itertools.compress(stripped, [len(record) == width for record in records])
+            return "\n".join(map(",".join, zip(kept, texts))) + "\n"
+    for row, text in zip(rows, texts):
+        row.append(text)
+    return csv_bytes(rows).decode("utf-8")
 
 
 def csv_bytes(rows: Any) -> bytes:
@@ -224,11 +314,7 @@ def csv_bytes(rows: Any) -> bytes:
 
 def output_bytes(chunk: ScoredChunk) -> bytes:
     """A chunk's scored rows with the estimate appended, as CSV."""
-    # repr of a float is the shortest text that reads back as the same float: what the API's
-    # JSON holds for the same estimate.
-    for row, estimate in zip(chunk.rows, chunk.estimates.tolist()):
-        row.append(repr(estimate))
-    return csv_bytes(chunk.rows)
+    return chunk.output.encode("utf-8")
 
 
 def rejects_bytes(chunk: ScoredChunk) -> bytes:

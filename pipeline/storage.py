@@ -31,6 +31,7 @@ import json
 import logging
 import pickle
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
@@ -530,7 +531,7 @@ DEFAULT_READ_BYTES = 2**20
 class ObjectStream(NamedTuple):
     """An object being read: its body as a binary file that reads bounded chunks from S3."""
 
-    body: io.BufferedReader
+    body: "io.BufferedReader[Any]"  # a string: not subscriptable at run time on Python 3.9
     key: str
     etag: str
     version_id: Optional[str]
@@ -581,8 +582,10 @@ class MultipartWriter:
     """Writes one object by multipart upload; the object appears only when `complete` succeeds.
 
     Bytes are buffered into parts of `part_bytes` (at least S3's 5 MiB; the last part may be
-    smaller). Any failure, or leaving the `with` block without `complete`, aborts the upload,
-    so S3 keeps no parts and no partial object: running again is safe.
+    smaller). A full part is sent by a background thread while the caller goes on producing
+    the next one; at most one part is in flight, so memory stays within about three parts.
+    Any failure, or leaving the `with` block without `complete`, aborts the upload, so S3
+    keeps no parts and no partial object: running again is safe.
 
         with MultipartWriter(bucket, key, metadata={...}) as out:
             out.write(b"...")
@@ -609,6 +612,8 @@ class MultipartWriter:
         self._parts: List[Dict[str, Any]] = []
         self._upload_id: Optional[str] = None
         self._completed = False
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="multipart")
+        self._in_flight: Optional["Future[None]"] = None
 
     def __enter__(self) -> "MultipartWriter":
         self._upload_id = self._call("start an upload of", self._client.create_multipart_upload,
@@ -618,6 +623,7 @@ class MultipartWriter:
     def __exit__(self, *exc: Any) -> None:
         if not self._completed:
             self.abort()
+        self._sender.shutdown(wait=True)
 
     def write(self, data: bytes) -> None:
         """Add bytes to the object; a full part is uploaded as soon as there is one."""
@@ -635,6 +641,7 @@ class MultipartWriter:
         try:
             if self._buffer or not self._parts:
                 self._upload_part()
+            self._wait_for_part()
             response = self._call("complete", self._client.complete_multipart_upload,
                                   UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
         except StorageError:
@@ -647,6 +654,10 @@ class MultipartWriter:
         """Abort the upload, dropping every part; a failure to abort is logged, not raised."""
         if self._upload_id is None or self._completed:
             return
+        try:
+            self._wait_for_part()
+        except StorageError:
+            pass  # the part failed: the upload is aborted all the same
         upload_id, self._upload_id = self._upload_id, None
         try:
             self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
@@ -654,13 +665,26 @@ class MultipartWriter:
             log.warning(f"s3://{self.bucket}/{self.key}: could not abort multipart upload {upload_id}: {error}")
 
     def _upload_part(self) -> None:
+        """Hand the buffer to the sender as the next part, once the part before is sent."""
         if self._upload_id is None:
             raise StorageError(f"s3://{self.bucket}/{self.key}: the upload is not open")
+        self._wait_for_part()
         number = len(self._parts) + 1
-        response = self._call("upload a part of", self._client.upload_part, UploadId=self._upload_id,
-                              PartNumber=number, Body=bytes(self._buffer))
-        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
-        self._buffer = bytearray()
+        part = {"PartNumber": number, "ETag": ""}
+        self._parts.append(part)
+        body, self._buffer = bytes(self._buffer), bytearray()
+        self._in_flight = self._sender.submit(self._send_part, part, self._upload_id, body)
+
+    def _send_part(self, part: Dict[str, Any], upload_id: str, body: bytes) -> None:
+        response = self._call("upload a part of", self._client.upload_part, UploadId=upload_id,
+                              PartNumber=part["PartNumber"], Body=body)
+        part["ETag"] = response["ETag"]
+
+    def _wait_for_part(self) -> None:
+        """Raises the StorageError of the part in flight, if it failed."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
 
     def _call(self, action: str, method: Any, **kwargs: Any) -> Any:
         try:

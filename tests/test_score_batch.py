@@ -71,7 +71,7 @@ def test_output_metadata_and_log_name_the_model(
     metadata = s3.head_object(Bucket=bucket_with_model, Key="out/orders.csv")["Metadata"]
     assert metadata["model-artefact-id"] == trained_model.artefact_id
     assert metadata["model-version"] == str(trained_model)
-    assert f"3 of 3 rows, 0 rejected (no rejects)" in result.stdout
+    assert "3 of 3 rows, 0 rejected (no rejects)" in result.stdout
     assert f"model {trained_model.artefact_id}" in result.stdout
 
 
@@ -120,8 +120,8 @@ def test_unscorable_rows_go_to_the_rejects_object_with_line_and_reason(
 def test_too_many_rejects_exit_1_with_one_error_line_and_write_nothing(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str
 ) -> None:
-    rows = [["G-%d" % i, "SKU001", "n", "10"] for i in range(98)] + [["B-1", "SKU001", "n", "-1"],
-                                                                      ["B-2", "SKU9", "n", "1"]]
+    good = [[f"G-{i}", "SKU001", "n", "10"] for i in range(98)]
+    rows = good + [["B-1", "SKU001", "n", "-1"], ["B-2", "SKU9", "n", "1"]]
     put_csv(s3, bucket_with_model, "in/orders.csv", [COLUMNS] + rows)
 
     result = score(bucket_with_model, s3_env, "in/orders.csv", "out/orders.csv")

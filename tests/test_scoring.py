@@ -172,3 +172,29 @@ def test_backtest_of_an_input_without_the_label_is_a_scoring_error(trained_model
 
     with pytest.raises(scoring.ScoringError, match="no column hours_to_dispatch"):
         scoring.BacktestAccumulator().add(header, chunk)
+
+
+def test_a_quoted_line_break_keeps_the_line_numbers_of_later_rows(trained_model: Model) -> None:
+    text = 'order_id,orders_placed,product_code,note\nA1,1,SKU001,"two\nlines"\nA2,-1,SKU001,\n'
+
+    header, chunk = run(text, trained_model)
+
+    assert [r[3] for r in chunk.rows] == ["two\nlines"]
+    assert [(r.line, r.reason) for r in chunk.rejects] == [(4, "orders_placed is negative: '-1'")]
+
+
+def test_rejects_across_chunks_keep_their_file_line_numbers(trained_model: Model) -> None:
+    rows = [[str(i), "10" if i % 7 else "-1", "SKU001", ""] for i in range(30)]
+
+    lines = [r.line for chunk in run(csv_text([HEADER] + rows), trained_model, chunk_rows=8)[1:] for r in chunk.rejects]
+
+    assert lines == [i + 2 for i in range(30) if i % 7 == 0]
+
+
+def test_plain_rows_are_written_as_their_original_text_plus_the_estimate(trained_model: Model) -> None:
+    text = "order_id,orders_placed,product_code,note\r\nA1,0112,SKU001,n\r\nA2,-1,SKU001,n\r\nA3,7.50,SKU002,\r\n"
+
+    chunk = run(text, trained_model)[1]
+
+    first, third = trained_model.predict(["SKU001", "SKU002"], [112.0, 7.5]).tolist()
+    assert scoring.output_bytes(chunk).decode() == f"A1,0112,SKU001,n,{first!r}\nA3,7.50,SKU002,,{third!r}\n"
