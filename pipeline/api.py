@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from pipeline.features import MAX_ORDERS_PLACED
 from pipeline.model import Model
 
 API_VERSION = "0.1"
@@ -32,9 +33,6 @@ MODEL_REPORT_PATH = f"{API_PREFIX}/model/report"
 HEALTH_PATH = "/health"
 READY_PATH = "/ready"
 MAX_BATCH_SIZE = 1000
-# The tree compares features as float32 (largest about 3.4e38, beyond which scikit-learn's
-# predict fails); a day never sees a billion orders, so anything above is a client error.
-MAX_ORDERS_PLACED = 1e9
 
 
 class Prediction(BaseModel):

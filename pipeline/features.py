@@ -15,6 +15,10 @@ ORDERS_COLUMN = "orders_placed"
 PRODUCT_COLUMN = "product_code"
 DATASET_COLUMNS = (LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN)
 FEATURE_NAMES = (ORDERS_COLUMN, PRODUCT_COLUMN)
+# The largest `orders_placed` the service and batch scoring accept. The tree compares features
+# as float32 (largest about 3.4e38, beyond which scikit-learn's predict fails); a day never
+# sees a billion orders, so anything above is an input error.
+MAX_ORDERS_PLACED = 1e9
 
 Numbers = Union[Sequence[float], np.ndarray]
 
@@ -64,14 +68,17 @@ class ProductCodeEncoding:
             UnknownProductCodeError: naming every code that was not seen in training.
         """
         lookup = {code: float(i) for i, code in enumerate(self.codes)}
-        unknown = sorted({str(code) for code in product_codes if code not in lookup})
-        if unknown:
+        try:
+            # map with the dict's own lookup runs without a Python-level step per code: batch
+            # scoring encodes millions.
+            return np.fromiter(map(lookup.__getitem__, product_codes), dtype=np.float64,
+                               count=len(product_codes))
+        except KeyError:
+            unknown = sorted({str(code) for code in product_codes if code not in lookup})
             raise UnknownProductCodeError(
                 f"unknown product code(s) {', '.join(map(repr, unknown))}; "
                 f"known codes: {', '.join(self.codes)}"
-            )
-        return np.fromiter((lookup[code] for code in product_codes), dtype=np.float64,
-                           count=len(product_codes))
+            ) from None
 
 
 def encode_features(

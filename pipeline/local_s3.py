@@ -8,6 +8,7 @@ production's, on this machine" is made in one way everywhere. It is the only mod
         s3.point_environment_here()       # AWS_ENDPOINT_URL and dummy credentials
         bucket = s3.create_bucket("name") # versioned, as production's is
         seed_weeks(bucket, 4)             # data engineering's weekly files
+        seed_orders_file(bucket, "batch/orders.csv")  # a file of orders to score in batch
 """
 import logging
 import os
@@ -16,8 +17,8 @@ from typing import Any, Dict, List, MutableMapping, Optional
 
 from moto.server import ThreadedMotoServer
 
-from pipeline.storage import put_dataset, s3_client
-from pipeline.synthetic import ROWS_PER_WEEK, generate_weeks
+from pipeline.storage import put_dataset, put_object_bytes, s3_client
+from pipeline.synthetic import ROWS_PER_WEEK, generate_orders, generate_weeks
 
 HOST = "127.0.0.1"
 REGION = "eu-west-2"
@@ -114,6 +115,29 @@ def seed_weeks(
         put_dataset(bucket, week.data, week.timestamp, client)
         for week in generate_weeks(weeks, rows_per_week=rows_per_week, seed=seed)
     ]
+
+
+# Rows of the orders file that cannot be scored, to show the rejects object.
+_UNSCORABLE_ORDERS = (("-1", "SKU001"), ("many", "SKU002"), ("12", "SKU999"))
+
+
+def seed_orders_file(bucket: str, key: str, rows: int = 10_000, seed: int = 7, client: Any = None) -> str:
+    """Upload a synthetic file of orders to score (`order_id,orders_placed,product_code`),
+    with three rows that cannot be scored at the end.
+
+    Returns:
+        The key written.
+
+    Raises:
+        StorageError: if the upload fails.
+    """
+    orders = generate_orders(rows, seed=seed)
+    lines = ["order_id,orders_placed,product_code"]
+    lines += [f"ORD-{i:07d},{orders_placed},{code}"
+              for i, (orders_placed, code) in enumerate(zip(orders["orders_placed"], orders["product_code"]))]
+    lines += [f"ORD-{rows + i:07d},{orders_placed},{code}"
+              for i, (orders_placed, code) in enumerate(_UNSCORABLE_ORDERS)]
+    return put_object_bytes(bucket, key, ("\n".join(lines) + "\n").encode(), "text/csv", client)
 
 
 def _bypass_proxies_for_loopback(environ: MutableMapping[str, str]) -> None:

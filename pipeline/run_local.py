@@ -2,7 +2,7 @@
 
 Usage: python3 -m pipeline.run_local [--port PORT] [--s3-port PORT] [--weeks N]
        [--r2-error-threshold X] [--r2-warning-threshold Y] [--exit-after-request]
-       [--bucket NAME [--endpoint-url URL] [--seed-synthetic-data]] [--in-place]
+       [--bucket NAME [--endpoint-url URL] [--seed-synthetic-data]] [--with-batch] [--in-place]
 
 Run from the repository root with any Python 3.9+ that has pip. The module imports only the
 standard library at module level, so that a bare interpreter can run it: it first makes sure
@@ -18,6 +18,10 @@ several weeks of synthetic datasets, runs the train stage through its CLI, start
 stage through its CLI, sends the example request, prints the response and the model's lineage,
 and serves until Ctrl-C (SIGINT) or SIGTERM; then it stops the service and the S3 server and
 exits 0. `--exit-after-request` stops right after the example request.
+
+`--with-batch` also runs batch scoring after the train stage: it uploads a synthetic file of
+orders (`batch/orders.csv`, three of its rows unscorable), scores it through the batch CLI
+(`python -m pipeline.score_batch`) and prints where the output and the rejects are.
 
 `--bucket NAME` uses an existing bucket instead (with `--endpoint-url` for an S3-compatible
 server, else the standard AWS environment and credentials apply): no embedded server is
@@ -66,6 +70,9 @@ LINEAGE_PATH = "/api/v0.1/model"
 REPORT_PATH = "/api/v0.1/model/report"
 DOCS_PATH = "/docs"
 SERVE_START_TIMEOUT_SECONDS = 120.0
+BATCH_INPUT_KEY = "batch/orders.csv"
+BATCH_OUTPUT_KEY = "batch/orders_scored.csv"
+BATCH_REJECTS_SUFFIX = ".rejects.csv"  # pipeline.scoring.REJECTS_SUFFIX; this module imports no library
 STOP_TIMEOUT_SECONDS = 15.0
 
 log = logging.getLogger(__name__)
@@ -92,6 +99,7 @@ class Settings(NamedTuple):
     endpoint_url: Optional[str]
     seed_synthetic_data: bool
     in_place: bool
+    with_batch: bool = False
 
     @property
     def embedded_s3(self) -> bool:
@@ -128,6 +136,8 @@ def main(settings: Settings) -> None:
             if settings.embedded_s3:  # in a real bucket, newer real datasets may exist
                 log.info(f"the train stage will pick the newest dataset: s3://{bucket}/{newest}")
         run_train_stage(bucket, settings.r2_error_threshold, settings.r2_warning_threshold)
+        if settings.with_batch:
+            run_batch_scoring(bucket)
         service = start_serve_stage(bucket, settings.port)
         base_url = f"http://{HOST}:{settings.port}"
         wait_for_port(HOST, settings.port, service, SERVE_START_TIMEOUT_SECONDS)
@@ -234,6 +244,34 @@ def run_train_stage(bucket: str, error_threshold: float, warning_threshold: floa
         raise LocalRunError(f"the train stage exited with code {code}; no model to serve")
 
 
+def run_batch_scoring(bucket: str) -> None:
+    """Upload a synthetic orders file and score it with the batch CLI, as a subprocess.
+
+    Raises:
+        LocalRunError: if the upload fails or the batch CLI exits non-zero.
+    """
+    from pipeline.local_s3 import seed_orders_file
+    from pipeline.storage import StorageError
+
+    try:
+        input_key = seed_orders_file(bucket, BATCH_INPUT_KEY)
+    except StorageError as error:
+        raise LocalRunError(f"cannot upload the orders file to score: {error}") from error
+    log.info(f"uploaded an orders file to score: s3://{bucket}/{input_key}")
+    command = [sys.executable, "-m", "pipeline.score_batch", bucket, input_key, BATCH_OUTPUT_KEY]
+    log.info(f"running batch scoring: {_display(command)}")
+    batch = Child.start(command, "batch scoring")
+    try:
+        code = batch.wait_forwarding()
+    finally:
+        with signals_ignored():
+            batch.stop(STOP_TIMEOUT_SECONDS)
+    if code != 0:
+        raise LocalRunError(f"batch scoring exited with code {code}")
+    log.info(f"batch scoring output: s3://{bucket}/{BATCH_OUTPUT_KEY} "
+             f"(rejects: s3://{bucket}/{BATCH_OUTPUT_KEY}{BATCH_REJECTS_SUFFIX})")
+
+
 def start_serve_stage(bucket: str, port: int) -> Child:
     """Start the serve stage's CLI as a subprocess on 127.0.0.1:`port`.
 
@@ -326,6 +364,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
     parser.add_argument("--endpoint-url", help="S3-compatible endpoint of --bucket")
     parser.add_argument("--seed-synthetic-data", action="store_true",
                         help="also upload the synthetic datasets to --bucket")
+    parser.add_argument("--with-batch", action="store_true",
+                        help="also score a synthetic orders file with the batch CLI and print where the output is")
     parser.add_argument("--in-place", action="store_true",
                         help="run with the current interpreter; never create or update .venv")
     try:
@@ -344,6 +384,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
     return Settings(
         args.port, args.s3_port, args.weeks, args.r2_error_threshold, args.r2_warning_threshold,
         args.exit_after_request, args.bucket, args.endpoint_url, args.seed_synthetic_data, args.in_place,
+        args.with_batch,
     )
 
 

@@ -8,6 +8,9 @@ Layout of a bucket::
                                                          who rejected or restored a model, when, why
     reports/<artefact file stem>/report.json, *.png, report.html
                                                          each training run's model report
+    predictions/<dataset file stem>.csv                  the backfill's estimates for a week
+    predictions/backtest.json, predictions/backtest_mae.png
+                                                         the backfill's summary and its plot
 
 "Newest" is the newest timestamp in the key, over every object under the prefix (listings
 are paged, 1,000 keys a page). Keys without a timestamp that parses are skipped. For models,
@@ -16,6 +19,10 @@ status change in `registry/` is not a rejection); the serve stage, the champion 
 batch scoring all use `get_live_model`. Each model
 artefact carries the SHA-256 of its pickled bytes in its S3 metadata; loading verifies it
 and unpickles only the classes a model artefact is made of.
+
+Batch scoring reads objects as a stream of bounded chunks (`open_object_stream`) and writes
+them with a multipart upload (`MultipartWriter`) that is aborted on any failure, so a failed
+run leaves no partial object.
 
 All S3 access is plain boto3; endpoint, region and credentials come from the standard AWS
 environment variables (`AWS_ENDPOINT_URL` selects an S3-compatible server).
@@ -26,6 +33,7 @@ import json
 import logging
 import pickle
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
@@ -43,6 +51,9 @@ REPORTS_PREFIX = "reports/"
 REPORT_HTML = "report.html"
 # What a report's files are served as, by extension; nothing else is written under reports/.
 REPORT_CONTENT_TYPES = {".json": "application/json", ".png": "image/png", ".html": "text/html; charset=utf-8"}
+PREDICTIONS_PREFIX = "predictions/"
+# Prefixes that hold the pipeline's own inputs and artefacts: batch scoring never writes there.
+RESERVED_PREFIXES = (DATASETS_PREFIX, MODELS_PREFIX, REGISTRY_PREFIX)
 REJECT, RESTORE = "reject", "restore"
 STATUS_ACTIONS = (REJECT, RESTORE)
 DATASET_FILE_STEM = "time_to_dispatch"
@@ -111,6 +122,14 @@ class DatasetReadError(StorageError):
 
 class ArtefactError(StorageError):
     """A model artefact failed its integrity check or is not a Model."""
+
+
+class UnknownModelError(StorageError):
+    """No model artefact matches the artefact id or key given."""
+
+
+class AmbiguousModelError(StorageError):
+    """More than one model artefact matches the artefact id given."""
 
 
 @dataclass(frozen=True)
@@ -555,9 +574,9 @@ def live_model_object(bucket: str, before: Optional[datetime] = None, client: An
     client = client or s3_client()
     models = list_models(bucket, client)
     rejected = rejected_model_keys(bucket, client) if models else set()
-    for item in models:
-        if item.key not in rejected and (before is None or item.timestamp < _utc(before)):
-            return item
+    live = live_model_among(models, rejected, before)
+    if live is not None:
+        return live
     when = f" created before {_utc(before).isoformat()}" if before is not None else ""
     if not models:
         raise NoObjectsError(f"s3://{bucket}/{MODELS_PREFIX}: no .pkl object with a timestamp in its key")
@@ -565,6 +584,54 @@ def live_model_object(bucket: str, before: Optional[datetime] = None, client: An
         f"s3://{bucket}/{MODELS_PREFIX}: no model{when} that is not rejected "
         f"({len(models)} artefact(s), {len(rejected)} rejected)"
     )
+
+
+def resolve_model_key(bucket: str, model: str, client: Any = None) -> str:
+    """The key of the model artefact that `model` names: an artefact id or an artefact's key.
+
+    An artefact id is the last `_xxxxxxxx` part of a model key (the lineage's `artefact_id`).
+    Rejected models resolve too: naming one is a deliberate choice.
+
+    Raises:
+        UnknownModelError: nothing under `models/` has that key or artefact id.
+        AmbiguousModelError: several artefacts share the artefact id (naming each key).
+        NoSuchBucketError, AccessDeniedError, StorageError: if the listing fails.
+    """
+    name = model.strip()
+    if not name:
+        raise UnknownModelError("the model to use is empty: give an artefact id or a key under models/")
+    keys = [item.key for item in list_models(bucket, client)]
+    if name in keys:
+        return name
+    matches = [key for key in keys if artefact_id_of(key) == name]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise AmbiguousModelError(
+            f"s3://{bucket}/{MODELS_PREFIX}: artefact id {name!r} matches {len(matches)} models "
+            f"({', '.join(sorted(matches))}); name one by its key"
+        )
+    raise UnknownModelError(
+        f"s3://{bucket}/{MODELS_PREFIX}: no model artefact has the key or artefact id {name!r} "
+        f"({len(keys)} artefact(s) listed)"
+    )
+
+
+def artefact_id_of(key: str) -> str:
+    """The artefact id in a model key: `models/time_to_dispatch_<stamp>_<id>.pkl` -> `<id>`."""
+    return key.rsplit("/", 1)[-1].rsplit(".", 1)[0].rsplit("_", 1)[-1]
+
+
+def live_model_among(
+    models: List[StoredObject], rejected: Set[str], before: Optional[datetime] = None
+) -> Optional[StoredObject]:
+    """`live_model_object`'s choice from models listed newest first (`list_models`) and the
+    rejected keys (`rejected_model_keys`): lets the backfill list the bucket once for every week.
+    """
+    for item in models:
+        if item.key not in rejected and (before is None or item.timestamp < _utc(before)):
+            return item
+    return None
 
 
 def get_live_model(bucket: str, before: Optional[datetime] = None, client: Any = None) -> Model:
@@ -577,6 +644,263 @@ def get_live_model(bucket: str, before: Optional[datetime] = None, client: Any =
     """
     client = client or s3_client()
     return get_model(bucket, live_model_object(bucket, before, client).key, client)
+
+
+# --- streaming objects in and out: batch scoring ----------------------------------------
+
+# S3's smallest part of a multipart upload, except the last one.
+MIN_PART_BYTES = 5 * 2**20
+DEFAULT_PART_BYTES = 8 * 2**20
+DEFAULT_READ_BYTES = 2**20
+
+
+class ObjectStream(NamedTuple):
+    """An object being read: its body as a binary file that reads bounded chunks from S3."""
+
+    body: "io.BufferedReader[Any]"  # a string: not subscriptable at run time on Python 3.9
+    key: str
+    etag: str
+    version_id: Optional[str]
+    size: int
+
+
+class _BodyReader(io.RawIOBase):
+    """botocore's streaming body as a raw binary file; S3 failures become StorageError."""
+
+    def __init__(self, body: Any, bucket: str, key: str) -> None:
+        self._body, self._bucket, self._key = body, bucket, key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._body.read(len(buffer))
+        except (ClientError, BotoCoreError, OSError) as error:
+            raise _storage_error(error, self._bucket, self._key, "read") from error
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
+
+
+def open_object_stream(
+    bucket: str, key: str, client: Any = None, read_bytes: int = DEFAULT_READ_BYTES
+) -> ObjectStream:
+    """Open an object for reading in chunks of at most `read_bytes`: memory does not grow with it.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused (no such object...).
+    """
+    client = client or s3_client()
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket, key, "read") from error
+    body = io.BufferedReader(_BodyReader(response["Body"], bucket, key), buffer_size=read_bytes)
+    return ObjectStream(body, key, response["ETag"].strip('"'), _version_id(response),
+                        int(response.get("ContentLength", 0)))
+
+
+class MultipartWriter:
+    """Writes one object by multipart upload; the object appears only when `complete` succeeds.
+
+    Bytes are buffered into parts of `part_bytes` (at least S3's 5 MiB; the last part may be
+    smaller). A full part is sent by a background thread while the caller goes on producing
+    the next one; at most one part is in flight, so memory stays within about three parts.
+    Any failure, or leaving the `with` block without `complete`, aborts the upload, so S3
+    keeps no parts and no partial object: running again is safe.
+
+        with MultipartWriter(bucket, key, metadata={...}) as out:
+            out.write(b"...")
+            out.complete()
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        key: str,
+        content_type: str = "text/csv",
+        metadata: Optional[Dict[str, str]] = None,
+        client: Any = None,
+        part_bytes: int = DEFAULT_PART_BYTES,
+    ) -> None:
+        if part_bytes < MIN_PART_BYTES:
+            raise ValueError(f"parts must be at least {MIN_PART_BYTES} bytes, got {part_bytes}")
+        self.bucket, self.key, self.part_bytes = bucket, key, part_bytes
+        self.metadata = dict(metadata or {})
+        self.bytes_written = 0
+        self._client = client or s3_client()
+        self._content_type = content_type
+        self._buffer = bytearray()
+        self._parts: List[Dict[str, Any]] = []
+        self._upload_id: Optional[str] = None
+        self._completed = False
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="multipart")
+        self._in_flight: Optional["Future[None]"] = None
+
+    def __enter__(self) -> "MultipartWriter":
+        self._upload_id = self._call("start an upload of", self._client.create_multipart_upload,
+                                     ContentType=self._content_type, Metadata=self.metadata)["UploadId"]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._completed:
+            self.abort()
+        self._sender.shutdown(wait=True)
+
+    def write(self, data: bytes) -> None:
+        """Add bytes to the object; a full part is uploaded as soon as there is one."""
+        self._buffer += data
+        self.bytes_written += len(data)
+        if len(self._buffer) >= self.part_bytes:
+            self._upload_part()
+
+    def complete(self) -> str:
+        """Upload what is buffered and make the object appear. Returns its version id (or "").
+
+        Raises:
+            StorageError: S3 refused or failed; the upload is aborted, nothing is left behind.
+        """
+        try:
+            if self._buffer or not self._parts:
+                self._upload_part()
+            self._wait_for_part()
+            response = self._call("complete", self._client.complete_multipart_upload,
+                                  UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
+        except StorageError:
+            self.abort()
+            raise
+        self._completed = True
+        return _version_id(response) or ""
+
+    def abort(self) -> None:
+        """Abort the upload, dropping every part; a failure to abort is logged, not raised."""
+        if self._upload_id is None or self._completed:
+            return
+        try:
+            self._wait_for_part()
+        except StorageError:
+            pass  # the part failed: the upload is aborted all the same
+        upload_id, self._upload_id = self._upload_id, None
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as error:
+            log.warning(f"s3://{self.bucket}/{self.key}: could not abort multipart upload {upload_id}: {error}")
+
+    def _upload_part(self) -> None:
+        """Hand the buffer to the sender as the next part, once the part before is sent."""
+        if self._upload_id is None:
+            raise StorageError(f"s3://{self.bucket}/{self.key}: the upload is not open")
+        self._wait_for_part()
+        number = len(self._parts) + 1
+        part = {"PartNumber": number, "ETag": ""}
+        self._parts.append(part)
+        body, self._buffer = bytes(self._buffer), bytearray()
+        self._in_flight = self._sender.submit(self._send_part, part, self._upload_id, body)
+
+    def _send_part(self, part: Dict[str, Any], upload_id: str, body: bytes) -> None:
+        response = self._call("upload a part of", self._client.upload_part, UploadId=upload_id,
+                              PartNumber=part["PartNumber"], Body=body)
+        part["ETag"] = response["ETag"]
+
+    def _wait_for_part(self) -> None:
+        """Raises the StorageError of the part in flight, if it failed."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def _call(self, action: str, method: Any, **kwargs: Any) -> Any:
+        try:
+            return method(Bucket=self.bucket, Key=self.key, **kwargs)
+        except (ClientError, BotoCoreError) as error:
+            raise _storage_error(error, self.bucket, self.key, action) from error
+
+
+class ObjectInfo(NamedTuple):
+    """What a HEAD request tells about an object."""
+
+    etag: str
+    metadata: Dict[str, str]
+
+
+def object_info(bucket: str, key: str, client: Any = None) -> Optional[ObjectInfo]:
+    """An object's ETag and user metadata, or None if there is no object at `key`.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed otherwise.
+    """
+    client = client or s3_client()
+    try:
+        response = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise _storage_error(error, bucket, key, "read") from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket, key, "read") from error
+    return ObjectInfo(response["ETag"].strip('"'), dict(response.get("Metadata", {})))
+
+
+def get_json_object(bucket: str, key: str, client: Any = None) -> Optional[Any]:
+    """A JSON object's value, or None if there is no object at `key`.
+
+    Raises:
+        StorageError: S3 failed, or the object is not JSON (naming its key).
+    """
+    client = client or s3_client()
+    if object_info(bucket, key, client) is None:
+        return None
+    body, _ = _get_object(client, bucket, key)
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        raise StorageError(f"s3://{bucket}/{key}: not JSON: {error}") from error
+
+
+def put_object_bytes(bucket: str, key: str, body: bytes, content_type: str, client: Any = None) -> str:
+    """Write a small object (a report, a plot) in one request. Returns the key.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    client = client or s3_client()
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket, key, "write") from error
+    return key
+
+
+def delete_object(bucket: str, key: str, client: Any = None) -> None:
+    """Delete an object (in a versioned bucket: hide it behind a delete marker).
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    client = client or s3_client()
+    try:
+        client.delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket, key, "delete") from error
+
+
+def list_datasets(bucket: str, client: Any = None) -> List[StoredObject]:
+    """Every dataset under `datasets/` with a timestamp in its key, oldest first.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: if the listing fails.
+    """
+    datasets = list(list_timestamped_objects(bucket, DATASETS_PREFIX, ".csv", client))
+    return sorted(datasets, key=lambda item: (item.timestamp, item.key))
+
+
+def predictions_key(dataset_key: str) -> str:
+    """Where the backfill writes a week's estimates: `predictions/<dataset file stem>.csv`."""
+    stem = dataset_key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return f"{PREDICTIONS_PREFIX}{stem}.csv"
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

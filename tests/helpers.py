@@ -151,3 +151,26 @@ def models_created(bucket: str, model: Model, days: List[int], with_report: bool
         storage.put_model(bucket, copy)
         made.append(copy)
     return made
+
+
+def persist_model_copy(bucket: str, model: Any, created_at: Any, artefact_id: str) -> Any:
+    """A copy of `model` created at `created_at` with `artefact_id`, persisted to the bucket."""
+    import pickle
+
+    from pipeline import storage
+
+    copy = pickle.loads(pickle.dumps(model))
+    copy.created_at = created_at
+    copy.artefact_id = artefact_id
+    storage.put_model(bucket, copy)
+    return copy
+
+
+def csv_text(rows: List[List[str]]) -> str:
+    """Rows of fields as CSV text, `\\n` line ends."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()

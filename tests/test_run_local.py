@@ -223,6 +223,26 @@ def test_existing_bucket_is_used_as_it_is_without_synthetic_data(
     assert not any("embedded S3 at" in line for line in run.lines)
 
 
+@pytest.mark.e2e
+def test_with_batch_scores_a_synthetic_orders_file_and_prints_where_the_output_is(
+    s3: Any, s3_endpoint: str, bucket_with_datasets: str
+) -> None:
+    env = local_run_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                         "AWS_DEFAULT_REGION": "eu-west-2"})
+
+    run = run_to_completion(["--exit-after-request", "--with-batch", "--bucket", bucket_with_datasets,
+                             "--endpoint-url", s3_endpoint], env)
+
+    assert run.returncode == 0, "\n".join(run.lines)
+    output = f"s3://{bucket_with_datasets}/{run_local.BATCH_OUTPUT_KEY}"
+    assert any(f"batch scoring output: {output} (rejects: {output}.rejects.csv)" in line for line in run.lines)
+    scored = s3.get_object(Bucket=bucket_with_datasets, Key=run_local.BATCH_OUTPUT_KEY)["Body"].read().decode()
+    rejects = s3.get_object(Bucket=bucket_with_datasets, Key=run_local.BATCH_OUTPUT_KEY + ".rejects.csv")
+    assert scored.splitlines()[0] == "order_id,orders_placed,product_code,est_hours_to_dispatch"
+    assert len(scored.splitlines()) == 1 + 10_000
+    assert len(rejects["Body"].read().decode().splitlines()) == 1 + 3
+
+
 # --- the command line and the virtualenv -----------------------------------------------------
 
 

@@ -10,6 +10,10 @@ the API of the Kubernetes client Bodywork pins, and 1.31, the newest the validat
 `configure_env_vars_from_secrets` asks the cluster's API server which secrets the namespace
 holds. Here a small HTTP server on 127.0.0.1 answers that one request with the secret the
 `bodywork create secret` command of docs/deployment.md makes, as Bodywork copies it into the namespace.
+
+Batch scoring is no Bodywork stage: docs/batch-scoring.md gives a plain Kubernetes Job for it,
+checked here against the same schemas and against the train job Bodywork makes (image,
+namespace, AWS secret), and its resources against benchmarks/results/batch.json.
 """
 import base64
 import json
@@ -31,7 +35,13 @@ from bodywork.constants import (
 from kubernetes import client
 
 from tests.bodywork.test_cli import parse_with_bodywork_cli
-from tests.test_deployment_config import CRONJOB_MANIFEST, DEPLOYMENT_DOC, deployment_command, doc_block
+from tests.test_deployment_config import (
+    CRONJOB_MANIFEST,
+    DEPLOYMENT_DOC,
+    REPO_ROOT,
+    deployment_command,
+    doc_block,
+)
 
 KUBERNETES_VERSIONS = ("1.22.0", "1.31.0")
 # The last Kubernetes version serving batch/v1beta1 CronJobs, which Bodywork 3.0 creates.
@@ -339,3 +349,74 @@ def test_documented_batch_v1_cronjob_is_bodyworks_cronjob_with_the_api_version_c
     pod = expected["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     pod["containers"][0]["image"] = bodywork_config.pipeline.docker_image
     assert documented_cronjob_manifest() == expected
+
+
+# --- score_batch: the Kubernetes Job of docs/batch-scoring.md -----------------------------
+
+BATCH_DOC = REPO_ROOT / "docs" / "batch-scoring.md"
+BATCH_JOB_MANIFEST = "batch-job-manifest"
+BATCH_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "batch.json"
+
+
+@pytest.fixture(scope="module")
+def batch_job() -> Dict[str, Any]:
+    """The Job that docs/batch-scoring.md applies with `kubectl apply -f - <<EOF ... EOF`."""
+    lines = doc_block(BATCH_DOC, BATCH_JOB_MANIFEST).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("kubectl apply -f - <<EOF"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "EOF")
+    manifest = yaml.safe_load("\n".join(lines[start + 1:end]))
+    assert isinstance(manifest, dict)
+    return manifest
+
+
+def batch_job_script(batch_job: Dict[str, Any]) -> List[str]:
+    """The shell commands the Job's container runs, split at `&&`."""
+    spec = container(batch_job)
+    assert spec["command"] == ["/bin/sh", "-c"]
+    (script,) = spec["args"]
+    return [part.strip() for part in script.split("&&")]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_batch_job_is_valid_for_kubernetes(batch_job: Dict[str, Any], version: str) -> None:
+    assert kubernetes_validate.validate(batch_job, version, strict=True) == version.rsplit(".", 1)[0]
+
+
+def test_batch_job_runs_in_the_stages_image_and_namespace(
+    batch_job: Dict[str, Any], bodywork_config: BodyworkConfig
+) -> None:
+    assert container(batch_job)["image"] == bodywork_config.pipeline.docker_image
+    assert batch_job["metadata"]["namespace"] == bodywork_config.pipeline.namespace
+
+
+def test_batch_job_gets_the_aws_credentials_as_the_train_job_does(
+    batch_job: Dict[str, Any], train_job: Dict[str, Any]
+) -> None:
+    assert secret_env(batch_job) == secret_env(train_job)
+
+
+def test_batch_job_installs_the_pinned_requirements_and_runs_the_cli_with_valid_arguments(
+    batch_job: Dict[str, Any]
+) -> None:
+    from pipeline.score_batch import parse_args
+
+    clone, cd, install, run = batch_job_script(batch_job)
+    assert clone.startswith("git clone") and '"$REPO_URL"' in clone and "--branch master" in clone
+    assert install == "pip install --quiet -r requirements_pipe.txt"
+    words = run.split()
+    assert words[:4] == ["exec", "python", "-m", "pipeline.score_batch"]
+    assert parse_args(words[4:]).bucket == "time-to-dispatch"
+
+
+def test_batch_job_memory_request_covers_the_peak_rss_of_ten_million_rows(batch_job: Dict[str, Any]) -> None:
+    runs = json.loads(BATCH_BENCHMARK.read_text())["runs"]
+    peak_mib = max(run["peak_rss_mib"] for run in runs if run["rows"] >= 10_000_000)
+    request = container(batch_job)["resources"]["requests"]["memory"]
+    assert request.endswith("M")
+    assert int(request[:-1]) * 10**6 >= 1.5 * peak_mib * 2**20
+
+
+def test_batch_job_deadline_covers_ten_million_rows_three_times(batch_job: Dict[str, Any]) -> None:
+    runs = json.loads(BATCH_BENCHMARK.read_text())["runs"]
+    seconds = max(run["seconds"] for run in runs if run["rows"] >= 10_000_000)
+    assert batch_job["spec"]["activeDeadlineSeconds"] >= 3 * seconds
