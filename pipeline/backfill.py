@@ -28,7 +28,7 @@ from pipeline.storage import (
     PREDICTIONS_PREFIX,
     StorageError,
     StoredObject,
-    artefact_id_of,
+    artefact_id_of_key,
     get_json_object,
     get_model,
     list_datasets,
@@ -116,7 +116,7 @@ def is_already_done(
     """Whether a week's predictions and backtest entry come from this week's model and data."""
     if week.model is None or entry is None or predictions_metadata is None:
         return False
-    model_id = artefact_id_of(week.model.key)
+    model_id = artefact_id_of_key(week.model.key)
     return (
         entry.get("model_key") == week.model.key
         and entry.get("dataset_etag") == dataset_etag
@@ -209,7 +209,7 @@ def backfill_week(
         raise StorageError(f"s3://{bucket}/{week.dataset.key}: no such object")
     done = object_info(bucket, output_key, client)
     if is_already_done(week, entry, done.metadata if done else None, dataset.etag):
-        log.info(f"s3://{bucket}/{week.dataset.key}: already scored by model {artefact_id_of(week.model.key)}")
+        log.info(f"s3://{bucket}/{week.dataset.key}: already scored by model {artefact_id_of_key(week.model.key)}")
         return None
     if week.model.key not in loaded:
         loaded[week.model.key] = get_model(bucket, week.model.key, client)

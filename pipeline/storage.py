@@ -603,7 +603,7 @@ def resolve_model_key(bucket: str, model: str, client: Any = None) -> str:
     keys = [item.key for item in list_models(bucket, client)]
     if name in keys:
         return name
-    matches = [key for key in keys if artefact_id_of(key) == name]
+    matches = [key for key in keys if artefact_id_of_key(key) == name]
     if len(matches) == 1:
         return matches[0]
     if matches:
@@ -615,11 +615,6 @@ def resolve_model_key(bucket: str, model: str, client: Any = None) -> str:
         f"s3://{bucket}/{MODELS_PREFIX}: no model artefact has the key or artefact id {name!r} "
         f"({len(keys)} artefact(s) listed)"
     )
-
-
-def artefact_id_of(key: str) -> str:
-    """The artefact id in a model key: `models/time_to_dispatch_<stamp>_<id>.pkl` -> `<id>`."""
-    return key.rsplit("/", 1)[-1].rsplit(".", 1)[0].rsplit("_", 1)[-1]
 
 
 def live_model_among(
