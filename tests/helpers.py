@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import pytest
 
@@ -129,3 +129,34 @@ def logged_json(lines: List[str], marker: str) -> Any:
         if marker in line:
             return json.loads(line.split(marker, 1)[1])
     raise AssertionError(f"no line with {marker!r} in the output:\n" + "\n".join(lines))
+
+
+class Scrape:
+    """The samples of one scrape of a Prometheus text exposition, queried by name and labels."""
+
+    def __init__(self, samples: List[Any]) -> None:
+        self.samples = samples
+
+    def series(self, name: str, **labels: str) -> List[Any]:
+        """(labels, value) of every sample named `name` whose labels include `labels`, in order."""
+        return [(sample.labels, sample.value) for sample in self.samples
+                if sample.name == name and labels.items() <= sample.labels.items()]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The value of the one sample named `name` with exactly these labels (the `le`s aside)."""
+        matching = [value for sample_labels, value in self.series(name, **labels) if sample_labels == labels]
+        if len(matching) != 1:
+            raise AssertionError(f"{len(matching)} samples {name}{labels}; there are: {self.series(name)}")
+        return float(matching[0])
+
+    def names(self) -> List[str]:
+        return sorted({sample.name for sample in self.samples})
+
+
+def parse_metrics(text: Union[str, bytes]) -> Scrape:
+    """Parse a Prometheus text exposition (what `GET /metrics` answers)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if isinstance(text, bytes):
+        text = text.decode()
+    return Scrape([sample for family in text_string_to_metric_families(text) for sample in family.samples])
