@@ -31,7 +31,7 @@ from bodywork.constants import (
 from kubernetes import client
 
 from tests.bodywork.test_cli import parse_with_bodywork_cli
-from tests.test_deployment_config import CRONJOB_MANIFEST, DEPLOYMENT_DOC, deployment_command, doc_block
+from tests.test_deployment_config import CRONJOB_MANIFEST, DEPLOYMENT_DOC, REPO_ROOT, deployment_command, doc_block
 
 KUBERNETES_VERSIONS = ("1.22.0", "1.31.0")
 # The last Kubernetes version serving batch/v1beta1 CronJobs, which Bodywork 3.0 creates.
@@ -41,9 +41,21 @@ AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGI
 
 
 class _SecretsApi(BaseHTTPRequestHandler):
-    """Answers `GET /api/v1/namespaces/NAMESPACE/secrets` with `secrets[NAMESPACE]`."""
+    """Answers `GET /api/v1/namespaces/NAMESPACE/secrets` with `secrets[NAMESPACE]`, and keeps the
+    body of every `POST /api/v1/namespaces/NAMESPACE/services` in `services`."""
 
     secrets: Dict[str, List[Dict[str, Any]]] = {}
+    services: List[Dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
+        parts = self.path.split("?")[0].strip("/").split("/")
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "services":
+            self.services.append(body)
+            self._reply(201, body)
+        else:
+            self._reply(404, {"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                              "reason": "NotFound", "code": 404})
 
     def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
         parts = self.path.split("?")[0].strip("/").split("/")
@@ -136,10 +148,10 @@ def train_job(
 
 
 @pytest.fixture(scope="module")
-def serve_deployment(
+def serve_deployment_object(
     cluster_api: str, bodywork_config: BodyworkConfig, deployment_args: Dict[str, Any]
-) -> Dict[str, Any]:
-    """The deployment for serve_model, as the JSON Bodywork would send to the cluster."""
+) -> client.V1Deployment:
+    """The deployment for serve_model, as Bodywork's workflow controller builds it."""
     stage = bodywork_config.stages["serve_model"]
     assert isinstance(stage, ServiceStageConfig)
     namespace = bodywork_config.pipeline.namespace
@@ -158,11 +170,26 @@ def serve_deployment(
         memory_request=stage.memory_request,
         startup_time_seconds=stage.max_startup_time,
     )
+    return deployment
+
+
+@pytest.fixture(scope="module")
+def serve_deployment(serve_deployment_object: client.V1Deployment) -> Dict[str, Any]:
+    """The deployment for serve_model, as the JSON Bodywork would send to the cluster."""
     # AppsV1Api.create_namespaced_deployment sends it to apps/v1's deployments.
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        **client.ApiClient().sanitize_for_serialization(deployment),
+        **client.ApiClient().sanitize_for_serialization(serve_deployment_object),
     }
+
+
+@pytest.fixture(scope="module")
+def serve_service(serve_deployment_object: client.V1Deployment) -> Dict[str, Any]:
+    """The Service Bodywork creates for serve_model, as it sends it to the (loopback) cluster."""
+    _SecretsApi.services.clear()
+    k8s.expose_deployment_as_cluster_service(serve_deployment_object)
+    (service,) = _SecretsApi.services
+    return service
 
 
 @pytest.fixture(scope="module")
@@ -339,3 +366,43 @@ def test_documented_batch_v1_cronjob_is_bodyworks_cronjob_with_the_api_version_c
     pod = expected["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     pod["containers"][0]["image"] = bodywork_config.pipeline.docker_image
     assert documented_cronjob_manifest() == expected
+
+
+# --- serve_model: the Service, and how Prometheus finds the pods (docs/operations.md) ----------
+
+OPERATIONS_DOC = REPO_ROOT / "docs" / "operations.md"
+
+
+def test_serve_service_has_one_unnamed_port_8000_and_selects_the_serve_pods(
+    serve_service: Dict[str, Any], serve_deployment: Dict[str, Any]
+) -> None:
+    assert serve_service["metadata"]["name"] == "serve-model"
+    assert [{k: v for k, v in port.items() if k != "protocol"} for port in serve_service["spec"]["ports"]] == [
+        {"port": 8000, "targetPort": 8000}]
+    pod_labels = serve_deployment["spec"]["template"]["metadata"]["labels"]
+    assert serve_service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_the_docs_servicemonitor_selects_the_serve_service(serve_service: Dict[str, Any]) -> None:
+    monitor = yaml.safe_load(doc_block(OPERATIONS_DOC, "servicemonitor"))
+    spec = monitor["spec"]
+
+    assert monitor["kind"] == "ServiceMonitor"
+    assert serve_service["metadata"]["namespace"] in spec["namespaceSelector"]["matchNames"]
+    assert spec["selector"]["matchLabels"].items() <= serve_service["metadata"]["labels"].items()
+    # The port has no name and the pods declare none: naming a port would match no target.
+    assert [set(endpoint) & {"port", "targetPort"} for endpoint in spec["endpoints"]] == [set()]
+    assert spec["endpoints"][0]["path"] == "/metrics"
+
+
+def test_the_docs_scrape_job_keeps_the_serve_service(serve_service: Dict[str, Any]) -> None:
+    import re
+
+    (job,) = yaml.safe_load(doc_block(OPERATIONS_DOC, "prometheus-scrape-config"))["scrape_configs"]
+    (discovery,) = job["kubernetes_sd_configs"]
+    keep = [rule for rule in job["relabel_configs"] if rule.get("action") == "keep"]
+
+    assert discovery["role"] == "endpoints"
+    assert serve_service["metadata"]["namespace"] in discovery["namespaces"]["names"]
+    assert [rule["source_labels"] for rule in keep] == [["__meta_kubernetes_service_name"]]
+    assert re.fullmatch(keep[0]["regex"], serve_service["metadata"]["name"])
