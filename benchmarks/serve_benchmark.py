@@ -405,6 +405,56 @@ def prediction_call_costs(model: Model) -> Dict[str, float]:
             for name, call in calls.items()}
 
 
+def asgi_request_costs(model: Model, calls: int = 2000, repeats: int = 5) -> Dict[str, float]:
+    """CPU microseconds per single prediction request through each app, called in this process.
+
+    The app is called as an ASGI server would call it, without a socket or an HTTP parser, so
+    the figures isolate what the app and its middleware cost, and CPU time (not wall time) is
+    far less disturbed by other programs on the machine than a load test. Best of `repeats`,
+    the apps taking turns.
+    """
+    import asyncio
+
+    apps = {"ours": create_app(model), "ours_no_metrics": create_app(model, metrics=False),
+            "ours_access_log": create_app(model, access_log=True), "floor": floor_app(model)}
+    if instrumentator_installed():
+        apps["ours_instrumentator"] = instrumentator_app(model)
+    logging.getLogger("pipeline.metrics.access").disabled = True  # formatted, not written
+    body = json.dumps({"product_code": model.product_codes[0], "orders_placed": 112.0}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": PREDICT_PATH, "raw_path": PREDICT_PATH.encode(), "root_path": "",
+             "query_string": b"", "headers": headers,
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+
+    async def receive() -> Dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise RuntimeError(f"the app answered {message['status']}")
+
+    async def drive(app: Any, n: int) -> float:
+        started = time.process_time()
+        for _ in range(n):
+            await app(dict(scope), receive, send)
+        return time.process_time() - started
+
+    async def measure() -> Dict[str, float]:
+        for app in apps.values():
+            await drive(app, 200)
+        best = {name: float("inf") for name in apps}
+        for _ in range(repeats):
+            for name, app in apps.items():
+                best[name] = min(best[name], await drive(app, calls))
+        return {f"{name}_us": round(seconds / calls * 1e6, 1) for name, seconds in best.items()}
+
+    try:
+        return asyncio.run(measure())
+    finally:
+        logging.getLogger("pipeline.metrics.access").disabled = False
+
+
 def cold_start_and_memory(s3: BenchmarkS3, starts: int, n_requests: int, n_batches: int) -> Dict[str, Any]:
     """Time the real CLI from process start to first prediction; its RSS after use."""
     bodies = request_bodies(s3.model.product_codes)
@@ -484,6 +534,9 @@ def benchmark(args: argparse.Namespace, command: str) -> Dict[str, Any]:
         costs = prediction_call_costs(s3.model)
         out.print(f"per call, in-process: estimator.predict on a 1x2 array {costs['estimator_predict_1x2_us']} us, "
                   f"Model.predict_one {costs['predict_one_us']} us")
+        asgi_costs = asgi_request_costs(s3.model)
+        out.print("CPU per single prediction request through the app alone (ASGI calls in-process, best of 5 x 2000): "
+                  + ", ".join(f"{name[:-3]} {us} us" for name, us in asgi_costs.items()))
         out.print(f"\ncold start (python -m pipeline.serve_model, start to first prediction, {args.cold_starts} runs) "
                   f"and memory after {args.requests:,} requests, then {args.batches} batches of 1,000")
         service = cold_start_and_memory(s3, args.cold_starts, args.requests, args.batches)
@@ -500,6 +553,7 @@ def benchmark(args: argparse.Namespace, command: str) -> Dict[str, Any]:
         "load": {"connections": args.connections, "duration_seconds": args.duration, "rounds": args.rounds,
                  **load, "targets_met": met},
         "prediction_call_costs": costs,
+        "asgi_request_cpu_us": asgi_costs,
         # The figures the deployment's resources are sized from: the slowest cold start seen and
         # the memory after 10,000 requests.
         "cold_start_seconds": max(service["cold_start_seconds_runs"]),
