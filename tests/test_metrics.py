@@ -294,11 +294,19 @@ def test_access_log_is_one_line_per_request_with_route_status_and_duration(
 
 
 def test_access_log_lines_are_in_the_project_format(served_model: Model, capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
     from pipeline.utils import configure_logger
 
-    configure_logger()
-    client = TestClient(create_app(served_model, access_log=True))
-    client.get("/health")
+    root = logging.getLogger()
+    handlers, level, showwarning = list(root.handlers), root.level, warnings.showwarning
+    try:
+        configure_logger()
+        TestClient(create_app(served_model, access_log=True)).get("/health")
+    finally:  # leave logging as the other tests expect it
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        warnings.showwarning = showwarning
 
     [line] = [line for line in capsys.readouterr().out.splitlines() if "route=/health" in line]
     assert LOG_LINE.match(line)
