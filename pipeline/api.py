@@ -7,6 +7,7 @@
     GET  /api/v0.1/model/report            the model's report (HTML), 404 for a model without one
     GET  /health                           liveness
     GET  /ready                            readiness: a model is loaded and warmed up
+    GET  /metrics                          Prometheus metrics (metrics.py), on by default
 
 `create_app` is the app factory: production (`serve_model.py`) and the tests build the app
 the same way, with a loaded model passed in. docs/api.md documents the contract.
@@ -22,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.features import MAX_ORDERS_PLACED
+from pipeline.metrics import ServiceMetrics, instrument
 from pipeline.model import Model
 
 API_VERSION = "0.1"
@@ -93,7 +95,9 @@ def build_request_model(product_codes: Sequence[str]) -> Type[PredictionRequest]
     )
 
 
-def create_app(model: Model, report_html: Optional[bytes] = None) -> FastAPI:
+def create_app(
+    model: Model, report_html: Optional[bytes] = None, metrics: bool = True, access_log: bool = False
+) -> FastAPI:
     """The service's app, answering with `model`.
 
     Production and tests use this same factory with a real model injected.
@@ -101,6 +105,8 @@ def create_app(model: Model, report_html: Optional[bytes] = None) -> FastAPI:
     Args:
         model: a loaded model artefact (see `load_model`).
         report_html: the model's report page, or None if it has none.
+        metrics: serve `GET /metrics` and count every request and prediction.
+        access_log: log one line per request (route, status, duration).
 
     Returns:
         The FastAPI app.
@@ -117,16 +123,19 @@ def create_app(model: Model, report_html: Optional[bytes] = None) -> FastAPI:
         description=f"Estimated hours until an order is dispatched. Serving model {version}.",
     )
     app.add_exception_handler(RequestValidationError, validation_error_response)
+    service_metrics = ServiceMetrics(model) if metrics else None
+    instrument(app, service_metrics, access_log)
+    observe_prediction = service_metrics.observe_prediction if service_metrics else _ignore_prediction
+    observe_predictions = service_metrics.observe_predictions if service_metrics else _ignore_predictions
 
     # `async def` without any awaiting: the tree walk takes microseconds, so running it on the
     # event loop is far cheaper than a hop to the thread pool that FastAPI uses for `def`.
     @app.post(PREDICT_PATH, response_model=Prediction, summary="Estimate the hours to dispatch")
     async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
         body = cast(PredictionRequest, request)
-        return Prediction(
-            est_hours_to_dispatch=model.predict_one(body.product_code, body.orders_placed),
-            model_version=version,
-        )
+        estimate = model.predict_one(body.product_code, body.orders_placed)
+        observe_prediction(body.product_code, body.orders_placed)
+        return Prediction(est_hours_to_dispatch=estimate, model_version=version)
 
     # One vectorised call of the estimator for the whole batch; a batch of 1,000 takes well
     # under a millisecond, so it too stays on the event loop.
@@ -137,9 +146,10 @@ def create_app(model: Model, report_html: Optional[bytes] = None) -> FastAPI:
         ],
     ) -> List[Prediction]:
         bodies = cast(List[PredictionRequest], requests)
-        estimates = model.predict(
-            [body.product_code for body in bodies], [body.orders_placed for body in bodies]
-        )
+        codes = [body.product_code for body in bodies]
+        orders = [body.orders_placed for body in bodies]
+        estimates = model.predict(codes, orders)
+        observe_predictions(codes, orders)
         return [Prediction(est_hours_to_dispatch=float(e), model_version=version) for e in estimates]
 
     @app.get(MODEL_PATH, summary="The model's lineage")
@@ -166,6 +176,14 @@ def create_app(model: Model, report_html: Optional[bytes] = None) -> FastAPI:
         return {"status": "ready", "model_version": version}
 
     return app
+
+
+def _ignore_prediction(product_code: str, orders_placed: float) -> None:
+    pass
+
+
+def _ignore_predictions(product_codes: Sequence[str], orders_placed: Sequence[float]) -> None:
+    pass
 
 
 async def validation_error_response(request: Request, error: Exception) -> JSONResponse:

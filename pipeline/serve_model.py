@@ -1,6 +1,7 @@
 """Serve stage: the newest model behind a REST API, ready only when the model is.
 
 Usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log]
+                                                [--server-stack {auto,pure-python}]
 
 Bodywork runs it as `python serve_model.py S3_BUCKET` from `pipeline/` with the repository
 root on PYTHONPATH. At start-up it loads the live model (the newest artefact in
@@ -10,6 +11,10 @@ version, warms the model up and checks its fast path against the estimator, and 
 opens the port: Kubernetes takes an open TCP port as "ready". Any
 failure before that is one ERROR line and exit code 1, with the port never opened. SIGTERM
 stops accepting connections, lets requests in flight finish, and exits 0.
+
+`GET /metrics` serves Prometheus metrics (see docs/operations.md); `--access-log` logs one
+line per request; `--server-stack pure-python` runs on asyncio and h11 instead of uvloop and
+httptools (which are used by default where installed).
 
 The API is `api.py` (see docs/api.md); running the process is `serving.py`.
 """
@@ -23,6 +28,7 @@ from pipeline.model import Model
 from pipeline.serving import (
     ModelCompatibilityError,
     check_library_versions,
+    SERVER_STACKS,
     open_port,
     run_server,
     warm_up,
@@ -32,12 +38,21 @@ from pipeline.utils import StageArgumentParser, configure_logger
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8000
-USAGE = "usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log]"
+USAGE = (
+    "usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log] "
+    "[--server-stack {auto,pure-python}]"
+)
 
 log = logging.getLogger(__name__)
 
 
-def main(bucket: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, access_log: bool = False) -> None:
+def main(
+    bucket: str,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    access_log: bool = False,
+    server_stack: str = "auto",
+) -> None:
     """Load, check and warm up the newest model, then serve it until SIGTERM or SIGINT.
 
     Args:
@@ -45,6 +60,8 @@ def main(bucket: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, access
         host: the address to listen on.
         port: the TCP port to listen on.
         access_log: log one line per request (costs throughput).
+        server_stack: a key of `SERVER_STACKS`: "auto" (uvloop and httptools where
+            installed) or "pure-python" (asyncio and h11).
 
     Raises:
         StorageError: no model artefact, or it is tampered with, corrupt or unreadable.
@@ -53,11 +70,11 @@ def main(bucket: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, access
         OSError: the port cannot be opened.
     """
     model = load_model(bucket)
-    app = create_app(model, load_report(bucket, model))
+    app = create_app(model, load_report(bucket, model), access_log=access_log)
     warm_up(model)
     log.info(f"serving model {model}")
     sock = open_port(host, port)
-    run_server(app, sock, access_log)
+    run_server(app, sock, SERVER_STACKS[server_stack])
 
 
 def load_model(bucket: str) -> Model:
@@ -99,6 +116,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--access-log", action="store_true")
+    parser.add_argument("--server-stack", choices=sorted(SERVER_STACKS), default="auto")
     args = parser.parse_stage_args(argv)
     if not args.host.strip():
         raise ValueError("--host is empty")
@@ -115,7 +133,7 @@ if __name__ == "__main__":
         log.error(f"Invalid arguments passed to serve_model.py: {error}; {USAGE}")
         sys.exit(1)
     try:
-        main(arguments.bucket, arguments.host, arguments.port, arguments.access_log)
+        main(arguments.bucket, arguments.host, arguments.port, arguments.access_log, arguments.server_stack)
     except (StorageError, ModelCompatibilityError, OSError) as error:
         log.error(f"serve_model failed: {error}")
         sys.exit(1)

@@ -3,12 +3,17 @@
 The serve stage loads a model, refuses one that this code cannot serve faithfully (another
 scikit-learn version, a fast path that disagrees with the estimator), then opens its port
 and runs uvicorn on it until SIGTERM or SIGINT, when it stops gracefully.
+
+uvicorn runs on the fastest stack installed: the uvloop event loop and the httptools HTTP
+parser (what `uvicorn[standard]` brings, pinned in requirements_pipe.txt), each falling back
+to the standard library's asyncio loop and the pure-Python h11 parser where it is missing.
 """
+import importlib
 import logging
 import signal
 import socket
 from types import FrameType
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import sklearn
@@ -27,6 +32,21 @@ LISTEN_BACKLOG = 2048
 FAST_PATH_TOLERANCE = 1e-9
 
 log = logging.getLogger(__name__)
+
+
+class ServerStack(NamedTuple):
+    """uvicorn's event loop and HTTP parser, by uvicorn's names for them."""
+
+    loop: str
+    http: str
+
+    def __str__(self) -> str:
+        return f"{self.loop} event loop, {self.http} HTTP parser"
+
+
+FAST_STACK = ServerStack(loop="uvloop", http="httptools")
+PURE_PYTHON_STACK = ServerStack(loop="asyncio", http="h11")
+SERVER_STACKS = {"auto": FAST_STACK, "pure-python": PURE_PYTHON_STACK}
 
 
 class ModelCompatibilityError(Exception):
@@ -110,29 +130,55 @@ def open_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_config(app: FastAPI, access_log: bool = False) -> uvicorn.Config:
+def available_stack(wanted: ServerStack = FAST_STACK) -> ServerStack:
+    """The wanted event loop and HTTP parser, each replaced by the pure-Python one if missing.
+
+    uvloop and httptools are compiled extensions: a platform without their wheels, or an
+    image without them installed, still serves, on asyncio and h11.
+    """
+    loop = wanted.loop if _importable(wanted.loop) else PURE_PYTHON_STACK.loop
+    http = wanted.http if _importable(wanted.http) else PURE_PYTHON_STACK.http
+    return ServerStack(loop, http)
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def uvicorn_config(app: FastAPI, stack: ServerStack) -> uvicorn.Config:
     """The uvicorn settings of the service: one worker, the project's log format, graceful stop.
 
     `log_config=None` leaves logging alone, so uvicorn's records propagate to the root
-    logger that `configure_logger` set up. Access logging is off unless asked for: a log
-    line per request costs a noticeable share of throughput at this request size.
+    logger that `configure_logger` set up. uvicorn's own access log stays off: the app logs
+    requests itself when asked (`create_app(access_log=True)`), with the route and duration.
     """
     return uvicorn.Config(
         app,
         workers=1,
+        loop=stack.loop,
+        http=stack.http,
         log_config=None,
-        access_log=access_log,
+        access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 
-def run_server(app: FastAPI, sock: socket.socket, access_log: bool = False) -> None:
+def run_server(app: FastAPI, sock: socket.socket, stack: ServerStack = FAST_STACK) -> None:
     """Serve `app` on an open socket until SIGTERM or SIGINT, then shut down gracefully.
 
+    Runs on `stack` as far as it is installed (see `available_stack`), and logs which.
     On the signal uvicorn stops accepting connections, lets requests in flight finish (for
     up to GRACEFUL_SHUTDOWN_SECONDS) and returns.
     """
-    server = uvicorn.Server(uvicorn_config(app, access_log))
+    running = available_stack(stack)
+    if running != stack:
+        log.warning(f"{stack} asked for, but not all installed: falling back to the {running}")
+    log.info(f"server stack: {running}")
+    server = uvicorn.Server(uvicorn_config(app, running))
     # After a graceful shutdown uvicorn re-raises the signal that caused it, to the handler
     # that was there before it started; with Python's defaults SIGTERM would then kill the
     # process (exit code -15). A clean shutdown is a success, so the handlers here only log.

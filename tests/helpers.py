@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 from datetime import datetime, timezone
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import pytest
 
@@ -174,3 +174,34 @@ def csv_text(rows: List[List[str]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
+
+
+class Scrape:
+    """The samples of one scrape of a Prometheus text exposition, queried by name and labels."""
+
+    def __init__(self, samples: List[Any]) -> None:
+        self.samples = samples
+
+    def series(self, name: str, **labels: str) -> List[Any]:
+        """(labels, value) of every sample named `name` whose labels include `labels`, in order."""
+        return [(sample.labels, sample.value) for sample in self.samples
+                if sample.name == name and labels.items() <= sample.labels.items()]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The value of the one sample named `name` with exactly these labels (the `le`s aside)."""
+        matching = [value for sample_labels, value in self.series(name, **labels) if sample_labels == labels]
+        if len(matching) != 1:
+            raise AssertionError(f"{len(matching)} samples {name}{labels}; there are: {self.series(name)}")
+        return float(matching[0])
+
+    def names(self) -> List[str]:
+        return sorted({sample.name for sample in self.samples})
+
+
+def parse_metrics(text: Union[str, bytes]) -> Scrape:
+    """Parse a Prometheus text exposition (what `GET /metrics` answers)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if isinstance(text, bytes):
+        text = text.decode()
+    return Scrape([sample for family in text_string_to_metric_families(text) for sample in family.samples])

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 from pipeline import storage
-from pipeline.api import PREDICT_PATH
+from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH
+from pipeline.metrics import METRICS_PATH
 from pipeline.model import Model
 from pipeline.serve_model import DEFAULT_HOST, DEFAULT_PORT, parse_args
 from tests.conftest import StartService
@@ -24,6 +25,7 @@ from tests.helpers import (
     START_TIMEOUT,
     Service,
     error_lines,
+    parse_metrics,
     port_accepts,
     run_cli,
     stop_service,
@@ -132,7 +134,7 @@ def test_every_log_line_is_in_the_project_format_on_stdout_including_uvicorns(
     lines = service.log().splitlines()
     assert [line for line in lines if not LOG_LINE.match(line)] == []
     assert any(" - server._serve - Started server process" in line for line in lines)
-    assert any(f'"POST {PREDICT_PATH} HTTP/1.1" 200' in line for line in lines)
+    assert any(f'"POST {PREDICT_PATH} HTTP/1.1" 200 route={PREDICT_PATH} duration_ms=' in line for line in lines)
 
 
 def test_requests_are_not_logged_by_default(
@@ -144,6 +146,85 @@ def test_requests_are_not_logged_by_default(
 
     assert PREDICT_PATH not in service.log()
     assert "serving model time-to-dispatch:" in service.log()
+
+
+def get_text(port: int, path: str) -> Tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_metrics_count_what_the_cli_was_sent(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> None:
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
+    for orders in (1, 50, 300):
+        assert post(service.port, PREDICT_PATH, {"product_code": "SKU003", "orders_placed": orders})[0] == 200
+    assert post(service.port, PREDICT_PATH, {"product_code": "SKU003"})[0] == 422
+    assert post(service.port, PREDICT_PATH, {"product_code": "SKU003", "orders_placed": -1})[0] == 422
+    assert post(service.port, PREDICT_BATCH_PATH, [{"product_code": "SKU003", "orders_placed": 7}] * 5)[0] == 200
+
+    status, text = get_text(service.port, METRICS_PATH)
+    stop_service(service)
+
+    metrics = parse_metrics(text)
+    assert status == 200
+    assert metrics.value("time_to_dispatch_http_requests_total", route=PREDICT_PATH, method="POST",
+                         status="200") == 3
+    assert metrics.value("time_to_dispatch_http_requests_total", route=PREDICT_PATH, method="POST",
+                         status="422") == 2
+    assert metrics.value("time_to_dispatch_predictions_total", product_code="SKU003") == 8
+    assert metrics.value("time_to_dispatch_model_info", **metrics.series("time_to_dispatch_model_info")[0][0]) == 1
+    assert metrics.series("time_to_dispatch_model_info")[0][0]["artefact_id"] == (
+        storage.get_live_model(bucket_with_model).artefact_id)
+
+
+def test_the_cli_serves_on_uvloop_and_httptools(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> None:
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
+    status, _ = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    stop_service(service)
+
+    assert status == 200
+    assert " - INFO - serving.run_server - server stack: uvloop event loop, httptools HTTP parser" in service.log()
+
+
+def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_missing(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService, tmp_path: Path
+) -> None:
+    # Packages of these names first on the path, failing to import as a missing extension does.
+    for module in ("uvloop", "httptools"):
+        (tmp_path / "missing" / module).mkdir(parents=True)
+        (tmp_path / "missing" / module / "__init__.py").write_text(f"raise ImportError('no {module} here')\n")
+    env = {**s3_env, "PYTHONPATH": f"{tmp_path / 'missing'}:{s3_env['PYTHONPATH']}"}
+
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], env)
+    status, body = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    assert stop_service(service) == 0
+
+    assert (status, sorted(body)) == (200, ["est_hours_to_dispatch", "model_version"])
+    log = service.log()
+    assert " - WARNING - serving.run_server - uvloop event loop, httptools HTTP parser asked for, but not all " \
+           "installed: falling back to the asyncio event loop, h11 HTTP parser" in log
+    assert " - INFO - serving.run_server - server stack: asyncio event loop, h11 HTTP parser" in log
+
+
+def test_the_pure_python_stack_can_be_asked_for(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> None:
+    service = start_listening(
+        start, ["-m", "pipeline.serve_model", bucket_with_model, "--server-stack", "pure-python"], s3_env)
+    status, _ = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    stop_service(service)
+
+    assert status == 200
+    assert "server stack: asyncio event loop, h11 HTTP parser" in service.log()
+    assert "falling back" not in service.log()
 
 
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
@@ -234,7 +315,8 @@ def test_port_in_use_exits_1_with_one_error_line(s3_env: Dict[str, str], bucket_
 
 # --- arguments ------------------------------------------------------------------------------------
 
-USAGE_TEXT = "usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log]"
+USAGE_TEXT = ("usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log] "
+              "[--server-stack {auto,pure-python}]")
 
 
 @pytest.mark.parametrize(
@@ -247,6 +329,8 @@ USAGE_TEXT = "usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--p
         (["bucket-a", "--port", "70000"], "--port must be in 1..65535, got 70000"),
         (["bucket-a", "--host", ""], "--host is empty"),
         (["bucket-a", "--workers", "2"], "unrecognized arguments: --workers 2"),
+        (["bucket-a", "--server-stack", "fast"],
+         "argument --server-stack: invalid choice: 'fast' (choose from 'auto', 'pure-python')"),
         (["  "], "S3_BUCKET is empty"),
     ],
 )
@@ -279,5 +363,5 @@ def test_script_with_a_bad_port_exits_1_with_the_reason_and_usage(s3_env: Dict[s
 def test_listens_on_all_interfaces_port_8000_by_default() -> None:
     args = parse_args(["bucket-a"])
 
-    assert (args.host, args.port, args.access_log) == (DEFAULT_HOST, DEFAULT_PORT, False)
+    assert (args.host, args.port, args.access_log, args.server_stack) == (DEFAULT_HOST, DEFAULT_PORT, False, "auto")
     assert (DEFAULT_HOST, DEFAULT_PORT) == ("0.0.0.0", 8000)

@@ -1,14 +1,26 @@
 """Running the service process: the checks before serving, and the port it opens."""
 import asyncio
 import socket
-from typing import Any
+import sys
+from typing import Any, List
 
 import pytest
 import sklearn
+from fastapi import FastAPI
 
 from pipeline import storage
 from pipeline.model import Model
-from pipeline.serving import ModelCompatibilityError, check_library_versions, open_port, warm_up
+from pipeline.serving import (
+    FAST_STACK,
+    PURE_PYTHON_STACK,
+    ModelCompatibilityError,
+    ServerStack,
+    available_stack,
+    check_library_versions,
+    open_port,
+    uvicorn_config,
+    warm_up,
+)
 from tests.helpers import free_port
 
 
@@ -74,3 +86,34 @@ def test_connections_to_the_service_port_have_nagles_algorithm_off() -> None:
             await server.wait_closed()
 
     assert asyncio.run(nodelay_of_an_accepted_connection()) != 0
+
+
+# --- the server stack
+
+def test_the_fast_stack_is_uvloop_and_httptools_when_installed() -> None:
+    assert available_stack(FAST_STACK) == ServerStack(loop="uvloop", http="httptools")
+
+
+@pytest.mark.parametrize("missing, expected", [
+    (["uvloop"], ServerStack(loop="asyncio", http="httptools")),
+    (["httptools"], ServerStack(loop="uvloop", http="h11")),
+    (["uvloop", "httptools"], PURE_PYTHON_STACK),
+])
+def test_each_missing_part_of_the_fast_stack_falls_back_to_the_pure_python_one(
+    missing: List[str], expected: ServerStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in missing:
+        monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+
+    assert available_stack(FAST_STACK) == expected
+
+
+def test_the_pure_python_stack_is_asyncio_and_h11() -> None:
+    assert available_stack(PURE_PYTHON_STACK) == ServerStack(loop="asyncio", http="h11")
+
+
+@pytest.mark.parametrize("stack", [FAST_STACK, PURE_PYTHON_STACK])
+def test_uvicorn_is_configured_with_the_stack_and_without_its_own_access_log(stack: ServerStack) -> None:
+    config = uvicorn_config(FastAPI(), stack)
+
+    assert (config.loop, config.http, config.access_log) == (stack.loop, stack.http, False)

@@ -51,9 +51,21 @@ AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGI
 
 
 class _SecretsApi(BaseHTTPRequestHandler):
-    """Answers `GET /api/v1/namespaces/NAMESPACE/secrets` with `secrets[NAMESPACE]`."""
+    """Answers `GET /api/v1/namespaces/NAMESPACE/secrets` with `secrets[NAMESPACE]`, and keeps the
+    body of every `POST /api/v1/namespaces/NAMESPACE/services` in `services`."""
 
     secrets: Dict[str, List[Dict[str, Any]]] = {}
+    services: List[Dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (the name http.server calls)
+        parts = self.path.split("?")[0].strip("/").split("/")
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if len(parts) == 5 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "services":
+            self.services.append(body)
+            self._reply(201, body)
+        else:
+            self._reply(404, {"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                              "reason": "NotFound", "code": 404})
 
     def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
         parts = self.path.split("?")[0].strip("/").split("/")
@@ -146,10 +158,10 @@ def train_job(
 
 
 @pytest.fixture(scope="module")
-def serve_deployment(
+def serve_deployment_object(
     cluster_api: str, bodywork_config: BodyworkConfig, deployment_args: Dict[str, Any]
-) -> Dict[str, Any]:
-    """The deployment for serve_model, as the JSON Bodywork would send to the cluster."""
+) -> client.V1Deployment:
+    """The deployment for serve_model, as Bodywork's workflow controller builds it."""
     stage = bodywork_config.stages["serve_model"]
     assert isinstance(stage, ServiceStageConfig)
     namespace = bodywork_config.pipeline.namespace
@@ -168,11 +180,26 @@ def serve_deployment(
         memory_request=stage.memory_request,
         startup_time_seconds=stage.max_startup_time,
     )
+    return deployment
+
+
+@pytest.fixture(scope="module")
+def serve_deployment(serve_deployment_object: client.V1Deployment) -> Dict[str, Any]:
+    """The deployment for serve_model, as the JSON Bodywork would send to the cluster."""
     # AppsV1Api.create_namespaced_deployment sends it to apps/v1's deployments.
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        **client.ApiClient().sanitize_for_serialization(deployment),
+        **client.ApiClient().sanitize_for_serialization(serve_deployment_object),
     }
+
+
+@pytest.fixture(scope="module")
+def serve_service(serve_deployment_object: client.V1Deployment) -> Dict[str, Any]:
+    """The Service Bodywork creates for serve_model, as it sends it to the (loopback) cluster."""
+    _SecretsApi.services.clear()
+    k8s.expose_deployment_as_cluster_service(serve_deployment_object)
+    (service,) = _SecretsApi.services
+    return service
 
 
 @pytest.fixture(scope="module")
