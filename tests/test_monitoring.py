@@ -1,8 +1,10 @@
 """The monitoring assets: the alerting rules (checked and unit-tested with promtool) and the
 Grafana dashboard, whose every query must name metrics the real service exposes.
 
-promtool comes from Debian's `prometheus` package, which `.ci/run` installs when missing. Under
-CI (`CI=true`) a missing promtool fails these tests; elsewhere they are skipped with the reason.
+promtool comes from Debian's `prometheus` package. Where it is missing and the tests run as root
+on Debian (CI, a fresh development machine), the `promtool` fixture installs the package once;
+otherwise the tests are skipped with the reason, except under CI (`CI=true`), where a missing
+promtool fails them.
 """
 import json
 import os
@@ -28,14 +30,34 @@ DASHBOARD = MONITORING / "dashboard.json"
 METRIC_NAME = re.compile(r"\b(?:time_to_dispatch|process|python)_[a-z0-9_]+\b")
 
 
+# Waits for another apt run to release its locks rather than failing at once.
+APT = ["apt-get", "-o", "DPkg::Lock::Timeout=900"]
+
+
+def install_promtool() -> str:
+    """Install Debian's `prometheus` package (its post-install script starts no server where
+    no init system runs); the reason it could not be installed, or "" once it is."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "not root on a Debian machine, so it cannot be installed here"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in ([*APT, "update", "-qq"], [*APT, "install", "-y", "-qq", "--no-install-recommends", "prometheus"]):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            return f"`{' '.join(command)}` failed: {result.stderr.strip()[-500:]}"
+    return ""
+
+
 @pytest.fixture(scope="module")
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        message = "promtool is not installed (Debian: apt-get install prometheus; .ci/run installs it)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        problem = install_promtool()
+        path = shutil.which("promtool")
+        if path is None:
+            message = f"promtool is not installed (Debian package `prometheus`): {problem or 'not found after install'}"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(message)
+            pytest.skip(message)
     return path
 
 
