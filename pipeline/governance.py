@@ -34,11 +34,10 @@ from pipeline.storage import (
     list_status_changes,
     live_model_object,
     put_status_change,
+    resolve_model_key,
 )
 
 LIVE, REJECTED, SUPERSEDED = "live", "rejected", "superseded"
-# The shortest start of an artefact id that is taken as a reference to it.
-MIN_ID_PREFIX = 4
 
 log = logging.getLogger(__name__)
 
@@ -80,30 +79,15 @@ def model_entries(bucket: str) -> List[ModelEntry]:
 
 
 def resolve_model(bucket: str, entries: List[ModelEntry], reference: str) -> ModelEntry:
-    """The one model that `reference` names: its key (with or without `s3://BUCKET/`), its
-    artefact id, or a start of its id at least MIN_ID_PREFIX characters long.
+    """The one model that `reference` names, as `storage.resolve_model_key` reads it (one way for
+    the registry and batch scoring).
 
     Raises:
-        RegistryError: no model or more than one matches, naming the candidates.
+        UnknownModelError, AmbiguousModelError: no model or more than one matches, naming the
+            candidates.
     """
-    ref = reference.strip()
-    key = ref[len(f"s3://{bucket}/"):] if ref.startswith(f"s3://{bucket}/") else ref
-    for matches in (
-        [e for e in entries if e.key == key],
-        [e for e in entries if e.artefact_id == ref],
-        [e for e in entries if len(ref) >= MIN_ID_PREFIX and e.artefact_id.startswith(ref)],
-    ):
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise RegistryError(
-                f"MODEL {reference!r} is ambiguous in s3://{bucket}/models/: it matches "
-                f"{len(matches)} artefacts ({', '.join(e.key for e in matches)}); give the full key"
-            )
-    raise RegistryError(
-        f"MODEL {reference!r} is not an artefact id or key in s3://{bucket}/models/ "
-        f"({len(entries)} model(s); `list` shows them)"
-    )
+    key = resolve_model_key(bucket, reference, keys=[entry.key for entry in entries])
+    return next(entry for entry in entries if entry.key == key)
 
 
 def list_lines(bucket: str) -> List[str]:

@@ -56,6 +56,8 @@ PREDICTIONS_PREFIX = "predictions/"
 RESERVED_PREFIXES = (DATASETS_PREFIX, MODELS_PREFIX, REGISTRY_PREFIX)
 REJECT, RESTORE = "reject", "restore"
 STATUS_ACTIONS = (REJECT, RESTORE)
+# The shortest start of an artefact id that may name a model.
+MIN_ID_PREFIX = 4
 DATASET_FILE_STEM = "time_to_dispatch"
 MODEL_FILE_STEM = "time_to_dispatch"
 SHA256_METADATA_KEY = "sha256"
@@ -586,34 +588,41 @@ def live_model_object(bucket: str, before: Optional[datetime] = None, client: An
     )
 
 
-def resolve_model_key(bucket: str, model: str, client: Any = None) -> str:
-    """The key of the model artefact that `model` names: an artefact id or an artefact's key.
+def resolve_model_key(bucket: str, model: str, client: Any = None, keys: Optional[List[str]] = None) -> str:
+    """The key of the one model artefact that `model` names: its key (with or without
+    `s3://BUCKET/`), its artefact id (the lineage's `artefact_id`, the key's last `_xxxxxxxx`
+    part), or a start of its id at least MIN_ID_PREFIX characters long. The registry CLI and
+    batch scoring name models this one way. Rejected models resolve too: naming one is a
+    deliberate choice.
 
-    An artefact id is the last `_xxxxxxxx` part of a model key (the lineage's `artefact_id`).
-    Rejected models resolve too: naming one is a deliberate choice.
+    Args:
+        keys: the model keys to choose from, if already listed; else `models/` is listed.
 
     Raises:
         UnknownModelError: nothing under `models/` has that key or artefact id.
-        AmbiguousModelError: several artefacts share the artefact id (naming each key).
+        AmbiguousModelError: several artefacts match (naming each key).
         NoSuchBucketError, AccessDeniedError, StorageError: if the listing fails.
     """
-    name = model.strip()
-    if not name:
-        raise UnknownModelError("the model to use is empty: give an artefact id or a key under models/")
-    keys = [item.key for item in list_models(bucket, client)]
-    if name in keys:
-        return name
-    matches = [key for key in keys if artefact_id_of_key(key) == name]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise AmbiguousModelError(
-            f"s3://{bucket}/{MODELS_PREFIX}: artefact id {name!r} matches {len(matches)} models "
-            f"({', '.join(sorted(matches))}); name one by its key"
-        )
+    ref = model.strip()
+    if not ref:
+        raise UnknownModelError("MODEL is empty: give an artefact id or a key under models/")
+    keys = [item.key for item in list_models(bucket, client)] if keys is None else keys
+    key = ref[len(f"s3://{bucket}/"):] if ref.startswith(f"s3://{bucket}/") else ref
+    for matches in (
+        [k for k in keys if k == key],
+        [k for k in keys if artefact_id_of_key(k) == ref],
+        [k for k in keys if len(ref) >= MIN_ID_PREFIX and artefact_id_of_key(k).startswith(ref)],
+    ):
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise AmbiguousModelError(
+                f"MODEL {model!r} is ambiguous in s3://{bucket}/{MODELS_PREFIX}: it matches "
+                f"{len(matches)} artefacts ({', '.join(sorted(matches))}); give the full key"
+            )
     raise UnknownModelError(
-        f"s3://{bucket}/{MODELS_PREFIX}: no model artefact has the key or artefact id {name!r} "
-        f"({len(keys)} artefact(s) listed)"
+        f"MODEL {model!r} is not an artefact id or key in s3://{bucket}/{MODELS_PREFIX} "
+        f"({len(keys)} model(s); `python -m pipeline.registry {bucket} list` shows them)"
     )
 
 

@@ -166,7 +166,7 @@ def test_an_unknown_model_exits_1_naming_it(s3: Any, s3_env: Dict[str, str], buc
 
     assert result.returncode == 1
     (error,) = error_lines(result.stdout)
-    assert "no model artefact has the key or artefact id 'feedbeef'" in error
+    assert "MODEL 'feedbeef' is not an artefact id or key" in error
     assert keys(s3, bucket_with_model, "out/") == []
 
 

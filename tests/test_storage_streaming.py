@@ -129,7 +129,7 @@ def test_a_model_is_resolved_by_its_key(s3: Any, bucket: str, trained_model: Mod
 def test_an_unknown_model_is_an_error_naming_it(s3: Any, bucket: str, trained_model: Model) -> None:
     persist_model_copy(bucket, trained_model, october(1), "aaaa0001")
 
-    with pytest.raises(storage.UnknownModelError, match="no model artefact has the key or artefact id 'cafe0000'"):
+    with pytest.raises(storage.UnknownModelError, match="MODEL 'cafe0000' is not an artefact id or key"):
         storage.resolve_model_key(bucket, "cafe0000")
 
 
@@ -137,7 +137,7 @@ def test_an_artefact_id_shared_by_two_models_is_ambiguous(s3: Any, bucket: str, 
     persist_model_copy(bucket, trained_model, october(1), "dup00001")
     persist_model_copy(bucket, trained_model, october(8), "dup00001")
 
-    with pytest.raises(storage.AmbiguousModelError, match="artefact id 'dup00001' matches 2 models"):
+    with pytest.raises(storage.AmbiguousModelError, match="MODEL .dup00001. is ambiguous .*: it matches 2"):
         storage.resolve_model_key(bucket, "dup00001")
 
 
