@@ -3,8 +3,9 @@
 Usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log]
 
 Bodywork runs it as `python serve_model.py S3_BUCKET` from `pipeline/` with the repository
-root on PYTHONPATH. At start-up it loads the newest model artefact from `s3://S3_BUCKET/models/`
-(checksum and contents verified by the storage module), refuses an artefact trained with
+root on PYTHONPATH. At start-up it loads the live model artefact from `s3://S3_BUCKET/models/`
+(checksum, signature under MODEL_SIGNING_KEY, contents and structure verified by the storage
+module), refuses an artefact trained with
 another scikit-learn version, warms the model up and checks its fast path against the
 estimator, and only then opens the port: Kubernetes takes an open TCP port as "ready". Any
 failure before that is one ERROR line and exit code 1, with the port never opened. SIGTERM
@@ -26,7 +27,8 @@ from pipeline.serving import (
     run_server,
     warm_up,
 )
-from pipeline.storage import StorageError, get_live_model
+from pipeline.signing import SigningKeyError, load_signing_keys
+from pipeline.storage import ArtefactError, StorageError, get_model, live_model_object
 from pipeline.utils import StageArgumentParser, configure_logger
 
 DEFAULT_HOST = "0.0.0.0"
@@ -46,7 +48,8 @@ def main(bucket: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, access
         access_log: log one line per request (costs throughput).
 
     Raises:
-        StorageError: no model artefact, or it is tampered with, corrupt or unreadable.
+        SigningKeyError: MODEL_SIGNING_KEY is unset or malformed.
+        StorageError: no model artefact, or it is unsigned, tampered with, corrupt or unreadable.
         ModelCompatibilityError: the artefact was trained with another scikit-learn version,
             or its fast path disagrees with its estimator.
         OSError: the port cannot be opened.
@@ -60,13 +63,25 @@ def main(bucket: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, access
 
 
 def load_model(bucket: str) -> Model:
-    """The newest verified model artefact in the bucket, checked against the installed scikit-learn.
+    """The live model artefact in the bucket, verified, checked against the installed scikit-learn.
+
+    A live artefact that fails verification stops the service: it never falls back to an
+    older model by itself. The error says how to take the artefact out of service.
 
     Raises:
+        SigningKeyError: MODEL_SIGNING_KEY is unset or malformed.
         StorageError: as `storage.get_live_model`.
         ModelCompatibilityError: as `check_library_versions`.
     """
-    model = get_live_model(bucket)
+    keys = load_signing_keys()
+    live = live_model_object(bucket)
+    try:
+        model = get_model(bucket, live.key, keys=keys)
+    except ArtefactError as error:
+        raise ArtefactError(
+            f"{error}. To take it out of service, so that the newest model before it is served: "
+            f"python -m pipeline.registry {bucket} reject {live.key} --reason TEXT"
+        ) from error
     log.info(f"loaded model artefact s3://{bucket}/{model.artefact_key}")
     check_library_versions(model)
     return model
@@ -99,7 +114,7 @@ if __name__ == "__main__":
         sys.exit(1)
     try:
         main(arguments.bucket, arguments.host, arguments.port, arguments.access_log)
-    except (StorageError, ModelCompatibilityError, OSError) as error:
+    except (StorageError, SigningKeyError, ModelCompatibilityError, OSError) as error:
         log.error(f"serve_model failed: {error}")
         sys.exit(1)
     except Exception as error:  # the one ERROR line must also cover the unforeseen

@@ -4,9 +4,9 @@ Usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_TH
        [--n-jobs N]
 
 Bodywork runs it as `python train_model.py ARGS` from `pipeline/` with the repository root on
-PYTHONPATH. Exit code 0: a model was persisted. Exit code 1: nothing was persisted, and one
-ERROR line says why (bad arguments, S3, bad data, failed logic checks, r² below the error
-threshold). The newest model in the bucket is then still the one that was there before.
+PYTHONPATH. Exit code 0: a model was persisted, signed with the key in MODEL_SIGNING_KEY.
+Exit code 1: nothing was persisted, and one ERROR line says why (bad arguments, no signing
+key, S3, bad data, failed logic checks, r² below the error threshold). The newest model in the bucket is then still the one that was there before.
 
 The steps live in `training.py` (data, evaluation, checks, lineage) and `tuning.py` (the grid
 search); this module only wires them together and maps failures to the exit code.
@@ -18,6 +18,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from pipeline.model import Model
+from pipeline.signing import load_signing_keys
 from pipeline.storage import StorageError, get_latest_dataset, put_model
 from pipeline.training import (
     DatasetError,
@@ -50,11 +51,13 @@ def main(
     """Train on the newest dataset in the bucket and persist the model if it is good enough.
 
     Raises:
+        SigningKeyError: MODEL_SIGNING_KEY is unset or malformed (checked before any work).
         StorageError: S3 failed or holds no usable dataset.
         DatasetError: the dataset cannot be trained on.
         ModelValidationError: logic checks failed or r² is below the error threshold.
     """
     check_thresholds_valid(error_threshold, warning_threshold)
+    keys = load_signing_keys()
     dataset = get_latest_dataset(bucket)
     log.info(f"training on {dataset.uri} (ETag {dataset.etag}, version {dataset.version_id})")
     data = prepare_data(dataset.data)
@@ -64,7 +67,7 @@ def main(
     check_model_logic(search.estimator, data)
     check_r_squared(metrics, error_threshold, warning_threshold)
     model = build_model(search.estimator, search.best_params, data, metrics, dataset)
-    key = put_model(bucket, model)
+    key = put_model(bucket, model, keys=keys)
     log.info(f"persisted model {model} to s3://{bucket}/{key}")
     return model
 

@@ -326,8 +326,8 @@ def test_get_live_model_refuses_a_correctly_checksummed_pickle_that_is_not_a_mod
     s3: Any, bucket: str, payload: Any, message: str
 ) -> None:
     body = pickle.dumps(payload)
-    key = "models/time_to_dispatch_2030-01-01T00:00:00.000000Z_deadbeef.pkl"
-    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": hashlib.sha256(body).hexdigest()})
+    key = "models/time_to_dispatch_2026-01-01T00:00:00.000000Z_deadbeef.pkl"
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body))
 
     with pytest.raises(storage.ArtefactError, match=message):
         storage.get_live_model(bucket)
