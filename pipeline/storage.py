@@ -64,14 +64,17 @@ CLOCK_SKEW_ALLOWANCE = timedelta(hours=1)
 MAX_DATASET_BYTES = 32 * 2**20
 # The S3 time budget: each call waits at most S3_CONNECT_TIMEOUT_SECONDS for a connection and
 # S3_READ_TIMEOUT_SECONDS for each read, S3_MAX_ATTEMPTS times, with botocore's standard
-# retry mode (exponential backoff with jitter, at most 1 + 2 + 4 s here). Worst case for one
-# call that never gets an answer: 4 x 20 + 7 = 87 s, inside both the serve stage's 120 s
-# start-up and the train stage's 180 s; yet 503 SlowDown three times, a reset connection or
-# a 70 s stall are ridden out. docs/reliability.md has the arithmetic. The environment
-# variables of the same names override them, for the fault tests only.
-S3_CONNECT_TIMEOUT_SECONDS = 5.0
-S3_READ_TIMEOUT_SECONDS = 20.0
+# retry mode (exponential backoff with jitter: at most 1 + 2 + 4 s between the 4 attempts).
+# One call that never gets an answer fails after at most 4 x (3 + 18) + 7 = 91 s: inside
+# the serve stage's 120 s start-up and the train stage's 180 s. Yet 503 SlowDown three
+# times or a reset connection is retried, and the attempts span 4 x 18 = 72 s, so a 70 s
+# stall is ridden out. docs/reliability.md has the arithmetic; `worst_case_s3_call_seconds`
+# computes it. The environment variables of the same names override them, for tests only.
+S3_CONNECT_TIMEOUT_SECONDS = 3.0
+S3_READ_TIMEOUT_SECONDS = 18.0
 S3_MAX_ATTEMPTS = 4
+# botocore's standard retry mode waits at most 2 ** (n - 1) s, capped at 20 s, before retry n.
+_MAX_BACKOFF_SECONDS = 20.0
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,17 @@ def s3_client() -> Any:
         retries={"mode": "standard", "total_max_attempts": int(_setting("S3_MAX_ATTEMPTS", S3_MAX_ATTEMPTS))},
     )
     return boto3.client("s3", config=config)
+
+
+def worst_case_s3_call_seconds(
+    connect_timeout: float = S3_CONNECT_TIMEOUT_SECONDS,
+    read_timeout: float = S3_READ_TIMEOUT_SECONDS,
+    attempts: int = S3_MAX_ATTEMPTS,
+) -> float:
+    """The longest one S3 call can take before it fails: every attempt waits out both timeouts
+    (a slow connection, then no answer), with the most backoff between attempts."""
+    backoff = sum(min(2.0 ** (retry - 1), _MAX_BACKOFF_SECONDS) for retry in range(1, attempts))
+    return attempts * (connect_timeout + read_timeout) + backoff
 
 
 def _setting(name: str, default: float) -> float:
