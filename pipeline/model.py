@@ -165,7 +165,9 @@ def _check_tree(tree: Any) -> None:
     bad = internal & ((feature < 0) | (feature >= N_FEATURES))
     if bad.any():
         node = _first(bad)
-        raise InvalidModelError(f"node {node} of the tree splits on feature {feature[node]}, not in 0..{N_FEATURES - 1}")
+        raise InvalidModelError(
+            f"node {node} of the tree splits on feature {feature[node]}, not in 0..{N_FEATURES - 1}"
+        )
     bad = internal & ~np.isfinite(threshold)
     if bad.any():
         raise InvalidModelError(f"node {_first(bad)} of the tree has a non-finite threshold")

@@ -6,7 +6,8 @@ Usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_TH
 Bodywork runs it as `python train_model.py ARGS` from `pipeline/` with the repository root on
 PYTHONPATH. Exit code 0: a model was persisted, signed with the key in MODEL_SIGNING_KEY.
 Exit code 1: nothing was persisted, and one ERROR line says why (bad arguments, no signing
-key, S3, bad data, failed logic checks, r² below the error threshold). The newest model in the bucket is then still the one that was there before.
+key, S3, bad data, failed logic checks, r² below the error threshold). The newest model in
+the bucket is then still the one that was there before.
 
 The steps live in `training.py` (data, evaluation, checks, lineage) and `tuning.py` (the grid
 search); this module only wires them together and maps failures to the exit code.

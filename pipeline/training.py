@@ -135,7 +135,7 @@ def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def warn_about_lookalike_codes(codes: "pd.Series[str]") -> None:
+def warn_about_lookalike_codes(codes: "pd.Series[Any]") -> None:
     """One WARNING per group of product codes that differ only in case or surrounding spaces.
 
     Surrounding spaces are trimmed (`" SKU002"` trains as `SKU002`), case is kept (`sku002`

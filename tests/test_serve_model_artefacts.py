@@ -80,7 +80,8 @@ def test_an_artefact_signed_with_another_secret_under_the_services_key_id_is_ref
 
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
-    assert f"s3://{bucket_with_datasets}/{key}: the artefact's signature does not match its bytes under key id 'test'" in line
+    assert (f"s3://{bucket_with_datasets}/{key}: the artefact's signature does not match its bytes "
+            "under key id 'test'") in line
 
 
 def test_an_artefact_re_signed_with_an_unknown_key_id_is_refused(

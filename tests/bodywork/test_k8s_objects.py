@@ -296,7 +296,9 @@ def test_serve_deployment_requests_the_configured_resources(
     assert container(serve_deployment)["resources"] == requests_in_config(bodywork_config, "serve_model")
 
 
-def test_serve_deployment_gets_the_aws_credentials_and_the_signing_key_from_secrets(serve_deployment: Dict[str, Any]) -> None:
+def test_serve_deployment_gets_the_aws_credentials_and_the_signing_key_from_secrets(
+    serve_deployment: Dict[str, Any],
+) -> None:
     assert secret_env(serve_deployment) == SECRET_ENV
 
 
