@@ -10,11 +10,13 @@
     GET  /metrics                          Prometheus metrics (metrics.py), on by default
 
 `create_app` is the app factory: production (`serve_model.py`) and the tests build the app
-the same way, with a loaded model passed in. docs/api.md documents the contract.
+the same way, with a loaded model passed in. docs/api.md documents the contract. Bodies over
+the size limit (413) or too slow to arrive (408) are stopped by `limits.RequestLimits` before
+anything parses them.
 """
 import json
 import math
-from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, cast
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, Union, cast
 
 from fastapi import Body, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -24,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.features import MAX_ORDERS_PLACED
 from pipeline.metrics import ServiceMetrics, instrument
+from pipeline.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, RequestLimits
 from pipeline.model import Model
+from pipeline.utils import QUOTE_PREFIX_CHARS
 
 API_VERSION = "0.1"
 API_PREFIX = f"/api/v{API_VERSION}"
@@ -35,6 +39,20 @@ MODEL_REPORT_PATH = f"{API_PREFIX}/model/report"
 HEALTH_PATH = "/health"
 READY_PATH = "/ready"
 MAX_BATCH_SIZE = 1000
+
+
+class ErrorMessage(BaseModel):
+    """An error that is not about one field: unparseable, too large or too slow a body."""
+
+    detail: str
+
+
+# The answers every POST route may give besides 200 and 422, as the OpenAPI schema lists them.
+BODY_ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
+    400: {"model": ErrorMessage, "description": "The body could not be read as JSON."},
+    408: {"model": ErrorMessage, "description": f"The body did not arrive within {BODY_TIMEOUT_SECONDS:g} s."},
+    413: {"model": ErrorMessage, "description": f"The body is larger than {MAX_BODY_BYTES} bytes."},
+}
 
 
 class Prediction(BaseModel):
@@ -123,6 +141,8 @@ def create_app(
         description=f"Estimated hours until an order is dispatched. Serving model {version}.",
     )
     app.add_exception_handler(RequestValidationError, validation_error_response)
+    # Outermost last: the metrics see every answer, the 413s and 408s of the limits included.
+    app.add_middleware(RequestLimits)
     service_metrics = ServiceMetrics(model) if metrics else None
     instrument(app, service_metrics, access_log)
     observe_prediction = service_metrics.observe_prediction if service_metrics else _ignore_prediction
@@ -130,7 +150,8 @@ def create_app(
 
     # `async def` without any awaiting: the tree walk takes microseconds, so running it on the
     # event loop is far cheaper than a hop to the thread pool that FastAPI uses for `def`.
-    @app.post(PREDICT_PATH, response_model=Prediction, summary="Estimate the hours to dispatch")
+    @app.post(PREDICT_PATH, response_model=Prediction, summary="Estimate the hours to dispatch",
+              responses=BODY_ERROR_RESPONSES)
     async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
         body = cast(PredictionRequest, request)
         estimate = model.predict_one(body.product_code, body.orders_placed)
@@ -139,7 +160,8 @@ def create_app(
 
     # One vectorised call of the estimator for the whole batch; a batch of 1,000 takes well
     # under a millisecond, so it too stays on the event loop.
-    @app.post(PREDICT_BATCH_PATH, response_model=List[Prediction], summary="Estimate for many requests")
+    @app.post(PREDICT_BATCH_PATH, response_model=List[Prediction], summary="Estimate for many requests",
+              responses=BODY_ERROR_RESPONSES)
     async def time_to_dispatch_batch(
         requests: Annotated[  # type: ignore[valid-type]
             List[request_model], Body(min_length=1, max_length=MAX_BATCH_SIZE)
@@ -187,22 +209,43 @@ def _ignore_predictions(product_codes: Sequence[str], orders_placed: Sequence[fl
 
 
 async def validation_error_response(request: Request, error: Exception) -> JSONResponse:
-    """FastAPI's standard 422 body, also for requests holding NaN or Infinity.
+    """FastAPI's standard 422 body, safe to render whatever the request held.
 
-    Python's JSON parser accepts the literals `NaN` and `Infinity`, the request is then
-    rejected, and the standard handler would echo the value back and fail to render it as
-    JSON (a 500). Here such inputs are echoed as the strings `"NaN"`, `"Infinity"` and
-    `"-Infinity"` instead.
+    - NaN and Infinity (Python's JSON parser accepts the literals) are echoed as the strings
+      `"NaN"`, `"Infinity"` and `"-Infinity"`; JSON cannot carry them as numbers.
+    - An echoed `input` whose JSON is longer than QUOTE_PREFIX_CHARS characters becomes a
+      string: its first QUOTE_PREFIX_CHARS characters, `...`, and its length. A 100 MB value
+      is never sent back.
+    - Lone surrogates (`"\ud800"`, valid in JSON text, not in UTF-8) in any string of the
+      body, field names in `loc` included, are echoed escaped (`\ud800`), since the body could
+      not be encoded otherwise.
     """
     errors = cast(RequestValidationError, error).errors()
-    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(errors))})
+    detail = []
+    for item in errors:
+        item = dict(item)
+        if "input" in item:
+            item["input"] = _short_input(_json_safe(jsonable_encoder(item["input"])))
+        if "loc" in item:  # a field name that is not in the schema is the client's text too
+            item["loc"] = [_short_input(part) if isinstance(part, str) else part for part in item["loc"]]
+        detail.append(_json_safe(jsonable_encoder(item)))
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def _short_input(value: Any) -> Any:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if len(text) <= QUOTE_PREFIX_CHARS:
+        return value
+    return f"{text[:QUOTE_PREFIX_CHARS]}... ({len(text)} characters)"
 
 
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return json.dumps(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
         return [_json_safe(item) for item in value]
     return value

@@ -10,6 +10,8 @@ from typing import Iterable, Sequence, Tuple, Union
 
 import numpy as np
 
+from pipeline.utils import quote
+
 LABEL_COLUMN = "hours_to_dispatch"
 ORDERS_COLUMN = "orders_placed"
 PRODUCT_COLUMN = "product_code"
@@ -21,6 +23,8 @@ FEATURE_NAMES = (ORDERS_COLUMN, PRODUCT_COLUMN)
 MAX_ORDERS_PLACED = 1e9
 
 Numbers = Union[Sequence[float], np.ndarray]
+# How many unknown codes an error names; the rest are counted.
+MAX_CODES_NAMED = 5
 
 
 class UnknownProductCodeError(ValueError):
@@ -43,7 +47,7 @@ class ProductCodeEncoding:
         codes = set(product_codes)
         bad = [code for code in codes if not isinstance(code, str) or not code.strip()]
         if bad:
-            raise ValueError(f"product codes must be non-empty strings, got {sorted(map(repr, bad))}")
+            raise ValueError(f"product codes must be non-empty strings, got {_named(sorted(map(repr, bad)))}")
         if not codes:
             raise ValueError("cannot learn a product-code encoding from no product codes")
         return cls(codes=tuple(sorted(codes)))
@@ -58,7 +62,7 @@ class ProductCodeEncoding:
             return self.codes.index(product_code)
         except ValueError:
             raise UnknownProductCodeError(
-                f"unknown product code {product_code!r}; known codes: {', '.join(self.codes)}"
+                f"unknown product code {quote(product_code)}; known codes: {', '.join(self.codes)}"
             ) from None
 
     def encode(self, product_codes: Sequence[str]) -> np.ndarray:
@@ -76,7 +80,7 @@ class ProductCodeEncoding:
         except KeyError:
             unknown = sorted({str(code) for code in product_codes if code not in lookup})
             raise UnknownProductCodeError(
-                f"unknown product code(s) {', '.join(map(repr, unknown))}; "
+                f"unknown product code(s) {_named(unknown)}; "
                 f"known codes: {', '.join(self.codes)}"
             ) from None
 
@@ -106,3 +110,9 @@ def encode_features(
     features[:, 0] = np.asarray(orders_placed, dtype=np.float64)
     features[:, 1] = encoding.encode(product_codes)
     return features
+
+
+def _named(values: Sequence[str]) -> str:
+    named = ", ".join(quote(value) for value in values[:MAX_CODES_NAMED])
+    more = len(values) - MAX_CODES_NAMED
+    return named + (f" and {more} more" if more > 0 else "")

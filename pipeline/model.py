@@ -18,6 +18,16 @@ from sklearn.tree import DecisionTreeRegressor
 from pipeline.features import Numbers, ProductCodeEncoding, encode_features
 
 MODEL_NAME = "time-to-dispatch"
+N_FEATURES = 2
+# Warm-up walks every half order up to the largest `orders_placed` seen in training; a week
+# has about 320, so a model claiming more than this is not one the train stage made.
+MAX_TRAINED_ORDERS_PLACED = 100_000
+# scikit-learn's marker for "no child": the node is a leaf.
+_LEAF = -1
+
+
+class InvalidModelError(ValueError):
+    """A model artefact whose structure is not that of a model the train stage makes."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,92 @@ def library_versions() -> Dict[str, str]:
 def estimator_hash(estimator: DecisionTreeRegressor) -> str:
     """SHA-256 of the pickled estimator: the same fitted tree gives the same hash."""
     return hashlib.sha256(pickle.dumps(estimator, protocol=4)).hexdigest()
+
+
+def check_model_structure(model: "Model") -> None:
+    """Refuse a model whose estimator could crash or mislead prediction, before any prediction.
+
+    scikit-learn's compiled tree code trusts its arrays: a child or feature index out of range
+    reads arbitrary memory (a segmentation fault, not an exception). So every index, shape and
+    value is checked here, in Python, first: a fitted `DecisionTreeRegressor` on
+    N_FEATURES features with one output; node arrays of `node_count` entries; every internal
+    node's children in range and after it (sklearn numbers children after their parent, which
+    also rules out cycles), its feature in range and its threshold finite; leaves without
+    children; values finite, of shape (node_count, 1, 1); and the encoding and lineage the
+    service reads sane.
+
+    Raises:
+        InvalidModelError: naming the first problem found.
+    """
+    estimator = model.estimator
+    if not isinstance(estimator, DecisionTreeRegressor):
+        raise InvalidModelError(f"the estimator is a {type(estimator).__name__}, not a DecisionTreeRegressor")
+    if getattr(estimator, "n_features_in_", None) != N_FEATURES or getattr(estimator, "n_outputs_", None) != 1:
+        raise InvalidModelError(
+            f"the estimator claims {getattr(estimator, 'n_features_in_', None)} feature(s) and "
+            f"{getattr(estimator, 'n_outputs_', None)} output(s); a model has {N_FEATURES} and 1"
+        )
+    tree = getattr(estimator, "tree_", None)
+    if tree is None or type(tree).__name__ != "Tree":
+        raise InvalidModelError("the estimator has no fitted tree")
+    _check_tree(tree)
+    codes = getattr(model.encoding, "codes", None)
+    if not isinstance(codes, tuple) or not codes or not all(isinstance(c, str) and c for c in codes):
+        raise InvalidModelError("the product-code encoding is not a non-empty tuple of non-empty strings")
+    max_orders = getattr(model.monotonicity, "max_orders_placed", None)
+    if not isinstance(max_orders, int) or not 0 <= max_orders <= MAX_TRAINED_ORDERS_PLACED:
+        raise InvalidModelError(
+            f"the largest orders_placed seen in training is {max_orders!r}, not an integer in "
+            f"0..{MAX_TRAINED_ORDERS_PLACED}"
+        )
+
+
+def _check_tree(tree: Any) -> None:
+    count = tree.node_count
+    # Checked before any array is read: the arrays are views of node_count entries of a
+    # buffer of `capacity`, so a larger count would read past its end. (scikit-learn 1.6's
+    # unpickling sets the count from the arrays; this keeps the walk safe if that changes.)
+    if not isinstance(count, int) or not 1 <= count <= tree.capacity:
+        raise InvalidModelError(f"the tree's node count {count!r} is not in 1..{tree.capacity} (its capacity)")
+    if (tree.n_features, tree.n_outputs) != (N_FEATURES, 1):
+        raise InvalidModelError(
+            f"the tree has {tree.n_features} feature(s) and {tree.n_outputs} output(s); a model has {N_FEATURES} and 1"
+        )
+    left, right = np.asarray(tree.children_left), np.asarray(tree.children_right)
+    feature, threshold, value = np.asarray(tree.feature), np.asarray(tree.threshold), np.asarray(tree.value)
+    for name, array in (("children_left", left), ("children_right", right), ("feature", feature),
+                        ("threshold", threshold)):
+        if array.shape != (count,):
+            raise InvalidModelError(f"the tree's {name} has shape {array.shape}, not ({count},)")
+    if value.shape != (count, 1, 1):
+        raise InvalidModelError(f"the tree's values have shape {value.shape}, not ({count}, 1, 1)")
+    nodes = np.arange(count)
+    leaf = left == _LEAF
+    if np.any(leaf != (right == _LEAF)):
+        raise InvalidModelError(f"node {_first(leaf != (right == _LEAF))} of the tree has exactly one child")
+    internal = ~leaf
+    for name, children in (("left", left), ("right", right)):
+        bad = internal & ((children <= nodes) | (children >= count))
+        if bad.any():
+            node = _first(bad)
+            raise InvalidModelError(
+                f"node {node} of the tree has {name} child {children[node]}, not in {node + 1}..{count - 1}"
+            )
+    bad = internal & ((feature < 0) | (feature >= N_FEATURES))
+    if bad.any():
+        node = _first(bad)
+        raise InvalidModelError(
+            f"node {node} of the tree splits on feature {feature[node]}, not in 0..{N_FEATURES - 1}"
+        )
+    bad = internal & ~np.isfinite(threshold)
+    if bad.any():
+        raise InvalidModelError(f"node {_first(bad)} of the tree has a non-finite threshold")
+    if not np.all(np.isfinite(value)):
+        raise InvalidModelError(f"node {_first(~np.isfinite(value[:, 0, 0]))} of the tree has a non-finite value")
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
 
 
 class _TreeWalker:

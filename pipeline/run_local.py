@@ -34,12 +34,14 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 from types import FrameType
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from pipeline.bootstrap import BootstrapError, run_in_place_or_reexecute
+from pipeline.signing import SIGNING_KEY_ENV
 from pipeline.processes import (
     Child,
     LocalProcessError,
@@ -135,6 +137,7 @@ def main(settings: Settings) -> None:
             newest = seed_synthetic_datasets(bucket, settings.weeks)
             if settings.embedded_s3:  # in a real bucket, newer real datasets may exist
                 log.info(f"the train stage will pick the newest dataset: s3://{bucket}/{newest}")
+        ensure_signing_key()
         run_train_stage(bucket, settings.r2_error_threshold, settings.r2_warning_threshold)
         if settings.with_batch:
             run_batch_scoring(bucket)
@@ -180,6 +183,19 @@ def start_embedded_s3(port: int) -> Tuple[Any, str]:
     server = LocalS3(port).start()
     server.point_environment_here()
     return server, server.endpoint
+
+
+def ensure_signing_key() -> None:
+    """Give both stages a model signing key: MODEL_SIGNING_KEY if set, else a random one.
+
+    A random key lives only as long as this run: the model it trains is signed with it and
+    the service it starts verifies with it; artefacts of earlier runs do not verify with it.
+    """
+    if os.environ.get(SIGNING_KEY_ENV, "").strip():
+        log.info(f"signing and verifying model artefacts with the key in {SIGNING_KEY_ENV}")
+        return
+    os.environ[SIGNING_KEY_ENV] = f"local-{secrets.token_hex(4)}:{secrets.token_hex(32)}"
+    log.info(f"{SIGNING_KEY_ENV} is not set: made a random signing key for this run")
 
 
 def create_versioned_bucket(server: Any, bucket: str) -> None:

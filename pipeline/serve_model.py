@@ -5,10 +5,11 @@ Usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--a
 
 Bodywork runs it as `python serve_model.py S3_BUCKET` from `pipeline/` with the repository
 root on PYTHONPATH. At start-up it loads the live model (the newest artefact in
-`s3://S3_BUCKET/models/` that is not rejected; checksum and contents verified by the storage
-module) and its report if it has one, refuses an artefact trained with another scikit-learn
-version, warms the model up and checks its fast path against the estimator, and only then
-opens the port: Kubernetes takes an open TCP port as "ready". Any
+`s3://S3_BUCKET/models/` that is not rejected; checksum, signature under MODEL_SIGNING_KEY,
+contents and structure verified by the storage module) and its report if it has one, refuses
+an artefact trained with another scikit-learn version, warms the model up and checks its fast
+path against the estimator, and only then opens the port: Kubernetes takes an open TCP port as
+"ready". Any
 failure before that is one ERROR line and exit code 1, with the port never opened. SIGTERM
 stops accepting connections, lets requests in flight finish, and exits 0.
 
@@ -33,7 +34,8 @@ from pipeline.serving import (
     run_server,
     warm_up,
 )
-from pipeline.storage import StorageError, get_live_model, get_report_html
+from pipeline.signing import SigningKeyError, load_signing_keys
+from pipeline.storage import ArtefactError, StorageError, get_model, get_report_html, live_model_object
 from pipeline.utils import StageArgumentParser, configure_logger
 
 DEFAULT_HOST = "0.0.0.0"
@@ -64,7 +66,8 @@ def main(
             installed) or "pure-python" (asyncio and h11).
 
     Raises:
-        StorageError: no model artefact, or it is tampered with, corrupt or unreadable.
+        SigningKeyError: MODEL_SIGNING_KEY is unset or malformed.
+        StorageError: no model artefact, or it is unsigned, tampered with, corrupt or unreadable.
         ModelCompatibilityError: the artefact was trained with another scikit-learn version,
             or its fast path disagrees with its estimator.
         OSError: the port cannot be opened.
@@ -78,13 +81,25 @@ def main(
 
 
 def load_model(bucket: str) -> Model:
-    """The newest verified model artefact in the bucket, checked against the installed scikit-learn.
+    """The live model artefact in the bucket, verified, checked against the installed scikit-learn.
+
+    A live artefact that fails verification stops the service: it never falls back to an
+    older model by itself. The error says how to take the artefact out of service.
 
     Raises:
+        SigningKeyError: MODEL_SIGNING_KEY is unset or malformed.
         StorageError: as `storage.get_live_model`.
         ModelCompatibilityError: as `check_library_versions`.
     """
-    model = get_live_model(bucket)
+    keys = load_signing_keys()
+    live = live_model_object(bucket)
+    try:
+        model = get_model(bucket, live.key, keys=keys)
+    except ArtefactError as error:
+        raise ArtefactError(
+            f"{error}. To take it out of service, so that the newest model before it is served: "
+            f"python -m pipeline.registry {bucket} reject {live.key} --reason TEXT"
+        ) from error
     log.info(f"loaded model artefact s3://{bucket}/{model.artefact_key}")
     check_library_versions(model)
     return model
@@ -134,7 +149,7 @@ if __name__ == "__main__":
         sys.exit(1)
     try:
         main(arguments.bucket, arguments.host, arguments.port, arguments.access_log, arguments.server_stack)
-    except (StorageError, ModelCompatibilityError, OSError) as error:
+    except (StorageError, SigningKeyError, ModelCompatibilityError, OSError) as error:
         log.error(f"serve_model failed: {error}")
         sys.exit(1)
     except Exception as error:  # the one ERROR line must also cover the unforeseen

@@ -28,6 +28,15 @@ from pipeline.model import Model
 GRACEFUL_SHUTDOWN_SECONDS = 25
 # uvicorn's default backlog of connections waiting to be accepted.
 LISTEN_BACKLOG = 2048
+# Hostile or broken clients: an idle keep-alive connection is closed after this many seconds;
+# request headers may be at most this large (a request line and a few headers need well
+# under 1 KB); at most this many connections and requests at once, beyond which uvicorn answers
+# 503 at once. Each request may buffer up to limits.MAX_BODY_BYTES (1 MiB), so the connection
+# limit bounds buffered bodies to 64 MiB over the service's 190 MB: inside the pod's 384 MB.
+# A slow body is cut off by limits.BODY_TIMEOUT_SECONDS, well before the graceful shutdown ends.
+KEEP_ALIVE_TIMEOUT_SECONDS = 5
+MAX_HEADER_BYTES = 16 * 1024
+MAX_CONCURRENT_CONNECTIONS = 64
 # Predictions from the exact pure-Python tree walk and from the estimator must agree to this.
 FAST_PATH_TOLERANCE = 1e-9
 
@@ -150,7 +159,8 @@ def _importable(module: str) -> bool:
 
 
 def uvicorn_config(app: FastAPI, stack: ServerStack) -> uvicorn.Config:
-    """The uvicorn settings of the service: one worker, the project's log format, graceful stop.
+    """The uvicorn settings of the service: one worker, the project's log format, graceful stop,
+    and the limits on keep-alive, header size and concurrent connections.
 
     `log_config=None` leaves logging alone, so uvicorn's records propagate to the root
     logger that `configure_logger` set up. uvicorn's own access log stays off: the app logs
@@ -164,6 +174,10 @@ def uvicorn_config(app: FastAPI, stack: ServerStack) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT_SECONDS,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        limit_concurrency=MAX_CONCURRENT_CONNECTIONS,
+        backlog=LISTEN_BACKLOG,
     )
 
 

@@ -13,12 +13,21 @@ Layout of a bucket::
                                                          the backfill's summary and its plot
 
 "Newest" is the newest timestamp in the key, over every object under the prefix (listings
-are paged, 1,000 keys a page). Keys without a timestamp that parses are skipped. For models,
+are paged, 1,000 keys a page). Keys without a timestamp are skipped, keys whose timestamp is
+not a real date (`2026-02-30`) are skipped with a WARNING, and so are keys dated more than
+CLOCK_SKEW_ALLOWANCE in the future: one mistyped `2099` must not stay "newest" for ever. For models,
 the one that counts is the *live* model: the newest artefact that is not rejected (its latest
 status change in `registry/` is not a rejection); the serve stage, the champion selection and
 batch scoring all use `get_live_model`. Each model
-artefact carries the SHA-256 of its pickled bytes in its S3 metadata; loading verifies it
-and unpickles only the classes a model artefact is made of.
+artefact carries in its S3 metadata the SHA-256 of its pickled bytes and their HMAC-SHA256
+signature under the train stage's signing key (`signing.py`); loading verifies both, unpickles
+only the classes a model artefact is made of, and checks the estimator's structure before
+anything predicts with it.
+
+Every S3 call has connect and read timeouts and a bounded number of attempts in botocore's
+standard retry mode (S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS, S3_MAX_ATTEMPTS):
+a hanging S3 fails a stage within its time limit (the arithmetic is in docs/reliability.md).
+A dataset larger than MAX_DATASET_BYTES is refused before it is read.
 
 Batch scoring reads objects as a stream of bounded chunks (`open_object_stream`) and writes
 them with a multipart upload (`MultipartWriter`) that is aborted on any failure, so a failed
@@ -27,10 +36,12 @@ run leaves no partial object.
 All S3 access is plain boto3; endpoint, region and credentials come from the standard AWS
 environment variables (`AWS_ENDPOINT_URL` selects an S3-compatible server).
 """
+import csv
 import hashlib
 import io
 import json
 import logging
+import os
 import pickle
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,9 +51,12 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 import boto3
 import pandas as pd
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.model import Model
+from pipeline.model import InvalidModelError, Model, check_model_structure
+from pipeline.signing import SignatureError, SigningKeys, load_signing_keys
+from pipeline.utils import quote
 
 DATASETS_PREFIX = "datasets/"
 MODELS_PREFIX = "models/"
@@ -62,6 +76,24 @@ DATASET_FILE_STEM = "time_to_dispatch"
 MODEL_FILE_STEM = "time_to_dispatch"
 SHA256_METADATA_KEY = "sha256"
 PICKLE_PROTOCOL = 4
+# Keys dated later than now plus this are ignored: clocks differ a little, never by hours.
+CLOCK_SKEW_ALLOWANCE = timedelta(hours=1)
+# A usual week's CSV is about 21 KB and the largest benchmarked (100,000 rows) about 2 MB; a
+# file beyond this is not a week of orders, and is refused before it is read into memory.
+MAX_DATASET_BYTES = 32 * 2**20
+# The S3 time budget: each call waits at most S3_CONNECT_TIMEOUT_SECONDS for a connection and
+# S3_READ_TIMEOUT_SECONDS for each read, S3_MAX_ATTEMPTS times, with botocore's standard
+# retry mode (exponential backoff with jitter: at most 1 + 2 + 4 s between the 4 attempts).
+# One call that never gets an answer fails after at most 4 x (3 + 18) + 7 = 91 s: inside
+# the serve stage's 120 s start-up and the train stage's 180 s. Yet 503 SlowDown three
+# times or a reset connection is retried, and the attempts span 4 x 18 = 72 s, so a 70 s
+# stall is ridden out. docs/reliability.md has the arithmetic; `worst_case_s3_call_seconds`
+# computes it. The environment variables of the same names override them, for tests only.
+S3_CONNECT_TIMEOUT_SECONDS = 3.0
+S3_READ_TIMEOUT_SECONDS = 18.0
+S3_MAX_ATTEMPTS = 4
+# botocore's standard retry mode waits at most 2 ** (n - 1) s, capped at 20 s, before retry n.
+_MAX_BACKOFF_SECONDS = 20.0
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +190,38 @@ class StoredObject(NamedTuple):
 
 
 def s3_client() -> Any:
-    """A boto3 S3 client configured from the standard AWS environment variables."""
-    return boto3.client("s3")
+    """A boto3 S3 client configured from the standard AWS environment variables, with the
+    pipeline's timeouts and retries (see S3_READ_TIMEOUT_SECONDS)."""
+    config = Config(
+        connect_timeout=_setting("S3_CONNECT_TIMEOUT_SECONDS", S3_CONNECT_TIMEOUT_SECONDS),
+        read_timeout=_setting("S3_READ_TIMEOUT_SECONDS", S3_READ_TIMEOUT_SECONDS),
+        retries={"mode": "standard", "total_max_attempts": int(_setting("S3_MAX_ATTEMPTS", S3_MAX_ATTEMPTS))},
+    )
+    return boto3.client("s3", config=config)
+
+
+def worst_case_s3_call_seconds(
+    connect_timeout: float = S3_CONNECT_TIMEOUT_SECONDS,
+    read_timeout: float = S3_READ_TIMEOUT_SECONDS,
+    attempts: int = S3_MAX_ATTEMPTS,
+) -> float:
+    """The longest one S3 call can take before it fails: every attempt waits out both timeouts
+    (a slow connection, then no answer), with the most backoff between attempts."""
+    backoff = sum(min(2.0 ** (retry - 1), _MAX_BACKOFF_SECONDS) for retry in range(1, attempts))
+    return attempts * (connect_timeout + read_timeout) + backoff
+
+
+def _setting(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{name} must be a number of seconds or attempts, got {quote(raw)}") from None
+    if not 0 < value < 3600:
+        raise StorageError(f"{name} must be in (0, 3600), got {value}")
+    return value
 
 
 def parse_key_timestamp(key: str) -> Optional[datetime]:
@@ -226,9 +288,13 @@ def list_timestamped_objects(
 
     Raises:
         NoSuchBucketError, AccessDeniedError, StorageError: naming the bucket and prefix.
+
+    Keys dated after now + CLOCK_SKEW_ALLOWANCE, and keys whose timestamp is not a real date,
+    are skipped with a WARNING naming them.
     """
     client = client or s3_client()
     paginator = client.get_paginator("list_objects_v2")
+    latest_allowed = datetime.now(timezone.utc) + CLOCK_SKEW_ALLOWANCE
     try:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
@@ -237,7 +303,17 @@ def list_timestamped_objects(
                     continue
                 stamp = parse_key_timestamp(key)
                 if stamp is None:
-                    log.debug(f"skipping s3://{bucket}/{key}: no timestamp in its name")
+                    if _TIMESTAMP.search(key.rsplit("/", 1)[-1]):
+                        log.warning(f"skipping s3://{bucket}/{key}: its timestamp is not a real date and time")
+                    else:
+                        log.debug(f"skipping s3://{bucket}/{key}: no timestamp in its name")
+                    continue
+                if stamp > latest_allowed:
+                    log.warning(
+                        f"skipping s3://{bucket}/{key}: dated {stamp.isoformat()}, later than now "
+                        f"plus {CLOCK_SKEW_ALLOWANCE.total_seconds() / 3600:g} h; a mistyped or future date "
+                        "must not become the newest"
+                    )
                     continue
                 yield StoredObject(key, stamp)
     except (ClientError, BotoCoreError) as error:
@@ -262,21 +338,24 @@ def latest_object(bucket: str, prefix: str, suffix: str, client: Any = None) -> 
     return newest
 
 
-def get_latest_dataset(bucket: str, prefix: str = DATASETS_PREFIX, client: Any = None) -> Dataset:
+def get_latest_dataset(
+    bucket: str, prefix: str = DATASETS_PREFIX, client: Any = None, max_bytes: int = MAX_DATASET_BYTES
+) -> Dataset:
     """Download the newest CSV dataset under `prefix` with its version information.
+
+    The CSV is parsed strictly: every row must have as many fields as the header.
 
     Raises:
         NoObjectsError: no dataset under the prefix.
-        DatasetReadError: the newest object is not readable CSV.
+        DatasetReadError: the newest object is larger than `max_bytes` (refused before it is
+            read), or is not readable CSV, or a row has more or fewer fields than the header.
         NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
     """
     client = client or s3_client()
     newest = latest_object(bucket, prefix, ".csv", client)
-    body, response = _get_object(client, bucket, newest.key)
-    try:
-        data = pd.read_csv(io.BytesIO(body))
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        raise DatasetReadError(f"s3://{bucket}/{newest.key}: not readable as CSV: {error}") from error
+    uri = f"s3://{bucket}/{newest.key}"
+    body, response = _get_object(client, bucket, newest.key, max_bytes)
+    data = read_csv_strictly(body, uri)
     return Dataset(
         data=data,
         bucket=bucket,
@@ -303,12 +382,34 @@ def get_dataset_version(bucket: str, key: str, version_id: Optional[str], client
         body = response["Body"].read()
     except (ClientError, BotoCoreError) as error:
         raise _storage_error(error, bucket, key, "read") from error
-    try:
-        data = pd.read_csv(io.BytesIO(body))
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        raise DatasetReadError(f"s3://{bucket}/{key}: not readable as CSV: {error}") from error
+    data = read_csv_strictly(body, f"s3://{bucket}/{key}")
     stamp = parse_key_timestamp(key) or datetime.fromtimestamp(0, timezone.utc)
     return Dataset(data, bucket, key, stamp, response["ETag"].strip('"'), _version_id(response))
+
+
+def read_csv_strictly(body: bytes, uri: str) -> pd.DataFrame:
+    """Parse a dataset's bytes as UTF-8 CSV, refusing any row with more fields than the header.
+
+    pandas would take extra fields in the first row as index columns: a trailing comma on
+    every row shifts every column by one, and 200,000 extra commas make a 200,000-level index
+    that takes minutes. A scan with the csv module first names the first such line at once.
+
+    Raises:
+        DatasetReadError: naming the line and both field counts, or why the bytes are not CSV.
+    """
+    try:
+        reader = csv.reader(io.TextIOWrapper(io.BytesIO(body), encoding="utf-8", newline=""))
+        header = next(reader, [])
+        for row in reader:
+            if len(row) > len(header):
+                hint = "; a trailing comma?" if len(row) == len(header) + 1 and row[-1] == "" else ""
+                raise DatasetReadError(
+                    f"{uri}: line {reader.line_num} has {len(row)} fields, more than the header's "
+                    f"{len(header)}{hint}"
+                )
+        return pd.read_csv(io.BytesIO(body), index_col=False)
+    except (csv.Error, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise DatasetReadError(f"{uri}: not readable as CSV: {quote(str(error))}") from error
 
 
 def put_dataset(bucket: str, data: pd.DataFrame, timestamp: datetime, client: Any = None) -> str:
@@ -326,48 +427,69 @@ def put_dataset(bucket: str, data: pd.DataFrame, timestamp: datetime, client: An
     return key
 
 
-def put_model(bucket: str, model: Model, client: Any = None) -> str:
-    """Persist a model artefact under a new timestamped key; never overwrites.
+def put_model(bucket: str, model: Model, client: Any = None, keys: Optional[SigningKeys] = None) -> str:
+    """Persist a model artefact under a new timestamped key, signed; never overwrites.
 
-    The SHA-256 of the pickled bytes goes into the object's metadata. The write is
-    conditional (`If-None-Match: *`), so even two runs that picked the same key cannot
-    replace each other's artefact.
+    The SHA-256 of the pickled bytes and their signature under the current signing key (with
+    the key's id) go into the object's metadata. The write is conditional
+    (`If-None-Match: *`), so even two runs that picked the same key cannot replace each
+    other's artefact.
+
+    Args:
+        keys: the signing keys; read from MODEL_SIGNING_KEY when not given.
 
     Returns:
         The key written; also set as `model.artefact_key`.
 
     Raises:
+        SigningKeyError: no signing key given and MODEL_SIGNING_KEY unset or malformed.
         ArtefactError: if an object already exists at the key.
         NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
     """
+    keys = keys or load_signing_keys()
     client = client or s3_client()
     key = model_key(model)
     model.artefact_key = key
     body = pickle.dumps(model, protocol=PICKLE_PROTOCOL)
     digest = hashlib.sha256(body).hexdigest()
-    _put_new_object(client, bucket, key, body, ArtefactError("an artefact"), Metadata={SHA256_METADATA_KEY: digest})
+    _put_new_object(client, bucket, key, body, ArtefactError("an artefact"),
+                    Metadata={SHA256_METADATA_KEY: digest, **keys.sign(body).metadata()})
     return key
 
 
-def get_model(bucket: str, key: str, client: Any = None) -> Model:
-    """Load one model artefact by key, verifying its checksum and contents.
+def get_model(bucket: str, key: str, client: Any = None, keys: Optional[SigningKeys] = None) -> Model:
+    """Load one model artefact by key, verifying checksum, signature, contents and structure.
+
+    Nothing is unpickled before the checksum and the signature are verified, and nothing
+    predicts with a model whose estimator fails `check_model_structure`.
+
+    Args:
+        keys: the keys that verify; read from MODEL_SIGNING_KEY when not given.
 
     Raises:
-        ArtefactError: checksum missing or wrong, forbidden classes, or not a Model.
+        SigningKeyError: no keys given and MODEL_SIGNING_KEY unset or malformed.
+        ArtefactError: checksum missing or wrong, unsigned or wrongly signed, forbidden
+            classes, not a Model, or a malformed estimator.
         NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
     """
+    keys = keys or load_signing_keys()
     client = client or s3_client()
     uri = f"s3://{bucket}/{key}"
     body, response = _get_object(client, bucket, key)
-    expected = response.get("Metadata", {}).get(SHA256_METADATA_KEY)
+    metadata = response.get("Metadata", {})
+    expected = metadata.get(SHA256_METADATA_KEY)
     if not expected:
         raise ArtefactError(f"{uri}: no SHA-256 checksum in its metadata; refusing to load it")
     actual = hashlib.sha256(body).hexdigest()
     if actual != expected:
         raise ArtefactError(
-            f"{uri}: SHA-256 of the artefact is {actual}, its metadata says {expected}; "
+            f"{uri}: SHA-256 of the artefact is {actual}, its metadata says {quote(expected)}; "
             "the artefact was altered or corrupted, refusing to load it"
         )
+    try:
+        keys.verify(body, metadata)
+    except SignatureError as error:
+        raise ArtefactError(f"{uri}: {error}; refusing to load it") from None
     try:
         model = _RestrictedUnpickler(io.BytesIO(body)).load()
     except ArtefactError as error:
@@ -376,6 +498,12 @@ def get_model(bucket: str, key: str, client: Any = None) -> Model:
         raise ArtefactError(f"{uri}: cannot unpickle the artefact: {error!r}") from error
     if not isinstance(model, Model):
         raise ArtefactError(f"{uri}: the artefact is a {type(model).__name__}, not a Model")
+    try:
+        check_model_structure(model)
+    except InvalidModelError as error:
+        raise ArtefactError(f"{uri}: malformed model: {error}; refusing to load it") from None
+    except Exception as error:  # a state no trained model has may fail in any way: still refused
+        raise ArtefactError(f"{uri}: malformed model: {error!r}; refusing to load it") from None
     model.artefact_key = key
     return model
 
@@ -917,26 +1045,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _put_new_object(client: Any, bucket: str, key: str, body: bytes, exists: StorageError, **extra: Any) -> None:
-    """Write an object only if none exists at the key (`If-None-Match: *`); never overwrites.
-
-    Raises:
-        `exists`, with its message completed by the key: an object already exists there.
-        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
-    """
-    try:
-        client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
-    except ClientError as error:
-        if _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-            raise type(exists)(f"s3://{bucket}/{key}: {exists} already exists at this key") from error
-        raise _storage_error(error, bucket, key, "write") from error
-    except BotoCoreError as error:
-        raise _storage_error(error, bucket, key, "write") from error
-
-
-def _get_object(client: Any, bucket: str, key: str) -> Tuple[bytes, Any]:
+    _put_new_object(client, bucket, key, body, ArtefactError("an artefact"),
+                    Metadata={SHA256_METADATA_KEY: digest, **keys.sign(body).metadata()})
     try:
         response = client.get_object(Bucket=bucket, Key=key)
+        size = int(response.get("ContentLength", 0))
+        if max_bytes is not None and size > max_bytes:
+            response["Body"].close()
+            raise DatasetReadError(
+                f"s3://{bucket}/{key}: the dataset is {size:,} bytes, over the limit of {max_bytes:,} "
+                "bytes (MAX_DATASET_BYTES, far above any week of orders); refusing to read it"
+            )
         return response["Body"].read(), response
     except (ClientError, BotoCoreError) as error:
         raise _storage_error(error, bucket, key, "read") from error

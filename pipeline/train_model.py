@@ -4,10 +4,11 @@ Usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_TH
        [--n-jobs N] [--champion-tolerance T]
 
 Bodywork runs it as `python train_model.py ARGS` from `pipeline/` with the repository root on
-PYTHONPATH. Exit code 0: a model was persisted. Exit code 1: nothing was persisted, and one
-ERROR line says why (bad arguments, S3, bad data, or every gate the model failed: logic
-checks, r² below the error threshold, worse than the live model by more than the champion
-tolerance). The live model in the bucket is then still the one that was there before.
+PYTHONPATH. Exit code 0: a model was persisted, signed with the key in MODEL_SIGNING_KEY.
+Exit code 1: nothing was persisted, and one ERROR line says why (bad arguments, no signing
+key, S3, bad data, or every gate the model failed: logic checks, r² below the error
+threshold, worse than the live model by more than the champion tolerance). The live model in
+the bucket is then still the one that was there before.
 
 Every run that reaches evaluation compares the new model with the live one, computes every
 drift statistic (WARNING lines; drift never blocks) and writes its report under `reports/`
@@ -35,6 +36,7 @@ from pipeline.champion import (
 from pipeline.drift import compute_drift, log_findings
 from pipeline.model import Model
 from pipeline.report import REPORT_HTML, RunFindings, build_report
+from pipeline.signing import load_signing_keys
 from pipeline.storage import StorageError, get_latest_dataset, put_model, put_report, report_prefix
 from pipeline.training import (
     DatasetError,
@@ -69,12 +71,14 @@ def main(
     """Train on the newest dataset, judge the model, report, and persist it if every gate passes.
 
     Raises:
+        SigningKeyError: MODEL_SIGNING_KEY is unset or malformed (checked before any work).
         StorageError: S3 failed or holds no usable dataset.
         DatasetError: the dataset cannot be trained on.
         ModelRefusedError: one or more gates failed (all are named); the report is written.
     """
     check_thresholds_valid(error_threshold, warning_threshold)
     check_tolerance_valid(champion_tolerance)
+    keys = load_signing_keys()
     dataset = get_latest_dataset(bucket)
     log.info(f"training on {dataset.uri} (ETag {dataset.etag}, version {dataset.version_id})")
     data = prepare_data(dataset.data)
@@ -99,7 +103,7 @@ def main(
     log.info(f"model report written to s3://{bucket}/{prefix}{REPORT_HTML}")
     apply_decision(decision, f"s3://{bucket}/{prefix}{REPORT_HTML}")
     model.report_key = prefix + REPORT_HTML
-    key = put_model(bucket, model)
+    key = put_model(bucket, model, keys=keys)
     log.info(f"persisted model {model} to s3://{bucket}/{key}")
     return model
 

@@ -30,6 +30,7 @@ from pipeline.model import (
     TaskMetrics,
 )
 from pipeline.storage import Dataset
+from pipeline.utils import quote
 
 TEST_SIZE = 0.2
 RANDOM_STATE = 42
@@ -114,6 +115,7 @@ def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
     blank_codes = codes.isna() | (codes.astype(str).str.strip() == "")
     _report(problems, blank_codes, f"missing {PRODUCT_COLUMN}")
     if not problems:
+        warn_about_lookalike_codes(codes.astype(str))
         counts = codes.astype(str).str.strip().value_counts().to_dict()
         few = {code: n for code, n in counts.items() if n < MIN_ROWS_PER_PRODUCT}
         if few:
@@ -131,6 +133,24 @@ def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
             PRODUCT_COLUMN: codes.astype(str).str.strip(),
         }
     )
+
+
+def warn_about_lookalike_codes(codes: "pd.Series[Any]") -> None:
+    """One WARNING per group of product codes that differ only in case or surrounding spaces.
+
+    Surrounding spaces are trimmed (`" SKU002"` trains as `SKU002`), case is kept (`sku002`
+    and `SKU002` stay two codes); either way it is likely a typo in the data worth a look.
+    """
+    variants = pd.Series(codes.unique())
+    counts = codes.value_counts()
+    for _, group in variants.groupby(variants.str.strip().str.casefold()):
+        if len(group) > 1:
+            named = ", ".join(f"{quote(code)} ({counts[code]} rows)" for code in sorted(group)[:5])
+            distinct = group.str.strip().nunique()
+            log.warning(
+                f"product codes that differ only in case or surrounding spaces: {named}; spaces are "
+                f"trimmed and case is kept, so they train as {distinct} distinct code(s)"
+            )
 
 
 def prepare_data(raw: pd.DataFrame) -> PreparedData:
@@ -302,6 +322,6 @@ def _report(
     count = int(mask.sum())
     if count:
         rows = ", ".join(str(i + 2) for i in np.flatnonzero(mask.to_numpy())[:5])
-        example = f" (e.g. {values[mask].iloc[0]!r})" if values is not None else ""
+        example = f" (e.g. {quote(values[mask].iloc[0])})" if values is not None else ""
         more = "..." if count > 5 else ""
         problems.append(f"{count} row(s) with {what}{example} at CSV line(s) {rows}{more}")

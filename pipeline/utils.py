@@ -3,9 +3,12 @@ import argparse
 import logging
 import sys
 import warnings
-from typing import NoReturn, Optional, Sequence, TextIO, Type, Union
+from typing import Any, NoReturn, Optional, Sequence, TextIO, Type, Union
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(module)s.%(funcName)s - %(message)s"
+# How much of a value from outside (a CSV cell, a request field, an S3 key or metadata value)
+# a log line or an error message quotes: enough to recognise it, never megabytes.
+QUOTE_PREFIX_CHARS = 100
 
 # Libraries that log every HTTP call at INFO would drown the stage's own story.
 _QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
@@ -49,6 +52,30 @@ def _log_warning(
     line: Optional[str] = None,
 ) -> None:
     logging.getLogger("py.warnings").warning(f"{category.__name__}: {message} ({filename}:{lineno})")
+
+
+def quote(value: Any, limit: int = QUOTE_PREFIX_CHARS) -> str:
+    """A value as a log line or an error quotes it: its repr, cut to a short prefix.
+
+    A string longer than `limit` characters is shown as the repr of its first `limit`
+    characters, then `...` and its length; other values are cut the same way on their repr.
+    Lone surrogates and other unprintable characters come out escaped, so the result is
+    always printable and encodable as UTF-8.
+
+    Args:
+        value: anything; strings are measured in characters, other values by their repr.
+        limit: the most characters of the value quoted.
+
+    Returns:
+        For example `'SKU001'`, or `'xxxx...' ... (20000000 characters)`.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        shown = repr(text) if isinstance(value, str) else text
+        return shown.encode("utf-8", "backslashreplace").decode("utf-8")
+    prefix = repr(text[:limit]) if isinstance(value, str) else text[:limit]
+    shown = f"{prefix}... ({len(text)} characters)"
+    return shown.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class StageArgumentParser(argparse.ArgumentParser):

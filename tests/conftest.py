@@ -17,7 +17,21 @@ from pipeline import storage
 from pipeline.local_s3 import LocalS3, create_bucket
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders, generate_weeks
-from tests.helpers import REPO_ROOT, TEST_WEEK_SEED, Service, start_service
+from pipeline.signing import SIGNING_KEY_ENV
+from tests.helpers import REPO_ROOT, TEST_SIGNING_KEY, TEST_WEEK_SEED, Service, start_service
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key() -> Iterator[str]:
+    """The test signing key in MODEL_SIGNING_KEY for the whole session, so that this process
+    and every stage subprocess started with its environment signs and verifies artefacts."""
+    previous = os.environ.get(SIGNING_KEY_ENV)
+    os.environ[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
+    yield TEST_SIGNING_KEY
+    if previous is None:
+        os.environ.pop(SIGNING_KEY_ENV, None)
+    else:
+        os.environ[SIGNING_KEY_ENV] = previous
 
 
 @pytest.fixture(scope="session")

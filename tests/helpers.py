@@ -30,6 +30,19 @@ LOG_LINE = re.compile(
     r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - (DEBUG|INFO|WARNING|ERROR|CRITICAL) - \S+\.(\S+|<module>) - "
 )
 START_TIMEOUT = 60.0
+# The signing key every test process and stage subprocess gets (conftest sets it); tests of
+# a missing, wrong or rotated key set their own.
+TEST_SIGNING_KEY = "test:" + "0123456789abcdef" * 4
+
+
+def signed_metadata(body: bytes, signing_key: str = TEST_SIGNING_KEY) -> Dict[str, str]:
+    """The metadata `put_model` gives an artefact: its SHA-256 and its signature."""
+    import hashlib
+
+    from pipeline.signing import load_signing_keys
+
+    keys = load_signing_keys({"MODEL_SIGNING_KEY": signing_key})
+    return {"sha256": hashlib.sha256(body).hexdigest(), **keys.sign(body).metadata()}
 
 
 def free_port() -> int:
@@ -205,3 +218,20 @@ def parse_metrics(text: Union[str, bytes]) -> Scrape:
     if isinstance(text, bytes):
         text = text.decode()
     return Scrape([sample for family in text_string_to_metric_families(text) for sample in family.samples])
+
+
+def crafted_model(model: Any, edit_tree_state: Any) -> Any:
+    """A copy of `model` whose tree was rebuilt from a pickled state changed by
+    `edit_tree_state(state)`: an artefact of only allowed classes, as someone who can write
+    `models/` could craft it (scikit-learn's own loading accepts such states)."""
+    import copy
+    import pickle
+
+    crafted = pickle.loads(pickle.dumps(model))
+    tree_class, tree_args, state = crafted.estimator.tree_.__reduce__()
+    state = copy.deepcopy(state)
+    edit_tree_state(state)
+    tree = tree_class(*tree_args)
+    tree.__setstate__(state)
+    crafted.estimator.tree_ = tree
+    return crafted

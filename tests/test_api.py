@@ -332,3 +332,54 @@ def test_service_accepts_exactly_the_codes_its_model_was_trained_on() -> None:
 def test_request_model_needs_product_codes() -> None:
     with pytest.raises(ValueError, match="at least one product code"):
         build_request_model([])
+
+
+# --- hostile inputs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"product_code": "\\ud800", "orders_placed": 1}',
+        '{"product_code": "SKU001", "orders_placed": "\\udfff"}',
+        '{"product_code": "SKU001", "orders_placed": 1, "\\ud800": 1}',
+    ],
+    ids=["product_code", "orders_placed", "field-name"],
+)
+def test_a_lone_surrogate_in_any_string_is_a_422_in_the_documented_shape(client: TestClient, text: str) -> None:
+    response = post_raw(client, PREDICT, text)
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert set(error) >= {"type", "loc", "msg", "input"}
+    assert "\\ud" in response.content.decode("utf-8")  # echoed escaped, as valid UTF-8
+
+
+def test_a_huge_invalid_value_is_echoed_as_a_short_prefix_with_its_length(client: TestClient) -> None:
+    response = post_json(client, PREDICT, {"product_code": "X" * 500_000, "orders_placed": 1})
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "product_code"]
+    assert error["input"] == "X" * 100 + "... (500000 characters)"
+    assert len(response.content) < 2000
+
+
+def test_a_body_missing_a_field_echoes_the_object_cut_short(client: TestClient) -> None:
+    response = post_json(client, PREDICT, {"product_code": "SKU001", "note": "n" * 10_000})
+
+    assert response.status_code == 422
+    assert len(response.content) < 2000
+    assert all(len(json.dumps(error["input"])) < 200 for error in response.json()["detail"])
+
+
+def test_deeply_nested_json_is_a_client_error(client: TestClient) -> None:
+    response = post_raw(client, PREDICT_BATCH, "[" * 100_000 + "]" * 100_000)
+
+    assert response.status_code in (400, 422)
+
+
+def test_openapi_documents_the_400_408_and_413_of_every_post_route(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+
+    for path in (PREDICT, PREDICT_BATCH):
+        assert {"200", "400", "408", "413", "422"} <= set(paths[path]["post"]["responses"]), path

@@ -163,6 +163,11 @@ def deployment_commands() -> List[List[str]]:
     return bodywork_commands(deployment_text())
 
 
+def deployment_commands_starting(*words: str) -> List[List[str]]:
+    """Every deployment command that starts `bodywork WORDS...`, in the document's order."""
+    return [c for c in deployment_commands() if c[1:1 + len(words)] == list(words)]
+
+
 def deployment_command(*words: str) -> List[str]:
     """The one deployment command that starts `bodywork WORDS...`."""
     found = [c for c in deployment_commands() if c[1:1 + len(words)] == list(words)]

@@ -37,3 +37,19 @@ def test_encode_features_puts_orders_then_product_index() -> None:
 def test_encode_features_rejects_inputs_of_different_lengths() -> None:
     with pytest.raises(ValueError, match="2 orders_placed values but 1 product codes"):
         encode_features([1, 2], ["SKU001"], ProductCodeEncoding(("SKU001",)))
+
+
+def test_an_unknown_code_is_quoted_cut_to_a_short_prefix() -> None:
+    encoding = ProductCodeEncoding(("SKU001",))
+
+    with pytest.raises(UnknownProductCodeError) as raised:
+        encoding.index("Z" * 1_000_000)
+
+    assert f"unknown product code {'Z' * 100!r}... (1000000 characters); known codes: SKU001" == str(raised.value)
+
+
+def test_many_unknown_codes_name_five_and_count_the_rest() -> None:
+    encoding = ProductCodeEncoding(("SKU001",))
+
+    with pytest.raises(UnknownProductCodeError, match=r"'X0', 'X1', 'X2', 'X3', 'X4' and 5 more; known"):
+        encoding.encode([f"X{i}" for i in range(10)])

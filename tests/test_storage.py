@@ -17,7 +17,7 @@ from pipeline import storage
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders
 from pipeline.local_s3 import create_bucket
-from tests.helpers import REGION, free_port
+from tests.helpers import REGION, free_port, signed_metadata
 
 
 def _put_csv(client: Any, bucket: str, key: str, frame: pd.DataFrame) -> Dict[str, Any]:
@@ -326,8 +326,8 @@ def test_get_live_model_refuses_a_correctly_checksummed_pickle_that_is_not_a_mod
     s3: Any, bucket: str, payload: Any, message: str
 ) -> None:
     body = pickle.dumps(payload)
-    key = "models/time_to_dispatch_2030-01-01T00:00:00.000000Z_deadbeef.pkl"
-    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": hashlib.sha256(body).hexdigest()})
+    key = "models/time_to_dispatch_2026-01-01T00:00:00.000000Z_deadbeef.pkl"
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body))
 
     with pytest.raises(storage.ArtefactError, match=message):
         storage.get_live_model(bucket)
@@ -336,3 +336,112 @@ def test_get_live_model_refuses_a_correctly_checksummed_pickle_that_is_not_a_mod
 def test_put_model_to_a_missing_bucket_names_the_bucket(s3: Any, trained_model: Model) -> None:
     with pytest.raises(storage.NoSuchBucketError, match="s3://ttd-no-such-bucket: bucket does not exist"):
         storage.put_model("ttd-no-such-bucket", trained_model)
+
+
+# --- hostile and malformed objects --------------------------------------------------------------
+
+def test_a_future_dated_dataset_is_ignored_with_a_warning(
+    s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2026-01-01T00:00:00.csv", generate_orders(5, seed=1))
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2099-01-01T00:00:00.csv", generate_orders(5, seed=2))
+
+    dataset = storage.get_latest_dataset(bucket)
+
+    assert dataset.key == "datasets/time_to_dispatch_2026-01-01T00:00:00.csv"
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.getMessage().startswith(
+        f"skipping s3://{bucket}/datasets/time_to_dispatch_2099-01-01T00:00:00.csv: dated 2099-01-01T00:00:00+00:00"
+    )
+
+
+def test_a_key_dated_within_the_clock_skew_allowance_counts(s3: Any, bucket: str) -> None:
+    soon = datetime.now(timezone.utc) + storage.CLOCK_SKEW_ALLOWANCE / 2
+    key = storage.put_dataset(bucket, generate_orders(5, seed=1), soon, s3)
+
+    assert storage.get_latest_dataset(bucket).key == key
+
+
+def test_a_future_dated_model_does_not_become_the_live_model(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    live_key = storage.put_model(bucket, trained_model)
+    future = pickle.loads(pickle.dumps(trained_model))
+    future.created_at = datetime(2099, 1, 1, tzinfo=timezone.utc)
+    storage.put_model(bucket, future)
+
+    assert storage.live_model_object(bucket).key == live_key
+
+
+def test_a_dataset_key_with_an_impossible_date_is_skipped_with_a_warning(
+    s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2026-01-01T00:00:00.csv", generate_orders(5, seed=1))
+    _put_csv(s3, bucket, "datasets/time_to_dispatch_2026-02-30T00:00:00.csv", generate_orders(5, seed=2))
+
+    assert storage.get_latest_dataset(bucket).key == "datasets/time_to_dispatch_2026-01-01T00:00:00.csv"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"skipping s3://{bucket}/datasets/time_to_dispatch_2026-02-30T00:00:00.csv: "
+        "its timestamp is not a real date and time"
+    ]
+
+
+def test_a_dataset_over_the_size_limit_is_refused_before_it_is_read(s3: Any, bucket: str) -> None:
+    body = generate_orders(100, seed=1).to_csv(index=False).encode()
+    s3.put_object(Bucket=bucket, Key="datasets/time_to_dispatch_2026-01-01T00:00:00.csv", Body=body)
+
+    with pytest.raises(storage.DatasetReadError, match=f"the dataset is {len(body):,} bytes, over the limit of "
+                                                       "1,000 bytes .* refusing to read it"):
+        storage.get_latest_dataset(bucket, max_bytes=1000)
+
+
+def test_the_dataset_size_limit_is_far_above_a_hundred_usual_weeks() -> None:
+    usual_week = len(generate_orders(1000, seed=1).to_csv(index=False).encode())
+
+    assert storage.MAX_DATASET_BYTES >= 10 * 100 * usual_week
+
+
+def test_a_row_with_thousands_of_extra_fields_is_named_at_once(s3: Any, bucket: str) -> None:
+    body = b"hours_to_dispatch,orders_placed,product_code\n1.0,10,SKU001\n2.0,20,SKU002" + b"," * 200_000 + b"\n"
+    s3.put_object(Bucket=bucket, Key="datasets/time_to_dispatch_2026-01-01T00:00:00.csv", Body=body)
+    started = time.monotonic()
+
+    with pytest.raises(storage.DatasetReadError, match="line 3 has 200003 fields, more than the header's 3$"):
+        storage.get_latest_dataset(bucket)
+    assert time.monotonic() - started < 10  # not minutes: nothing builds a 200,000-level index
+
+
+def test_a_trailing_comma_on_every_row_is_reported_as_such(s3: Any, bucket: str) -> None:
+    body = b"hours_to_dispatch,orders_placed,product_code\n1.0,10,SKU001,\n2.0,20,SKU002,\n"
+    s3.put_object(Bucket=bucket, Key="datasets/time_to_dispatch_2026-01-01T00:00:00.csv", Body=body)
+
+    with pytest.raises(storage.DatasetReadError, match="line 2 has 4 fields, more than the header's 3; "
+                                                       "a trailing comma"):
+        storage.get_latest_dataset(bucket)
+
+
+def test_the_s3_client_has_the_pipelines_timeouts_and_standard_retries(s3_env: Dict[str, str]) -> None:
+    config = storage.s3_client().meta.config
+
+    assert (config.connect_timeout, config.read_timeout) == (
+        storage.S3_CONNECT_TIMEOUT_SECONDS, storage.S3_READ_TIMEOUT_SECONDS
+    )
+    assert config.retries == {"mode": "standard", "total_max_attempts": storage.S3_MAX_ATTEMPTS}
+
+
+def test_an_artefact_signed_with_an_unknown_key_id_is_refused(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    body = pickle.dumps(trained_model)
+    s3.put_object(Bucket=bucket, Key=storage.model_key(trained_model), Body=body,
+                  Metadata=signed_metadata(body, "elsewhere:" + "e" * 64))
+
+    with pytest.raises(storage.ArtefactError, match="signed with key id 'elsewhere', which is not one of the keys"):
+        storage.get_live_model(bucket)
+
+
+def test_put_model_signs_the_artefact_with_the_current_key(s3: Any, bucket: str, trained_model: Model) -> None:
+    key = storage.put_model(bucket, trained_model)
+    stored = s3.get_object(Bucket=bucket, Key=key)
+
+    assert stored["Metadata"] == signed_metadata(stored["Body"].read())

@@ -272,3 +272,34 @@ def test_cli_below_the_error_threshold_exits_1_and_keeps_the_previous_model(
     errors = error_lines(result.stdout)
     assert len(errors) == 1 and "is below the error threshold 0.999; no model persisted" in errors[0]
     assert _model_keys(s3, bucket_with_model) == before
+
+
+def test_cli_without_a_signing_key_exits_1_saying_so_before_reading_data(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str
+) -> None:
+    before = storage.live_model_object(bucket_with_model, client=s3).key
+    env = {name: value for name, value in s3_env.items() if name != "MODEL_SIGNING_KEY"}
+
+    result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.95"], env)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert "train_model failed: MODEL_SIGNING_KEY is not set: model artefacts are signed and verified with it" in line
+    assert "training on" not in result.stdout
+    assert storage.live_model_object(bucket_with_model, client=s3).key == before
+
+
+def test_cli_with_a_trailing_comma_on_every_row_names_it_not_orders_placed(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str
+) -> None:
+    week = generate_orders(1000, seed=1).to_csv(index=False).replace("\n", ",\n").replace("product_code,\n",
+                                                                                          "product_code\n")
+    s3.put_object(Bucket=bucket_with_model, Key="datasets/time_to_dispatch_2026-11-01T00:00:00.csv",
+                  Body=week.encode())
+
+    result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.95"], s3_env)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert "line 2 has 4 fields, more than the header's 3; a trailing comma?" in line
+    assert "orders_placed" not in line

@@ -244,3 +244,32 @@ def test_measure_monotonicity_counts_falling_steps_and_the_largest_drop() -> Non
     assert report.per_product["SKU002"].decreasing_steps == 0
     assert report.total_decreasing_steps == 1
     assert report.max_orders_placed == 10
+
+
+def test_a_huge_cell_is_quoted_cut_to_a_short_prefix_with_its_length() -> None:
+    data = generate_orders(100, seed=1)
+    data[training.ORDERS_COLUMN] = data[training.ORDERS_COLUMN].astype(object)
+    data.loc[3, training.ORDERS_COLUMN] = "x" * 20_000_000
+
+    with pytest.raises(DatasetError) as raised:
+        training.validate_dataset(data)
+
+    assert f"(e.g. {'x' * 100!r}... (20000000 characters))" in str(raised.value)
+    assert len(str(raised.value)) < 500
+
+
+def test_product_codes_differing_only_in_case_or_spaces_are_named_in_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = generate_orders(1000, seed=1)
+    data.loc[:19, training.PRODUCT_COLUMN] = "sku002"
+    data.loc[20:29, training.PRODUCT_COLUMN] = " SKU002"
+    caplog.set_level(logging.WARNING)
+
+    validated = training.validate_dataset(data)
+
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("product codes that differ only in case or surrounding spaces: ' SKU002' (10 rows), "
+                              "'SKU002' (")
+    assert "'sku002' (20 rows); spaces are trimmed and case is kept, so they train as 2 distinct code(s)" in warning
+    assert {"sku002", "SKU002"} <= set(validated[training.PRODUCT_COLUMN])

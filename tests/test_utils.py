@@ -5,7 +5,7 @@ from typing import Iterator, List
 
 import pytest
 
-from pipeline.utils import LOG_FORMAT, StageArgumentParser, configure_logger
+from pipeline.utils import LOG_FORMAT, StageArgumentParser, configure_logger, quote
 
 
 @pytest.fixture
@@ -72,3 +72,15 @@ def test_stage_argument_parser_reads_the_bucket_first() -> None:
 def test_stage_argument_parser_raises_value_error_with_the_reason(argv: List[str], reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         StageArgumentParser(prog="stage.py").parse_stage_args(argv)
+
+
+def test_quote_shows_a_short_value_whole() -> None:
+    assert quote("SKU001") == "'SKU001'"
+
+
+def test_quote_cuts_a_long_value_to_a_prefix_and_says_its_length() -> None:
+    assert quote("x" * 20_000_000) == f"{'x' * 100!r}... (20000000 characters)"
+
+
+def test_quote_escapes_a_lone_surrogate_so_the_line_can_be_written() -> None:
+    assert quote("\ud800").encode("utf-8") == b"'\\ud800'"

@@ -15,7 +15,12 @@ from bodywork.cli.workflow_jobs import _is_valid_cron_schedule
 from bodywork.config import BodyworkConfig
 from bodywork.k8s import ingress_route, make_valid_k8s_name
 
-from tests.test_deployment_config import deployment_command, deployment_commands, deployment_text
+from tests.test_deployment_config import (
+    deployment_command,
+    deployment_commands,
+    deployment_commands_starting,
+    deployment_text,
+)
 
 
 def parse_with_bodywork_cli(command: List[str]) -> Tuple[List[str], Dict[str, Any]]:
@@ -53,14 +58,27 @@ def test_deployment_command_parses_with_the_bodywork_cli(command: List[str]) -> 
     assert path == [word for word in command[1:1 + len(path)]]
 
 
-def test_deployment_secret_is_created_in_the_configs_secrets_group(bodywork_config: BodyworkConfig) -> None:
-    _, params = parse_with_bodywork_cli(deployment_command("create", "secret"))
+SECRET_COMMANDS = deployment_commands_starting("create", "secret")
+
+
+def test_deployment_creates_the_aws_and_the_model_signing_secrets() -> None:
+    names = [parse_with_bodywork_cli(command)[1]["name"] for command in SECRET_COMMANDS]
+    assert names == ["aws-credentials", "model-signing"]
+
+
+@pytest.mark.parametrize("command", SECRET_COMMANDS, ids=lambda c: c[3])
+def test_deployment_secret_is_created_in_the_configs_secrets_group(
+    bodywork_config: BodyworkConfig, command: List[str]
+) -> None:
+    _, params = parse_with_bodywork_cli(command)
     assert params["group"] == bodywork_config.pipeline.secrets_group
 
 
-def test_deployment_secret_holds_every_variable_the_stages_read(bodywork_config: BodyworkConfig) -> None:
-    _, params = parse_with_bodywork_cli(deployment_command("create", "secret"))
-    held = {(params["name"], key) for key in parse_cli_secrets_strings(params["data"])}
+def test_deployment_secrets_hold_every_variable_the_stages_read(bodywork_config: BodyworkConfig) -> None:
+    held = set()
+    for command in SECRET_COMMANDS:
+        _, params = parse_with_bodywork_cli(command)
+        held |= {(params["name"], key) for key in parse_cli_secrets_strings(params["data"])}
     read = {pair for stage in bodywork_config.stages.values() for pair in stage.env_vars_from_secrets}
     assert sorted(read - held) == []
 

@@ -7,6 +7,7 @@ from tests.helpers import REPO_ROOT
 
 AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
 AWS_SECRET = "aws-credentials"
+SIGNING_SECRET = ("model-signing", "MODEL_SIGNING_KEY")
 
 
 def test_config_is_written_for_this_bodywork_config_version() -> None:
@@ -61,5 +62,9 @@ def test_serve_stage_has_two_replicas_on_port_8000_behind_the_ingress(
 
 
 @pytest.mark.parametrize("stage", ["train_model", "serve_model"])
-def test_stage_gets_the_aws_credentials_from_the_secret(bodywork_config: BodyworkConfig, stage: str) -> None:
-    assert bodywork_config.stages[stage].env_vars_from_secrets == [(AWS_SECRET, name) for name in AWS_VARIABLES]
+def test_stage_gets_the_aws_credentials_and_the_signing_key_from_secrets(
+    bodywork_config: BodyworkConfig, stage: str
+) -> None:
+    assert bodywork_config.stages[stage].env_vars_from_secrets == [
+        *((AWS_SECRET, name) for name in AWS_VARIABLES), SIGNING_SECRET
+    ]

@@ -40,6 +40,7 @@ from tests.test_deployment_config import (
     DEPLOYMENT_DOC,
     REPO_ROOT,
     deployment_command,
+    deployment_commands_starting,
     doc_block,
 )
 
@@ -48,6 +49,11 @@ KUBERNETES_VERSIONS = ("1.22.0", "1.31.0")
 LAST_VERSION_WITH_V1BETA1_CRONJOB = "1.24.0"
 COMMIT = "0123abc"
 AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
+# What each stage's container reads from secrets: name -> (secret, key).
+SECRET_ENV = {
+    **{name: ("aws-credentials", name) for name in AWS_VARIABLES},
+    "MODEL_SIGNING_KEY": ("model-signing", "MODEL_SIGNING_KEY"),
+}
 
 
 class _SecretsApi(BaseHTTPRequestHandler):
@@ -92,8 +98,7 @@ class _SecretsApi(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def cluster_api(bodywork_config: BodyworkConfig) -> Iterator[str]:
     """The Kubernetes client pointed at a loopback API holding the deployment's AWS secret."""
-    _, secret = parse_with_bodywork_cli(deployment_command("create", "secret"))
-    keys = [item.split("=", 1)[0] for item in secret["data"]]
+    secrets = [parse_with_bodywork_cli(command)[1] for command in deployment_commands_starting("create", "secret")]
     _SecretsApi.secrets = {
         bodywork_config.pipeline.namespace: [{
             "metadata": {
@@ -102,8 +107,10 @@ def cluster_api(bodywork_config: BodyworkConfig) -> Iterator[str]:
                 "labels": {SECRET_GROUP_LABEL: secret["group"]},
             },
             "type": "Opaque",
-            "data": {key: base64.b64encode(b"not-a-real-value").decode() for key in keys},
-        }]
+            "data": {
+                item.split("=", 1)[0]: base64.b64encode(b"not-a-real-value").decode() for item in secret["data"]
+            },
+        } for secret in secrets]
     }
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SecretsApi)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -273,8 +280,8 @@ def test_train_job_requests_the_configured_resources(
     assert container(train_job)["resources"] == requests_in_config(bodywork_config, "train_model")
 
 
-def test_train_job_gets_the_aws_credentials_from_the_secret(train_job: Dict[str, Any]) -> None:
-    assert secret_env(train_job) == {name: ("aws-credentials", name) for name in AWS_VARIABLES}
+def test_train_job_gets_the_aws_credentials_and_the_signing_key_from_secrets(train_job: Dict[str, Any]) -> None:
+    assert secret_env(train_job) == SECRET_ENV
 
 
 def test_train_job_runs_in_the_configured_image(train_job: Dict[str, Any]) -> None:
@@ -321,8 +328,10 @@ def test_serve_deployment_requests_the_configured_resources(
     assert container(serve_deployment)["resources"] == requests_in_config(bodywork_config, "serve_model")
 
 
-def test_serve_deployment_gets_the_aws_credentials_from_the_secret(serve_deployment: Dict[str, Any]) -> None:
-    assert secret_env(serve_deployment) == {name: ("aws-credentials", name) for name in AWS_VARIABLES}
+def test_serve_deployment_gets_the_aws_credentials_and_the_signing_key_from_secrets(
+    serve_deployment: Dict[str, Any],
+) -> None:
+    assert secret_env(serve_deployment) == SECRET_ENV
 
 
 def test_serve_deployment_runs_the_service_stage(

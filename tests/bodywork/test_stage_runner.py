@@ -38,7 +38,7 @@ from pipeline import storage
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders, generate_weeks
 from tests.bodywork.conftest import BRANCH
-from tests.helpers import REGION, TEST_WEEK_SEED
+from tests.helpers import REGION, TEST_SIGNING_KEY, TEST_WEEK_SEED
 
 LOOPBACK = "127.0.0.1"
 PREDICTION_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
@@ -66,7 +66,7 @@ def pod_command(obj: Any) -> List[str]:
 
 
 def pod_environment(s3_endpoint: str, commit: str) -> Dict[str, str]:
-    """The stage container's environment: the secret's AWS variables, Bodywork's
+    """The stage container's environment: the secrets' AWS variables and signing key, Bodywork's
     GIT_COMMIT_HASH, and this environment's tools first on PATH (the image's `python` and
     `pip`). Nothing of this checkout leaks in: no PYTHONPATH, no other AWS settings."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("AWS_")}
@@ -76,6 +76,7 @@ def pod_environment(s3_endpoint: str, commit: str) -> Dict[str, str]:
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION=REGION,
         GIT_COMMIT_HASH=commit,
+        MODEL_SIGNING_KEY=TEST_SIGNING_KEY,
         PIP_NO_INDEX="1",
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     )

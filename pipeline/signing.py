@@ -1,0 +1,136 @@
+"""Artefact signing: who may write a model that the stages will load.
+
+A SHA-256 in an artefact's metadata proves only that its bytes did not change after the
+metadata was written; anyone who can write `models/` can write both. A signature proves the
+artefact was written by a holder of the signing key: the train stage signs every artefact it
+persists with HMAC-SHA256 over the artefact's bytes, records the key's id and the signature in
+the object's metadata, and every reader verifies both before it unpickles anything.
+
+The keys come from one environment variable (in production a Kubernetes secret):
+
+    MODEL_SIGNING_KEY="KEY_ID:SECRET[,KEY_ID:SECRET...]"
+
+The first key signs; every key listed verifies. Rotation: put the new key first and keep the
+old one after it until no artefact that may still be served is signed with it, then drop it
+(see docs/reliability.md). A key id is 1 to 64 letters, digits, `.`, `_` or `-`; a secret is at
+least 32 characters (`openssl rand -hex 32` makes one of 64).
+"""
+import hashlib
+import hmac
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional
+
+from pipeline.utils import quote
+
+SIGNING_KEY_ENV = "MODEL_SIGNING_KEY"
+# The object metadata the signature travels in (S3 stores them as x-amz-meta-*).
+SIGNATURE_METADATA_KEY = "signature"
+KEY_ID_METADATA_KEY = "signing-key-id"
+MIN_SECRET_CHARS = 32
+_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HOW_TO_SET = (
+    f"set {SIGNING_KEY_ENV} to KEY_ID:SECRET (e.g. "
+    f'"$(date +%Y%m):$(openssl rand -hex 32)"; in production it comes from the model-signing secret)'
+)
+
+
+class SigningKeyError(ValueError):
+    """MODEL_SIGNING_KEY is missing or malformed."""
+
+
+class SignatureError(Exception):
+    """An artefact is unsigned, signed with an unknown key, or its signature does not match."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What goes into an artefact's metadata: the key's id and the HMAC-SHA256, in hex."""
+
+    key_id: str
+    value: str
+
+    def metadata(self) -> Dict[str, str]:
+        return {KEY_ID_METADATA_KEY: self.key_id, SIGNATURE_METADATA_KEY: self.value}
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    """The key that signs and every key that verifies, by id. Its repr shows ids only."""
+
+    current: str
+    secrets: Dict[str, bytes] = field(repr=False)
+
+    def sign(self, body: bytes) -> Signature:
+        """The signature of an artefact's bytes under the current key."""
+        return Signature(self.current, _mac(self.secrets[self.current], body))
+
+    def verify(self, body: bytes, metadata: Mapping[str, str]) -> str:
+        """Check an artefact's signature from its object metadata.
+
+        Returns:
+            The id of the key that verified it.
+
+        Raises:
+            SignatureError: no signature, a key id not among the keys, or a signature that
+                does not match the bytes.
+        """
+        key_id = metadata.get(KEY_ID_METADATA_KEY)
+        value = metadata.get(SIGNATURE_METADATA_KEY)
+        if not key_id or not value:
+            raise SignatureError(
+                "the artefact is unsigned (no signing key id and signature in its metadata)"
+            )
+        secret = self.secrets.get(key_id)
+        if secret is None:
+            raise SignatureError(
+                f"the artefact is signed with key id {quote(key_id)}, which is not one of the keys "
+                f"in {SIGNING_KEY_ENV} ({', '.join(sorted(self.secrets))})"
+            )
+        if not hmac.compare_digest(_mac(secret, body), value):
+            raise SignatureError(
+                f"the artefact's signature does not match its bytes under key id {quote(key_id)}: "
+                "it was altered, or signed by someone without the key"
+            )
+        return key_id
+
+
+def load_signing_keys(environ: Optional[Mapping[str, str]] = None) -> SigningKeys:
+    """The signing keys from MODEL_SIGNING_KEY (`KEY_ID:SECRET[,KEY_ID:SECRET...]`).
+
+    Args:
+        environ: where to read the variable; this process's environment by default.
+
+    Raises:
+        SigningKeyError: the variable is unset or empty, or an entry is malformed (the
+            message never contains a secret).
+    """
+    raw = (os.environ if environ is None else environ).get(SIGNING_KEY_ENV, "").strip()
+    if not raw:
+        raise SigningKeyError(
+            f"{SIGNING_KEY_ENV} is not set: model artefacts are signed and verified with it; {_HOW_TO_SET}"
+        )
+    secrets: Dict[str, bytes] = {}
+    order = []
+    for position, entry in enumerate((part.strip() for part in raw.split(",")), start=1):
+        key_id, separator, secret = entry.partition(":")
+        if not separator or not _KEY_ID.fullmatch(key_id):
+            raise SigningKeyError(
+                f"{SIGNING_KEY_ENV} entry {position} is not KEY_ID:SECRET with a key id of 1 to 64 "
+                f"letters, digits, '.', '_' or '-'; {_HOW_TO_SET}"
+            )
+        if len(secret) < MIN_SECRET_CHARS:
+            raise SigningKeyError(
+                f"{SIGNING_KEY_ENV} key {key_id}: the secret has {len(secret)} characters, fewer than "
+                f"{MIN_SECRET_CHARS}; {_HOW_TO_SET}"
+            )
+        if key_id in secrets:
+            raise SigningKeyError(f"{SIGNING_KEY_ENV} lists key id {key_id} twice")
+        secrets[key_id] = secret.encode("utf-8")
+        order.append(key_id)
+    return SigningKeys(current=order[0], secrets=secrets)
+
+
+def _mac(secret: bytes, body: bytes) -> str:
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()

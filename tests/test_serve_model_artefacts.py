@@ -1,0 +1,127 @@
+"""Crafted and badly signed artefacts against the real serve CLI: each is refused with one
+ERROR line and exit 1 before the port opens, never a crash; the line says how to take the
+artefact out of service."""
+import pickle
+from typing import Any, Callable, Dict
+
+import numpy as np
+import pytest
+
+from pipeline import storage
+from pipeline.model import Model
+from tests.conftest import StartService
+from tests.helpers import crafted_model, signed_metadata, stop_service, wait_until_listening
+from tests.test_serve_model import the_error_of_a_failed_start
+
+pytestmark = pytest.mark.e2e
+
+OTHER_KEY = "other:" + "f" * 64
+
+
+def _child_out_of_range(state: Dict[str, Any]) -> None:
+    state["nodes"]["left_child"][0] = 10**6
+
+
+def _feature_out_of_range(state: Dict[str, Any]) -> None:
+    state["nodes"]["feature"][0] = 10**6
+
+
+def _nan_values(state: Dict[str, Any]) -> None:
+    state["values"][:] = np.nan
+
+
+def _put_signed(s3: Any, bucket: str, model: Model, signing_key: str) -> str:
+    key = storage.model_key(model)
+    model.artefact_key = key
+    body = pickle.dumps(model, protocol=storage.PICKLE_PROTOCOL)
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, signing_key))
+    return key
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (_child_out_of_range, "node 0 of the tree has left child 1000000"),
+        (_feature_out_of_range, "node 0 of the tree splits on feature 1000000"),
+        (_nan_values, "node 0 of the tree has a non-finite value"),
+    ],
+    ids=["child-index-out-of-range", "feature-index-out-of-range", "nan-values"],
+)
+def test_a_signed_artefact_with_a_malformed_tree_is_refused_with_one_error_line(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService,
+    edit: Callable[[Dict[str, Any]], None], problem: str,
+) -> None:
+    # Signed with the service's own key: structure is checked even for a trusted writer.
+    key = storage.put_model(bucket_with_datasets, crafted_model(trained_model, edit), s3)
+
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
+
+    assert f"s3://{bucket_with_datasets}/{key}: malformed model: {problem}" in line
+
+
+def test_an_unsigned_artefact_with_a_matching_checksum_is_refused(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
+) -> None:
+    crafted = crafted_model(trained_model, _child_out_of_range)
+    key = storage.model_key(crafted)
+    body = pickle.dumps(crafted, protocol=storage.PICKLE_PROTOCOL)
+    s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body,
+                  Metadata={"sha256": signed_metadata(body)["sha256"]})
+
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
+
+    assert f"s3://{bucket_with_datasets}/{key}: the artefact is unsigned" in line
+
+
+def test_an_artefact_signed_with_another_secret_under_the_services_key_id_is_refused(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
+) -> None:
+    key = _put_signed(s3, bucket_with_datasets, trained_model, "test:" + "f" * 64)
+
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
+
+    assert (f"s3://{bucket_with_datasets}/{key}: the artefact's signature does not match its bytes "
+            "under key id 'test'") in line
+
+
+def test_an_artefact_re_signed_with_an_unknown_key_id_is_refused(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
+) -> None:
+    key = _put_signed(s3, bucket_with_datasets, trained_model, OTHER_KEY)
+
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
+
+    assert "signed with key id 'other', which is not one of the keys in MODEL_SIGNING_KEY (test)" in line
+    assert key in line
+
+
+def test_the_error_line_says_how_to_take_the_artefact_out_of_service(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
+) -> None:
+    key = _put_signed(s3, bucket_with_datasets, trained_model, OTHER_KEY)
+
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
+
+    assert line.endswith(f"python -m pipeline.registry {bucket_with_datasets} reject {key} --reason TEXT")
+
+
+def test_an_artefact_signed_with_a_previous_key_is_served_after_rotation(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
+) -> None:
+    _put_signed(s3, bucket_with_datasets, trained_model, OTHER_KEY)
+    env = {**s3_env, "MODEL_SIGNING_KEY": f"new:{'9' * 64},{OTHER_KEY}"}
+
+    service = start(["-m", "pipeline.serve_model", bucket_with_datasets], env)
+
+    wait_until_listening(service)
+    assert stop_service(service) == 0
+
+
+def test_without_a_signing_key_the_service_says_so_in_its_one_error_line(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> None:
+    env = {name: value for name, value in s3_env.items() if name != "MODEL_SIGNING_KEY"}
+
+    line = the_error_of_a_failed_start(bucket_with_model, env, start)
+
+    assert "serve_model failed: MODEL_SIGNING_KEY is not set" in line

@@ -1,0 +1,153 @@
+"""Hostile clients against the real service process: oversized and slow bodies, surrogates,
+deep nesting, every 4xx of the contract, resident memory afterwards, and a shutdown with a
+client stalled mid-body."""
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, Sequence, Tuple
+
+import pytest
+
+from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH
+from pipeline.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES
+from pipeline.serving import GRACEFUL_SHUTDOWN_SECONDS
+from tests.conftest import StartService
+from tests.helpers import LOG_LINE, Service, stop_service, wait_until_listening
+
+pytestmark = pytest.mark.e2e
+
+# The serve pod's memory request, from bodywork.yaml (MB: 10^6 bytes).
+POD_MEMORY_REQUEST_BYTES = 384 * 10**6
+
+
+@pytest.fixture
+def service(s3_env: Dict[str, str], bucket_with_model: str, start: StartService) -> Iterator[Service]:
+    running = start(["-m", "pipeline.serve_model", bucket_with_model], s3_env)
+    wait_until_listening(running)
+    yield running
+    stop_service(running)
+
+
+def raw_request(port: int, head: bytes, body_chunks: Sequence[bytes] = (), timeout: float = 30) -> Tuple[int, bytes]:
+    """Send a request as raw bytes (stopping early if the server answers); its status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head)
+        for chunk in body_chunks:
+            try:
+                sock.sendall(chunk)
+            except OSError:  # the server answered and closed while we were still sending
+                break
+        response = b""
+        while b"\r\n\r\n" not in response or len(response.partition(b"\r\n\r\n")[2]) < _length(response):
+            data = sock.recv(65536)
+            if not data:
+                break
+            response += data
+    head_part, _, body = response.partition(b"\r\n\r\n")
+    return int(head_part.split(b" ", 2)[1]), body
+
+
+def _length(response: bytes) -> int:
+    for line in response.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def post_head(path: str, length: int = -1) -> bytes:
+    size = f"Content-Length: {length}\r\n" if length >= 0 else "Transfer-Encoding: chunked\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{size}\r\n").encode()
+
+
+def post_text(port: int, path: str, text: str) -> Tuple[int, Any]:
+    body = text.encode("utf-8", "surrogatepass")
+    status, answer = raw_request(port, post_head(path, len(body)), [body])
+    return status, json.loads(answer)
+
+
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_100_mb_body_is_refused_413_before_it_is_sent(service: Service) -> None:
+    status, body = raw_request(service.port, post_head(PREDICT_BATCH_PATH, 100 * 2**20), [])
+
+    assert status == 413
+    assert json.loads(body)["detail"].startswith("the request body is larger than")
+
+
+def test_a_chunked_body_over_the_limit_is_refused_413_while_it_streams(service: Service) -> None:
+    chunk = b"10000\r\n" + b" " * 65536 + b"\r\n"
+
+    status, _ = raw_request(service.port, post_head(PREDICT_BATCH_PATH), [chunk] * (2 * MAX_BODY_BYTES // 65536))
+
+    assert status == 413
+
+
+def test_a_body_that_stalls_is_answered_408_within_the_body_timeout(service: Service) -> None:
+    started = time.monotonic()
+
+    status, body = raw_request(service.port, post_head(PREDICT_PATH, 1000), [b'{"product_code": '])
+
+    assert status == 408
+    assert BODY_TIMEOUT_SECONDS <= time.monotonic() - started < BODY_TIMEOUT_SECONDS + 5
+
+
+# The contract's every 4xx for a body, sent to one service (starting one per case would take
+# most of this file's time).
+INVALID_REQUESTS = [
+    ("surrogate", PREDICT_PATH, '{"product_code": "\\ud800", "orders_placed": 1}', 422),
+    ("missing-field", PREDICT_PATH, '{"product_code": "SKU001"}', 422),
+    ("unknown-code", PREDICT_PATH, '{"product_code": "SKU999", "orders_placed": 1}', 422),
+    ("negative", PREDICT_PATH, '{"product_code": "SKU001", "orders_placed": -1}', 422),
+    ("nan", PREDICT_PATH, '{"product_code": "SKU001", "orders_placed": NaN}', 422),
+    ("infinity", PREDICT_PATH, '{"product_code": "SKU001", "orders_placed": Infinity}', 422),
+    ("extra-field", PREDICT_PATH, '{"product_code": "SKU001", "orders_placed": 1, "extra": 1}', 422),
+    ("unparseable", PREDICT_PATH, '{"product_code": ', 422),
+    ("empty-batch", PREDICT_BATCH_PATH, "[]", 422),
+    ("oversized-batch", PREDICT_BATCH_PATH, json.dumps([{"product_code": "SKU001", "orders_placed": 1}] * 1001), 422),
+    ("deep-nesting", PREDICT_BATCH_PATH, "[" * 50_000 + "]" * 50_000, 400),
+]
+
+
+def test_every_invalid_request_is_a_4xx_in_the_documented_shape(service: Service) -> None:
+    answers = {name: post_text(service.port, path, text) for name, path, text, _ in INVALID_REQUESTS}
+
+    assert {name: answers[name][0] for name, *_ in INVALID_REQUESTS} == {
+        name: status for name, _, _, status in INVALID_REQUESTS
+    }
+    for name, (status, body) in answers.items():
+        if status == 422:
+            assert all({"type", "loc", "msg"} <= set(error) for error in body["detail"]), name
+        else:
+            assert isinstance(body["detail"], str), name
+
+
+def test_memory_stays_within_the_pods_request_after_a_hostile_sequence(service: Service) -> None:
+    big = json.dumps({"product_code": "X" * (MAX_BODY_BYTES - 100), "orders_placed": 1})
+    for _ in range(20):
+        assert post_text(service.port, PREDICT_PATH, big)[0] == 422
+        assert raw_request(service.port, post_head(PREDICT_BATCH_PATH, 100 * 2**20), [])[0] == 413
+        assert post_text(service.port, PREDICT_BATCH_PATH, "[" * 50_000 + "]" * 50_000)[0] == 400
+
+    assert resident_bytes(service.process.pid) < POD_MEMORY_REQUEST_BYTES
+
+
+def test_sigterm_with_a_client_stalled_mid_body_ends_cleanly_in_the_log_format(service: Service) -> None:
+    with socket.create_connection(("127.0.0.1", service.port)) as stalled:
+        stalled.sendall(post_head(PREDICT_PATH, 1000) + b'{"product_code": ')
+        time.sleep(0.5)
+        started = time.monotonic()
+
+        code = stop_service(service)
+
+    assert code == 0
+    # Ended by the body timeout, not by the graceful shutdown giving up (which cancels tasks).
+    assert time.monotonic() - started < GRACEFUL_SHUTDOWN_SECONDS
+    lines = service.log().splitlines()
+    assert lines and all(LOG_LINE.match(line) for line in lines), "\n".join(lines)
