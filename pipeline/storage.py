@@ -1045,8 +1045,32 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-    _put_new_object(client, bucket, key, body, ArtefactError("an artefact"),
-                    Metadata={SHA256_METADATA_KEY: digest, **keys.sign(body).metadata()})
+def _put_new_object(client: Any, bucket: str, key: str, body: bytes, exists: StorageError, **extra: Any) -> None:
+    """Write an object only if none exists at the key (`If-None-Match: *`); never overwrites.
+
+    Raises:
+        `exists`, with its message completed by the key: an object already exists there.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
+    except ClientError as error:
+        if _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            raise type(exists)(f"s3://{bucket}/{key}: {exists} already exists at this key") from error
+        raise _storage_error(error, bucket, key, "write") from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket, key, "write") from error
+
+
+def _get_object(client: Any, bucket: str, key: str, max_bytes: Optional[int] = None) -> Tuple[bytes, Any]:
+    """The object's bytes and the response; with `max_bytes`, a larger object is refused
+    from its Content-Length before its body is read (botocore checks that the body read has
+    exactly that length).
+
+    Raises:
+        DatasetReadError: the object is larger than `max_bytes`.
+        StorageError: S3 refused or failed.
+    """
     try:
         response = client.get_object(Bucket=bucket, Key=key)
         size = int(response.get("ContentLength", 0))
