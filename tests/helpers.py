@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import pytest
@@ -235,3 +235,9 @@ def crafted_model(model: Any, edit_tree_state: Any) -> Any:
     tree.__setstate__(state)
     crafted.estimator.tree_ = tree
     return crafted
+
+
+def latest_drop() -> datetime:
+    """A drop time newer than every synthetic week the fixtures upload (October 2026), and not
+    in the future: keys dated beyond now are ignored as mistyped (see storage)."""
+    return datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)

@@ -5,18 +5,17 @@ import logging
 from typing import Any, Dict, List
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipeline import champion, storage, train_model
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders
-from tests.helpers import error_lines, run_cli
+from tests.helpers import error_lines, latest_drop, run_cli
 
 # A week of 100 orders: its model learns from 80 rows and is far worse than the live model,
 # trained on 800 rows of the same process, on the same 20 held-out rows.
 SMALL_WEEK_ROWS, SMALL_WEEK_SEED = 100, 5
-NEWEST = pd.Timestamp("2030-01-04T23:00:00Z").to_pydatetime()
+NEWEST = latest_drop()
 
 
 def keys(client: Any, bucket: str, prefix: str) -> List[str]:

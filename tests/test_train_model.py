@@ -9,7 +9,7 @@ import sklearn
 from pipeline import storage, train_model, training
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders
-from tests.helpers import LOG_LINE, REPO_ROOT, error_lines, run_cli
+from tests.helpers import LOG_LINE, REPO_ROOT, error_lines, latest_drop, run_cli
 
 
 def _model_keys(client: Any, bucket: str) -> List[str]:
@@ -127,7 +127,7 @@ def test_main_on_a_bad_dataset_persists_nothing(s3: Any, bucket_with_model: str)
     before = _newest_model_key(bucket_with_model)
     frame = generate_orders(1000, seed=1)
     frame.loc[10, "orders_placed"] = -3
-    storage.put_dataset(bucket_with_model, frame, pd.Timestamp("2030-01-04T23:00:00Z").to_pydatetime())
+    storage.put_dataset(bucket_with_model, frame, latest_drop())
 
     with pytest.raises(training.DatasetError, match="negative orders_placed"):
         train_model.main(bucket_with_model, 0.9, 0.95)
@@ -249,7 +249,7 @@ def test_cli_with_a_bad_csv_exits_1_and_keeps_the_previous_model(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str, body: bytes, reason: str
 ) -> None:
     before = _newest_model_key(bucket_with_model)
-    key = "datasets/time_to_dispatch_2031-01-03T23|00|00.csv"
+    key = f"datasets/time_to_dispatch_{latest_drop():%Y-%m-%dT%H|%M|%S}.csv"
     s3.put_object(Bucket=bucket_with_model, Key=key, Body=body)
 
     result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.8"], s3_env)
