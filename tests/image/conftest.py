@@ -31,6 +31,7 @@ LOCAL_BASE = "localhost/bookworm-python:3.11"
 # be reached: the base is pulled instead of made with mmdebstrap.
 BASE_VARIABLE = "RUNTIME_IMAGE_BASE"
 REPO_MOUNT = "/srv/repo"
+IMAGE_USER = 10001
 BUILD_TIMEOUT = 1800
 
 
@@ -98,6 +99,7 @@ def stage_repo(tmp_path_factory: pytest.TempPathFactory, serve_port: int) -> Sta
     """A git repository of the working tree whose service listens on 127.0.0.1:serve_port."""
     repo = tmp_path_factory.mktemp("repo")
     commit = make_stage_repo(repo, ["--host", "127.0.0.1", "--port", str(serve_port)])
-    # The image's user (uid 10001) reads it through the mount: the folders must be searchable.
-    subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+    # git refuses to clone a local repository owned by another user ("dubious ownership"), so
+    # it is handed to the image's user (a clone over https, as in a pod, never asks).
+    subprocess.run(["chown", "-R", f"{IMAGE_USER}:{IMAGE_USER}", str(repo)], check=True)
     return StageRepo(repo, commit)

@@ -7,10 +7,6 @@ of the image (`--entrypoint bodywork`), cloning a git repository of the working 
 read-only bind mount over `file://`, with pip barred from any index, against the local S3
 server on the host (the containers share the host's network, so everything stays on
 127.0.0.1). The stages also run in the image without Bodywork, as an engineer would run them.
-
-The repository is not owned by the image's user, and git refuses to clone such a local
-repository ("dubious ownership"); the containers get `safe.directory` through git's
-environment configuration (a clone over https, as in a pod, never asks).
 """
 import re
 import time
@@ -34,8 +30,6 @@ PREDICTION_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
 # ignores SIGTERM ends that way. Kubernetes's default grace period is 30 s.
 STOP_GRACE_SECONDS = 30
 STAGE_TIMEOUT = 600
-# git refuses a local repository owned by another user unless it is a safe.directory.
-GIT_SAFE_DIRECTORY = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
 LOG_TAIL = 4000
 
 
@@ -84,12 +78,11 @@ def own_bucket(s3_client: Any) -> str:
 @pytest.fixture(scope="module")
 def stage_environment(local_s3: LocalS3, stage_repo: StageRepo) -> List[str]:
     """podman options: the stage's environment in a pod (the secret's AWS variables, Bodywork's
-    GIT_COMMIT_HASH), pip with no index, git's safe.directory, the repository's mount."""
+    GIT_COMMIT_HASH), pip with no index, the repository's mount."""
     variables = {
         **local_s3.environment(),
         "GIT_COMMIT_HASH": stage_repo.commit,
         "PIP_NO_INDEX": "1",
-        **GIT_SAFE_DIRECTORY,
     }
     return ["--network", "host", *environment_options(variables), *stage_repo.mount()]
 
