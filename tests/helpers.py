@@ -5,16 +5,18 @@ live here, once.
 """
 import pickle
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import pytest
+import yaml
 
 from pipeline import storage
 from pipeline.local_s3 import REGION
@@ -241,3 +243,38 @@ def latest_drop() -> datetime:
     """A drop time newer than every synthetic week the fixtures upload (October 2026), and not
     in the future: keys dated beyond now are ignored as mistyped (see storage)."""
     return datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
+
+
+def make_stage_repo(repo: Path, serve_args: List[str], branch: str = "master") -> str:
+    """Make `repo` a one-commit git repository of the working tree as it is now (tracked and
+    untracked files that git does not ignore), on `branch`, for Bodywork's stage runner to
+    clone over `file://` as it clones the real repository in a pod.
+
+    Its bodywork.yaml differs from the real one only in `serve_args`, added to the serve
+    stage's args (e.g. `--host 127.0.0.1`, so that the service listens on loopback only).
+
+    Returns:
+        The commit's hash.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():  # a tracked file deleted in the working tree is not copied
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+    config_path = repo / "bodywork.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["stages"]["serve_model"]["args"] += serve_args
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    git = ["git", "-c", "user.name=tests", "-c", "user.email=tests@localhost"]
+    for command in (
+        ["init", "--quiet", f"--initial-branch={branch}"],
+        ["add", "--all"],
+        ["commit", "--quiet", "--no-verify", "--message", "the working tree under test"],
+    ):
+        subprocess.run(git + command, cwd=repo, check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+    return head.stdout.strip()

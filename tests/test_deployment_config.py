@@ -8,7 +8,10 @@ tests/bodywork/ and run in the `bodywork` tox environment):
 - the memory requests and time limits in bodywork.yaml cover the benchmarks' figures with a
   margin (the figures are read from benchmarks/results/, which the benchmarks write);
 - the pipeline package parses as Python 3.9, the production image's Python;
-- .circleci/config.yml is valid for CircleCI, tests branches and deploys master;
+- bodywork.yaml names the runtime image by the digest of what it is built from (image/tag.py),
+  in a repository Bodywork can use;
+- .circleci/config.yml is valid for CircleCI, tests branches (the image too), and on master
+  pushes the image before it deploys;
 - the weekly cronjob in docs/deployment.md fires after the Friday 23:00 UTC data drop, with retries.
 """
 import ast
@@ -27,6 +30,7 @@ import pytest
 import yaml
 from croniter import croniter
 
+from image.tag import image_tag
 from pipeline.synthetic import FIRST_DROP
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -312,6 +316,24 @@ def test_bodywork_env_pins_what_it_shares_with_the_other_requirements_as_they_do
     assert [bodywork_env[name] for name in shared] == [others[name] for name in shared]
 
 
+# --- the runtime image -------------------------------------------------------------------
+
+def test_bodywork_yaml_names_the_image_tagged_with_the_digest_of_its_build_inputs() -> None:
+    image = bodywork_config()["pipeline"]["docker_image"]
+    repository = image.rsplit(":", 1)[0]
+    assert image == f"{repository}:{image_tag()}", (
+        f"the image's build inputs changed: put `docker_image: {repository}:{image_tag()}` in bodywork.yaml "
+        "(and the same image in the cronjob manifest of docs/deployment.md)"
+    )
+
+
+def test_bodywork_yaml_image_is_in_an_ecr_repository_bodywork_can_parse() -> None:
+    """Bodywork 3.0 splits the image name at `/` and refuses anything but two parts, so the
+    repository name has no `/` of its own."""
+    image = bodywork_config()["pipeline"]["docker_image"]
+    assert re.fullmatch(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/[a-z0-9._-]+:[0-9a-f]{16}", image), image
+
+
 # --- resources sized from the benchmarks -------------------------------------------------
 
 def benchmark(path: Path) -> Dict[str, Any]:
@@ -379,12 +401,12 @@ def test_circleci_config_is_version_2_1() -> None:
     assert str(circleci_config()["version"]) == "2.1"
 
 
-def test_circleci_runs_static_analysis_then_tests_on_other_branches_than_master() -> None:
+def test_circleci_runs_static_analysis_then_tests_and_the_image_on_other_branches_than_master() -> None:
     config = circleci_config()
     jobs = workflow_jobs(config)
     on_branch = [name for name, settings in jobs.items() if runs_on_branch(settings, "feature-x")]
-    assert on_branch == ["static-analysis", "tests"]
-    assert jobs["tests"]["requires"] == ["static-analysis"]
+    assert on_branch == ["static-analysis", "tests", "image"]
+    assert jobs["tests"]["requires"] == jobs["image"]["requires"] == ["static-analysis"]
     assert any("tox -e static" in c for c in job_commands(config, "static-analysis"))
 
 
@@ -394,18 +416,45 @@ def test_circleci_runs_every_tox_environment_on_branches() -> None:
     envlist = {env.strip() for env in tox["tox"]["envlist"].split(",")}
     config = circleci_config()
     run = set()
-    for job in ("static-analysis", "tests"):
+    for job in ("static-analysis", "tests", "image"):
         for command in job_commands(config, job):
             for envs in re.findall(r"tox -e ([\w,-]+)", command):
                 run.update(envs.split(","))
     assert run == envlist
 
 
-def test_circleci_deploys_only_master_with_bodywork() -> None:
+def test_circleci_image_job_makes_a_skip_a_failure_and_runs_as_root() -> None:
+    (command,) = [c for c in job_commands(circleci_config(), "image") if "tox -e image" in c]
+    assert ("sudo " in command, "CI=true" in command) == (True, True)
+
+
+def test_circleci_on_master_pushes_the_image_then_deploys() -> None:
     config = circleci_config()
     jobs = workflow_jobs(config)
     on_master = [name for name, settings in jobs.items() if runs_on_branch(settings, "master")]
-    assert on_master == ["deploy"]
+    assert on_master == ["image-push", "deploy"]
+    assert jobs["deploy"]["requires"] == ["image-push"]
+
+
+def test_circleci_pushes_the_image_only_when_its_tag_is_not_in_ecr() -> None:
+    (command,) = [c for c in job_commands(circleci_config(), "image-push") if "docker push" in c]
+    lookup, push = command.index("aws ecr describe-images"), command.index("docker push")
+    assert lookup < command.index("exit 0") < push
+    assert 'imageTag="$TAG"' in command and 'TAG=$(python3 image/tag.py)' in command
+
+
+@pytest.mark.parametrize("job", ["image-push", "deploy"])
+def test_circleci_refuses_a_bodywork_yaml_not_naming_the_ci_repository(job: str) -> None:
+    """The first command of both master jobs checks bodywork.yaml's image against
+    $ECR_REGISTRY/$ECR_REPOSITORY with this commit's tag (tests/image/test_tag.py tests it)."""
+    check = 'python3 image/tag.py --check "$ECR_REGISTRY/$ECR_REPOSITORY"'
+    commands = job_commands(circleci_config(), job)
+    assert check in commands
+    assert all("docker" not in c and "bodywork create" not in c for c in commands[:commands.index(check)])
+
+
+def test_circleci_deploys_only_master_with_bodywork() -> None:
+    config = circleci_config()
     deploy = [c for c in job_commands(config, "deploy") if "bodywork create deployment" in c]
     assert len(deploy) == 1
     assert option_value(shlex.split(deploy[0]), "--branch") == "master"

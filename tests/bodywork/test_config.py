@@ -3,6 +3,7 @@ import pytest
 from bodywork.config import BatchStageConfig, BodyworkConfig, ServiceStageConfig
 from bodywork.constants import BODYWORK_CONFIG_VERSION
 
+from image.tag import image_tag
 from tests.helpers import REPO_ROOT
 
 AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
@@ -15,8 +16,9 @@ def test_config_is_written_for_this_bodywork_config_version() -> None:
     assert BODYWORK_CONFIG_VERSION == "1.1"
 
 
-def test_pipeline_runs_in_the_bodywork_3_0_image(bodywork_config: BodyworkConfig) -> None:
-    assert bodywork_config.pipeline.docker_image == "bodyworkml/bodywork-core:3.0"
+def test_pipeline_runs_in_the_projects_runtime_image_built_from_this_commit(bodywork_config: BodyworkConfig) -> None:
+    repository, tag = bodywork_config.pipeline.docker_image.rsplit(":", 1)
+    assert (repository.endswith(".amazonaws.com/time-to-dispatch-runtime"), tag) == (True, image_tag())
 
 
 def test_pipeline_deploys_to_the_pipelines_namespace(bodywork_config: BodyworkConfig) -> None:

@@ -284,8 +284,8 @@ def test_train_job_gets_the_aws_credentials_and_the_signing_key_from_secrets(tra
     assert secret_env(train_job) == SECRET_ENV
 
 
-def test_train_job_runs_in_the_configured_image(train_job: Dict[str, Any]) -> None:
-    assert container(train_job)["image"] == "bodyworkml/bodywork-core:3.0"
+def test_train_job_runs_in_the_configured_image(train_job: Dict[str, Any], bodywork_config: BodyworkConfig) -> None:
+    assert container(train_job)["image"] == bodywork_config.pipeline.docker_image
 
 
 # --- serve_model: the service deployment -------------------------------------------------
