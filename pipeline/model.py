@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from sklearn.tree import DecisionTreeRegressor
 
-from pipeline.features import ProductCodeEncoding, encode_features
+from pipeline.features import Numbers, ProductCodeEncoding, encode_features
 
 MODEL_NAME = "time-to-dispatch"
 
@@ -149,7 +149,7 @@ class Model:
     def product_codes(self) -> Tuple[str, ...]:
         return self.encoding.codes
 
-    def predict(self, product_codes: Sequence[str], orders_placed: Sequence[float]) -> np.ndarray:
+    def predict(self, product_codes: Sequence[str], orders_placed: Numbers) -> np.ndarray:
         """Estimated hours to dispatch for each (product code, orders placed) pair.
 
         Raises:
