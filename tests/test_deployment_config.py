@@ -6,7 +6,8 @@ tests/bodywork/ and run in the `bodywork` tox environment):
 - every stage's `requirements` in bodywork.yaml are lines of requirements_pipe.txt, cover
   the pinned libraries the stage imports and pin everything those lines pull in;
 - the memory requests and time limits in bodywork.yaml cover the benchmarks' figures with a
-  margin (the figures are read from benchmarks/results/, which the benchmarks write);
+  margin (the figures are read from benchmarks/results/, which the benchmarks write; the
+  train stage's from its run on a 100,000-row week);
 - static analysis and the tests target the stages' runtime image's Python;
 - .circleci/config.yml is valid for CircleCI, tests branches and deploys master;
 - the weekly cronjob in docs/deployment.md fires after the Friday 23:00 UTC data drop, with retries.
@@ -51,6 +52,8 @@ DEPLOYMENT_COMMANDS = "deployment-commands"
 CRONJOB_MANIFEST = "cronjob-manifest"
 FENCE = re.compile(r"^\s*(`{3,})([^`]*)$")
 
+# The train stage is sized for a week a hundred times the usual (about 1,000 orders).
+SIZING_WEEK_ROWS = 100_000
 # Requests and limits must leave room above what was measured: memory 1.5x the peak RSS,
 # time 3x the measured duration (a busier node, a slower disk, a bigger week).
 MEMORY_MARGIN = 1.5
@@ -364,18 +367,28 @@ def memory_request_bytes(stage: str) -> int:
     return int(bodywork_config()["stages"][stage]["memory_request_mb"]) * BYTES_PER_REQUEST_MB
 
 
-def test_train_memory_request_covers_the_peak_rss_of_a_ten_times_week() -> None:
+def test_train_memory_request_covers_the_peak_rss_of_a_hundred_times_week() -> None:
     figures = benchmark(TRAIN_BENCHMARK)
-    assert figures["rows"] >= 10_000
+    assert figures["rows"] >= SIZING_WEEK_ROWS
     needed = MEMORY_MARGIN * figures["peak_rss_mb"] * BYTES_PER_BENCHMARK_MB
     assert memory_request_bytes("train_model") >= needed
 
 
-def test_train_time_limit_covers_a_ten_times_week() -> None:
+def test_train_time_limit_covers_a_hundred_times_week_on_the_cores_the_stage_requests() -> None:
+    """The node may give the stage no more than it requests: the run's CPU time spread over
+    the requested cores, with the margin, must fit the limit. CPU time, not wall time: on the
+    shared machine the benchmarks ran on, wall time measured the other programs' load as well
+    (the load average is recorded next to each run; docs/benchmarks.md)."""
     figures = benchmark(TRAIN_BENCHMARK)
-    assert figures["rows"] >= 10_000
-    limit = bodywork_config()["stages"]["train_model"]["batch"]["max_completion_time_seconds"]
-    assert limit >= TIME_MARGIN * figures["seconds"]
+    assert figures["rows"] >= SIZING_WEEK_ROWS
+    stage = bodywork_config()["stages"]["train_model"]
+    limit = stage["batch"]["max_completion_time_seconds"]
+    assert limit >= TIME_MARGIN * figures["cpu_seconds"] / float(stage["cpu_request"])
+
+
+def test_train_sizing_run_trained_and_persisted_a_model() -> None:
+    figures = benchmark(TRAIN_BENCHMARK)
+    assert figures[f"rows_{figures['rows']}"]["exit_code"] == 0
 
 
 def test_serve_memory_request_covers_the_rss_after_ten_thousand_requests() -> None:
