@@ -65,6 +65,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # serial baseline run on a 10,000-row week takes minutes.
 LARGE_ROWS = 5000
 SAMPLE_INTERVAL_S = 0.05
+# The week the deployment is sized for: a hundred times the usual (bodywork.yaml's train
+# resources and time limit are checked against this run's figures).
+SIZING_ROWS = 100 * ROWS_PER_WEEK
 # Thresholds the stage runs with here: any week of the synthetic data passes them.
 STAGE_THRESHOLDS = ("0.9", "0.8")
 MB = 1024 * 1024
@@ -119,10 +122,10 @@ def main(argv: Sequence[str]) -> int:
             run["command"] = command
             failed = failed or run["exit_code"] != 0
             results[f"rows_{rows}"] = run
-            if rows == 10 * ROWS_PER_WEEK:
+            if rows == SIZING_ROWS:
                 # The figures the train stage's time limit and memory request are sized from.
                 results.update(
-                    {k: run[k] for k in ("rows", "seconds", "peak_rss_mb", "command")}
+                    {k: run[k] for k in ("rows", "seconds", "peak_rss_mb", "cpu_seconds", "command")}
                 )
     print(f"\nload average at the end: {_load_average()}")
     if args.json:
@@ -251,6 +254,7 @@ def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
         storage.put_dataset(bucket, generate_orders(rows, seed), FIRST_DROP, client)
         stage = ["train_model.py", bucket, *STAGE_THRESHOLDS]
         env = {**os.environ, **aws, "PYTHONPATH": str(REPO_ROOT)}
+        load_before = _load_average()
         with tempfile.TemporaryFile(mode="w+") as output:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
@@ -286,6 +290,10 @@ def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
             (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1
         ),
         "exit_code": process.returncode,
+        # The machine's load averages (1, 5, 15 min; 2 cores) before and after the run: a
+        # figure measured while other programs ran is slower than the stage alone.
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
         "stage_command": "cd pipeline && PYTHONPATH=.. python train_model.py BUCKET "
         + " ".join(STAGE_THRESHOLDS),
         "stage_log": [line for line in log_lines if "grid search" in line or " ERROR " in line],
@@ -294,7 +302,8 @@ def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
         f"{rows} rows: exit code {run['exit_code']}, {run['seconds']:.1f} s wall, "
         f"{run['cpu_seconds']:.1f} s CPU, peak RSS {run['peak_rss_mb']:.0f} MB summed over up to "
         f"{peak_processes} processes; each process's own peak (VmHWM), summed: "
-        f"{run['sum_of_process_peaks_mb']:.0f} MB, largest {run['largest_process_peak_mb']:.0f} MB"
+        f"{run['sum_of_process_peaks_mb']:.0f} MB, largest {run['largest_process_peak_mb']:.0f} MB; "
+        f"load average {run['load_average_before']} before, {run['load_average_after']} after"
     )
     for line in run["stage_log"]:
         print(f"    {line}")

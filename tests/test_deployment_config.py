@@ -3,18 +3,18 @@
 These checks need no Bodywork package (the ones made with Bodywork's own code are in
 tests/bodywork/ and run in the `bodywork` tox environment):
 
-- every stage's `requirements` in bodywork.yaml are lines of requirements_pipe.txt and cover
-  the pinned libraries the stage imports;
+- every stage's `requirements` in bodywork.yaml are lines of requirements_pipe.txt, cover
+  the pinned libraries the stage imports and pin everything those lines pull in;
 - the memory requests and time limits in bodywork.yaml cover the benchmarks' figures with a
-  margin (the figures are read from benchmarks/results/, which the benchmarks write);
-- the pipeline package parses as Python 3.9, the production image's Python;
+  margin (the figures are read from benchmarks/results/, which the benchmarks write; the
+  train stage's from its run on a 100,000-row week);
+- static analysis and the tests target the stages' runtime image's Python;
 - bodywork.yaml names the runtime image by the digest of what it is built from (image/tag.py),
   in a repository Bodywork can use;
 - .circleci/config.yml is valid for CircleCI, tests branches (the image too), and on master
   pushes the image before it deploys;
 - the weekly cronjob in docs/deployment.md fires after the Friday 23:00 UTC data drop, with retries.
 """
-import ast
 import configparser
 import json
 import re
@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 import yaml
 from croniter import croniter
+from packaging.requirements import Requirement
 
 from image.tag import image_tag
 from pipeline.synthetic import FIRST_DROP
@@ -41,9 +42,13 @@ TOX_INI = REPO_ROOT / "tox.ini"
 REQUIREMENTS_PIPE = REPO_ROOT / "requirements_pipe.txt"
 REQUIREMENTS_CICD = REPO_ROOT / "requirements_cicd.txt"
 REQUIREMENTS_BODYWORK_ENV = REPO_ROOT / "tests" / "bodywork" / "requirements.txt"
+MYPY_INI = REPO_ROOT / "mypy.ini"
 TRAIN_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "train.json"
 SERVE_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "serve.json"
 STAGES = ("train_model", "serve_model")
+# The Python of the stages' runtime image (docs/deployment.md): what the deployed code runs
+# on, so what mypy checks it for and what the tests and the Bodywork checks run on.
+IMAGE_PYTHON = "3.11"
 # The deployment's commands and the cronjob manifest are the code blocks of docs/deployment.md
 # whose info string carries these markers (```` ```sh deployment-commands ````): the tests read
 # those blocks, never the prose or the headings around them.
@@ -51,6 +56,8 @@ DEPLOYMENT_COMMANDS = "deployment-commands"
 CRONJOB_MANIFEST = "cronjob-manifest"
 FENCE = re.compile(r"^\s*(`{3,})([^`]*)$")
 
+# The train stage is sized for a week a hundred times the usual (about 1,000 orders).
+SIZING_WEEK_ROWS = 100_000
 # Requests and limits must leave room above what was measured: memory 1.5x the peak RSS,
 # time 3x the measured duration (a busier node, a slower disk, a bigger week).
 MEMORY_MARGIN = 1.5
@@ -303,6 +310,45 @@ def test_stage_requirements_cover_the_pinned_libraries_the_stage_imports(stage: 
     assert sorted((imported & pinned) - listed) == []
 
 
+def dependencies_of(requirement_line: str) -> List[str]:
+    """The normalised names of what a requirement line pulls in, read from the metadata of
+    the distribution installed here, with its markers (and the line's extras) evaluated for
+    this Python, which is the image's."""
+    requirement = Requirement(requirement_line)
+    installed = metadata.distribution(requirement.name)
+    assert requirement.specifier.contains(installed.version), (
+        f"{requirement_line} but {installed.version} is installed: install requirements_pipe.txt"
+    )
+    found = []
+    for line in installed.requires or []:
+        dependency = Requirement(line)
+        extras = requirement.extras or {""}
+        if dependency.marker is None or any(dependency.marker.evaluate({"extra": e}) for e in extras):
+            found.append(distribution_name(dependency.name))
+    return found
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_requirements_pin_everything_their_lines_pull_in(stage: str) -> None:
+    """pip in the pod installs nothing the stage's list leaves to float to another version:
+    the list is closed under the dependencies of its lines (extras such as uvicorn's
+    `[standard]` included)."""
+    requirements = bodywork_config()["stages"][stage]["requirements"]
+    listed = {distribution_name(line) for line in requirements}
+    unpinned = {
+        (distribution_name(line), dependency)
+        for line in requirements
+        for dependency in dependencies_of(line)
+        if dependency not in listed
+    }
+    assert sorted(unpinned) == []
+
+
+def test_dependency_check_sees_what_uvicorn_standard_pulls_in() -> None:
+    assert {"uvloop", "httptools", "websockets"} <= set(dependencies_of("uvicorn[standard]==0.54.0"))
+    assert "uvloop" not in dependencies_of("uvicorn==0.54.0")
+
+
 def test_bodywork_env_pins_what_it_shares_with_the_other_requirements_as_they_do() -> None:
     """tests/bodywork/requirements*.txt pin PyYAML and click for the Bodywork CLI alone (CI's
     deploy job); the bodywork tox environment installs them with the other two files."""
@@ -348,18 +394,28 @@ def memory_request_bytes(stage: str) -> int:
     return int(bodywork_config()["stages"][stage]["memory_request_mb"]) * BYTES_PER_REQUEST_MB
 
 
-def test_train_memory_request_covers_the_peak_rss_of_a_ten_times_week() -> None:
+def test_train_memory_request_covers_the_peak_rss_of_a_hundred_times_week() -> None:
     figures = benchmark(TRAIN_BENCHMARK)
-    assert figures["rows"] >= 10_000
+    assert figures["rows"] >= SIZING_WEEK_ROWS
     needed = MEMORY_MARGIN * figures["peak_rss_mb"] * BYTES_PER_BENCHMARK_MB
     assert memory_request_bytes("train_model") >= needed
 
 
-def test_train_time_limit_covers_a_ten_times_week() -> None:
+def test_train_time_limit_covers_a_hundred_times_week_on_the_cores_the_stage_requests() -> None:
+    """The node may give the stage no more than it requests: the run's CPU time spread over
+    the requested cores, with the margin, must fit the limit. CPU time, not wall time: on the
+    shared machine the benchmarks ran on, wall time measured the other programs' load as well
+    (the load average is recorded next to each run; docs/benchmarks.md)."""
     figures = benchmark(TRAIN_BENCHMARK)
-    assert figures["rows"] >= 10_000
-    limit = bodywork_config()["stages"]["train_model"]["batch"]["max_completion_time_seconds"]
-    assert limit >= TIME_MARGIN * figures["seconds"]
+    assert figures["rows"] >= SIZING_WEEK_ROWS
+    stage = bodywork_config()["stages"]["train_model"]
+    limit = stage["batch"]["max_completion_time_seconds"]
+    assert limit >= TIME_MARGIN * figures["cpu_seconds"] / float(stage["cpu_request"])
+
+
+def test_train_sizing_run_trained_and_persisted_a_model() -> None:
+    figures = benchmark(TRAIN_BENCHMARK)
+    assert figures[f"rows_{figures['rows']}"]["exit_code"] == 0
 
 
 def test_serve_memory_request_covers_the_rss_after_ten_thousand_requests() -> None:
@@ -374,16 +430,27 @@ def test_serve_startup_time_covers_the_cold_start() -> None:
     assert limit >= TIME_MARGIN * figures["cold_start_seconds"]
 
 
-# --- Python 3.9 --------------------------------------------------------------------------
+# --- the image's Python ------------------------------------------------------------------
 
-@pytest.mark.parametrize(
-    "module", sorted(p.name for p in (REPO_ROOT / "pipeline").glob("*.py")), ids=str
-)
-def test_pipeline_module_parses_as_python_3_9(module: str) -> None:
-    """No syntax newer than the production image's Python (match, `except*`, ...); library
-    calls newer than 3.9 are mypy's to find (`tox -e static` runs it for 3.9)."""
-    path = REPO_ROOT / "pipeline" / module
-    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+def test_mypy_checks_the_pipeline_for_the_image_python() -> None:
+    mypy = configparser.ConfigParser(interpolation=None)
+    mypy.read(MYPY_INI)
+    assert mypy["mypy"]["python_version"] == IMAGE_PYTHON
+
+
+def test_static_analysis_checks_for_no_other_python_than_the_image_one() -> None:
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(TOX_INI)
+    assert re.findall(r"--python-version\s+(\S+)", tox["testenv:static"]["commands"]) == []
+
+
+def test_tox_runs_every_environment_on_the_image_python() -> None:
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(TOX_INI)
+    basepythons = {
+        section: tox[section]["basepython"] for section in tox.sections() if "basepython" in tox[section]
+    }
+    assert basepythons == {"testenv": f"python{IMAGE_PYTHON}"}
 
 
 # --- CircleCI ----------------------------------------------------------------------------
