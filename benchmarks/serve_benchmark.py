@@ -4,9 +4,10 @@ start, and its resident memory under use.
 
 Several servers answer `POST /api/v0.1/time_to_dispatch` with the same request and response
 schema (`build_request_model` and `Prediction` from `pipeline.api`), each in its own
-process, one uvicorn worker each, started and stopped the same way (`open_port` and
-`run_server`, so the same uvicorn settings as production). "Fast stack" is uvloop and
-httptools (the service's default), "pure-Python stack" asyncio and h11:
+process, one uvicorn worker each, started and stopped the same way
+(`freeze_start_up_objects`, `open_port` and `run_server`, so the same garbage-collector and
+uvicorn settings as production). "Fast stack" is uvloop and httptools (the service's default),
+"pure-Python stack" asyncio and h11:
 
 - ours: the service's real app, `create_app(model)`, metrics on (the default), fast stack;
 - ours_no_metrics: the same with `create_app(model, metrics=False)`: the cost of the metrics;
@@ -73,7 +74,9 @@ from pipeline.api import (
     validation_error_response,
 )
 from pipeline.model import Model
-from pipeline.serving import FAST_STACK, PURE_PYTHON_STACK, ServerStack, open_port, run_server
+from pipeline.serving import (
+    FAST_STACK, PURE_PYTHON_STACK, ServerStack, freeze_start_up_objects, open_port, run_server,
+)
 from pipeline.synthetic import generate_orders, generate_weeks
 from pipeline.utils import configure_logger
 
@@ -201,6 +204,7 @@ def serve_one(kind: str, bucket: str, port: int) -> None:
     """Child process: load the newest model from the bucket and serve one of the apps."""
     configure_logger(logging.INFO)
     app, stack = build_server(kind, storage.get_live_model(bucket))
+    freeze_start_up_objects()
     run_server(app, open_port("127.0.0.1", port), stack)
 
 

@@ -1,6 +1,6 @@
 """The local run's virtualenv bootstrap: standard library only.
 
-The first Quickstart command runs with any Python 3.9+ that has pip: before anything else,
+The first Quickstart command runs with any Python 3.11+ that has pip: before anything else,
 the local run makes sure the project's virtualenv `.venv/` exists with the pinned
 requirements (installing them only when a requirement file changed since the last install,
 which a stamp inside `.venv` records) and re-executes itself with `.venv/bin/python`.

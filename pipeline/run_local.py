@@ -4,7 +4,7 @@ Usage: python3 -m pipeline.run_local [--port PORT] [--s3-port PORT] [--weeks N]
        [--r2-error-threshold X] [--r2-warning-threshold Y] [--exit-after-request]
        [--bucket NAME [--endpoint-url URL] [--seed-synthetic-data]] [--with-batch] [--in-place]
 
-Run from the repository root with any Python 3.9+ that has pip. The module imports only the
+Run from the repository root with any Python 3.11+ that has pip (the pins need 3.11). The module imports only the
 standard library at module level, so that a bare interpreter can run it: it first makes sure
 the project's virtualenv `.venv/` exists with the pinned requirements (installing them only
 when `requirements_pipe.txt` or `requirements_cicd.txt` changed since the last install, which
@@ -415,8 +415,8 @@ def cli(argv: Sequence[str]) -> int:
     except ValueError as error:
         log.error(f"Invalid arguments passed to run_local.py: {error}")
         return 1
-    if sys.version_info < (3, 9):
-        log.error(f"run_local needs Python 3.9 or later, this is {sys.version.split()[0]}")
+    if sys.version_info < (3, 11):
+        log.error(f"run_local needs Python 3.11 or later (for the pinned requirements), not {sys.version.split()[0]}")
         return 1
     signal.signal(signal.SIGTERM, _raise_stop)
     try:

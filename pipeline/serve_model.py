@@ -2,6 +2,7 @@
 
 Usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log]
                                                 [--server-stack {auto,pure-python}]
+                                                [--drain-seconds SECONDS]
 
 Bodywork runs it as `python serve_model.py S3_BUCKET` from `pipeline/` with the repository
 root on PYTHONPATH. At start-up it loads the live model (the newest artefact in
@@ -11,7 +12,9 @@ an artefact trained with another scikit-learn version, warms the model up and ch
 path against the estimator, and only then opens the port: Kubernetes takes an open TCP port as
 "ready". Any
 failure before that is one ERROR line and exit code 1, with the port never opened. SIGTERM
-stops accepting connections, lets requests in flight finish, and exits 0.
+stops accepting connections, lets requests in flight finish, and exits 0; with
+`--drain-seconds N` (bodywork.yaml gives 5) it first serves on for N seconds while the cluster
+stops routing to the pod. SIGTERM or SIGINT during start-up ends it at once, also with exit 0.
 
 `GET /metrics` serves Prometheus metrics (see docs/operations.md); `--access-log` logs one
 line per request; `--server-stack pure-python` runs on asyncio and h11 instead of uvloop and
@@ -27,11 +30,15 @@ from typing import Optional, Sequence
 from pipeline.api import create_app
 from pipeline.model import Model
 from pipeline.serving import (
+    MAX_DRAIN_SECONDS,
     ModelCompatibilityError,
-    check_library_versions,
     SERVER_STACKS,
+    StopRequested,
+    check_library_versions,
+    freeze_start_up_objects,
     open_port,
     run_server,
+    stop_on_signals,
     warm_up,
 )
 from pipeline.signing import SigningKeyError, load_signing_keys
@@ -42,7 +49,7 @@ DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8000
 USAGE = (
     "usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log] "
-    "[--server-stack {auto,pure-python}]"
+    "[--server-stack {auto,pure-python}] [--drain-seconds SECONDS]"
 )
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,7 @@ def main(
     port: int = DEFAULT_PORT,
     access_log: bool = False,
     server_stack: str = "auto",
+    drain_seconds: float = 0.0,
 ) -> None:
     """Load, check and warm up the newest model, then serve it until SIGTERM or SIGINT.
 
@@ -64,6 +72,8 @@ def main(
         access_log: log one line per request (costs throughput).
         server_stack: a key of `SERVER_STACKS`: "auto" (uvloop and httptools where
             installed) or "pure-python" (asyncio and h11).
+        drain_seconds: how long to serve on after SIGTERM before stopping (see
+            serving.DrainingServer).
 
     Raises:
         SigningKeyError: MODEL_SIGNING_KEY is unset or malformed.
@@ -71,13 +81,16 @@ def main(
         ModelCompatibilityError: the artefact was trained with another scikit-learn version,
             or its fast path disagrees with its estimator.
         OSError: the port cannot be opened.
+        StopRequested: SIGTERM or SIGINT arrived before the service started serving.
     """
+    stop_on_signals()
     model = load_model(bucket)
     app = create_app(model, load_report(bucket, model), access_log=access_log)
     warm_up(model)
+    freeze_start_up_objects()
     log.info(f"serving model {model}")
     sock = open_port(host, port)
-    run_server(app, sock, SERVER_STACKS[server_stack])
+    run_server(app, sock, SERVER_STACKS[server_stack], drain_seconds)
 
 
 def load_model(bucket: str) -> Model:
@@ -132,11 +145,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--server-stack", choices=sorted(SERVER_STACKS), default="auto")
+    parser.add_argument("--drain-seconds", type=float, default=0.0)
     args = parser.parse_stage_args(argv)
     if not args.host.strip():
         raise ValueError("--host is empty")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if not 0 <= args.drain_seconds <= MAX_DRAIN_SECONDS:
+        raise ValueError(f"--drain-seconds must be in 0..{MAX_DRAIN_SECONDS}, got {args.drain_seconds:g}")
     return args
 
 
@@ -148,7 +164,12 @@ if __name__ == "__main__":
         log.error(f"Invalid arguments passed to serve_model.py: {error}; {USAGE}")
         sys.exit(1)
     try:
-        main(arguments.bucket, arguments.host, arguments.port, arguments.access_log, arguments.server_stack)
+        main(
+            arguments.bucket, arguments.host, arguments.port, arguments.access_log, arguments.server_stack,
+            arguments.drain_seconds,
+        )
+    except StopRequested as stop:
+        log.info(f"{stop} before the service started serving")
     except (StorageError, SigningKeyError, ModelCompatibilityError, OSError) as error:
         log.error(f"serve_model failed: {error}")
         sys.exit(1)

@@ -789,7 +789,7 @@ DEFAULT_READ_BYTES = 2**20
 class ObjectStream(NamedTuple):
     """An object being read: its body as a binary file that reads bounded chunks from S3."""
 
-    body: "io.BufferedReader[Any]"  # a string: not subscriptable at run time on Python 3.9
+    body: "io.BufferedReader[Any]"  # a string: generic in the type stubs only, not at run time
     key: str
     etag: str
     version_id: Optional[str]

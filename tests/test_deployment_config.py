@@ -32,10 +32,13 @@ from croniter import croniter
 from packaging.requirements import Requirement
 
 from image.tag import image_tag
+from pipeline.serving import GRACEFUL_SHUTDOWN_SECONDS
 from pipeline.synthetic import FIRST_DROP
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BODYWORK_YAML = REPO_ROOT / "bodywork.yaml"
+# terminationGracePeriodSeconds' default; Bodywork's Deployment does not set it.
+KUBERNETES_GRACE_PERIOD_SECONDS = 30
 CIRCLECI_CONFIG = REPO_ROOT / ".circleci" / "config.yml"
 DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"
 TOX_INI = REPO_ROOT / "tox.ini"
@@ -428,6 +431,16 @@ def test_serve_startup_time_covers_the_cold_start() -> None:
     figures = benchmark(SERVE_BENCHMARK)
     limit = bodywork_config()["stages"]["serve_model"]["service"]["max_startup_time_seconds"]
     assert limit >= TIME_MARGIN * figures["cold_start_seconds"]
+
+
+def test_serve_drain_and_graceful_shutdown_end_inside_kubernetes_grace_period() -> None:
+    """After SIGTERM the service serves on for its drain period, then gives requests in flight
+    up to GRACEFUL_SHUTDOWN_SECONDS; both must end before Kubernetes' default grace period of
+    30 s ends in SIGKILL (Bodywork sets no other)."""
+    args = bodywork_config()["stages"]["serve_model"]["args"]
+    drain = float(args[args.index("--drain-seconds") + 1])
+    assert drain > 0
+    assert drain + GRACEFUL_SHUTDOWN_SECONDS < KUBERNETES_GRACE_PERIOD_SECONDS
 
 
 # --- the image's Python ------------------------------------------------------------------

@@ -256,6 +256,58 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
     assert "stopped by SIGTERM after a graceful shutdown" in service.log()
 
 
+def test_sigterm_with_a_drain_period_serves_new_connections_for_it_then_exits_0(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> None:
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model, "--drain-seconds", "3"], s3_env)
+    wait_for_log(service, "Application startup complete")
+
+    service.process.send_signal(signal.SIGTERM)
+    wait_for_log(service, "SIGTERM: serving on for 3 s")
+    status_while_draining, _ = post(service.port, PREDICT_PATH, {"product_code": "SKU002", "orders_placed": 140})
+    still_running_while_draining = service.process.poll() is None
+
+    assert status_while_draining == 200
+    assert still_running_while_draining
+    assert service.process.wait(timeout=30) == 0
+    assert not port_accepts(service.port)
+    log = service.log()
+    assert log.index("SIGTERM: serving on for 3 s") < log.index("Shutting down")
+    assert "stopped by SIGTERM after a graceful shutdown" in log
+
+
+def test_a_second_sigterm_ends_the_drain_period_at_once(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> None:
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model, "--drain-seconds", "8"], s3_env)
+    wait_for_log(service, "Application startup complete")
+
+    service.process.send_signal(signal.SIGTERM)
+    wait_for_log(service, "SIGTERM: serving on for 8 s")
+    service.process.send_signal(signal.SIGTERM)
+
+    assert service.process.wait(timeout=6) == 0
+    assert "stopped by SIGTERM after a graceful shutdown" in service.log()
+
+
+def test_sigterm_while_loading_the_model_stops_at_once_with_exit_0(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> None:
+    # A server that accepts connections and never answers: the service is stuck loading.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        env = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+        service = start(["-m", "pipeline.serve_model", bucket_with_model], env)
+        silent.settimeout(START_TIMEOUT)
+        connection, _ = silent.accept()  # the service's first S3 request: it is past start-up's imports
+        with connection:
+            service.process.send_signal(signal.SIGTERM)
+            exit_code = service.process.wait(timeout=10)
+
+    assert exit_code == 0
+    assert "stopped by SIGTERM before the service started serving" in service.log()
+    assert not port_accepts(service.port)
+
+
 # --- failing to start: one ERROR line, exit 1, port never opened -------------------------------
 
 def test_empty_models_folder_exits_1_without_opening_the_port(
@@ -316,7 +368,7 @@ def test_port_in_use_exits_1_with_one_error_line(s3_env: Dict[str, str], bucket_
 # --- arguments ------------------------------------------------------------------------------------
 
 USAGE_TEXT = ("usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log] "
-              "[--server-stack {auto,pure-python}]")
+              "[--server-stack {auto,pure-python}] [--drain-seconds SECONDS]")
 
 
 @pytest.mark.parametrize(
@@ -332,6 +384,10 @@ USAGE_TEXT = ("usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--
         (["bucket-a", "--server-stack", "fast"],
          "argument --server-stack: invalid choice: 'fast' (choose from 'auto', 'pure-python')"),
         (["  "], "S3_BUCKET is empty"),
+        (["bucket-a", "--drain-seconds", "-1"], "--drain-seconds must be in 0..8, got -1"),
+        (["bucket-a", "--drain-seconds", "9"], "--drain-seconds must be in 0..8, got 9"),
+        (["bucket-a", "--drain-seconds", "nan"], "--drain-seconds must be in 0..8, got nan"),
+        (["bucket-a", "--drain-seconds", "soon"], "argument --drain-seconds: invalid float value: 'soon'"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(args: List[str], reason: str) -> None:

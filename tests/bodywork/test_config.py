@@ -52,7 +52,7 @@ def test_serve_stage_is_a_service_running_the_serve_module(bodywork_config: Body
     stage = bodywork_config.stages["serve_model"]
     assert isinstance(stage, ServiceStageConfig)
     assert stage.executable_module_path == REPO_ROOT / "pipeline" / "serve_model.py"
-    assert stage.args == ["time-to-dispatch"]
+    assert stage.args == ["time-to-dispatch", "--drain-seconds", "5"]
 
 
 def test_serve_stage_has_two_replicas_on_port_8000_behind_the_ingress(
