@@ -32,6 +32,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pandas as pd
 
+from benchmarks import use_throwaway_signing_key
 from pipeline import storage
 from pipeline.local_s3 import LocalS3
 from pipeline.synthetic import generate_orders, generate_weeks
@@ -121,6 +122,7 @@ def _vm_hwm_kib(pid: int) -> int:
 
 def main(sizes: List[int], json_path: str, text_path: str) -> None:
     results: List[Dict[str, Any]] = []
+    use_throwaway_signing_key()
     with LocalS3() as s3:
         s3.point_environment_here()
         bucket = s3.create_bucket("batch-benchmark")

@@ -63,6 +63,7 @@ import numpy as np
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from benchmarks import use_throwaway_signing_key
 from pipeline import storage
 from pipeline.api import (
     PREDICT_BATCH_PATH,
@@ -279,6 +280,7 @@ class BenchmarkS3:
     def __init__(self) -> None:
         from pipeline.local_s3 import LocalS3
 
+        use_throwaway_signing_key()
         self.server = LocalS3().start()
         self.server.point_environment_here()
         self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

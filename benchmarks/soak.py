@@ -17,7 +17,6 @@ import argparse
 import http.client
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from benchmarks import use_throwaway_signing_key
 from pipeline import train_model
 from pipeline.local_s3 import LocalS3, seed_weeks
 
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--text", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()
 
-    os.environ.setdefault("MODEL_SIGNING_KEY", f"soak:{secrets.token_hex(32)}")
+    use_throwaway_signing_key()
     with LocalS3() as s3:
         s3.point_environment_here()
         bucket = s3.create_bucket()

@@ -49,6 +49,7 @@ import sklearn
 from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.tree import DecisionTreeRegressor
 
+from benchmarks import use_throwaway_signing_key
 from pipeline.synthetic import FIRST_DROP, ROWS_PER_WEEK, generate_orders
 from pipeline.training import prepare_data
 from pipeline.tuning import (
@@ -245,6 +246,7 @@ def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
     from pipeline import storage
     from pipeline.local_s3 import LocalS3
 
+    use_throwaway_signing_key()
     server = LocalS3().start()
     try:
         server.point_environment_here()
