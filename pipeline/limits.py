@@ -28,7 +28,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MAX_BODY_BYTES = 1_048_576
 # A valid body of at most a megabyte arrives in well under a second on any link the shop's
 # platform uses; ten seconds is generous and still ends a stalled request long before the
-# service's 25 s graceful shutdown gives up on it.
+# service's 20 s graceful shutdown gives up on it.
 BODY_TIMEOUT_SECONDS = 10.0
 
 

@@ -43,7 +43,7 @@ from tests.helpers import REGION, TEST_SIGNING_KEY, TEST_WEEK_SEED
 LOOPBACK = "127.0.0.1"
 PREDICTION_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
 # How long the service may take to stop after SIGTERM (serve_model's graceful shutdown
-# gives requests in flight up to 25 s; none are in flight here).
+# serves on for its 5 s drain, then gives requests in flight up to 20 s; none are in flight here).
 STOP_TIMEOUT_SECONDS = 60
 LOG_TAIL = 4000
 
