@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""Write a single-layer OCI image layout directory from local files.
+"""Write a single-layer OCI image layout directory from local files (cluster.sh makes the
+Kubernetes pause image with it).
 
 No registry and no container engine needed.  Example:
   mkimage.py --out /tmp/oci --tag 1 --add /bin/busybox:/bin/busybox \
       --symlink /bin/sh:busybox --entrypoint /bin/sh
 Then e.g. `skopeo copy oci:/tmp/oci:1 docker://127.0.0.1:5000/x:1 --dest-tls-verify=false`.
 """
-import argparse, gzip, hashlib, io, json, os, tarfile, time
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
 
 
 def blob(layout, data, media_type):

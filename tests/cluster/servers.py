@@ -194,4 +194,3 @@ def publish(work_tree: Path, bare: Path, branch: str, message: str) -> str:
     subprocess.run(["git", "update-server-info"], cwd=bare, check=True)
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=work_tree, check=True,
                           capture_output=True, text=True).stdout.strip()
-

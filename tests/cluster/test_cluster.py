@@ -69,7 +69,8 @@ def wait_for(what: str, check: Any, timeout: float, run: ClusterRun) -> Any:
 def test_configure_cluster_creates_bodyworks_namespace(run: ClusterRun) -> None:
     done = run.bodywork(*documented_command(("configure-cluster",), {})[1:])
     assert done.returncode == 0, done.stdout + done.stderr
-    assert run.kubectl("get", "namespace", BODYWORK_NAMESPACE, "-o", "name").strip() == f"namespace/{BODYWORK_NAMESPACE}"
+    namespace = run.kubectl("get", "namespace", BODYWORK_NAMESPACE, "-o", "name").strip()
+    assert namespace == f"namespace/{BODYWORK_NAMESPACE}"
 
 
 def test_documented_secrets_and_the_signing_key_are_created_in_the_prod_group(run: ClusterRun) -> None:
@@ -231,7 +232,8 @@ def test_second_deployment_succeeds_and_persists_a_newer_model(run: ClusterRun, 
 
 def test_rollout_to_the_newer_model_fails_no_request(run: ClusterRun, rollout: Tuple[Poller, Any]) -> None:
     poller, _ = rollout
-    assert poller.failures == [], f"{len(poller.failures)} failed of {poller.ok + len(poller.failures)}: {poller.failures[:20]}"
+    total = poller.ok + len(poller.failures)
+    assert poller.failures == [], f"{len(poller.failures)} of {total} requests failed: {poller.failures[:20]}"
     assert poller.ok > 50
     assert len(poller.versions) == 2, poller.versions
 
