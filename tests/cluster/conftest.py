@@ -21,9 +21,9 @@ import yaml
 
 from pipeline.local_s3 import LocalS3, create_bucket
 from pipeline.storage import put_dataset, s3_client
-from pipeline.synthetic import generate_weeks
+from pipeline.synthetic import generate_orders, generate_weeks
 from tests.cluster.servers import DockerHubProxy, GitServer, make_certificates, publish
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, TEST_WEEK_SEED
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_SH = HERE / "cluster.sh"
@@ -184,14 +184,17 @@ def run(cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clu
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_") or k.lower() == "no_proxy"})
         config = yaml.safe_load((REPO_ROOT / "bodywork.yaml").read_text())
         bucket = config["stages"]["train_model"]["args"][0]
-        client = s3_client()
-        create_bucket(client, bucket)
-        for week in generate_weeks(WEEKS_BEFORE_FIRST_DEPLOYMENT):
-            put_dataset(bucket, week.data, week.timestamp, client)
+        create_bucket(s3_client(), bucket)
+        for week in range(WEEKS_BEFORE_FIRST_DEPLOYMENT):
+            add_week(bucket, week)
         work_tree = work / "tree"
         _copy_working_tree(work_tree, image)
-        yield ClusterRun(env, work, f"{git.url}/time-to-dispatch.git", bucket, work_tree,
+        run = ClusterRun(env, work, f"{git.url}/time-to-dispatch.git", bucket, work_tree,
                          work / "git" / "time-to-dispatch.git")
+        # The cluster's state outlives a run: start from no deployment at all.
+        run.kubectl("delete", "namespace", "--ignore-not-found", "--wait=true", "--timeout=300s",
+                    PIPELINE_NAMESPACE, BODYWORK_NAMESPACE, timeout=330)
+        yield run
     finally:
         s3.stop()
         hub.stop()
@@ -251,6 +254,8 @@ def signing_key_secret(config: Dict[str, Any]) -> str:
 
 
 def add_week(bucket: str, week_index: int) -> str:
-    """Upload the synthetic week number `week_index` (0 = the first), as data engineering would."""
-    week = generate_weeks(week_index + 1)[-1]
-    return put_dataset(bucket, week.data, week.timestamp, s3_client())
+    """Upload a week dropped at the synthetic week number `week_index`'s time (0 = the first),
+    as data engineering would. Its orders are the tests' week (tests.helpers.TEST_WEEK_SEED),
+    which trains a model that passes every check, so each deployment persists a new model."""
+    timestamp = generate_weeks(week_index + 1)[-1].timestamp
+    return put_dataset(bucket, generate_orders(n_rows=1000, seed=TEST_WEEK_SEED), timestamp, s3_client())

@@ -217,9 +217,10 @@ def rollout(run: ClusterRun) -> Tuple[Poller, Any]:
         time.sleep(3)
         deployment = run.deploy("a newer commit")
         # Keep polling until every old pod is gone, so that their whole shutdown is covered.
-        wait_for("the old service pods to go",
-                 lambda: not old_pods & {p["metadata"]["name"] for p in service_pods(run)}, ROLLOUT_TIMEOUT, run)
-        time.sleep(3)
+        if deployment.returncode == 0:
+            wait_for("the old service pods to go",
+                     lambda: not old_pods & {p["metadata"]["name"] for p in service_pods(run)}, ROLLOUT_TIMEOUT, run)
+            time.sleep(3)
     return poller, deployment
 
 
