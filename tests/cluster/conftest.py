@@ -191,6 +191,8 @@ def run(cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clu
         _copy_working_tree(work_tree, image)
         run = ClusterRun(env, work, f"{git.url}/time-to-dispatch.git", bucket, work_tree,
                          work / "git" / "time-to-dispatch.git")
+        # The repository is there from the start, for the cronjob as much as for a deployment.
+        publish(work_tree, run.bare, BRANCH, "the working tree under test")
         # The cluster's state outlives a run: start from no deployment at all.
         run.kubectl("delete", "namespace", "--ignore-not-found", "--wait=true", "--timeout=300s",
                     PIPELINE_NAMESPACE, BODYWORK_NAMESPACE, timeout=330)

@@ -95,7 +95,7 @@ def test_documented_secrets_and_the_signing_key_are_created_in_the_prod_group(ru
 
 
 def test_first_deployment_succeeds(run: ClusterRun) -> None:
-    deployment = run.deploy("the working tree under test")
+    deployment = run.deploy("the first deployment")
     assert deployment.returncode == 0 and "Deployment successful" in deployment.output, (
         f"{deployment.output[-8000:]}\n{run.diagnostics()}")
 
