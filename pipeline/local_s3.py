@@ -31,8 +31,11 @@ _AWS_IDENTITY_VARIABLES = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOK
 class LocalS3:
     """moto's S3 server on a loopback port; a context manager that stops it on exit."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, host: str = HOST) -> None:
+        """`host` is loopback unless a caller needs the server reachable from elsewhere on this
+        machine (the cluster test binds it to the pods' bridge address)."""
         self._port = port
+        self._host = host
         self._server: Optional[ThreadedMotoServer] = None
         self.endpoint = ""
 
@@ -44,7 +47,7 @@ class LocalS3:
         """
         # One line per S3 request would bury everything else.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        server = ThreadedMotoServer(ip_address=HOST, port=self._port, verbose=False)
+        server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
         self._server = server

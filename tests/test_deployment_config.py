@@ -490,10 +490,15 @@ def test_circleci_runs_static_analysis_then_tests_and_the_image_on_other_branche
     assert any("tox -e static" in c for c in job_commands(config, "static-analysis"))
 
 
+# The cluster test builds and runs a Kubernetes node from Debian's packages as root: CircleCI's
+# Docker executor can do neither, so it runs where `tox` runs whole (`.ci/run`), not there.
+NOT_ON_CIRCLECI = {"cluster"}
+
+
 def test_circleci_runs_every_tox_environment_on_branches() -> None:
     tox = configparser.ConfigParser(interpolation=None)
     tox.read(TOX_INI)
-    envlist = {env.strip() for env in tox["tox"]["envlist"].split(",")}
+    envlist = {env.strip() for env in tox["tox"]["envlist"].split(",")} - NOT_ON_CIRCLECI
     config = circleci_config()
     run = set()
     for job in ("static-analysis", "tests", "image"):
