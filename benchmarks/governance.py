@@ -101,6 +101,7 @@ class WarningLines(logging.Handler):
 class HealthyWeek(NamedTuple):
     """One healthy week as the train stage sees it, and what its per-week gates said."""
 
+    week: int
     model: Model
     prepared: PreparedData
     data: pd.DataFrame
@@ -147,7 +148,8 @@ def logic_check_of(failure: str) -> str:
 def logic_headroom(model: Model, prepared: PreparedData) -> Dict[str, float]:
     """How far a week's model is from failing each logic check: the smallest rise (hours) from
     100 to 150 orders over the products, the lowest test estimate, and the highest test estimate
-    as a multiple of the largest test label."""
+    as a multiple of the largest test label (with the largest training label's multiple of it:
+    a tree's estimate is the mean or median of some training labels, never above the largest)."""
     codes = list(prepared.encoding.codes)
     low = model.predict(codes, np.full(len(codes), float(CHECK_ORDERS_LOW)))
     high = model.predict(codes, np.full(len(codes), float(CHECK_ORDERS_HIGH)))
@@ -156,6 +158,7 @@ def logic_headroom(model: Model, prepared: PreparedData) -> Dict[str, float]:
         "smallest_rise_hours": float(np.min(high - low)),
         "lowest_test_estimate_hours": float(np.min(estimates)),
         "highest_estimate_over_largest_label": float(np.max(estimates) / np.max(prepared.y_test)),
+        "largest_train_label_over_largest_test_label": float(np.max(prepared.y_train) / np.max(prepared.y_test)),
     }
 
 
@@ -237,7 +240,7 @@ def run(weeks: int, seed: int, bucket: str) -> Dict[str, Any]:
         for candidate in R2_WARNING_CANDIDATES:
             r_squared_failure(model.metrics, R2_ERROR_THRESHOLD, candidate)
             r2_warned[candidate] += bool(lines.take())
-        healthy.append(HealthyWeek(model, prepared, dataset.data, logic, r2, validation_warnings, r2_warnings,
+        healthy.append(HealthyWeek(week, model, prepared, dataset.data, logic, r2, validation_warnings, r2_warnings,
                                    logic_headroom(model, prepared)))
         print(f"week {week}: r²={model.metrics.r_squared:.4f} MAE={model.metrics.mean_absolute_error:.4f} "
               f"{model.hyperparameters}" + "".join(f"\n  logic check failed: {f}" for f in logic)
@@ -309,13 +312,14 @@ def run(weeks: int, seed: int, bucket: str) -> Dict[str, Any]:
                 "weeks": trained,
                 "failed": {check: logic_failed[check] for check in LOGIC_CHECKS},
                 "weeks_failing_any": sum(bool(week.logic_failures) for week in healthy),
-                "failures": [f for week in healthy for f in week.logic_failures],
+                "failures": [f"week {week.week}: {f}" for week in healthy for f in week.logic_failures],
                 "headroom": {
                     "smallest_rise_hours_min": min(w.headroom["smallest_rise_hours"] for w in healthy),
                     "lowest_test_estimate_hours_min": min(w.headroom["lowest_test_estimate_hours"] for w in healthy),
                     "highest_estimate_over_largest_label_max":
                         max(w.headroom["highest_estimate_over_largest_label"] for w in healthy),
                 },
+                "headroom_per_week": {str(w.week): w.headroom for w in healthy},
             },
             "r_squared": {
                 "weeks": trained,
