@@ -1,9 +1,17 @@
-"""Governance benchmark: how often the champion gate and each drift statistic fire on healthy
-weeks of the same process, and whether they fire on weeks that really changed.
+"""Governance benchmark: how often every gate and warning of the train stage fires on healthy
+weeks of the same process, and whether drift warnings fire on weeks that really changed.
 
 Weeks 0..N are synthetic weeks of the same process (`generate_orders`, seeds SEED..SEED+N).
-Each week is trained as the train stage trains it (`prepare_data`, `tune_hyperparameters` on
-the full grid, `build_model`); week i's model is the champion of week i+1:
+Each week is read and trained as the train stage reads and trains it: uploaded as CSV to a
+local S3 server (`put_dataset`) and read back with `get_latest_dataset` (the size limit and
+the strict CSV parse), then `prepare_data` (dataset validation, look-alike product codes),
+`tune_hyperparameters` on the full grid, `evaluate` and `build_model`; week i's model is the
+champion of week i+1:
+
+- the per-week gates, on every week: the dataset read and validation (refusals, and WARNING
+  lines from validation), each of the three logic checks (`logic_check_failures`), the r²
+  error threshold and the r² warning (`r_squared_failure`, with the deployment's thresholds
+  and, for the warning, candidate thresholds below it);
 
 - champion gate, no drift: week i+1's model against week i's on week i+1's held-out rows
   (`compare_with_champion`); the false refusal rate for each candidate tolerance, and the
@@ -16,46 +24,142 @@ the full grid, `build_model`); week i's model is the champion of week i+1:
   drift warning at all;
 - drift, real changes: the same against changed weeks (orders_placed shifted to busier days,
   SKU001's share raised to half the orders, SKU003's slope doubled, every product 30% slower);
-  how often the expected warning fires.
+  how often the expected warning fires;
+- all gates together (`decide`, with the default champion tolerance) on each healthy pair: how
+  often a healthy week would be refused, and how often it gets any WARNING line at all.
 
 Usage, from the repository root:
 
-    PYTHONPATH=. python benchmarks/governance.py --weeks 100 --json benchmarks/results/governance.json
+    PYTHONPATH=. python benchmarks/governance.py --weeks 40 --json benchmarks/results/governance.json
 """
 import argparse
 import json
+import logging
+import os
 import shlex
 import sys
 import time
 from collections import Counter
 from dataclasses import replace
-from datetime import datetime, timezone
-from typing import Any, Dict, List, Tuple
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
-from pipeline.champion import compare_with_champion
-from pipeline.drift import compute_drift
+from pipeline.champion import DEFAULT_CHAMPION_TOLERANCE, compare_with_champion, decide
+from pipeline.drift import compute_drift, log_findings
 from pipeline.features import ORDERS_COLUMN, PRODUCT_COLUMN
+from pipeline.local_s3 import LocalS3
 from pipeline.model import Model
-from pipeline.storage import Dataset
+from pipeline.storage import Dataset, StorageError, get_latest_dataset, put_dataset
 from pipeline.synthetic import PRODUCT_SLOPES, generate_orders
-from pipeline.training import PreparedData, build_model, evaluate, prepare_data, test_rows
+from pipeline.training import (
+    CHECK_ORDERS_HIGH,
+    CHECK_ORDERS_LOW,
+    MAX_ESTIMATE_TO_LABEL_RATIO,
+    DatasetError,
+    PreparedData,
+    build_model,
+    evaluate,
+    logic_check_failures,
+    prepare_data,
+    r_squared_failure,
+    test_rows,
+)
 from pipeline.tuning import HYPERPARAM_GRID, tune_hyperparameters
 
 TOLERANCES = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25)
 WORSE_BY = 0.25
+# The deployment's r² thresholds (bodywork.yaml: `time-to-dispatch 0.9 0.95`), and lower
+# candidates for the warning, to see what each would cost on healthy weeks.
+R2_ERROR_THRESHOLD, R2_WARNING_THRESHOLD = 0.9, 0.95
+R2_WARNING_CANDIDATES = (0.95, 0.94, 0.93, 0.92, 0.91)
+LOGIC_CHECKS = ("estimate rises from 100 to 150 orders", "no negative estimate", "no estimate above 1.25 x")
+# Healthy weeks are dated in the past (keys dated in the future are ignored), one a week.
+FIRST_WEEK = datetime(2025, 1, 3, 23, 0, tzinfo=timezone.utc)
 
 
-def train_week(data: pd.DataFrame, seed: int) -> Tuple[Model, PreparedData]:
-    """A model trained on one week exactly as the train stage trains it (full grid, n_jobs=1)."""
-    prepared = prepare_data(data)
+class WarningLines(logging.Handler):
+    """Keeps the WARNING (and worse) records the pipeline's modules log, to count them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("pipeline"):
+            self.records.append(record)
+
+    def take(self) -> List[str]:
+        """The messages kept since the last call, and forget them."""
+        messages = [r.getMessage() for r in self.records]
+        self.records.clear()
+        return messages
+
+
+class HealthyWeek(NamedTuple):
+    """One healthy week as the train stage sees it, and what its per-week gates said."""
+
+    week: int
+    model: Model
+    prepared: PreparedData
+    data: pd.DataFrame
+    logic_failures: List[str]
+    r_squared_failure: Optional[str]
+    validation_warnings: List[str]
+    r_squared_warnings: List[str]
+    headroom: Dict[str, float]
+
+
+def read_week(bucket: str, data: pd.DataFrame, week: int) -> Dataset:
+    """Upload a week as data engineering drops it and read it back as the train stage does.
+
+    Raises:
+        StorageError: the read gate refused it (size limit, unreadable or malformed CSV).
+    """
+    put_dataset(bucket, data, FIRST_WEEK + timedelta(weeks=week))
+    return get_latest_dataset(bucket)
+
+
+def train_week(dataset: Dataset) -> Tuple[Model, PreparedData]:
+    """A model trained on one week exactly as the train stage trains it (full grid, n_jobs=1).
+
+    Raises:
+        DatasetError: the week failed dataset validation.
+    """
+    prepared = prepare_data(dataset.data)
     search = tune_hyperparameters(prepared.X_train, prepared.y_train, HYPERPARAM_GRID, n_jobs=1)
     metrics = evaluate(search.estimator, prepared)
-    stamp = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    dataset = Dataset(data, "benchmark", f"datasets/week_{seed}.csv", stamp, "etag", None)
     return build_model(search.estimator, search.best_params, prepared, metrics, dataset), prepared
+
+
+def logic_check_of(failure: str) -> str:
+    """Which of LOGIC_CHECKS a failure message of `logic_check_failures` is about."""
+    if f"estimate at {CHECK_ORDERS_HIGH} orders" in failure:
+        return LOGIC_CHECKS[0]
+    if "negative estimate" in failure:
+        return LOGIC_CHECKS[1]
+    if f"above {MAX_ESTIMATE_TO_LABEL_RATIO} x" in failure:
+        return LOGIC_CHECKS[2]
+    raise ValueError(f"a logic check this benchmark does not know: {failure}")
+
+
+def logic_headroom(model: Model, prepared: PreparedData) -> Dict[str, float]:
+    """How far a week's model is from failing each logic check: the smallest rise (hours) from
+    100 to 150 orders over the products, the lowest test estimate, and the highest test estimate
+    as a multiple of the largest test label (with the largest training label's multiple of it:
+    a tree's estimate is the mean or median of some training labels, never above the largest)."""
+    codes = list(prepared.encoding.codes)
+    low = model.predict(codes, np.full(len(codes), float(CHECK_ORDERS_LOW)))
+    high = model.predict(codes, np.full(len(codes), float(CHECK_ORDERS_HIGH)))
+    estimates = model.estimator.predict(prepared.X_test)
+    return {
+        "smallest_rise_hours": float(np.min(high - low)),
+        "lowest_test_estimate_hours": float(np.min(estimates)),
+        "highest_estimate_over_largest_label": float(np.max(estimates) / np.max(prepared.y_test)),
+        "largest_train_label_over_largest_test_label": float(np.max(prepared.y_train) / np.max(prepared.y_test)),
+    }
 
 
 def shifted_to_busier_days(seed: int) -> pd.DataFrame:
@@ -106,22 +210,52 @@ def worse_challenger(champion_errors_mean: float, predictions: np.ndarray, label
     return float(np.mean(np.abs(predictions + high - labels)))
 
 
-def run(weeks: int, seed: int) -> Dict[str, Any]:
+def run(weeks: int, seed: int, bucket: str) -> Dict[str, Any]:
     started = time.monotonic()
-    models: List[Tuple[Model, PreparedData, pd.DataFrame]] = []
+    load_at_start = os.getloadavg()
+    lines = WarningLines()
+    logging.getLogger().addHandler(lines)
+    healthy: List[HealthyWeek] = []
+    read_refused: List[str] = []
+    validation_refused: List[str] = []
+    r2_warned: Counter = Counter()
     for week in range(weeks + 1):
         data = generate_orders(1000, seed=seed + week)
-        model, prepared = train_week(data, seed + week)
-        models.append((model, prepared, data))
+        lines.take()
+        try:
+            dataset = read_week(bucket, data, week)
+        except StorageError as error:
+            read_refused.append(f"week {week}: {error}")
+            continue
+        try:
+            model, prepared = train_week(dataset)
+        except DatasetError as error:
+            validation_refused.append(f"week {week}: {error}")
+            continue
+        validation_warnings = lines.take()
+        logic = logic_check_failures(model.estimator, prepared)
+        r2 = r_squared_failure(model.metrics, R2_ERROR_THRESHOLD, R2_WARNING_THRESHOLD)
+        r2_warnings = lines.take()
+        warnings = validation_warnings + r2_warnings
+        for candidate in R2_WARNING_CANDIDATES:
+            r_squared_failure(model.metrics, R2_ERROR_THRESHOLD, candidate)
+            r2_warned[candidate] += bool(lines.take())
+        healthy.append(HealthyWeek(week, model, prepared, dataset.data, logic, r2, validation_warnings, r2_warnings,
+                                   logic_headroom(model, prepared)))
         print(f"week {week}: r²={model.metrics.r_squared:.4f} MAE={model.metrics.mean_absolute_error:.4f} "
-              f"{model.hyperparameters}", flush=True)
+              f"{model.hyperparameters}" + "".join(f"\n  logic check failed: {f}" for f in logic)
+              + (f"\n  r² gate: {r2}" if r2 else "") + "".join(f"\n  WARNING: {w}" for w in warnings), flush=True)
     differences: List[float] = []
     refused: Counter = Counter()
     worse_refused: Counter = Counter()
     drift_fired: Counter = Counter()
     weeks_with_any_warning = 0
     statistic_counts: Counter = Counter()
-    for (champion, _, reference), (challenger, prepared, current) in zip(models, models[1:]):
+    refused_by_all_gates = 0
+    failed_gates: Counter = Counter()
+    weeks_with_any_warning_line = 0
+    for old, new in zip(healthy, healthy[1:]):
+        champion, challenger, prepared = old.model, new.model, new.prepared
         orders, codes = test_rows(prepared)
         comparison = compare_with_champion(challenger, champion, orders, codes, prepared.y_test, 0.0)
         assert comparison is not None
@@ -130,28 +264,73 @@ def run(weeks: int, seed: int) -> Dict[str, Any]:
         for tolerance in TOLERANCES:
             refused[tolerance] += replace(comparison, tolerance=tolerance).refused
             worse_refused[tolerance] += replace(comparison, tolerance=tolerance, challenger_mae=worse_mae).refused
-        drift = compute_drift(current, reference, "reference", champion)
+        drift = compute_drift(new.data, old.data, "reference", champion)
+        log_findings(drift)
+        drift_lines = lines.take()
         for statistic in drift.statistics:
             key = f"{statistic.kind}{' per product' if statistic.product else ''}: {statistic.statistic}"
             statistic_counts[key] += 1
             drift_fired[key] += statistic.drifted
         weeks_with_any_warning += bool(drift.findings)
-    pairs = weeks
+        decision = decide(new.logic_failures, new.r_squared_failure,
+                          replace(comparison, tolerance=DEFAULT_CHAMPION_TOLERANCE))
+        refused_by_all_gates += not decision.accepted
+        failed_gates.update(failure.split(":")[0] for failure in decision.failures)
+        weeks_with_any_warning_line += bool(new.validation_warnings or new.r_squared_warnings or drift_lines)
+    logging.getLogger().removeHandler(lines)
+    pairs = len(healthy) - 1
     scenarios = {}
     for name, (make, expected) in SCENARIOS.items():
         hits = 0
-        for (champion, _, reference), week in zip(models, range(pairs)):
+        for old, week in zip(healthy, range(pairs)):
             changed = make(seed + 10_000 + week)
-            findings = compute_drift(changed, reference, "reference", champion).findings
+            findings = compute_drift(changed, old.data, "reference", old.model).findings
             hits += any(expected in f.warning() for f in findings)
         scenarios[name] = {"expected_warning_contains": expected, "weeks": pairs, "fired": hits,
                            "rate": hits / pairs}
     spread = np.array(differences)
+    trained = len(healthy)
+    logic_failed = Counter(check for week in healthy for check in set(map(logic_check_of, week.logic_failures)))
+    r_squared = np.array([week.model.metrics.r_squared for week in healthy])
     return {
         "command": "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "weeks_trained": weeks + 1,
+        "load_average_1_5_15_at_start": load_at_start,
+        "load_average_1_5_15_at_end": os.getloadavg(),
+        "weeks_generated": weeks + 1,
+        "weeks_trained": trained,
         "pairs": pairs,
         "seconds": time.monotonic() - started,
+        "per_week_gates": {
+            "weeks": weeks + 1,
+            "dataset_read_refused": len(read_refused),
+            "dataset_validation_refused": len(validation_refused),
+            "dataset_refusals": read_refused + validation_refused,
+            "weeks_with_warning_lines_reading_validating_training":
+                sum(bool(week.validation_warnings) for week in healthy),
+            "warning_lines_reading_validating_training": [w for week in healthy for w in week.validation_warnings],
+            "logic_checks": {
+                "weeks": trained,
+                "failed": {check: logic_failed[check] for check in LOGIC_CHECKS},
+                "weeks_failing_any": sum(bool(week.logic_failures) for week in healthy),
+                "failures": [f"week {week.week}: {f}" for week in healthy for f in week.logic_failures],
+                "headroom": {
+                    "smallest_rise_hours_min": min(w.headroom["smallest_rise_hours"] for w in healthy),
+                    "lowest_test_estimate_hours_min": min(w.headroom["lowest_test_estimate_hours"] for w in healthy),
+                    "highest_estimate_over_largest_label_max":
+                        max(w.headroom["highest_estimate_over_largest_label"] for w in healthy),
+                },
+                "headroom_per_week": {str(w.week): w.headroom for w in healthy},
+            },
+            "r_squared": {
+                "weeks": trained,
+                "min": float(r_squared.min()), "p05": float(np.percentile(r_squared, 5)),
+                "p50": float(np.percentile(r_squared, 50)), "max": float(r_squared.max()),
+                "error_threshold": R2_ERROR_THRESHOLD,
+                "refused_by_error_threshold": sum(week.r_squared_failure is not None for week in healthy),
+                "warning_threshold": R2_WARNING_THRESHOLD,
+                "warned_by_threshold": {str(t): r2_warned[t] for t in R2_WARNING_CANDIDATES},
+            },
+        },
         "champion_no_drift": {
             "relative_mae_difference": {
                 "mean": float(spread.mean()), "p50": float(np.percentile(spread, 50)),
@@ -166,6 +345,14 @@ def run(weeks: int, seed: int) -> Dict[str, Any]:
             "statistics_per_week": {k: statistic_counts[k] / pairs for k in sorted(statistic_counts)},
             "weeks_with_any_drift_warning": weeks_with_any_warning / pairs,
         },
+        "all_gates_no_drift": {
+            "champion_tolerance": DEFAULT_CHAMPION_TOLERANCE,
+            "r_squared_thresholds": [R2_ERROR_THRESHOLD, R2_WARNING_THRESHOLD],
+            "pairs": pairs,
+            "refused": refused_by_all_gates,
+            "failed_gates": dict(failed_gates),
+            "weeks_with_any_warning_line": weeks_with_any_warning_line,
+        },
         "drift_detection": scenarios,
     }
 
@@ -176,7 +363,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args()
-    results = run(args.weeks, args.seed)
+    with LocalS3() as s3:
+        s3.point_environment_here()
+        results = run(args.weeks, args.seed, s3.create_bucket("governance-benchmark"))
     text = json.dumps(results, indent=1)
     print(text)
     if args.json:
