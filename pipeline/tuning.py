@@ -27,7 +27,7 @@ CV_FOLDS = 5
 # saves; from it on, use every core. The value is the measured crossover on the production
 # machine size (2 cores): docs/benchmarks.md, "Parallelism crossover", gives the figures and
 # the command that measures them.
-PARALLEL_MIN_TRAIN_ROWS = 1200
+PARALLEL_MIN_TRAIN_ROWS = 3200
 # A long search logs how many of its fits are done at most this often.
 PROGRESS_INTERVAL_S = 30.0
 
