@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 from types import FrameType
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 import sklearn
@@ -32,6 +32,7 @@ from pipeline.model import Model
 # before it is killed: 5 + 20 s, inside the 30.
 GRACEFUL_SHUTDOWN_SECONDS = 20
 MAX_DRAIN_SECONDS = 8
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # uvicorn's default backlog of connections waiting to be accepted.
 LISTEN_BACKLOG = 2048
 # Hostile or broken clients: an idle keep-alive connection is closed after this many seconds;
@@ -184,6 +185,10 @@ def uvicorn_config(app: FastAPI, stack: ServerStack) -> uvicorn.Config:
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         limit_concurrency=MAX_CONCURRENT_CONNECTIONS,
         backlog=LISTEN_BACKLOG,
+        # The app has no start-up or shutdown handlers (the model is loaded and warmed up
+        # before uvicorn starts); without the lifespan task, a stop signal that arrives while
+        # uvicorn starts cannot leave that task to be cancelled with a traceback.
+        lifespan="off",
     )
 
 
@@ -204,7 +209,7 @@ def stop_on_signals() -> None:
     takes the signals over (loading, warming up, opening the port) ends the process cleanly,
     and none is lost or kills it with the signal's default action.
     """
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _raise_stop_requested)
 
 
@@ -251,11 +256,11 @@ def run_server(
     and returns.
 
     Raises:
-        StopRequested: the signal arrived before uvicorn started serving.
+        StopRequested: the signal arrived before the server was built.
     """
     if not 0 <= drain_seconds <= MAX_DRAIN_SECONDS:
         raise ValueError(f"drain_seconds must be in 0..{MAX_DRAIN_SECONDS}, got {drain_seconds}")
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     stop_on_signals()
     try:
         running = available_stack(stack)
@@ -263,13 +268,20 @@ def run_server(
             log.warning(f"{stack} asked for, but not all installed: falling back to the {running}")
         log.info(f"server stack: {running}")
         server = DrainingServer(uvicorn_config(app, running), drain_seconds)
-        # After a graceful shutdown uvicorn re-raises the signal that caused it to the handler
-        # that was there before it started: ours, which raises StopRequested. A clean shutdown
-        # is a success, so it ends here with a log line.
-        try:
-            server.run(sockets=[sock])
-        except StopRequested as stop:
-            log.info(f"{stop} after a graceful shutdown")
+        received: List[int] = []
+
+        # From here on a stop signal goes to the server, whether uvicorn has installed its own
+        # handlers yet (then it starts, and stops at once or after the drain) or has restored
+        # ours after a graceful shutdown and re-raises the signal that caused it.
+        def stop(signum: int, frame: Optional[FrameType]) -> None:
+            received.append(signum)
+            server.handle_exit(signum, frame)
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, stop)
+        server.run(sockets=[sock])
+        if received:
+            log.info(f"stopped by {signal.Signals(received[0]).name} after a graceful shutdown")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

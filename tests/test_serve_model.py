@@ -227,6 +227,20 @@ def test_the_pure_python_stack_can_be_asked_for(
     assert "falling back" not in service.log()
 
 
+def test_sigterm_as_soon_as_the_port_opens_exits_0_without_a_traceback(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> None:
+    # Kubernetes may stop a pod the moment it is ready: the port opens before uvicorn has
+    # finished starting, and a stop then must be as clean as any other.
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
+
+    assert stop_service(service) == 0
+    lines = service.log().splitlines()
+    assert [line for line in lines if not LOG_LINE.match(line)] == []
+    assert error_lines(service.log()) == []
+    assert "stopped by SIGTERM" in service.log()
+
+
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
@@ -260,7 +274,7 @@ def test_sigterm_with_a_drain_period_serves_new_connections_for_it_then_exits_0(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model, "--drain-seconds", "3"], s3_env)
-    wait_for_log(service, "Application startup complete")
+    wait_for_log(service, "Started server process")
 
     service.process.send_signal(signal.SIGTERM)
     wait_for_log(service, "SIGTERM: serving on for 3 s")
@@ -280,7 +294,7 @@ def test_a_second_sigterm_ends_the_drain_period_at_once(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model, "--drain-seconds", "8"], s3_env)
-    wait_for_log(service, "Application startup complete")
+    wait_for_log(service, "Started server process")
 
     service.process.send_signal(signal.SIGTERM)
     wait_for_log(service, "SIGTERM: serving on for 8 s")
