@@ -73,6 +73,34 @@ def test_an_unsigned_artefact_with_a_matching_checksum_is_refused(
     assert f"s3://{bucket_with_datasets}/{key}: the artefact is unsigned" in line
 
 
+def test_an_unsigned_well_formed_artefact_with_a_matching_checksum_is_not_served(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
+) -> None:
+    # A sound model written by someone without the key: the checksum alone would let it in.
+    key = storage.model_key(trained_model)
+    body = pickle.dumps(trained_model, protocol=storage.PICKLE_PROTOCOL)
+    s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body,
+                  Metadata={"sha256": signed_metadata(body)["sha256"]})
+
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
+
+    assert f"s3://{bucket_with_datasets}/{key}: the artefact is unsigned" in line
+
+
+def test_a_corrupt_artefact_stops_the_service_with_the_command_that_takes_it_out_of_service(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
+) -> None:
+    key = storage.model_key(trained_model)
+    body = pickle.dumps(trained_model, protocol=storage.PICKLE_PROTOCOL)
+    s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body[: len(body) // 2],
+                  Metadata=signed_metadata(body))
+
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
+
+    assert key in line
+    assert line.endswith(f"python -m pipeline.registry {bucket_with_datasets} reject {key} --reason TEXT")
+
+
 def test_an_artefact_signed_with_another_secret_under_the_services_key_id_is_refused(
     s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
 ) -> None:

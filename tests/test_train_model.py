@@ -303,3 +303,24 @@ def test_cli_with_a_trailing_comma_on_every_row_names_it_not_orders_placed(
     [line] = error_lines(result.stdout)
     assert "line 2 has 4 fields, more than the header's 3; a trailing comma?" in line
     assert "orders_placed" not in line
+
+
+def test_cli_with_a_dataset_over_the_size_limit_refuses_it_unread_and_keeps_the_previous_model(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str
+) -> None:
+    # Just over the documented 32 MiB (docs/reliability.md), of rows the validation would
+    # refuse at once if the stage read them: only the size may stop it.
+    limit = 32 * 2**20
+    row = b"1.0,-1,SKU001\n"
+    body = b"hours_to_dispatch,orders_placed,product_code\n" + row * (limit // len(row) + 1)
+    before = _model_keys(s3, bucket_with_model)
+    key = f"datasets/time_to_dispatch_{latest_drop():%Y-%m-%dT%H|%M|%S}.csv"
+    s3.put_object(Bucket=bucket_with_model, Key=key, Body=body)
+
+    result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.95"], s3_env)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert f"s3://{bucket_with_model}/{key}: the dataset is {len(body):,} bytes, over the limit of {limit:,}" in line
+    assert "orders_placed" not in line
+    assert _model_keys(s3, bucket_with_model) == before
