@@ -250,6 +250,20 @@ def latest_drop() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
 
 
+def copy_working_tree(target: Path) -> None:
+    """Copy the working tree as it is now into `target`: tracked and untracked files that git
+    does not ignore, a tracked file deleted in the working tree left out."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
 def make_stage_repo(repo: Path, serve_args: List[str], branch: str = "master") -> str:
     """Make `repo` a one-commit git repository of the working tree as it is now (tracked and
     untracked files that git does not ignore), on `branch`, for Bodywork's stage runner to
@@ -261,15 +275,7 @@ def make_stage_repo(repo: Path, serve_args: List[str], branch: str = "master") -
     Returns:
         The commit's hash.
     """
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = REPO_ROOT / name
-        if source.is_file():  # a tracked file deleted in the working tree is not copied
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, repo / name)
+    copy_working_tree(repo)
     config_path = repo / "bodywork.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["stages"]["serve_model"]["args"] += serve_args

@@ -270,14 +270,21 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
     assert "stopped by SIGTERM after a graceful shutdown" in service.log()
 
 
+def sigterm_into_a_drain(start: StartService, env: Dict[str, str], bucket: str, seconds: int) -> Service:
+    """A service started with `--drain-seconds SECONDS`, sent SIGTERM once it serves, and
+    now in its drain period."""
+    service = start_listening(start, ["-m", "pipeline.serve_model", bucket, "--drain-seconds", str(seconds)], env)
+    wait_for_log(service, "Started server process")
+    service.process.send_signal(signal.SIGTERM)
+    wait_for_log(service, f"SIGTERM: serving on for {seconds} s")
+    return service
+
+
 def test_sigterm_with_a_drain_period_serves_new_connections_for_it_then_exits_0(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model, "--drain-seconds", "3"], s3_env)
-    wait_for_log(service, "Started server process")
+    service = sigterm_into_a_drain(start, s3_env, bucket_with_model, 3)
 
-    service.process.send_signal(signal.SIGTERM)
-    wait_for_log(service, "SIGTERM: serving on for 3 s")
     status_while_draining, _ = post(service.port, PREDICT_PATH, {"product_code": "SKU002", "orders_placed": 140})
     still_running_while_draining = service.process.poll() is None
 
@@ -293,11 +300,8 @@ def test_sigterm_with_a_drain_period_serves_new_connections_for_it_then_exits_0(
 def test_a_second_sigterm_ends_the_drain_period_at_once(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model, "--drain-seconds", "8"], s3_env)
-    wait_for_log(service, "Started server process")
+    service = sigterm_into_a_drain(start, s3_env, bucket_with_model, 8)
 
-    service.process.send_signal(signal.SIGTERM)
-    wait_for_log(service, "SIGTERM: serving on for 8 s")
     service.process.send_signal(signal.SIGTERM)
 
     assert service.process.wait(timeout=6) == 0

@@ -59,26 +59,18 @@ def test_a_signed_artefact_with_a_malformed_tree_is_refused_with_one_error_line(
     assert f"s3://{bucket_with_datasets}/{key}: malformed model: {problem}" in line
 
 
-def test_an_unsigned_artefact_with_a_matching_checksum_is_refused(
-    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
-) -> None:
-    crafted = crafted_model(trained_model, _child_out_of_range)
-    key = storage.model_key(crafted)
-    body = pickle.dumps(crafted, protocol=storage.PICKLE_PROTOCOL)
-    s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body,
-                  Metadata={"sha256": signed_metadata(body)["sha256"]})
-
-    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
-
-    assert f"s3://{bucket_with_datasets}/{key}: the artefact is unsigned" in line
-
-
-def test_an_unsigned_well_formed_artefact_with_a_matching_checksum_is_not_served(
-    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
-) -> None:
+@pytest.mark.parametrize("craft", [
+    pytest.param(lambda model: crafted_model(model, _child_out_of_range), id="crafted"),
     # A sound model written by someone without the key: the checksum alone would let it in.
-    key = storage.model_key(trained_model)
-    body = pickle.dumps(trained_model, protocol=storage.PICKLE_PROTOCOL)
+    pytest.param(lambda model: model, id="well-formed"),
+])
+def test_an_unsigned_artefact_with_a_matching_checksum_is_refused(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService,
+    craft: Callable[[Model], Model],
+) -> None:
+    unsigned = craft(trained_model)
+    key = storage.model_key(unsigned)
+    body = pickle.dumps(unsigned, protocol=storage.PICKLE_PROTOCOL)
     s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body,
                   Metadata={"sha256": signed_metadata(body)["sha256"]})
 

@@ -23,7 +23,7 @@ from pipeline.local_s3 import LocalS3, create_bucket
 from pipeline.storage import put_dataset, s3_client
 from pipeline.synthetic import generate_orders, generate_weeks
 from tests.cluster.servers import DockerHubProxy, GitServer, make_certificates, publish
-from tests.helpers import REPO_ROOT, TEST_WEEK_SEED
+from tests.helpers import REPO_ROOT, TEST_WEEK_SEED, copy_working_tree
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_SH = HERE / "cluster.sh"
@@ -228,15 +228,7 @@ def _copy_working_tree(target: Path, image: str) -> None:
     bodywork.yaml changed only where this machine differs from production: the stages' image
     is the one in the local registry, and each stage also gets AWS_ENDPOINT_URL from the AWS
     secret, so that boto3 talks to the S3 server on the bridge."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+    copy_working_tree(target)
     config_path = target / "bodywork.yaml"
     config = yaml.safe_load(config_path.read_text())
     config["pipeline"]["docker_image"] = image
