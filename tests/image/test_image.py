@@ -21,7 +21,7 @@ from pipeline import storage
 from pipeline.local_s3 import LocalS3, create_bucket
 from pipeline.model import Model
 from pipeline.synthetic import generate_orders, generate_weeks
-from tests.helpers import REGION, REPO_ROOT, TEST_WEEK_SEED, port_accepts
+from tests.helpers import REGION, REPO_ROOT, TEST_SIGNING_KEY, TEST_WEEK_SEED, port_accepts
 from tests.image.conftest import REPO_MOUNT, StageRepo, podman
 
 REPO_URL = f"file://{REPO_MOUNT}"
@@ -77,10 +77,11 @@ def own_bucket(s3_client: Any) -> str:
 
 @pytest.fixture(scope="module")
 def stage_environment(local_s3: LocalS3, stage_repo: StageRepo) -> List[str]:
-    """podman options: the stage's environment in a pod (the secret's AWS variables, Bodywork's
-    GIT_COMMIT_HASH), pip with no index, the repository's mount."""
+    """podman options: the stage's environment in a pod (the secrets' AWS variables and model
+    signing key, Bodywork's GIT_COMMIT_HASH), pip with no index, the repository's mount."""
     variables = {
         **local_s3.environment(),
+        "MODEL_SIGNING_KEY": TEST_SIGNING_KEY,
         "GIT_COMMIT_HASH": stage_repo.commit,
         "PIP_NO_INDEX": "1",
     }
