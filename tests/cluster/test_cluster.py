@@ -27,7 +27,7 @@ from tests.helpers import free_port
 SERVICE = "serve-model"
 REQUEST = {"product_code": "SKU001", "orders_placed": 112}
 PATH = "/api/v0.1/time_to_dispatch"
-SIGNING_KEY = "cluster-test-signing-key-0123456789abcdef"
+SIGNING_KEY = "cluster-test:" + "0123456789abcdef" * 4  # KEY_ID:SECRET, as docs/deployment.md makes it
 ROLLOUT_TIMEOUT = 600
 
 
