@@ -236,7 +236,10 @@ def test_rollout_to_the_newer_model_fails_no_request(run: ClusterRun, rollout: T
     total = poller.ok + len(poller.failures)
     assert poller.failures == [], f"{len(poller.failures)} of {total} requests failed: {poller.failures[:20]}"
     assert poller.ok > 50
-    assert len(poller.versions) == 2, poller.versions
+    # Old and new pods serve side by side during the rolling update (and the old ones through
+    # their drain period), so the answers may alternate; they start with the old model, end
+    # with the new one, and come from no third.
+    assert len(set(poller.versions)) == 2 and poller.versions[0] != poller.versions[-1], poller.versions
 
 
 def test_documented_cronjob_is_created_with_the_documented_schedule(run: ClusterRun) -> None:
