@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from pipeline import storage
-from pipeline.local_s3 import REGION
+from pipeline.local_s3 import REGION, create_bucket
 from pipeline.model import Model
+from pipeline.synthetic import generate_orders, generate_weeks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["REGION", "REPO_ROOT"]
@@ -242,6 +243,16 @@ def crafted_model(model: Any, edit_tree_state: Any) -> Any:
     tree.__setstate__(state)
     crafted.estimator.tree_ = tree
     return crafted
+
+
+def bucket_with_weeks(client: Any, name: str) -> str:
+    """A versioned bucket with three weekly datasets, the newest being the tests' week."""
+    create_bucket(client, name)
+    weeks = generate_weeks(3, seed=100)
+    for week in weeks[:-1]:
+        storage.put_dataset(name, week.data, week.timestamp, client)
+    storage.put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[-1].timestamp, client)
+    return name
 
 
 def latest_drop() -> datetime:

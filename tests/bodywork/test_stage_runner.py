@@ -36,9 +36,8 @@ from bodywork.git import get_git_commit_hash
 
 from pipeline import storage
 from pipeline.model import Model
-from pipeline.synthetic import generate_orders, generate_weeks
 from tests.bodywork.conftest import BRANCH
-from tests.helpers import REGION, TEST_SIGNING_KEY, TEST_WEEK_SEED
+from tests.helpers import REGION, TEST_SIGNING_KEY, bucket_with_weeks
 
 LOOPBACK = "127.0.0.1"
 PREDICTION_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
@@ -96,13 +95,7 @@ def production_bucket(bodywork_config: BodyworkConfig, s3_client: Any) -> str:
     """The bucket the stages' args name, versioned, with three weekly datasets."""
     name = bodywork_config.stages["train_model"].args[0]
     assert bodywork_config.stages["serve_model"].args[0] == name
-    s3_client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
-    s3_client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    weeks = generate_weeks(3, seed=100)
-    for week in weeks[:-1]:
-        storage.put_dataset(name, week.data, week.timestamp, s3_client)
-    storage.put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[-1].timestamp, s3_client)
-    return name
+    return bucket_with_weeks(s3_client, name)
 
 
 @pytest.fixture(scope="module")

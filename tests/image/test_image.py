@@ -18,10 +18,9 @@ import pytest
 import yaml
 
 from pipeline import storage
-from pipeline.local_s3 import LocalS3, create_bucket
+from pipeline.local_s3 import LocalS3
 from pipeline.model import Model
-from pipeline.synthetic import generate_orders, generate_weeks
-from tests.helpers import REGION, REPO_ROOT, TEST_SIGNING_KEY, TEST_WEEK_SEED, port_accepts
+from tests.helpers import REGION, REPO_ROOT, TEST_SIGNING_KEY, bucket_with_weeks, port_accepts
 from tests.image.conftest import REPO_MOUNT, StageRepo, podman
 
 REPO_URL = f"file://{REPO_MOUNT}"
@@ -49,16 +48,6 @@ def s3_client(local_s3: LocalS3) -> Any:
         "s3", endpoint_url=local_s3.endpoint, region_name=REGION,
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )
-
-
-def bucket_with_weeks(client: Any, name: str) -> str:
-    """A versioned bucket with three weekly datasets, the newest being the tests' week."""
-    create_bucket(client, name)
-    weeks = generate_weeks(3, seed=100)
-    for week in weeks[:-1]:
-        storage.put_dataset(name, week.data, week.timestamp, client)
-    storage.put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[-1].timestamp, client)
-    return name
 
 
 @pytest.fixture(scope="module")
