@@ -73,9 +73,9 @@ ensure_packages() {
   fi
   [ -f /var/lib/apt/lists/lock ] || true
   if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || [ "${TTD_APT_UPDATE:-0}" = 1 ]; then
-    "${APT[@]}" update
+    "${APT[@]}" update >&2
   fi
-  DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y --no-install-recommends "${missing[@]}" >&2
   [ $created_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
   return 0
 }
@@ -93,7 +93,7 @@ Suites: bookworm
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-    "${APT[@]}" update
+    "${APT[@]}" update >&2
   fi
 }
 
