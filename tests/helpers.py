@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: paths, ports, the log format, CLIs and services in subprocesses.
+"""Helpers shared by the tests: paths, ports, the log format, CLIs and services in subprocesses,
+the code blocks of the markdown docs.
 
 Fixtures live in conftest.py; plain functions and containers that several test modules use
 live here, once.
@@ -13,7 +14,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import pytest
 import yaml
@@ -300,3 +301,48 @@ def make_stage_repo(repo: Path, serve_args: List[str], branch: str = "master") -
         subprocess.run(git + command, cwd=repo, check=True)
     head = subprocess.run(git + ["rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
     return head.stdout.strip()
+
+
+# --- markdown -----------------------------------------------------------------------------
+
+# A code fence: three or more backticks, then the info string (```` ```sh deployment-commands ````).
+FENCE = re.compile(r"^\s*(`{3,})([^`]*)$")
+
+
+def fenced_blocks(path: Path) -> List[Tuple[List[str], str]]:
+    """Every fenced code block of a markdown file, in order: the words of its info string
+    (```` ```sh deployment-commands ```` -> `["sh", "deployment-commands"]`) and its text.
+
+    A fence may be indented (a block inside a list item); a block ends at a line of at least
+    as many backticks as opened it and nothing else.
+    """
+    blocks: List[Tuple[List[str], str]] = []
+    opening: Optional[Tuple[int, List[str]]] = None
+    body: List[str] = []
+    for line in path.read_text().splitlines():
+        fence = FENCE.match(line)
+        if opening is None:
+            if fence:
+                opening, body = (len(fence.group(1)), fence.group(2).split()), []
+        elif fence and len(fence.group(1)) >= opening[0] and not fence.group(2).strip():
+            blocks.append((opening[1], "\n".join(body)))
+            opening = None
+        else:
+            body.append(line)
+    assert opening is None, f"{path.relative_to(REPO_ROOT)}: a code block is never closed"
+    return blocks
+
+
+def doc_blocks(path: Path, marker: str) -> List[str]:
+    """The text of every code block in `path` whose info string carries `marker` after the
+    language; at least one must."""
+    found = [text for info, text in fenced_blocks(path) if marker in info[1:]]
+    assert found, f"{path.relative_to(REPO_ROOT)} has no code block marked {marker!r}"
+    return found
+
+
+def doc_block(path: Path, marker: str) -> str:
+    """The text of the one code block in `path` marked `marker`."""
+    found = doc_blocks(path, marker)
+    assert len(found) == 1, f"{path.relative_to(REPO_ROOT)} has {len(found)} code blocks marked {marker!r}, not 1"
+    return found[0]

@@ -24,7 +24,7 @@ import sys
 from datetime import datetime, timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import pytest
 import yaml
@@ -34,6 +34,7 @@ from packaging.requirements import Requirement
 from image.tag import image_tag
 from pipeline.serving import GRACEFUL_SHUTDOWN_SECONDS
 from pipeline.synthetic import FIRST_DROP
+from tests.helpers import doc_blocks, fenced_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BODYWORK_YAML = REPO_ROOT / "bodywork.yaml"
@@ -57,7 +58,6 @@ IMAGE_PYTHON = "3.11"
 # those blocks, never the prose or the headings around them.
 DEPLOYMENT_COMMANDS = "deployment-commands"
 CRONJOB_MANIFEST = "cronjob-manifest"
-FENCE = re.compile(r"^\s*(`{3,})([^`]*)$")
 
 # The train stage is sized for a week a hundred times the usual (about 1,000 orders).
 SIZING_WEEK_ROWS = 100_000
@@ -105,45 +105,6 @@ def distribution_name(requirement: str) -> str:
     """The normalised distribution name of a requirement line (`moto[server]==5` -> `moto`)."""
     name = re.split(r"[\[<>=!~;\s]", requirement, maxsplit=1)[0]
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def fenced_blocks(path: Path) -> List[Tuple[List[str], str]]:
-    """Every fenced code block of a markdown file, in order: the words of its info string
-    (```` ```sh deployment-commands ```` -> `["sh", "deployment-commands"]`) and its text.
-
-    A fence may be indented (a block inside a list item); a block ends at a line of at least
-    as many backticks as opened it and nothing else.
-    """
-    blocks: List[Tuple[List[str], str]] = []
-    opening: Optional[Tuple[int, List[str]]] = None
-    body: List[str] = []
-    for line in path.read_text().splitlines():
-        fence = FENCE.match(line)
-        if opening is None:
-            if fence:
-                opening, body = (len(fence.group(1)), fence.group(2).split()), []
-        elif fence and len(fence.group(1)) >= opening[0] and not fence.group(2).strip():
-            blocks.append((opening[1], "\n".join(body)))
-            opening = None
-        else:
-            body.append(line)
-    assert opening is None, f"{path.relative_to(REPO_ROOT)}: a code block is never closed"
-    return blocks
-
-
-def doc_blocks(path: Path, marker: str) -> List[str]:
-    """The text of every code block in `path` whose info string carries `marker` after the
-    language; at least one must."""
-    found = [text for info, text in fenced_blocks(path) if marker in info[1:]]
-    assert found, f"{path.relative_to(REPO_ROOT)} has no code block marked {marker!r}"
-    return found
-
-
-def doc_block(path: Path, marker: str) -> str:
-    """The text of the one code block in `path` marked `marker`."""
-    found = doc_blocks(path, marker)
-    assert len(found) == 1, f"{path.relative_to(REPO_ROOT)} has {len(found)} code blocks marked {marker!r}, not 1"
-    return found[0]
 
 
 def bodywork_commands(text: str) -> List[List[str]]:

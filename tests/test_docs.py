@@ -14,7 +14,7 @@ from typing import List, Set, Tuple
 
 import pytest
 
-from tests.test_deployment_config import doc_blocks, fenced_blocks
+from tests.helpers import doc_blocks, fenced_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"

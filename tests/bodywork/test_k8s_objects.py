@@ -35,13 +35,13 @@ from bodywork.constants import (
 from kubernetes import client
 
 from tests.bodywork.test_cli import parse_with_bodywork_cli
+from tests.helpers import doc_block
 from tests.test_deployment_config import (
     CRONJOB_MANIFEST,
     DEPLOYMENT_DOC,
     REPO_ROOT,
     deployment_command,
     deployment_commands_starting,
-    doc_block,
 )
 
 KUBERNETES_VERSIONS = ("1.22.0", "1.31.0")
