@@ -418,7 +418,12 @@ def cli(argv: Sequence[str]) -> int:
     if sys.version_info < (3, 11):
         log.error(f"run_local needs Python 3.11 or later (for the pinned requirements), not {sys.version.split()[0]}")
         return 1
-    signal.signal(signal.SIGTERM, _raise_stop)
+    # Both handlers are installed explicitly: Python installs its own SIGINT handler only when
+    # the process starts with SIGINT not ignored, and a run started in the background of a
+    # script (`cmd &`), under nohup or by some CI runners inherits it ignored, so Ctrl-C
+    # would do nothing. "Ctrl-C stops everything" must hold whatever the process inherited.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _raise_stop)
     try:
         required = RUNTIME_MODULES + (EMBEDDED_S3_MODULES if settings.embedded_s3 else ())
         run_in_place_or_reexecute("pipeline.run_local", argv, required, settings.in_place)
@@ -434,10 +439,6 @@ def cli(argv: Sequence[str]) -> int:
         return 1
     log.info("stopped; nothing left running")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -158,12 +158,20 @@ def _read_lines(stream: Any, lines: "queue.Queue[Optional[str]]") -> None:
     lines.put(None)
 
 
-@pytest.fixture
-def serving_run() -> Iterator["subprocess.Popen[str]"]:
+# The SIGINT disposition the local run starts with: the default, and ignored, as a run
+# started with `cmd &` from a script, under nohup or by some CI runners inherits it. Each is set
+# explicitly in the child, so the test does not depend on how the test run itself was started.
+INHERITED_SIGINT = {"default": signal.SIG_DFL, "ignored": signal.SIG_IGN}
+
+
+@pytest.fixture(params=sorted(INHERITED_SIGINT))
+def serving_run(request: pytest.FixtureRequest) -> Iterator["subprocess.Popen[str]"]:
     """A local run that keeps serving; killed at the end if a test left it running."""
+    disposition = INHERITED_SIGINT[request.param]
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.run_local", "--in-place", "--port", str(free_port())],
         cwd=REPO_ROOT, env=local_run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
     )
     yield process
     if process.poll() is None:
