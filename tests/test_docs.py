@@ -6,11 +6,17 @@
   a markdown file names one of its headings (GitHub's slugs).
 - The README's Quickstart has exactly two commands: the local run, and what CI runs (.ci/run).
 - Every document in docs/ is linked from the README.
+- Facts the docs state about the repository are read from the repository, never counted by
+  hand: the tox environments (tox.ini's envlist) in docs/testing.md's table, in any count of
+  them and in the README's closing summary lines; the modules of pipeline/ in the README's map
+  and architecture.md's tables; the scripts of benchmarks/ in both; the test folders and the
+  test files where the README and docs/testing.md list them.
 """
+import configparser
 import re
 import shlex
 from pathlib import Path
-from typing import List, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import pytest
 
@@ -20,6 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 DOCS = REPO_ROOT / "docs"
 CI_RUN = REPO_ROOT / ".ci" / "run"
+TESTING_DOC = DOCS / "testing.md"
+ARCHITECTURE_DOC = DOCS / "architecture.md"
+TOX_INI = REPO_ROOT / "tox.ini"
 README_MAX_BYTES = 15 * 1024
 QUICKSTART = "quickstart"
 LOCAL_RUN_COMMAND = "python3 -m pipeline.run_local"
@@ -122,6 +131,171 @@ def test_readme_second_quickstart_command_is_what_ci_runs() -> None:
 def test_every_doc_in_docs_is_linked_from_the_readme() -> None:
     linked = {(README.parent / target.split("#")[0]).resolve() for target in relative_links(README)}
     assert [p.name for p in sorted(DOCS.glob("*.md")) if p.resolve() not in linked] == []
+
+
+# --- facts about the repository ----------------------------------------------------------
+
+NUMBER_WORDS: Dict[str, int] = {
+    word: n for n, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve".split()
+    )
+}
+# "runs six environments", "the 6 tox environments"; not "the last two environments", which
+# counts some of them.
+ENVIRONMENT_COUNT = re.compile(
+    r"(?<!last )(?<!first )\b(" + "|".join(NUMBER_WORDS) + r"|\d+)\s+(?:tox\s+)?environments\b",
+    re.IGNORECASE,
+)
+
+
+def tox_environments() -> List[str]:
+    """tox.ini's envlist: the environments `tox` runs, in order."""
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(TOX_INI)
+    names = [name for name in re.split(r"[\s,]+", tox["tox"]["envlist"]) if name]
+    assert all(re.fullmatch(r"[\w-]+", name) for name in names), names
+    return names
+
+
+def pipeline_modules() -> Set[str]:
+    """The modules of pipeline/, by name (`storage`), without the package's __init__."""
+    return {path.stem for path in (REPO_ROOT / "pipeline").glob("*.py") if path.name != "__init__.py"}
+
+
+def benchmark_scripts() -> Set[str]:
+    """The scripts of benchmarks/, by file name (`soak.py`), without the package's __init__."""
+    return {path.name for path in (REPO_ROOT / "benchmarks").glob("*.py") if path.name != "__init__.py"}
+
+
+def tables(path: Path, first_header: str) -> List[List[str]]:
+    """The body rows of each markdown table in `path` whose header row starts with
+    `| first_header |`."""
+    lines = path.read_text().splitlines()
+    found: List[List[str]] = []
+    for start in [n for n, line in enumerate(lines) if line.startswith(f"| {first_header} |")]:
+        rows: List[str] = []
+        for line in lines[start + 2:]:
+            if not line.startswith("|"):
+                break
+            rows.append(line)
+        found.append(rows)
+    return found
+
+
+def table_rows(path: Path, first_header: str) -> List[str]:
+    """The body rows of the one markdown table in `path` headed `| first_header |`."""
+    found = tables(path, first_header)
+    assert len(found) == 1, f"{path.relative_to(REPO_ROOT)}: {len(found)} tables headed {first_header!r}, not 1"
+    return found[0]
+
+
+def first_cell(row: str) -> str:
+    return row.strip().strip("|").split("|")[0].strip()
+
+
+def code_spans(text: str) -> List[str]:
+    return re.findall(r"`([^`]+)`", text)
+
+
+def row_starting(rows: List[str], cell: str) -> str:
+    """The one row whose first cell is `cell`."""
+    found = [row for row in rows if first_cell(row) == cell]
+    assert len(found) == 1, f"{len(found)} rows for {cell}, not 1"
+    return found[0]
+
+
+def test_testing_doc_lists_exactly_the_tox_environments() -> None:
+    listed = [first_cell(row).strip("`") for row in table_rows(TESTING_DOC, "environment")]
+    assert listed == tox_environments(), "docs/testing.md's table of environments is not tox.ini's envlist"
+
+
+def test_every_count_of_the_tox_environments_is_right() -> None:
+    expected = len(tox_environments())
+    wrong = [
+        f"{path.relative_to(REPO_ROOT)}: {match.group(0)!r}"
+        for path in documents()
+        for match in ENVIRONMENT_COUNT.finditer(path.read_text())
+        if int(NUMBER_WORDS.get(match.group(1).lower(), match.group(1))) != expected
+    ]
+    assert wrong == [], f"tox.ini has {expected} environments: {wrong}"
+
+
+def test_readme_closing_lines_show_every_tox_environment() -> None:
+    summaries = [text for _, text in fenced_blocks(README) if "congratulations :)" in text]
+    assert len(summaries) == 1, "README.md: no single block shows tox's closing lines"
+    lines = summaries[0].strip().splitlines()
+    shown = [re.sub(r":.*", "", line).strip() for line in lines[:-1]]
+    assert shown == tox_environments(), f"README.md's closing lines show {shown}, not tox.ini's envlist"
+    assert "congratulations :)" in lines[-1]
+
+
+def test_readme_map_names_every_module_and_no_other() -> None:
+    named = [
+        match
+        for row in table_rows(README, "where")
+        for match in re.findall(r"\bpipeline/(\w+)\.py\b", first_cell(row))
+    ]
+    modules = pipeline_modules()
+    assert set(named) == modules, (
+        f"README.md's map misses {sorted(modules - set(named))}, names {sorted(set(named) - modules)} that do not exist"
+    )
+
+
+def test_readme_map_names_only_paths_that_exist() -> None:
+    missing = [
+        span
+        for row in table_rows(README, "where")
+        for span in code_spans(first_cell(row))
+        if not (REPO_ROOT / span).exists()
+    ]
+    assert missing == [], f"README.md's map names paths that do not exist: {missing}"
+
+
+def test_readme_map_names_every_folder_of_tests() -> None:
+    folders = {path.parent.name for path in (REPO_ROOT / "tests").glob("*/test_*.py")}
+    row = row_starting(table_rows(README, "where"), "`tests/`")
+    named = set(re.findall(r"`tests/(\w+)/`", row))
+    assert named == folders, f"README.md's `tests/` row names {sorted(named)}; tests/ has {sorted(folders)}"
+
+
+def test_architecture_doc_lists_every_module_once() -> None:
+    listed = [
+        match
+        for header in ("entry point", "module")
+        for row in table_rows(ARCHITECTURE_DOC, header)
+        for match in re.findall(r"^`(?:pipeline/)?(\w+)\.py`$", first_cell(row))
+    ]
+    modules = pipeline_modules()
+    twice = sorted({name for name in listed if listed.count(name) > 1})
+    assert (sorted(modules - set(listed)), sorted(set(listed) - modules), twice) == ([], [], []), (
+        "docs/architecture.md's tables: (missing modules, modules that do not exist, modules listed twice)"
+    )
+
+
+def test_readme_and_architecture_doc_name_every_benchmark_script() -> None:
+    readme_row = row_starting(table_rows(README, "where"), "`benchmarks/`")
+    lines = ARCHITECTURE_DOC.read_text().splitlines()
+    start = [n for n, line in enumerate(lines) if line.startswith("- `benchmarks/`")]
+    assert len(start) == 1, "docs/architecture.md: no single `benchmarks/` item"
+    item = [lines[start[0]]]
+    for line in lines[start[0] + 1:]:
+        if not line.startswith("  "):
+            break
+        item.append(line)
+    for where, text in (("README.md", readme_row), ("docs/architecture.md", "\n".join(item))):
+        named = set(re.findall(r"\b\w+\.py\b", text))
+        assert named == benchmark_scripts(), f"{where} names {sorted(named)}"
+
+
+def test_testing_doc_lists_every_test_file() -> None:
+    listed = {
+        span
+        for rows in tables(TESTING_DOC, "file")
+        for row in rows
+        for span in code_spans(first_cell(row))
+    }
+    files = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "tests").glob("test_*.py")}
+    assert sorted(files - listed) == [], "missing from docs/testing.md's table of test files"
 
 
 # --- links -------------------------------------------------------------------------------
