@@ -19,8 +19,12 @@
 # FORCE=1 makes it again whatever is cached.
 set -euo pipefail
 
+# The image cache (TTD_IMAGE_CACHE; CACHE, if set, still wins), which .ci/reset-machine removes.
+# shellcheck source=.ci/machine-state.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../.ci/machine-state.sh"
+
 IMAGE=${IMAGE:-localhost/bookworm-python:3.11}
-CACHE=${CACHE:-/var/cache/time-to-dispatch-image}
+CACHE=${CACHE:-$TTD_IMAGE_CACHE}
 FORCE=${FORCE:-0}
 WITH_TOOLS=${WITH_TOOLS:-0}
 LABEL=time-to-dispatch.base-key

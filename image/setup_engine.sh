@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install and configure a rootful podman/buildah engine on Debian 12 (bookworm) that works on
 # this kind of machine (Firecracker VM, kernel with a mixed cgroup v1 + v2 layout, ext4 root).
-# Idempotent and cached: a run that succeeded leaves a stamp under /var/cache/time-to-dispatch-image/
-# keyed by this script and the host's limits; with the stamp there and podman answering, a
-# second run does nothing. Otherwise it installs what is missing and rewrites the same config.
-# Needs root (apt, /etc/containers).
+# Idempotent and cached: a run that succeeded leaves a stamp in the image cache (TTD_IMAGE_CACHE,
+# /var/cache/time-to-dispatch-image unless CACHE or TTD_IMAGE_CACHE says otherwise) keyed by this
+# script, .ci/machine-state.sh (the package list and the paths) and the host's limits; with the
+# stamp there and podman answering, a second run does nothing. Otherwise it installs what is
+# missing and rewrites the same config. Needs root (apt, /etc/containers).
 #
 #  - runtime runc (crun 1.8 rejects the mixed cgroup layout), cgroup manager cgroupfs (no systemd)
 #  - default ulimits capped at the host's hard limits (podman's defaults, nofile 1048576, exceed
@@ -14,31 +15,22 @@
 # Does not install docker.io; coexists with Debian's containerd package (both use runc).
 set -euo pipefail
 
-CACHE=${CACHE:-/var/cache/time-to-dispatch-image}
-STAMP="$CACHE/engine-$(cat "$0" <(ulimit -Hn) /proc/sys/kernel/pid_max | sha256sum | cut -c1-16)"
+# The cache, podman's storage and configuration files, the package list: .ci/reset-machine
+# removes what this script leaves on the machine.
+MACHINE_STATE=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.ci" && pwd)/machine-state.sh
+# shellcheck source=.ci/machine-state.sh
+source "$MACHINE_STATE"
+
+CACHE=${CACHE:-$TTD_IMAGE_CACHE}
+STAMP="$CACHE/engine-$(cat "${BASH_SOURCE[0]}" "$MACHINE_STATE" <(ulimit -Hn) /proc/sys/kernel/pid_max | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && podman info >/dev/null 2>&1; then
   echo "engine ready ($STAMP)"; exit 0
 fi
 [ "$(id -u)" = 0 ] || { echo "setup_engine.sh needs root (apt-get, /etc/containers)" >&2; exit 1; }
 
-APT=(apt-get -o DPkg::Lock::Timeout=900)
-PKGS=(podman buildah runc conmon golang-github-containers-common fuse-overlayfs uidmap
-      slirp4netns netavark aardvark-dns catatonit iptables mmdebstrap)
-
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "installing: ${missing[*]}"
-  # The package lists must exist; refresh them only if they are missing or older than a day.
-  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null | head -1)" ]; then
-    "${APT[@]}" update
-  fi
-  DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y --no-install-recommends "${missing[@]}"
-else
-  echo "all packages present"
-fi
+# Only the missing packages (apt-get update first when its lists are missing or older than a
+# day), recorded for the reset.
+ttd_apt_install "${TTD_ENGINE_PACKAGES[@]}"
 
 # Ulimits: podman's default is nofile=1048576 and nproc=4194304 (or the caller's), more than
 # the host allows; use the host's hard limits, capped.
@@ -48,13 +40,14 @@ pid_max=$(cat /proc/sys/kernel/pid_max)
 hard_nproc=$(ulimit -Hu); [ "$hard_nproc" = unlimited ] && hard_nproc=$pid_max
 nproc=$(( hard_nproc < pid_max ? hard_nproc : pid_max ))
 
-mkdir -p /etc/containers
+mkdir -p "$TTD_CONTAINERS_ETC"
 # Keep a copy of the packaged file the first time only.
-[ -f /etc/containers/containers.conf ] && [ ! -f /etc/containers/containers.conf.orig ] && \
-  ! grep -q 'written by setup_engine.sh' /etc/containers/containers.conf && \
-  cp /etc/containers/containers.conf /etc/containers/containers.conf.orig
-cat > /etc/containers/containers.conf <<EOF
-# written by setup_engine.sh
+if [ -f "$TTD_CONTAINERS_CONF" ] && [ ! -f "$TTD_CONTAINERS_CONF.orig" ] && \
+   ! grep -qF "$TTD_WRITTEN_MARK" "$TTD_CONTAINERS_CONF"; then
+  cp "$TTD_CONTAINERS_CONF" "$TTD_CONTAINERS_CONF.orig"
+fi
+cat > "$TTD_CONTAINERS_CONF" <<EOF
+# $TTD_WRITTEN_MARK
 [containers]
 default_ulimits = [
   "nofile=${nofile}:${nofile}",
@@ -74,14 +67,14 @@ init_path = "/usr/bin/catatonit"
 network_backend = "netavark"
 EOF
 
-if [ ! -f /etc/containers/storage.conf ] || ! grep -q 'written by setup_engine.sh' /etc/containers/storage.conf; then
-  [ -f /etc/containers/storage.conf ] && cp -n /etc/containers/storage.conf /etc/containers/storage.conf.orig
-  cat > /etc/containers/storage.conf <<'EOF'
-# written by setup_engine.sh
+if [ ! -f "$TTD_CONTAINERS_STORAGE_CONF" ] || ! grep -qF "$TTD_WRITTEN_MARK" "$TTD_CONTAINERS_STORAGE_CONF"; then
+  if [ -f "$TTD_CONTAINERS_STORAGE_CONF" ]; then cp -n "$TTD_CONTAINERS_STORAGE_CONF" "$TTD_CONTAINERS_STORAGE_CONF.orig"; fi
+  cat > "$TTD_CONTAINERS_STORAGE_CONF" <<EOF
+# $TTD_WRITTEN_MARK
 [storage]
 driver = "overlay"
-runroot = "/run/containers/storage"
-graphroot = "/var/lib/containers/storage"
+runroot = "$TTD_CONTAINERS_RUNROOT"
+graphroot = "$TTD_CONTAINERS_STORAGE"
 
 [storage.options.overlay]
 mountopt = "nodev"
@@ -90,9 +83,9 @@ fi
 
 # Short names (e.g. python:3.11-slim-bookworm) must not trigger a prompt or a registry lookup
 # that cannot succeed here; local images are referenced as localhost/NAME:TAG.
-mkdir -p /etc/containers/registries.conf.d
-cat > /etc/containers/registries.conf.d/99-local.conf <<'EOF'
-# written by setup_engine.sh
+mkdir -p "$(dirname "$TTD_CONTAINERS_REGISTRIES_CONF")"
+cat > "$TTD_CONTAINERS_REGISTRIES_CONF" <<EOF
+# $TTD_WRITTEN_MARK
 short-name-mode = "permissive"
 EOF
 

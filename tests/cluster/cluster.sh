@@ -21,14 +21,20 @@
 # containerd pulls every image, whatever registry its name says, from the local registry.
 set -Eeuo pipefail
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The cache, state and run folders, the deb-src entry and the package list: one definition
+# for the whole suite, which .ci/reset-machine removes again.
+# shellcheck source=.ci/machine-state.sh
+source "$HERE/../../.ci/machine-state.sh"
+
 K8S_VERSION=${K8S_VERSION:-v1.20.2}
-CACHE_ROOT=${TTD_K8S_CACHE:-/var/cache/time-to-dispatch-k8s}
+CACHE_ROOT=$TTD_K8S_CACHE
 CACHE=$CACHE_ROOT/$K8S_VERSION
 BIN=$CACHE/bin
 IMAGES=$CACHE/images
 SRC_ROOT=$CACHE_ROOT/src
-STATE=${TTD_K8S_STATE:-/var/lib/time-to-dispatch-k8s}
-RUN=${TTD_K8S_RUN:-/run/time-to-dispatch-k8s}
+STATE=$TTD_K8S_STATE
+RUN=$TTD_K8S_RUN
 LOGS=$STATE/logs
 PIDS=$RUN/pids
 
@@ -46,38 +52,18 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.2
 FW_CHAIN=TTD-K8S-FW     # filter table, hooked from FORWARD and INPUT
 NAT_CHAIN=TTD-K8S-NAT   # nat table, hooked from PREROUTING
 
-APT=(apt-get -o DPkg::Lock::Timeout=900)
-PACKAGES=(golang-go build-essential dpkg-dev rsync jq bash-completion
-          etcd-server containerd runc containernetworking-plugins docker-registry
-          skopeo busybox-static iptables iproute2 openssl socat conntrack
-          python3 curl ca-certificates util-linux procps)
+APT=("${TTD_APT[@]}")
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 
 log() { printf '[cluster.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # --------------------------------------------------------------------- build
+# Only the missing packages, recorded for the reset; apt's output on standard error, and no
+# package's script starts its daemon (etcd, containerd, the registry): see ttd_apt_install.
 ensure_packages() {
-  local missing=()
-  for p in "${PACKAGES[@]}"; do
-    [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" == "install ok installed" ]] || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && { log "packages: all present"; return; }
-  log "packages: installing ${missing[*]}"
-  # never let package postinst scripts start daemons (etcd, containerd, registry)
-  local created_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created_policy=1
-  fi
-  [ -f /var/lib/apt/lists/lock ] || true
-  if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || [ "${TTD_APT_UPDATE:-0}" = 1 ]; then
-    "${APT[@]}" update >&2
-  fi
-  DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y --no-install-recommends "${missing[@]}" >&2
-  [ $created_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
-  return 0
+  ttd_apt_install "${TTD_CLUSTER_PACKAGES[@]}" || die "could not install the cluster's Debian packages"
 }
 
 ensure_debsrc() {
@@ -86,7 +72,7 @@ ensure_debsrc() {
     uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
     [ -n "$uri" ] || die "no URIs: line in /etc/apt/sources.list.d/debian.sources to add a deb-src entry for"
     log "adding deb-src entry for $uri bookworm"
-    cat > /etc/apt/sources.list.d/ttd-debsrc.sources <<EOF
+    cat > "$TTD_DEBSRC_FILE" <<EOF
 Types: deb-src
 URIs: $uri
 Suites: bookworm
@@ -264,8 +250,8 @@ EOF
 }
 
 gen_configs() {
-  mkdir -p "$STATE"/{kubelet,containerd/root,containerd/certs.d,cni/net.d,cni/ipam,registry/data,etcd} \
-           "$RUN/containerd/state" "$PIDS" "$LOGS"
+  mkdir -p "$STATE"/{kubelet,containerd/root,containerd/certs.d,cni/net.d,cni/ipam,registry,etcd} \
+           "$TTD_K8S_REGISTRY_DATA" "$RUN/containerd/state" "$PIDS" "$LOGS"
   chmod 700 "$STATE/etcd"
   gen_pki
   tok() { awk -F, -v u="$1" '$3==u{print $1}' "$STATE/tokens.csv"; }
@@ -388,7 +374,7 @@ log:
   level: warn
   accesslog: {disabled: true}
 storage:
-  filesystem: {rootdirectory: $STATE/registry/data}
+  filesystem: {rootdirectory: $TTD_K8S_REGISTRY_DATA}
   delete: {enabled: true}
 http:
   addr: $REGISTRY_ADDR
