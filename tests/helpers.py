@@ -4,6 +4,7 @@ the code blocks of the markdown docs.
 Fixtures live in conftest.py; plain functions and containers that several test modules use
 live here, once.
 """
+import functools
 import pickle
 import re
 import shutil
@@ -25,6 +26,8 @@ from pipeline.model import Model
 from pipeline.synthetic import generate_orders, generate_weeks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The machine state the suite creates outside the checkout: paths and Debian package lists.
+MACHINE_STATE = REPO_ROOT / ".ci" / "machine-state.sh"
 __all__ = ["REGION", "REPO_ROOT"]
 # The synthetic week the tests train on: a week like the notebook's (see docs/data-and-model.md).
 TEST_WEEK_SEED = 4
@@ -346,3 +349,14 @@ def doc_block(path: Path, marker: str) -> str:
     found = doc_blocks(path, marker)
     assert len(found) == 1, f"{path.relative_to(REPO_ROOT)} has {len(found)} code blocks marked {marker!r}, not 1"
     return found[0]
+
+
+@functools.lru_cache(maxsize=None)
+def machine_state() -> Dict[str, str]:
+    """The paths .ci/machine-state.sh defines (its TTD_STATE_PATH_VARS), as it computes them from
+    this process's environment: the one definition the shell scripts use too. Read once."""
+    script = 'source "$1" && for name in "${TTD_STATE_PATH_VARS[@]}"; do printf "%s=%s\\0" "$name" "${!name}"; done'
+    done = subprocess.run(["bash", "-c", script, "bash", str(MACHINE_STATE)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, f"sourcing {MACHINE_STATE} failed: {done.stderr}"
+    return dict(item.split("=", 1) for item in done.stdout.split("\0") if item)

@@ -2,9 +2,10 @@
 Grafana dashboard, whose every query must name metrics the real service exposes.
 
 promtool comes from Debian's `prometheus` package. Where it is missing and the tests run as root
-on Debian (CI, a fresh development machine), the `promtool` fixture installs the package once;
-otherwise the tests are skipped with the reason, except under CI (`CI=true`), where a missing
-promtool fails them.
+on Debian (CI, a fresh development machine), the `promtool` fixture installs the package once,
+through .ci/machine-state.sh (TTD_MONITORING_PACKAGES, ttd_apt_install: recorded, so that
+.ci/reset-machine purges it again); otherwise the tests are skipped with the reason, except
+under CI (`CI=true`), where a missing promtool fails them.
 """
 import json
 import os
@@ -20,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
 from pipeline.metrics import METRICS_PATH
-from tests.helpers import REPO_ROOT, parse_metrics
+from tests.helpers import MACHINE_STATE, REPO_ROOT, parse_metrics
 
 MONITORING = REPO_ROOT / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
@@ -30,20 +31,22 @@ DASHBOARD = MONITORING / "dashboard.json"
 METRIC_NAME = re.compile(r"\b(?:time_to_dispatch|process|python)_[a-z0-9_]+\b")
 
 
-# Waits for another apt run to release its locks rather than failing at once.
-APT = ["apt-get", "-o", "DPkg::Lock::Timeout=900"]
+# The suite's one way to install Debian packages: only the missing ones, apt waiting for another
+# apt's locks, no daemon started by the package's scripts, each package recorded for the reset.
+INSTALL_PROMTOOL = 'source "$1" && ttd_apt_install "${TTD_MONITORING_PACKAGES[@]}"'
+# apt may wait up to 15 minutes for another apt's locks, then update its lists and install.
+INSTALL_TIMEOUT = 1800
 
 
 def install_promtool() -> str:
-    """Install Debian's `prometheus` package (its post-install script starts no server where
-    no init system runs); the reason it could not be installed, or "" once it is."""
+    """Install Debian's `prometheus` package; the reason it could not be installed, or "" once
+    it is."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return "not root on a Debian machine, so it cannot be installed here"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in ([*APT, "update", "-qq"], [*APT, "install", "-y", "-qq", "--no-install-recommends", "prometheus"]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            return f"`{' '.join(command)}` failed: {result.stderr.strip()[-500:]}"
+    command = ["bash", "-c", INSTALL_PROMTOOL, "bash", str(MACHINE_STATE)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+    if result.returncode != 0:
+        return f"`ttd_apt_install prometheus` (.ci/machine-state.sh) failed: {result.stderr.strip()[-500:]}"
     return ""
 
 

@@ -23,14 +23,15 @@ from pipeline.local_s3 import LocalS3, create_bucket
 from pipeline.storage import put_dataset, s3_client
 from pipeline.synthetic import generate_orders, generate_weeks
 from tests.cluster.servers import DockerHubProxy, GitServer, make_certificates, publish
-from tests.helpers import REPO_ROOT, TEST_WEEK_SEED, copy_working_tree
+from tests.helpers import REPO_ROOT, TEST_WEEK_SEED, copy_working_tree, machine_state
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_SH = HERE / "cluster.sh"
 IMAGE_SH = HERE / "image.sh"
 GATEWAY = os.environ.get("TTD_K8S_GATEWAY", "10.244.0.1")
 REGISTRY = os.environ.get("TTD_K8S_REGISTRY", "127.0.0.1:5000")
-STATE = Path(os.environ.get("TTD_K8S_STATE", "/var/lib/time-to-dispatch-k8s"))
+# cluster.sh's state folder, as .ci/machine-state.sh defines it (TTD_K8S_STATE moves it).
+STATE = Path(machine_state()["TTD_K8S_STATE"])
 GIT_PORT, PROXY_PORT = 8443, 8444
 # The branch docs/deployment.md deploys; the served repository has only this one.
 BRANCH = "master"
@@ -124,7 +125,7 @@ def documented_secret_commands() -> List[List[str]]:
 
 
 def _cluster_bin() -> Path:
-    cache = Path(os.environ.get("TTD_K8S_CACHE", "/var/cache/time-to-dispatch-k8s"))
+    cache = Path(machine_state()["TTD_K8S_CACHE"])
     return cache / os.environ.get("K8S_VERSION", "v1.20.2") / "bin"
 
 
