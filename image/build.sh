@@ -6,9 +6,11 @@
 # pip inside the build reaches the same index, through the same CA bundle, as the host's pip:
 # both are read from the host's pip configuration (PIP_CERT / PIP_INDEX_URL first, then
 # `pip config get global.cert|global.index-url`) and handed to the build as secrets, never
-# written into the context or the image. Prints the image's size and layer list, and the
-# image's name as the last line.
+# written into the context or the image. Prints the build's output, the image's size and layer
+# list on standard error, and the image's name alone on standard output (callers capture it).
 set -euo pipefail
+# Standard output is kept on descriptor 3 for the image's name; everything else goes to stderr.
+exec 3>&1 1>&2
 cd "$(dirname "$0")/.."
 
 BASE_IMAGE=${BASE_IMAGE:-localhost/bookworm-python:3.11}
@@ -38,4 +40,4 @@ echo "build: $(( $(date +%s) - start ))s, base $BASE_IMAGE"
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 echo "image size: $size bytes ($((size / 1000000)) MB); layers:"
 podman history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | cut -c1-150
-echo "$IMAGE"
+echo "$IMAGE" >&3

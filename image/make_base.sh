@@ -56,6 +56,9 @@ if [ "$FORCE" = 1 ] || [ ! -s "$TAR" ]; then
 rm -f "$TAR" "$TAR.part"
 # --variant=minbase: Essential + Priority:required + apt (what debian:bookworm-slim is made of).
 # dpkg path-excludes drop docs, man pages and locales, as the slim images do.
+# The hooks' "$1" is the root filesystem's folder, which mmdebstrap passes to the shell it runs
+# each hook in: it must reach that shell unexpanded, hence the single quotes.
+# shellcheck disable=SC2016
 mmdebstrap --variant=minbase --format=tar --include="$INCLUDE" \
   --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/doc/*' \

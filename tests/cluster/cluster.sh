@@ -83,16 +83,22 @@ EOF
   fi
 }
 
-fetch_source() {
+source_dir() {  # the first kubernetes-*/ folder under SRC_ROOT (no trailing slash), or nothing
+  local dirs=("$SRC_ROOT"/kubernetes-*/)
+  if [ -d "${dirs[0]}" ]; then printf '%s\n' "${dirs[0]%/}"; fi
+}
+
+fetch_source() {  # prints the source folder, and nothing else, on standard output
   local dir
-  dir=$(ls -d "$SRC_ROOT"/kubernetes-*/ 2>/dev/null | head -1 || true)
-  if [ -n "$dir" ] && [ -f "$dir/Makefile" ]; then echo "${dir%/}"; return; fi
+  dir=$(source_dir)
+  if [ -n "$dir" ] && [ -f "$dir/Makefile" ]; then echo "$dir"; return; fi
   ensure_debsrc
   mkdir -p "$SRC_ROOT"
   log "fetching kubernetes source package (apt-get source)"
   (cd "$SRC_ROOT" && "${APT[@]}" source kubernetes >&2)
-  dir=$(ls -d "$SRC_ROOT"/kubernetes-*/ | head -1)
-  echo "${dir%/}"
+  dir=$(source_dir)
+  [ -n "$dir" ] || die "apt-get source kubernetes left no kubernetes-*/ folder in $SRC_ROOT"
+  echo "$dir"
 }
 
 build_pause() {
@@ -141,7 +147,7 @@ cmd_build() {
     rm -rf "$CACHE_ROOT/gocache" "$src/_output"
   fi
   build_pause "$src"
-  "$BIN/kubectl" version --client --short 2>/dev/null || "$BIN/kubectl" version --client
+  { "$BIN/kubectl" version --client --short 2>/dev/null || "$BIN/kubectl" version --client; } >&2
   log "build done in $((SECONDS - t0))s; cache: $(du -sh "$CACHE" | cut -f1) ($CACHE), source: $(du -sh "$SRC_ROOT" | cut -f1)"
 }
 
@@ -159,7 +165,7 @@ start_daemon() {  # NAME CMD...   (idempotent)
   local name=$1; shift
   if pid_alive "$name"; then log "$name: already running (pid $(cat "$PIDS/$name.pid"))"; return 0; fi
   mkdir -p "$PIDS" "$LOGS"
-  echo "$(basename "$1")" > "$PIDS/$name.exe"
+  basename "$1" > "$PIDS/$name.exe"
   setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
   echo $! > "$PIDS/$name.pid"
   log "$name: started pid $! (log $LOGS/$name.log)"
@@ -415,12 +421,12 @@ net_up() {
 }
 
 net_down() {
-  local c
+  local c table parent chain
   for c in "filter FORWARD $FW_CHAIN" "filter INPUT $FW_CHAIN-IN" "nat PREROUTING $NAT_CHAIN"; do
-    set -- $c
-    while iptables -w -t "$1" -D "$2" -j "$3" 2>/dev/null; do :; done
-    iptables -w -t "$1" -F "$3" 2>/dev/null || true
-    iptables -w -t "$1" -X "$3" 2>/dev/null || true
+    read -r table parent chain <<< "$c"
+    while iptables -w -t "$table" -D "$parent" -j "$chain" 2>/dev/null; do :; done
+    iptables -w -t "$table" -F "$chain" 2>/dev/null || true
+    iptables -w -t "$table" -X "$chain" 2>/dev/null || true
   done
   # leftover pod veths (normally gone with their netns) and the bridge
   local v
@@ -554,9 +560,11 @@ our_shims() {  # pids of containerd shims started by OUR containerd
 }
 
 descendants() {  # PID -> PID and all its descendants
-  local p=$1 c
+  local p=$1 c children
   echo "$p"
-  for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do descendants "$c"; done
+  # each task's children file holds its children's pids, separated by spaces
+  children=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
+  for c in $children; do descendants "$c"; done
 }
 
 remove_containers() {
@@ -571,9 +579,10 @@ remove_containers() {
     done
     ctrd -n $ns tasks rm -f "$id" >/dev/null 2>&1 || true
   done
-  ids=$(ctrd -n $ns containers ls -q 2>/dev/null || true)
-  [ -n "$ids" ] && ctrd -n $ns containers rm $ids >/dev/null 2>&1 || true
-  log "removed $(echo $ids | wc -w) containers/sandboxes"
+  local containers=()
+  mapfile -t containers < <(ctrd -n $ns containers ls -q 2>/dev/null || true)
+  if ((${#containers[@]})); then ctrd -n $ns containers rm "${containers[@]}" >/dev/null 2>&1 || true; fi
+  log "removed ${#containers[@]} containers/sandboxes"
 }
 
 unmount_under() {  # DIR...
