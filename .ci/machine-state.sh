@@ -31,6 +31,8 @@ TTD_IMAGE_CACHE=${TTD_IMAGE_CACHE:-/var/cache/time-to-dispatch-image}
 # image and the cluster test's layer), containers, the build cache; and its run-time state.
 TTD_CONTAINERS_STORAGE=${TTD_CONTAINERS_STORAGE:-/var/lib/containers/storage}
 TTD_CONTAINERS_RUNROOT=${TTD_CONTAINERS_RUNROOT:-/run/containers/storage}
+# podman's blob-information cache, beside its storage.
+TTD_CONTAINERS_CACHE=${TTD_CONTAINERS_CACHE:-/var/lib/containers/cache}
 # image/setup_engine.sh writes these three files (each with TTD_WRITTEN_MARK in it), keeping a
 # packaged containers.conf or storage.conf it replaces as FILE.orig.
 TTD_CONTAINERS_ETC=${TTD_CONTAINERS_ETC:-/etc/containers}
@@ -38,6 +40,9 @@ TTD_CONTAINERS_CONF=$TTD_CONTAINERS_ETC/containers.conf
 TTD_CONTAINERS_STORAGE_CONF=$TTD_CONTAINERS_ETC/storage.conf
 TTD_CONTAINERS_REGISTRIES_CONF=$TTD_CONTAINERS_ETC/registries.conf.d/99-local.conf
 TTD_WRITTEN_MARK='written by setup_engine.sh'
+# podman's network backend (netavark) keeps its lock here, and the definitions of networks
+# other than the default one (the suite makes none: its containers use the host's network).
+TTD_CONTAINERS_NETWORKS=$TTD_CONTAINERS_ETC/networks
 # tests/cluster/cluster.sh ensure_debsrc: the deb-src entry `apt-get source kubernetes` needs,
 # written only where the machine's apt sources have none.
 TTD_DEBSRC_FILE=${TTD_DEBSRC_FILE:-/etc/apt/sources.list.d/ttd-debsrc.sources}
@@ -68,7 +73,8 @@ TTD_STATIC_PACKAGES=(shellcheck)
 
 # What this file defines, by kind: .ci/reset-machine and the tests go through these names.
 TTD_STATE_PATH_VARS=(TTD_K8S_CACHE TTD_K8S_STATE TTD_K8S_RUN TTD_K8S_REGISTRY_DATA
-                     TTD_IMAGE_CACHE TTD_CONTAINERS_STORAGE TTD_CONTAINERS_RUNROOT
+                     TTD_IMAGE_CACHE TTD_CONTAINERS_STORAGE TTD_CONTAINERS_RUNROOT TTD_CONTAINERS_CACHE
+                     TTD_CONTAINERS_NETWORKS
                      TTD_CONTAINERS_CONF TTD_CONTAINERS_STORAGE_CONF
                      TTD_CONTAINERS_REGISTRIES_CONF TTD_DEBSRC_FILE TTD_PACKAGE_RECORD
                      TTD_POLICY_RC_D)

@@ -155,7 +155,7 @@ def test_every_path_follows_its_environment_variable(tmp_path: Path) -> None:
     values = include_values(names, clean_environment(**moved))
 
     for name in names:
-        if name.startswith("TTD_CONTAINERS_") and name.endswith("_CONF"):
+        if name.startswith("TTD_CONTAINERS_") and name.endswith(("_CONF", "_NETWORKS")):
             assert values[name][0].startswith(moved["TTD_CONTAINERS_ETC"] + "/"), name
         else:
             assert values[name] == [moved[name]], name
@@ -258,6 +258,7 @@ def used_machine(tmp_path: Path, fake_tools: Dict[str, str]) -> Dict[str, str]:
         "TTD_K8S_CACHE": root / "cache-k8s", "TTD_K8S_STATE": root / "lib-k8s", "TTD_K8S_RUN": root / "run-k8s",
         "TTD_IMAGE_CACHE": root / "cache-image", "TTD_CONTAINERS_STORAGE": root / "containers-storage",
         "TTD_CONTAINERS_RUNROOT": root / "containers-run", "TTD_CONTAINERS_ETC": root / "etc-containers",
+        "TTD_CONTAINERS_CACHE": root / "containers-cache",
         "TTD_DEBSRC_FILE": root / "ttd-debsrc.sources", "TTD_PACKAGE_RECORD": root / "lib-ttd" / "installed-packages",
         "TTD_POLICY_RC_D": root / "policy-rc.d", "PIP_CACHE_DIR": root / "pip-cache",
     }
@@ -266,6 +267,9 @@ def used_machine(tmp_path: Path, fake_tools: Dict[str, str]) -> Dict[str, str]:
     (paths["TTD_K8S_STATE"] / "registry" / "data").mkdir(parents=True)
     etc = paths["TTD_CONTAINERS_ETC"]
     (etc / "registries.conf.d").mkdir(parents=True)
+    (etc / "networks").mkdir()
+    (etc / "networks" / "netavark.lock").write_text("")
+    (paths["TTD_CONTAINERS_CACHE"] / "blob-info-cache-v1.boltdb").parent.mkdir(parents=True)
     (etc / "containers.conf").write_text("# written by setup_engine.sh\n")
     (etc / "storage.conf").write_text("# written by setup_engine.sh\n")
     (etc / "storage.conf.orig").write_text("# the packaged one\n")
@@ -290,7 +294,8 @@ def test_reset_dry_run_lists_exactly_what_is_there_and_changes_nothing(
     assert done.stdout == ""
     assert set(said(done.stderr, r"would remove (\S+)")) == {
         str(root / name) for name in (
-            "cache-k8s", "lib-k8s", "cache-image", "containers-storage", "etc-containers/containers.conf",
+            "cache-k8s", "lib-k8s", "cache-image", "containers-storage", "containers-cache", "etc-containers/networks",
+            "etc-containers/containers.conf",
             "policy-rc.d", "ttd-debsrc.sources", "lib-ttd/installed-packages", "checkout/.tox", "pip-cache")
     }
     assert said(done.stderr, r"would restore (\S+) from") == [str(root / "etc-containers" / "storage.conf")]
@@ -306,8 +311,8 @@ def test_reset_dry_run_lists_exactly_what_is_there_and_changes_nothing(
 def fresh_machine(fake_tools: Dict[str, str], absent: Path) -> Dict[str, str]:
     """Every path of the include, and pip's cache, moved to where nothing is."""
     moved = ("TTD_K8S_CACHE", "TTD_K8S_STATE", "TTD_K8S_RUN", "TTD_IMAGE_CACHE", "TTD_CONTAINERS_STORAGE",
-             "TTD_CONTAINERS_RUNROOT", "TTD_CONTAINERS_ETC", "TTD_DEBSRC_FILE", "TTD_PACKAGE_RECORD",
-             "TTD_POLICY_RC_D", "PIP_CACHE_DIR", "HOME")
+             "TTD_CONTAINERS_RUNROOT", "TTD_CONTAINERS_CACHE", "TTD_CONTAINERS_ETC", "TTD_DEBSRC_FILE",
+             "TTD_PACKAGE_RECORD", "TTD_POLICY_RC_D", "PIP_CACHE_DIR", "HOME")
     return {**fake_tools, **{name: str(absent / name) for name in moved}}
 
 
@@ -338,3 +343,15 @@ def test_reset_refuses_an_unknown_argument() -> None:
 
     assert done.returncode == 2
     assert "unknown argument: --dryrun" in done.stderr
+
+
+def test_reset_leaves_alone_a_networks_folder_that_defines_a_network(
+        used_machine: Dict[str, str], tmp_path: Path) -> None:
+    networks = tmp_path / "machine" / "etc-containers" / "networks"
+    (networks / "someones.json").write_text("{}")
+
+    done = reset(used_machine, "--dry-run")
+
+    assert done.returncode == 0, done.stderr
+    assert f"{networks}: defines networks, left alone" in done.stderr
+    assert f"would remove {networks}" not in done.stderr
