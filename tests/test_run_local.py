@@ -4,6 +4,8 @@ The end-to-end tests run `python -m pipeline.run_local --in-place` in a subproce
 test's own interpreter (which has the requirements), so no virtualenv is created; the
 virtualenv logic is tested on its own, without creating one.
 """
+import io
+import logging
 import os
 import queue
 import re
@@ -274,3 +276,22 @@ def test_run_local_imports_only_the_standard_library() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_stop_signal_during_a_log_line_is_not_swallowed_by_logging() -> None:
+    """The signal handler raises Stop wherever the main thread is, also inside a logging
+    handler, whose errors logging reports and swallows if they are Exceptions."""
+    class InterruptedStream(io.StringIO):
+        def write(self, text: str) -> int:
+            run_local._raise_stop(signal.SIGINT, None)
+            return 0
+
+    logger = logging.getLogger("tests.test_run_local.interrupted")
+    logger.propagate = False
+    handler = logging.StreamHandler(InterruptedStream())  # as configure_logger's, on stdout
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(run_local.Stop, match="SIGINT"):
+            logger.warning("serving on http://127.0.0.1:8000 until Ctrl-C")
+    finally:
+        logger.removeHandler(handler)
