@@ -34,8 +34,8 @@ import pandas as pd
 
 from benchmarks import use_throwaway_signing_key
 from pipeline import storage
-from pipeline.local_s3 import LocalS3
-from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.local.local_s3 import LocalS3
+from pipeline.local.synthetic import generate_orders, generate_weeks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (100_000, 2_000_000, 10_000_000)

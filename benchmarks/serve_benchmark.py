@@ -65,7 +65,7 @@ from fastapi.exceptions import RequestValidationError
 
 from benchmarks import use_throwaway_signing_key
 from pipeline import storage
-from pipeline.api import (
+from pipeline.serve.api import (
     PREDICT_BATCH_PATH,
     PREDICT_PATH,
     Prediction,
@@ -74,11 +74,11 @@ from pipeline.api import (
     create_app,
     validation_error_response,
 )
-from pipeline.model import Model
-from pipeline.serving import (
+from pipeline.artefact.model import Model
+from pipeline.serve.server import (
     FAST_STACK, PURE_PYTHON_STACK, ServerStack, freeze_start_up_objects, open_port, run_server,
 )
-from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.local.synthetic import generate_orders, generate_weeks
 from pipeline.utils import configure_logger
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -278,7 +278,7 @@ class BenchmarkS3:
     """The local S3 server with a bucket holding a week of data and a model the real train stage made."""
 
     def __init__(self) -> None:
-        from pipeline.local_s3 import LocalS3
+        from pipeline.local.local_s3 import LocalS3
 
         use_throwaway_signing_key()
         self.server = LocalS3().start()
@@ -425,7 +425,7 @@ def asgi_request_costs(model: Model, calls: int = 2000, repeats: int = 5) -> Dic
             "ours_access_log": create_app(model, access_log=True), "floor": floor_app(model)}
     if instrumentator_installed():
         apps["ours_instrumentator"] = instrumentator_app(model)
-    logging.getLogger("pipeline.metrics.access").disabled = True  # formatted, not written
+    logging.getLogger("pipeline.serve.metrics.access").disabled = True  # formatted, not written
     body = json.dumps({"product_code": model.product_codes[0], "orders_placed": 112.0}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
@@ -458,7 +458,7 @@ def asgi_request_costs(model: Model, calls: int = 2000, repeats: int = 5) -> Dic
     try:
         return asyncio.run(measure())
     finally:
-        logging.getLogger("pipeline.metrics.access").disabled = False
+        logging.getLogger("pipeline.serve.metrics.access").disabled = False
 
 
 def cold_start_and_memory(s3: BenchmarkS3, starts: int, n_requests: int, n_batches: int) -> Dict[str, Any]:

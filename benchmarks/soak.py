@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 
 from benchmarks import use_throwaway_signing_key
 from pipeline import train_model
-from pipeline.local_s3 import LocalS3, seed_weeks
+from pipeline.local.local_s3 import LocalS3, seed_weeks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUEST = json.dumps({"product_code": "SKU003", "orders_placed": 112}).encode()

@@ -50,9 +50,9 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.tree import DecisionTreeRegressor
 
 from benchmarks import use_throwaway_signing_key
-from pipeline.synthetic import FIRST_DROP, ROWS_PER_WEEK, generate_orders
-from pipeline.training import prepare_data
-from pipeline.tuning import (
+from pipeline.local.synthetic import FIRST_DROP, ROWS_PER_WEEK, generate_orders
+from pipeline.train.steps import prepare_data
+from pipeline.train.tuning import (
     HYPERPARAM_GRID,
     PARALLEL_MIN_TRAIN_ROWS,
     RANDOM_STATE,
@@ -244,7 +244,7 @@ def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
         and its grid-search log lines.
     """
     from pipeline import storage
-    from pipeline.local_s3 import LocalS3
+    from pipeline.local.local_s3 import LocalS3
 
     use_throwaway_signing_key()
     server = LocalS3().start()

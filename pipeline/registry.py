@@ -19,7 +19,7 @@ import logging
 import sys
 from typing import Sequence
 
-from pipeline.governance import (
+from pipeline.model_registry.operations import (
     RegistryError,
     change_status,
     list_lines,

@@ -40,9 +40,9 @@ import sys
 from types import FrameType
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-from pipeline.bootstrap import BootstrapError, run_in_place_or_reexecute
-from pipeline.signing import SIGNING_KEY_ENV
-from pipeline.processes import (
+from pipeline.local.bootstrap import BootstrapError, run_in_place_or_reexecute
+from pipeline.artefact.signing import SIGNING_KEY_ENV
+from pipeline.local.processes import (
     Child,
     LocalProcessError,
     http_json,
@@ -74,7 +74,7 @@ DOCS_PATH = "/docs"
 SERVE_START_TIMEOUT_SECONDS = 120.0
 BATCH_INPUT_KEY = "batch/orders.csv"
 BATCH_OUTPUT_KEY = "batch/orders_scored.csv"
-BATCH_REJECTS_SUFFIX = ".rejects.csv"  # pipeline.scoring.REJECTS_SUFFIX; this module imports no library
+BATCH_REJECTS_SUFFIX = ".rejects.csv"  # pipeline.batch.scoring.REJECTS_SUFFIX; this module imports no library
 STOP_TIMEOUT_SECONDS = 15.0
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def start_embedded_s3(port: int) -> Tuple[Any, str]:
         LocalRunError: if the port cannot be bound.
     """
     # Imported here: moto is a development requirement that exists only once .venv is ready.
-    from pipeline.local_s3 import LocalS3
+    from pipeline.local.local_s3 import LocalS3
 
     if port and not port_is_free(HOST, port):
         raise LocalRunError(f"cannot start the embedded S3: port {port} on {HOST} is in use; "
@@ -229,7 +229,7 @@ def seed_synthetic_datasets(bucket: str, weeks: int) -> str:
     Raises:
         LocalRunError: if an upload fails.
     """
-    from pipeline.local_s3 import seed_weeks
+    from pipeline.local.local_s3 import seed_weeks
     from pipeline.storage import StorageError
 
     try:
@@ -266,7 +266,7 @@ def run_batch_scoring(bucket: str) -> None:
     Raises:
         LocalRunError: if the upload fails or the batch CLI exits non-zero.
     """
-    from pipeline.local_s3 import seed_orders_file
+    from pipeline.local.local_s3 import seed_orders_file
     from pipeline.storage import StorageError
 
     try:

@@ -22,8 +22,8 @@ import math
 import sys
 from typing import Optional, Sequence
 
-from pipeline.backfill import BackfillError, BackfillResult, parse_date, run_backfill
-from pipeline.scoring import DEFAULT_MAX_REJECT_FRACTION, ScoringError, ScoringSummary, score_object
+from pipeline.batch.backfill import BackfillError, BackfillResult, parse_date, run_backfill
+from pipeline.batch.scoring import DEFAULT_MAX_REJECT_FRACTION, ScoringError, ScoringSummary, score_object
 from pipeline.storage import (
     RESERVED_PREFIXES,
     StorageError,

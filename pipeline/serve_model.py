@@ -27,9 +27,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from pipeline.api import create_app
-from pipeline.model import Model
-from pipeline.serving import (
+from pipeline.serve.api import create_app
+from pipeline.artefact.model import Model
+from pipeline.serve.server import (
     MAX_DRAIN_SECONDS,
     ModelCompatibilityError,
     SERVER_STACKS,
@@ -41,7 +41,7 @@ from pipeline.serving import (
     stop_on_signals,
     warm_up,
 )
-from pipeline.signing import SigningKeyError, load_signing_keys
+from pipeline.artefact.signing import SigningKeyError, load_signing_keys
 from pipeline.storage import ArtefactError, StorageError, get_model, get_report_html, live_model_object
 from pipeline.utils import StageArgumentParser, configure_logger
 

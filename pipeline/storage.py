@@ -54,8 +54,8 @@ import pandas as pd
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.model import InvalidModelError, Model, check_model_structure
-from pipeline.signing import SignatureError, SigningKeys, load_signing_keys
+from pipeline.artefact.model import InvalidModelError, Model, check_model_structure
+from pipeline.artefact.signing import SignatureError, SigningKeys, load_signing_keys
 from pipeline.utils import quote
 
 DATASETS_PREFIX = "datasets/"
@@ -111,12 +111,12 @@ _TIMESTAMP = re.compile(
 # numpy and datetime pieces their pickles name. Anything else is refused before it is built.
 _ALLOWED_GLOBALS = frozenset(
     {
-        ("pipeline.model", "Model"),
-        ("pipeline.model", "TaskMetrics"),
-        ("pipeline.model", "DatasetLineage"),
-        ("pipeline.model", "MonotonicityReport"),
-        ("pipeline.model", "ProductMonotonicity"),
-        ("pipeline.features", "ProductCodeEncoding"),
+        ("pipeline.artefact.model", "Model"),
+        ("pipeline.artefact.model", "TaskMetrics"),
+        ("pipeline.artefact.model", "DatasetLineage"),
+        ("pipeline.artefact.model", "MonotonicityReport"),
+        ("pipeline.artefact.model", "ProductMonotonicity"),
+        ("pipeline.artefact.features", "ProductCodeEncoding"),
         ("sklearn.tree._classes", "DecisionTreeRegressor"),
         ("sklearn.tree._tree", "Tree"),
         ("numpy", "dtype"),
@@ -132,6 +132,13 @@ _ALLOWED_GLOBALS = frozenset(
         ("datetime", "timedelta"),
     }
 )
+# Where the project's classes were before `pipeline/` had folders: artefacts pickled then name
+# them so, and keep loading as the same classes.
+_FORMER_PATHS = {
+    **{("pipeline.model", name): ("pipeline.artefact.model", name)
+       for name in ("Model", "TaskMetrics", "DatasetLineage", "MonotonicityReport", "ProductMonotonicity")},
+    ("pipeline.features", "ProductCodeEncoding"): ("pipeline.artefact.features", "ProductCodeEncoding"),
+}
 
 
 class StorageError(Exception):
@@ -1037,12 +1044,13 @@ def predictions_key(dataset_key: str) -> str:
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED_GLOBALS:
+        current = _FORMER_PATHS.get((module, name), (module, name))
+        if current not in _ALLOWED_GLOBALS:
             raise ArtefactError(
                 f"the pickle names {module}.{name}, which a model artefact may not contain; "
                 "refusing to load it"
             )
-        return super().find_class(module, name)
+        return super().find_class(*current)
 
 
 def _put_new_object(client: Any, bucket: str, key: str, body: bytes, exists: StorageError, **extra: Any) -> None:

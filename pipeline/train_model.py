@@ -24,7 +24,7 @@ import math
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from pipeline.champion import (
+from pipeline.train.champion import (
     DEFAULT_CHAMPION_TOLERANCE,
     ModelRefusedError,
     apply_decision,
@@ -33,12 +33,12 @@ from pipeline.champion import (
     decide,
     load_champion,
 )
-from pipeline.drift import compute_drift, log_findings
-from pipeline.model import Model
-from pipeline.report import REPORT_HTML, RunFindings, build_report
-from pipeline.signing import load_signing_keys
+from pipeline.train.drift import compute_drift, log_findings
+from pipeline.artefact.model import Model
+from pipeline.train.report import REPORT_HTML, RunFindings, build_report
+from pipeline.artefact.signing import load_signing_keys
 from pipeline.storage import StorageError, get_latest_dataset, put_model, put_report, report_prefix
-from pipeline.training import (
+from pipeline.train.steps import (
     DatasetError,
     build_model,
     check_thresholds_valid,
@@ -48,7 +48,7 @@ from pipeline.training import (
     r_squared_failure,
     test_rows,
 )
-from pipeline.tuning import HYPERPARAM_GRID, tune_hyperparameters
+from pipeline.train.tuning import HYPERPARAM_GRID, tune_hyperparameters
 from pipeline.utils import StageArgumentParser, configure_logger
 
 USAGE = (

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from pipeline import storage
-from pipeline.local_s3 import LocalS3, create_bucket
-from pipeline.model import Model
-from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.local.local_s3 import LocalS3, create_bucket
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders, generate_weeks
 from tests.helpers import REPO_ROOT, TEST_SIGNING_KEY, TEST_WEEK_SEED, Service, start_service
 
 # The contract's variable, named as an operator sets it: the fixtures need no pipeline module

@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from pipeline import storage
-from pipeline.local_s3 import REGION, create_bucket
-from pipeline.model import Model
-from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.local.local_s3 import REGION, create_bucket
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders, generate_weeks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The machine state the suite creates outside the checkout: paths and Debian package lists.

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline import storage, training, tuning
-from pipeline.api import (
+from pipeline import storage
+from pipeline.train import steps, tuning
+from pipeline.serve.api import (
     MAX_BATCH_SIZE,
     MAX_ORDERS_PLACED,
     Prediction,
@@ -21,9 +22,9 @@ from pipeline.api import (
     build_request_model,
     create_app,
 )
-from pipeline.metrics import METRICS_PATH
-from pipeline.model import Model
-from pipeline.synthetic import generate_orders
+from pipeline.serve.metrics import METRICS_PATH
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders
 from tests.helpers import parse_metrics
 
 PREDICT = "/api/v0.1/time_to_dispatch"
@@ -322,12 +323,12 @@ def test_docs_page_is_served(client: TestClient) -> None:
 
 def test_service_accepts_exactly_the_codes_its_model_was_trained_on() -> None:
     slopes = {"SKU001": 0.075, "SKU002": 0.1, "SKU006": 0.2}
-    data = training.prepare_data(generate_orders(600, seed=11, product_slopes=slopes))
+    data = steps.prepare_data(generate_orders(600, seed=11, product_slopes=slopes))
     search = tuning.tune_hyperparameters(data.X_train, data.y_train, {"max_depth": [6]})
     dataset = storage.Dataset(generate_orders(1), "bucket", "datasets/time_to_dispatch_2026-10-02T23:00:00.csv",
                               datetime(2026, 10, 2, 23, tzinfo=timezone.utc), "etag", None)
-    metrics = training.evaluate(search.estimator, data)
-    model = training.build_model(search.estimator, search.best_params, data, metrics, dataset)
+    metrics = steps.evaluate(search.estimator, data)
+    model = steps.build_model(search.estimator, search.best_params, data, metrics, dataset)
     client = TestClient(create_app(model))
 
     new_code = post_json(client, PREDICT, {"product_code": "SKU006", "orders_placed": 50})

@@ -4,7 +4,7 @@ from typing import List
 
 import pytest
 
-from pipeline import bootstrap
+from pipeline.local import bootstrap
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 
-from pipeline import champion, storage, train_model
-from pipeline.model import Model
-from pipeline.synthetic import generate_orders
+from pipeline import storage, train_model
+from pipeline.train import champion
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders
 from tests.helpers import error_lines, latest_drop, run_cli
 
 # A week of 100 orders: its model learns from 80 rows and is far worse than the live model,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipeline.features import ProductCodeEncoding, UnknownProductCodeError, encode_features
+from pipeline.artefact.features import ProductCodeEncoding, UnknownProductCodeError, encode_features
 
 
 def test_encoding_is_the_sorted_codes_seen_in_training() -> None:

@@ -21,8 +21,8 @@ from tests.helpers import REPO_ROOT
 
 PIPELINE = REPO_ROOT / "pipeline"
 PLOTTING_LIBRARIES = ("matplotlib", "seaborn", "plotly", "PIL")
-TRAINING_MODULES = ("pipeline.training", "pipeline.tuning", "pipeline.train_model")
-LOCAL_S3_HELPER = "pipeline.local_s3"
+TRAINING_MODULES = ("pipeline.train.steps", "pipeline.train.tuning", "pipeline.train_model")
+LOCAL_S3_HELPER = "pipeline.local.local_s3"
 
 
 def module_name(path: Path) -> str:
@@ -66,7 +66,7 @@ def imported_names(path: Path) -> List[str]:
 
 def test_the_entry_points_are_the_stage_and_tool_clis() -> None:
     assert {"pipeline.train_model", "pipeline.serve_model", "pipeline.run_local"} <= set(ENTRY_POINTS)
-    assert "pipeline.training" in LIBRARY_MODULES and "pipeline.api" in LIBRARY_MODULES
+    assert "pipeline.train.steps" in LIBRARY_MODULES and "pipeline.serve.api" in LIBRARY_MODULES
 
 
 def test_serve_entry_point_loads_no_training_code_and_no_plotting_library() -> None:

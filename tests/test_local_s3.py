@@ -6,8 +6,8 @@ from typing import Any, Dict
 import pytest
 
 from pipeline import storage
-from pipeline.local_s3 import LocalS3, create_bucket, seed_weeks
-from pipeline.synthetic import generate_weeks
+from pipeline.local.local_s3 import LocalS3, create_bucket, seed_weeks
+from pipeline.local.synthetic import generate_weeks
 
 
 def test_local_s3_listens_on_loopback_and_stops(tmp_path: Any) -> None:

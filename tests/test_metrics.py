@@ -14,15 +14,15 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import storage
-from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
-from pipeline.metrics import (
+from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
+from pipeline.serve.metrics import (
     LATENCY_BUCKETS_SECONDS,
     METRICS_PATH,
     ORDERS_PLACED_BUCKETS,
     UNMATCHED_ROUTE,
     ServiceMetrics,
 )
-from pipeline.model import Model
+from pipeline.artefact.model import Model
 from tests.helpers import LOG_LINE, Scrape, parse_metrics
 
 REQUESTS = "time_to_dispatch_http_requests_total"
@@ -272,7 +272,7 @@ def test_the_process_metrics_are_exposed(client: TestClient) -> None:
 # --- the access log --------------------------------------------------------------------------
 
 def logged_requests(caplog: pytest.LogCaptureFixture) -> List[logging.LogRecord]:
-    return [record for record in caplog.records if record.name == "pipeline.metrics.access"]
+    return [record for record in caplog.records if record.name == "pipeline.serve.metrics.access"]
 
 
 def test_access_log_is_one_line_per_request_with_route_status_and_duration(

@@ -4,8 +4,8 @@ import pickle
 import numpy as np
 import pytest
 
-from pipeline.features import UnknownProductCodeError, encode_features
-from pipeline.model import Model, estimator_hash
+from pipeline.artefact.features import UnknownProductCodeError, encode_features
+from pipeline.artefact.model import Model, estimator_hash
 
 
 def test_predict_one_equals_the_estimators_predict_for_every_product(trained_model: Model) -> None:

@@ -4,7 +4,7 @@ from typing import Any, Callable, Dict
 import numpy as np
 import pytest
 
-from pipeline.model import InvalidModelError, Model, check_model_structure
+from pipeline.artefact.model import InvalidModelError, Model, check_model_structure
 from tests.helpers import crafted_model
 
 

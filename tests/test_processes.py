@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pipeline.processes import Child, LocalProcessError, http_json, port_is_free, wait_for_port
+from pipeline.local.processes import Child, LocalProcessError, http_json, port_is_free, wait_for_port
 from tests.helpers import free_port
 
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 import pytest
 
 from pipeline import storage
-from pipeline.model import Model
+from pipeline.artefact.model import Model
 from tests.conftest import StartService
 from tests.helpers import error_lines, models_created, run_cli, stop_service, wait_until_listening
 

@@ -6,8 +6,9 @@ from typing import Any, Dict
 
 import pytest
 
-from pipeline import report, storage, train_model
-from pipeline.model import Model
+from pipeline import storage, train_model
+from pipeline.train import report
+from pipeline.artefact.model import Model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # One grid point (the one the full search picks on weeks like these): the report, not the search, is tested.
@@ -84,7 +85,7 @@ def test_report_html_is_self_contained_with_every_plot_embedded(persisted: Dict[
 
 def test_a_plotting_step_returns_a_figure_without_writing_anything(trained_model: Model) -> None:
     from matplotlib.figure import Figure
-    from pipeline.synthetic import generate_orders
+    from pipeline.local.synthetic import generate_orders
 
     figure = report.plot_estimate_curves(trained_model, trained_model, generate_orders(300, seed=3))
 

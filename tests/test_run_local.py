@@ -18,8 +18,8 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 import pytest
 
 from pipeline import run_local, storage
-from pipeline.processes import port_is_free
-from pipeline.synthetic import generate_weeks
+from pipeline.local.processes import port_is_free
+from pipeline.local.synthetic import generate_weeks
 from pipeline.utils import LOG_FORMAT
 from tests.helpers import LOG_LINE, REPO_ROOT, free_port, logged_json
 RUN_TIMEOUT_SECONDS = 240

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipeline import storage
-from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
-from pipeline.model import Model
-from pipeline.synthetic import FIRST_DROP, generate_weeks
+from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import FIRST_DROP, generate_weeks
 from tests.helpers import csv_text, error_lines, persist_model_copy, run_cli
 
 pytestmark = pytest.mark.e2e

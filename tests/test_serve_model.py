@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 from pipeline import storage
-from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH
-from pipeline.metrics import METRICS_PATH
-from pipeline.model import Model
+from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
+from pipeline.serve.metrics import METRICS_PATH
+from pipeline.artefact.model import Model
 from pipeline.serve_model import DEFAULT_HOST, DEFAULT_PORT, parse_args
 from tests.conftest import StartService
 from tests.helpers import (
@@ -191,7 +191,7 @@ def test_the_cli_serves_on_uvloop_and_httptools(
     stop_service(service)
 
     assert status == 200
-    assert " - INFO - serving.run_server - server stack: uvloop event loop, httptools HTTP parser" in service.log()
+    assert " - INFO - server.run_server - server stack: uvloop event loop, httptools HTTP parser" in service.log()
 
 
 def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_missing(
@@ -209,9 +209,9 @@ def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_mi
 
     assert (status, sorted(body)) == (200, ["est_hours_to_dispatch", "model_version"])
     log = service.log()
-    assert " - WARNING - serving.run_server - uvloop event loop, httptools HTTP parser asked for, but not all " \
+    assert " - WARNING - server.run_server - uvloop event loop, httptools HTTP parser asked for, but not all " \
            "installed: falling back to the asyncio event loop, h11 HTTP parser" in log
-    assert " - INFO - serving.run_server - server stack: asyncio event loop, h11 HTTP parser" in log
+    assert " - INFO - server.run_server - server stack: asyncio event loop, h11 HTTP parser" in log
 
 
 def test_the_pure_python_stack_can_be_asked_for(

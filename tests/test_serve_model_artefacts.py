@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import storage
-from pipeline.model import Model
+from pipeline.artefact.model import Model
 from tests.conftest import StartService
 from tests.helpers import crafted_model, signed_metadata, stop_service, wait_until_listening
 from tests.test_serve_model import the_error_of_a_failed_start

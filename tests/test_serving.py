@@ -9,8 +9,8 @@ import sklearn
 from fastapi import FastAPI
 
 from pipeline import storage
-from pipeline.model import Model
-from pipeline.serving import (
+from pipeline.artefact.model import Model
+from pipeline.serve.server import (
     FAST_STACK,
     PURE_PYTHON_STACK,
     ModelCompatibilityError,

@@ -1,7 +1,7 @@
 """Artefact signing: the keys from MODEL_SIGNING_KEY, signatures, rotation."""
 import pytest
 
-from pipeline.signing import (
+from pipeline.artefact.signing import (
     KEY_ID_METADATA_KEY,
     SIGNATURE_METADATA_KEY,
     SignatureError,

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from pipeline import storage
-from pipeline.model import Model
-from pipeline.synthetic import generate_orders
-from pipeline.local_s3 import create_bucket
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders
+from pipeline.local.local_s3 import create_bucket
 from tests.helpers import REGION, free_port, signed_metadata
 
 

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from pipeline import storage
-from pipeline.model import Model
+from pipeline.artefact.model import Model
 from tests.helpers import models_created
 
 WHEN = datetime(2026, 11, 1, 9, 30, tzinfo=timezone.utc)

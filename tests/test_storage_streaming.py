@@ -5,7 +5,7 @@ from typing import Any, Dict
 import pytest
 
 from pipeline import storage
-from pipeline.model import Model
+from pipeline.artefact.model import Model
 from tests.helpers import persist_model_copy
 
 MIB = 2**20

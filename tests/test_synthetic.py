@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from pipeline.synthetic import PRODUCT_SLOPES, generate_orders, generate_weeks
+from pipeline.local.synthetic import PRODUCT_SLOPES, generate_orders, generate_weeks
 
 
 def test_generate_orders_has_the_delivered_columns_and_row_count() -> None:

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import sklearn
 
-from pipeline import storage, train_model, training
-from pipeline.model import Model
-from pipeline.synthetic import generate_orders
+from pipeline import storage, train_model
+from pipeline.train import steps
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders
 from tests.helpers import LOG_LINE, REPO_ROOT, error_lines, latest_drop, run_cli
 
 
@@ -83,7 +84,7 @@ def test_main_below_the_error_threshold_persists_nothing_and_keeps_the_previous_
 ) -> None:
     before = _model_keys(s3, bucket_with_model)
 
-    with pytest.raises(training.ModelValidationError, match="below the error threshold 0.999; no model persisted"):
+    with pytest.raises(steps.ModelValidationError, match="below the error threshold 0.999; no model persisted"):
         train_model.main(bucket_with_model, 0.999, 0.9995)
 
     assert _model_keys(s3, bucket_with_model) == before
@@ -129,7 +130,7 @@ def test_main_on_a_bad_dataset_persists_nothing(s3: Any, bucket_with_model: str)
     frame.loc[10, "orders_placed"] = -3
     storage.put_dataset(bucket_with_model, frame, latest_drop())
 
-    with pytest.raises(training.DatasetError, match="negative orders_placed"):
+    with pytest.raises(steps.DatasetError, match="negative orders_placed"):
         train_model.main(bucket_with_model, 0.9, 0.95)
 
     assert _newest_model_key(bucket_with_model) == before

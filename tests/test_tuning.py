@@ -7,8 +7,8 @@ import pytest
 from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.tree import DecisionTreeRegressor
 
-from pipeline import training, tuning
-from pipeline.synthetic import generate_orders
+from pipeline.train import steps, tuning
+from pipeline.local.synthetic import generate_orders
 
 
 # --- tune_hyperparameters -------------------------------------------------------------------
@@ -22,7 +22,7 @@ SMALL_GRID: Dict[str, List[Any]] = {
 
 
 def test_tune_hyperparameters_chooses_what_a_plain_grid_search_chooses() -> None:
-    data = training.prepare_data(generate_orders(400, seed=11))
+    data = steps.prepare_data(generate_orders(400, seed=11))
     plain = GridSearchCV(DecisionTreeRegressor(random_state=42), SMALL_GRID, cv=5, scoring="r2").fit(
         data.X_train, data.y_train
     )
@@ -36,7 +36,7 @@ def test_tune_hyperparameters_chooses_what_a_plain_grid_search_chooses() -> None
 
 
 def test_tune_hyperparameters_refits_the_best_tree_on_all_training_rows() -> None:
-    data = training.prepare_data(generate_orders(400, seed=11))
+    data = steps.prepare_data(generate_orders(400, seed=11))
 
     ours = tuning.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=1)
 
@@ -45,7 +45,7 @@ def test_tune_hyperparameters_refits_the_best_tree_on_all_training_rows() -> Non
 
 
 def test_tune_hyperparameters_gives_the_same_choice_with_two_processes() -> None:
-    data = training.prepare_data(generate_orders(400, seed=11))
+    data = steps.prepare_data(generate_orders(400, seed=11))
 
     serial = tuning.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=1)
     parallel = tuning.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=2)
@@ -57,7 +57,7 @@ def test_tune_hyperparameters_gives_the_same_choice_with_two_processes() -> None
 def test_a_long_search_logs_its_progress_in_fits_done(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = training.prepare_data(generate_orders(400, seed=11))
+    data = steps.prepare_data(generate_orders(400, seed=11))
     monkeypatch.setattr(tuning, "PROGRESS_INTERVAL_S", 0.0)
 
     with caplog.at_level(logging.INFO, logger=tuning.log.name):
@@ -76,7 +76,7 @@ def test_a_long_search_logs_its_progress_in_fits_done(
 
 
 def test_a_short_search_logs_only_its_start_and_its_result(caplog: pytest.LogCaptureFixture) -> None:
-    data = training.prepare_data(generate_orders(400, seed=11))
+    data = steps.prepare_data(generate_orders(400, seed=11))
 
     with caplog.at_level(logging.INFO, logger=tuning.log.name):
         tuning.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=1)
@@ -87,7 +87,7 @@ def test_a_short_search_logs_only_its_start_and_its_result(caplog: pytest.LogCap
 
 
 def test_tune_hyperparameters_names_a_value_the_tree_rejects() -> None:
-    data = training.prepare_data(generate_orders(400, seed=11))
+    data = steps.prepare_data(generate_orders(400, seed=11))
 
     with pytest.raises(ValueError, match=r"invalid hyper-parameters \{'max_depth': -1\}: .*max_depth"):
         tuning.tune_hyperparameters(data.X_train, data.y_train, {"max_depth": [-1]}, n_jobs=1)

@@ -35,7 +35,7 @@ from bodywork.config import BatchStageConfig, BodyworkConfig, ServiceStageConfig
 from bodywork.git import get_git_commit_hash
 
 from pipeline import storage
-from pipeline.model import Model
+from pipeline.artefact.model import Model
 from tests.bodywork.conftest import BRANCH
 from tests.helpers import REGION, TEST_SIGNING_KEY, bucket_with_weeks
 

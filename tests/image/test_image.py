@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from pipeline import storage
-from pipeline.local_s3 import LocalS3
-from pipeline.model import Model
+from pipeline.local.local_s3 import LocalS3
+from pipeline.artefact.model import Model
 from tests.helpers import REGION, REPO_ROOT, TEST_SIGNING_KEY, bucket_with_weeks, port_accepts
 from tests.image.conftest import REPO_MOUNT, StageRepo, podman
 

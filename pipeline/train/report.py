@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pipeline.champion import ChampionComparison, Decision
-from pipeline.drift import DriftReport
-from pipeline.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
-from pipeline.model import Model
+from pipeline.train.champion import ChampionComparison, Decision
+from pipeline.train.drift import DriftReport
+from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
+from pipeline.artefact.model import Model
 
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 PLOT_FILES = {

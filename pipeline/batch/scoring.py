@@ -27,8 +27,8 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Te
 
 import numpy as np
 
-from pipeline.features import LABEL_COLUMN, MAX_ORDERS_PLACED, ORDERS_COLUMN, PRODUCT_COLUMN
-from pipeline.model import Model
+from pipeline.artefact.features import LABEL_COLUMN, MAX_ORDERS_PLACED, ORDERS_COLUMN, PRODUCT_COLUMN
+from pipeline.artefact.model import Model
 from pipeline.storage import MultipartWriter, delete_object, open_object_stream
 
 ESTIMATE_COLUMN = "est_hours_to_dispatch"

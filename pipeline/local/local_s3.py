@@ -18,7 +18,7 @@ from typing import Any, Dict, List, MutableMapping, Optional
 from moto.server import ThreadedMotoServer
 
 from pipeline.storage import put_dataset, put_object_bytes, s3_client
-from pipeline.synthetic import ROWS_PER_WEEK, generate_orders, generate_weeks
+from pipeline.local.synthetic import ROWS_PER_WEEK, generate_orders, generate_weeks
 
 HOST = "127.0.0.1"
 REGION = "eu-west-2"

@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from pipeline.model import Model
+from pipeline.artefact.model import Model
 from pipeline.storage import ArtefactError, Dataset, NoObjectsError, StorageError, get_dataset_version, get_live_model
-from pipeline.training import ModelValidationError
+from pipeline.train.steps import ModelValidationError
 
 # How much worse than the champion's MAE, relatively, the challenger's may be on the same rows
 # before it is refused: 0.20 means up to 20% worse. Chosen from benchmarks/governance.py (see

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ks_2samp
 
-from pipeline.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
-from pipeline.model import Model
+from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
+from pipeline.artefact.model import Model
 
 PSI_BINS = 10
 # A share never observed counts as this share, so that a bin empty in one week gives a large

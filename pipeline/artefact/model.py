@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from sklearn.tree import DecisionTreeRegressor
 
-from pipeline.features import Numbers, ProductCodeEncoding, encode_features
+from pipeline.artefact.features import Numbers, ProductCodeEncoding, encode_features
 
 MODEL_NAME = "time-to-dispatch"
 N_FEATURES = 2

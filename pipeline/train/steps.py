@@ -14,7 +14,7 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeRegressor
 
-from pipeline.features import (
+from pipeline.artefact.features import (
     DATASET_COLUMNS,
     LABEL_COLUMN,
     ORDERS_COLUMN,
@@ -22,7 +22,7 @@ from pipeline.features import (
     ProductCodeEncoding,
     encode_features,
 )
-from pipeline.model import (
+from pipeline.artefact.model import (
     DatasetLineage,
     Model,
     MonotonicityReport,

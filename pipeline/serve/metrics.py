@@ -42,7 +42,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from pipeline.model import Model
+from pipeline.artefact.model import Model
 
 METRICS_PATH = "/metrics"
 PREFIX = "time_to_dispatch"

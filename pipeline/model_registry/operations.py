@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import List, Optional, Tuple
 
-from pipeline.model import Model
+from pipeline.artefact.model import Model
 from pipeline.storage import (
     REJECT,
     RESTORE,

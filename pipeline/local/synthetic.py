@@ -12,7 +12,7 @@ from typing import Dict, List, Mapping, NamedTuple
 import numpy as np
 import pandas as pd
 
-from pipeline.features import DATASET_COLUMNS, LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
+from pipeline.artefact.features import DATASET_COLUMNS, LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
 
 PRODUCT_SLOPES: Dict[str, float] = {
     "SKU001": 0.075,

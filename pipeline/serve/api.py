@@ -26,10 +26,12 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from pipeline.features import MAX_ORDERS_PLACED
-from pipeline.metrics import ServiceMetrics, instrument
-from pipeline.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, ASGIApp, Message, Receive, RequestLimits, Scope, Send
-from pipeline.model import Model
+from pipeline.artefact.features import MAX_ORDERS_PLACED
+from pipeline.artefact.model import Model
+from pipeline.serve.limits import (
+    BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, ASGIApp, Message, Receive, RequestLimits, Scope, Send,
+)
+from pipeline.serve.metrics import ServiceMetrics, instrument
 from pipeline.utils import QUOTE_PREFIX_CHARS
 
 API_VERSION = "0.1"

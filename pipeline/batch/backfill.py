@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
-from pipeline.scoring import (
+from pipeline.batch.scoring import (
     DEFAULT_MAX_REJECT_FRACTION,
     INPUT_ETAG_METADATA_KEY,
     MODEL_ID_METADATA_KEY,
