@@ -47,13 +47,14 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import pandas as pd
 
+from pipeline.artefact.features import ORDERS_COLUMN, PRODUCT_COLUMN
+from pipeline.artefact.model import Model
+from pipeline.local.local_s3 import LocalS3
+from pipeline.local.synthetic import PRODUCT_SLOPES, generate_orders
+from pipeline.storage.client import StorageError
+from pipeline.storage.datasets import Dataset, get_latest_dataset, put_dataset
 from pipeline.train.champion import DEFAULT_CHAMPION_TOLERANCE, compare_with_champion, decide
 from pipeline.train.drift import compute_drift, log_findings
-from pipeline.artefact.features import ORDERS_COLUMN, PRODUCT_COLUMN
-from pipeline.local.local_s3 import LocalS3
-from pipeline.artefact.model import Model
-from pipeline.storage import Dataset, StorageError, get_latest_dataset, put_dataset
-from pipeline.local.synthetic import PRODUCT_SLOPES, generate_orders
 from pipeline.train.steps import (
     CHECK_ORDERS_HIGH,
     CHECK_ORDERS_LOW,

@@ -6,8 +6,8 @@ import argparse
 import logging
 from typing import List, Sequence
 
-from pipeline.train import steps, tuning
 from pipeline.local.synthetic import generate_orders
+from pipeline.train import steps, tuning
 
 
 def run(seeds: Sequence[int], rows: int) -> List[str]:

@@ -64,7 +64,9 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from benchmarks import use_throwaway_signing_key
-from pipeline import storage
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import (
     PREDICT_BATCH_PATH,
     PREDICT_PATH,
@@ -74,11 +76,10 @@ from pipeline.serve.api import (
     create_app,
     validation_error_response,
 )
-from pipeline.artefact.model import Model
 from pipeline.serve.server import (
     FAST_STACK, PURE_PYTHON_STACK, ServerStack, freeze_start_up_objects, open_port, run_server,
 )
-from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.storage.datasets import put_dataset
 from pipeline.utils import configure_logger
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -204,7 +205,7 @@ def build_server(kind: str, model: Model) -> "tuple[FastAPI, ServerStack]":
 def serve_one(kind: str, bucket: str, port: int) -> None:
     """Child process: load the newest model from the bucket and serve one of the apps."""
     configure_logger(logging.INFO)
-    app, stack = build_server(kind, storage.get_live_model(bucket))
+    app, stack = build_server(kind, get_live_model(bucket))
     freeze_start_up_objects()
     run_server(app, open_port("127.0.0.1", port), stack)
 
@@ -285,10 +286,10 @@ class BenchmarkS3:
         self.server.point_environment_here()
         self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         self.bucket = self.server.create_bucket("ttd-serve-benchmark")
-        storage.put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp)
+        put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp)
         subprocess.run([sys.executable, "-m", "pipeline.train_model", self.bucket, "0.9", "0.95"],
                        env=self.env, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
-        self.model = storage.get_live_model(self.bucket)
+        self.model = get_live_model(self.bucket)
 
     def stop(self) -> None:
         self.server.stop()

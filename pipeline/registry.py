@@ -26,7 +26,8 @@ from pipeline.model_registry.operations import (
     live_model_after_change,
     show_lines,
 )
-from pipeline.storage import REJECT, RESTORE, StorageError
+from pipeline.model_registry.records import REJECT, RESTORE
+from pipeline.storage.client import StorageError
 from pipeline.utils import StageArgumentParser, configure_logger
 
 COMMANDS = ("list", "show", REJECT, RESTORE)

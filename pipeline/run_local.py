@@ -40,8 +40,8 @@ import sys
 from types import FrameType
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-from pipeline.local.bootstrap import BootstrapError, run_in_place_or_reexecute
 from pipeline.artefact.signing import SIGNING_KEY_ENV
+from pipeline.local.bootstrap import BootstrapError, run_in_place_or_reexecute
 from pipeline.local.processes import (
     Child,
     LocalProcessError,
@@ -230,7 +230,7 @@ def seed_synthetic_datasets(bucket: str, weeks: int) -> str:
         LocalRunError: if an upload fails.
     """
     from pipeline.local.local_s3 import seed_weeks
-    from pipeline.storage import StorageError
+    from pipeline.storage.client import StorageError
 
     try:
         keys = seed_weeks(bucket, weeks)
@@ -267,7 +267,7 @@ def run_batch_scoring(bucket: str) -> None:
         LocalRunError: if the upload fails or the batch CLI exits non-zero.
     """
     from pipeline.local.local_s3 import seed_orders_file
-    from pipeline.storage import StorageError
+    from pipeline.storage.client import StorageError
 
     try:
         input_key = seed_orders_file(bucket, BATCH_INPUT_KEY)

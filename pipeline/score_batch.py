@@ -24,14 +24,11 @@ from typing import Optional, Sequence
 
 from pipeline.batch.backfill import BackfillError, BackfillResult, parse_date, run_backfill
 from pipeline.batch.scoring import DEFAULT_MAX_REJECT_FRACTION, ScoringError, ScoringSummary, score_object
-from pipeline.storage import (
-    RESERVED_PREFIXES,
-    StorageError,
-    get_model,
-    live_model_object,
-    rejected_model_keys,
-    resolve_model_key,
-)
+from pipeline.model_registry.live_model import live_model_object, resolve_model_key
+from pipeline.model_registry.records import rejected_model_keys
+from pipeline.storage.client import StorageError
+from pipeline.storage.layout import RESERVED_PREFIXES
+from pipeline.storage.signed_artefacts import get_model
 from pipeline.utils import StageArgumentParser, configure_logger
 
 USAGE = (

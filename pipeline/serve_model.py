@@ -27,8 +27,10 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from pipeline.serve.api import create_app
 from pipeline.artefact.model import Model
+from pipeline.artefact.signing import SigningKeyError, load_signing_keys
+from pipeline.model_registry.live_model import live_model_object
+from pipeline.serve.api import create_app
 from pipeline.serve.server import (
     MAX_DRAIN_SECONDS,
     ModelCompatibilityError,
@@ -41,8 +43,9 @@ from pipeline.serve.server import (
     stop_on_signals,
     warm_up,
 )
-from pipeline.artefact.signing import SigningKeyError, load_signing_keys
-from pipeline.storage import ArtefactError, StorageError, get_model, get_report_html, live_model_object
+from pipeline.storage.client import StorageError
+from pipeline.storage.report_files import get_report_html
+from pipeline.storage.signed_artefacts import ArtefactError, get_model
 from pipeline.utils import StageArgumentParser, configure_logger
 
 DEFAULT_HOST = "0.0.0.0"

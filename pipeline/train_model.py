@@ -24,6 +24,13 @@ import math
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from pipeline.artefact.model import Model
+from pipeline.artefact.signing import load_signing_keys
+from pipeline.storage.client import StorageError
+from pipeline.storage.datasets import get_latest_dataset
+from pipeline.storage.layout import report_prefix
+from pipeline.storage.report_files import put_report
+from pipeline.storage.signed_artefacts import put_model
 from pipeline.train.champion import (
     DEFAULT_CHAMPION_TOLERANCE,
     ModelRefusedError,
@@ -34,10 +41,7 @@ from pipeline.train.champion import (
     load_champion,
 )
 from pipeline.train.drift import compute_drift, log_findings
-from pipeline.artefact.model import Model
 from pipeline.train.report import REPORT_HTML, RunFindings, build_report
-from pipeline.artefact.signing import load_signing_keys
-from pipeline.storage import StorageError, get_latest_dataset, put_model, put_report, report_prefix
 from pipeline.train.steps import (
     DatasetError,
     build_model,

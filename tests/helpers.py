@@ -20,10 +20,13 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 import pytest
 import yaml
 
-from pipeline import storage
-from pipeline.local.local_s3 import REGION, create_bucket
 from pipeline.artefact.model import Model
+from pipeline.local.local_s3 import REGION, create_bucket
 from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.storage.datasets import put_dataset
+from pipeline.storage.layout import report_prefix
+from pipeline.storage.report_files import put_report
+from pipeline.storage.signed_artefacts import put_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The machine state the suite creates outside the checkout: paths and Debian package lists.
@@ -170,10 +173,10 @@ def models_created(bucket: str, model: Model, days: List[int], with_report: bool
         copy.artefact_id = f"{day:08d}"
         copy.report_key = None
         if with_report:
-            prefix = storage.report_prefix(copy)
-            storage.put_report(bucket, prefix, {"report.html": f"<html>report of {copy.artefact_id}</html>".encode()})
+            prefix = report_prefix(copy)
+            put_report(bucket, prefix, {"report.html": f"<html>report of {copy.artefact_id}</html>".encode()})
             copy.report_key = prefix + "report.html"
-        storage.put_model(bucket, copy)
+        put_model(bucket, copy)
         made.append(copy)
     return made
 
@@ -182,12 +185,10 @@ def persist_model_copy(bucket: str, model: Any, created_at: Any, artefact_id: st
     """A copy of `model` created at `created_at` with `artefact_id`, persisted to the bucket."""
     import pickle
 
-    from pipeline import storage
-
     copy = pickle.loads(pickle.dumps(model))
     copy.created_at = created_at
     copy.artefact_id = artefact_id
-    storage.put_model(bucket, copy)
+    put_model(bucket, copy)
     return copy
 
 
@@ -254,8 +255,8 @@ def bucket_with_weeks(client: Any, name: str) -> str:
     create_bucket(client, name)
     weeks = generate_weeks(3, seed=100)
     for week in weeks[:-1]:
-        storage.put_dataset(name, week.data, week.timestamp, client)
-    storage.put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[-1].timestamp, client)
+        put_dataset(name, week.data, week.timestamp, client)
+    put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[-1].timestamp, client)
     return name
 
 

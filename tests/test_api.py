@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline import storage
-from pipeline.train import steps, tuning
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders
+from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import (
     MAX_BATCH_SIZE,
     MAX_ORDERS_PLACED,
@@ -23,8 +24,8 @@ from pipeline.serve.api import (
     create_app,
 )
 from pipeline.serve.metrics import METRICS_PATH
-from pipeline.artefact.model import Model
-from pipeline.local.synthetic import generate_orders
+from pipeline.storage.datasets import Dataset
+from pipeline.train import steps, tuning
 from tests.helpers import parse_metrics
 
 PREDICT = "/api/v0.1/time_to_dispatch"
@@ -34,7 +35,7 @@ PREDICT_BATCH = "/api/v0.1/time_to_dispatch/batch"
 @pytest.fixture
 def served_model(bucket_with_model: str) -> Model:
     """The newest model of a bucket, loaded and verified by the storage module."""
-    return storage.get_live_model(bucket_with_model)
+    return get_live_model(bucket_with_model)
 
 
 @pytest.fixture
@@ -325,8 +326,8 @@ def test_service_accepts_exactly_the_codes_its_model_was_trained_on() -> None:
     slopes = {"SKU001": 0.075, "SKU002": 0.1, "SKU006": 0.2}
     data = steps.prepare_data(generate_orders(600, seed=11, product_slopes=slopes))
     search = tuning.tune_hyperparameters(data.X_train, data.y_train, {"max_depth": [6]})
-    dataset = storage.Dataset(generate_orders(1), "bucket", "datasets/time_to_dispatch_2026-10-02T23:00:00.csv",
-                              datetime(2026, 10, 2, 23, tzinfo=timezone.utc), "etag", None)
+    dataset = Dataset(generate_orders(1), "bucket", "datasets/time_to_dispatch_2026-10-02T23:00:00.csv",
+                      datetime(2026, 10, 2, 23, tzinfo=timezone.utc), "etag", None)
     metrics = steps.evaluate(search.estimator, data)
     model = steps.build_model(search.estimator, search.best_params, data, metrics, dataset)
     client = TestClient(create_app(model))

@@ -7,8 +7,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from pipeline.serve.api import create_app
 from pipeline.artefact.model import Model
+from pipeline.serve.api import create_app
 
 # Examples per operation: enough to reach every documented status (200, 400, 413, 422) in
 # seconds; raise it locally for a deeper run.

@@ -7,10 +7,12 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 
-from pipeline import storage, train_model
-from pipeline.train import champion
+from pipeline import train_model
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
+from pipeline.model_registry.live_model import get_live_model
+from pipeline.storage.datasets import put_dataset
+from pipeline.train import champion
 from tests.helpers import error_lines, latest_drop, run_cli
 
 # A week of 100 orders: its model learns from 80 rows and is far worse than the live model,
@@ -92,15 +94,15 @@ def test_the_first_model_goes_live_on_the_other_gates_alone(
 def test_main_refuses_a_model_worse_than_the_live_one_and_still_writes_the_report(
     s3: Any, bucket_with_model: str
 ) -> None:
-    live = storage.get_live_model(bucket_with_model)
-    storage.put_dataset(bucket_with_model, generate_orders(SMALL_WEEK_ROWS, seed=SMALL_WEEK_SEED), NEWEST)
+    live = get_live_model(bucket_with_model)
+    put_dataset(bucket_with_model, generate_orders(SMALL_WEEK_ROWS, seed=SMALL_WEEK_SEED), NEWEST)
 
     with pytest.raises(champion.ModelRefusedError, match=f"champion: new model's MAE .* against live model "
                                                          f"{live.artefact_id}'s MAE"):
         train_model.main(bucket_with_model, 0.5, 0.6)
 
     assert keys(s3, bucket_with_model, "models/") == [live.artefact_key]
-    assert storage.get_live_model(bucket_with_model).artefact_id == live.artefact_id
+    assert get_live_model(bucket_with_model).artefact_id == live.artefact_id
     [report_json] = [k for k in keys(s3, bucket_with_model, "reports/") if k.endswith("report.json")]
     report = json.loads(s3.get_object(Bucket=bucket_with_model, Key=report_json)["Body"].read())
     assert report["decision"]["accepted"] is False
@@ -112,8 +114,8 @@ def test_main_refuses_a_model_worse_than_the_live_one_and_still_writes_the_repor
 def test_cli_refusing_a_worse_model_exits_1_with_one_error_naming_the_live_model_and_both_maes(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str
 ) -> None:
-    live = storage.get_live_model(bucket_with_model)
-    storage.put_dataset(bucket_with_model, generate_orders(SMALL_WEEK_ROWS, seed=SMALL_WEEK_SEED), NEWEST)
+    live = get_live_model(bucket_with_model)
+    put_dataset(bucket_with_model, generate_orders(SMALL_WEEK_ROWS, seed=SMALL_WEEK_SEED), NEWEST)
 
     result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.5", "0.6"], s3_env)
 
@@ -132,7 +134,7 @@ def test_cli_refusing_a_worse_model_exits_1_with_one_error_naming_the_live_model
 def test_cli_with_a_generous_tolerance_persists_the_same_model(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str
 ) -> None:
-    storage.put_dataset(bucket_with_model, generate_orders(SMALL_WEEK_ROWS, seed=SMALL_WEEK_SEED), NEWEST)
+    put_dataset(bucket_with_model, generate_orders(SMALL_WEEK_ROWS, seed=SMALL_WEEK_SEED), NEWEST)
 
     result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.5", "0.6",
                       "--champion-tolerance", "5"], s3_env)

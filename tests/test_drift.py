@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.train import drift
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import PRODUCT_SLOPES, generate_orders
+from pipeline.train import drift
 
 REFERENCE_SEED, HEALTHY_SEED = 4, 77
 

@@ -6,9 +6,9 @@ from typing import Any, Dict, Iterator, List
 import pytest
 from fastapi.testclient import TestClient
 
+from pipeline.artefact.model import Model
 from pipeline.serve.api import MAX_BATCH_SIZE, PREDICT_BATCH_PATH, create_app
 from pipeline.serve.limits import MAX_BODY_BYTES, RequestLimits
-from pipeline.artefact.model import Model
 
 Message = Dict[str, Any]
 

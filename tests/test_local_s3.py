@@ -5,9 +5,10 @@ from typing import Any, Dict
 
 import pytest
 
-from pipeline import storage
 from pipeline.local.local_s3 import LocalS3, create_bucket, seed_weeks
 from pipeline.local.synthetic import generate_weeks
+from pipeline.storage.datasets import get_latest_dataset
+from pipeline.storage.layout import dataset_key
 
 
 def test_local_s3_listens_on_loopback_and_stops(tmp_path: Any) -> None:
@@ -50,7 +51,7 @@ def test_create_bucket_makes_a_versioned_bucket_by_default(s3: Any) -> None:
 def test_seed_weeks_uploads_data_engineerings_weekly_files_oldest_first(s3: Any, bucket: str) -> None:
     keys = seed_weeks(bucket, 3, rows_per_week=50)
 
-    assert keys == [storage.dataset_key(week.timestamp) for week in generate_weeks(3, rows_per_week=50)]
-    newest = storage.get_latest_dataset(bucket)
+    assert keys == [dataset_key(week.timestamp) for week in generate_weeks(3, rows_per_week=50)]
+    newest = get_latest_dataset(bucket)
     assert newest.key == keys[-1]
     assert len(newest.data) == 50

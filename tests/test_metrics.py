@@ -13,7 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import storage
+from pipeline.artefact.model import Model
+from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
 from pipeline.serve.metrics import (
     LATENCY_BUCKETS_SECONDS,
@@ -22,7 +23,6 @@ from pipeline.serve.metrics import (
     UNMATCHED_ROUTE,
     ServiceMetrics,
 )
-from pipeline.artefact.model import Model
 from tests.helpers import LOG_LINE, Scrape, parse_metrics
 
 REQUESTS = "time_to_dispatch_http_requests_total"
@@ -34,7 +34,7 @@ ORDERS = "time_to_dispatch_requested_orders_placed"
 @pytest.fixture
 def served_model(bucket_with_model: str) -> Model:
     """The newest model of a bucket, loaded and verified by the storage module."""
-    return storage.get_live_model(bucket_with_model)
+    return get_live_model(bucket_with_model)
 
 
 @pytest.fixture

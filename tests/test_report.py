@@ -6,9 +6,12 @@ from typing import Any, Dict
 
 import pytest
 
-from pipeline import storage, train_model
-from pipeline.train import report
+from pipeline import train_model
 from pipeline.artefact.model import Model
+from pipeline.model_registry.live_model import list_models
+from pipeline.storage.client import StorageError
+from pipeline.storage.report_files import put_report
+from pipeline.train import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # One grid point (the one the full search picks on weeks like these): the report, not the search, is tested.
@@ -25,7 +28,7 @@ def persisted(s3: Any, bucket_with_model: str) -> Dict[str, Any]:
     files = {item["Key"][len(folder):]: s3.get_object(Bucket=bucket_with_model, Key=item["Key"])
              for item in listed}
     return {"model": model, "folder": folder, "files": files,
-            "live_before": storage.list_models(bucket_with_model)[1].key}
+            "live_before": list_models(bucket_with_model)[1].key}
 
 
 def body(files: Dict[str, Any], name: str) -> bytes:
@@ -96,7 +99,7 @@ def test_a_plotting_step_returns_a_figure_without_writing_anything(trained_model
 
 def test_reports_are_never_written_under_models_nor_overwritten(s3: Any, bucket: str) -> None:
     with pytest.raises(ValueError, match="a report folder must be under reports/"):
-        storage.put_report(bucket, "models/x/", {"report.json": b"{}"})
-    storage.put_report(bucket, "reports/x/", {"report.json": b"{}"})
-    with pytest.raises(storage.StorageError, match="a report file already exists at this key"):
-        storage.put_report(bucket, "reports/x/", {"report.json": b"{}"})
+        put_report(bucket, "models/x/", {"report.json": b"{}"})
+    put_report(bucket, "reports/x/", {"report.json": b"{}"})
+    with pytest.raises(StorageError, match="a report file already exists at this key"):
+        put_report(bucket, "reports/x/", {"report.json": b"{}"})

@@ -17,9 +17,10 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
 import pytest
 
-from pipeline import run_local, storage
+from pipeline import run_local
 from pipeline.local.processes import port_is_free
 from pipeline.local.synthetic import generate_weeks
+from pipeline.storage.layout import DATASETS_PREFIX, MODELS_PREFIX, REPORTS_PREFIX, dataset_key
 from pipeline.utils import LOG_FORMAT
 from tests.helpers import LOG_LINE, REPO_ROOT, free_port, logged_json
 RUN_TIMEOUT_SECONDS = 240
@@ -63,7 +64,7 @@ def stage_still_running(pid: int) -> bool:
 
 
 def newest_synthetic_key() -> str:
-    return storage.dataset_key(generate_weeks(run_local.DEFAULT_WEEKS)[-1].timestamp)
+    return dataset_key(generate_weeks(run_local.DEFAULT_WEEKS)[-1].timestamp)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_local_run_prints_the_train_stages_metrics(finished_run: LocalRun) -> No
 @pytest.mark.e2e
 def test_local_run_prints_where_the_model_went(finished_run: LocalRun) -> None:
     lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
-    assert lineage["artefact_key"].startswith(storage.MODELS_PREFIX)
+    assert lineage["artefact_key"].startswith(MODELS_PREFIX)
     assert any(f"the model artefact is at s3://{run_local.LOCAL_BUCKET}/{lineage['artefact_key']}" in line
                for line in finished_run.lines)
 
@@ -117,7 +118,7 @@ def test_local_run_prints_where_the_model_went(finished_run: LocalRun) -> None:
 @pytest.mark.e2e
 def test_local_run_prints_where_the_model_report_is(finished_run: LocalRun) -> None:
     lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
-    assert lineage["report_key"].startswith(storage.REPORTS_PREFIX)
+    assert lineage["report_key"].startswith(REPORTS_PREFIX)
     assert any(f"the model report is at s3://{run_local.LOCAL_BUCKET}/{lineage['report_key']}" in line
                for line in finished_run.lines)
     assert any(line.endswith(f"model report: http://127.0.0.1:{finished_run.port}/api/v0.1/model/report")
@@ -207,7 +208,7 @@ def test_sigint_while_serving_stops_everything_and_exits_0(serving_run: "subproc
 
 
 def _dataset_keys(client: Any, bucket: str) -> List[str]:
-    listing = client.list_objects_v2(Bucket=bucket, Prefix=storage.DATASETS_PREFIX)
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=DATASETS_PREFIX)
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import mean_absolute_error, r2_score
 
-from pipeline.batch import scoring
 from pipeline.artefact.model import Model
+from pipeline.batch import scoring
 from tests.helpers import csv_text
 
 HEADER = ["order_id", "orders_placed", "product_code", "note"]

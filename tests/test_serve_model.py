@@ -13,11 +13,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from pipeline import storage
+from pipeline.artefact.model import Model
+from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
 from pipeline.serve.metrics import METRICS_PATH
-from pipeline.artefact.model import Model
 from pipeline.serve_model import DEFAULT_HOST, DEFAULT_PORT, parse_args
+from pipeline.storage.layout import MODELS_PREFIX, latest_object
+from pipeline.storage.signed_artefacts import put_model
 from tests.conftest import StartService
 from tests.helpers import (
     LOG_LINE,
@@ -99,7 +101,7 @@ def expected_estimate(model: Model, product_code: str, orders_placed: float) -> 
 def test_module_cli_serves_the_newest_model(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    model = storage.get_live_model(bucket_with_model)
+    model = get_live_model(bucket_with_model)
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
 
     status, body = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
@@ -114,7 +116,7 @@ def test_module_cli_serves_the_newest_model(
 def test_script_run_as_bodywork_runs_it_serves_the_newest_model(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    model = storage.get_live_model(bucket_with_model)
+    model = get_live_model(bucket_with_model)
     service = start_listening(start, ["serve_model.py", bucket_with_model], s3_env, cwd=REPO_ROOT / "pipeline")
 
     status, body = post(service.port, PREDICT_PATH, {"product_code": "SKU005", "orders_placed": 250})
@@ -180,7 +182,7 @@ def test_metrics_count_what_the_cli_was_sent(
     assert metrics.value("time_to_dispatch_predictions_total", product_code="SKU003") == 8
     assert metrics.value("time_to_dispatch_model_info", **metrics.series("time_to_dispatch_model_info")[0][0]) == 1
     assert metrics.series("time_to_dispatch_model_info")[0][0]["artefact_id"] == (
-        storage.get_live_model(bucket_with_model).artefact_id)
+        get_live_model(bucket_with_model).artefact_id)
 
 
 def test_the_cli_serves_on_uvloop_and_httptools(
@@ -244,7 +246,7 @@ def test_sigterm_as_soon_as_the_port_opens_exits_0_without_a_traceback(
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    model = storage.get_live_model(bucket_with_model)
+    model = get_live_model(bucket_with_model)
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
     body = json.dumps({"product_code": "SKU002", "orders_placed": 140}).encode()
     head = (f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -339,7 +341,7 @@ def test_empty_models_folder_exits_1_without_opening_the_port(
 def test_tampered_artefact_exits_1_without_opening_the_port(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    key = storage.latest_object(bucket_with_model, storage.MODELS_PREFIX, ".pkl", s3).key
+    key = latest_object(bucket_with_model, MODELS_PREFIX, ".pkl", s3).key
     stored = s3.get_object(Bucket=bucket_with_model, Key=key)
     body = bytearray(stored["Body"].read())
     body[len(body) // 2] ^= 0xFF
@@ -355,7 +357,7 @@ def test_artefact_from_another_scikit_learn_version_exits_1_without_opening_the_
     start: StartService
 ) -> None:
     trained_model.library_versions["scikit-learn"] = "1.5.2"
-    key = storage.put_model(bucket_with_datasets, trained_model, s3)
+    key = put_model(bucket_with_datasets, trained_model, s3)
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
     assert f"serve_model failed: model artefact {key} was trained with scikit-learn 1.5.2, but" in line

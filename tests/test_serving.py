@@ -8,8 +8,8 @@ import pytest
 import sklearn
 from fastapi import FastAPI
 
-from pipeline import storage
 from pipeline.artefact.model import Model
+from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.server import (
     FAST_STACK,
     PURE_PYTHON_STACK,
@@ -27,7 +27,7 @@ from tests.helpers import free_port
 @pytest.fixture
 def served_model(bucket_with_model: str) -> Model:
     """The newest model of a bucket, loaded and verified by the storage module."""
-    return storage.get_live_model(bucket_with_model)
+    return get_live_model(bucket_with_model)
 
 
 # --- start-up checks --------------------------------------------------------------

@@ -13,10 +13,21 @@ from typing import Any, Dict, Iterator
 import pandas as pd
 import pytest
 
-from pipeline import storage
 from pipeline.artefact.model import Model
-from pipeline.local.synthetic import generate_orders
 from pipeline.local.local_s3 import create_bucket
+from pipeline.local.synthetic import generate_orders
+from pipeline.model_registry.live_model import get_live_model, live_model_object
+from pipeline.storage.client import (
+    S3_CONNECT_TIMEOUT_SECONDS,
+    S3_MAX_ATTEMPTS,
+    S3_READ_TIMEOUT_SECONDS,
+    AccessDeniedError,
+    NoSuchBucketError,
+    s3_client,
+)
+from pipeline.storage.datasets import MAX_DATASET_BYTES, DatasetReadError, get_latest_dataset, put_dataset
+from pipeline.storage.layout import CLOCK_SKEW_ALLOWANCE, NoObjectsError, dataset_key, model_key, parse_key_timestamp
+from pipeline.storage.signed_artefacts import ArtefactError, put_model
 from tests.helpers import REGION, free_port, signed_metadata
 
 
@@ -44,7 +55,7 @@ def _put_csv(client: Any, bucket: str, key: str, frame: pd.DataFrame) -> Dict[st
     ],
 )
 def test_parse_key_timestamp_accepts_any_single_character_time_separator(key: str, expected: datetime) -> None:
-    assert storage.parse_key_timestamp(key) == expected.replace(tzinfo=timezone.utc)
+    assert parse_key_timestamp(key) == expected.replace(tzinfo=timezone.utc)
 
 
 @pytest.mark.parametrize(
@@ -60,11 +71,11 @@ def test_parse_key_timestamp_accepts_any_single_character_time_separator(key: st
     ],
 )
 def test_parse_key_timestamp_returns_none_without_a_valid_timestamp_in_the_file_name(key: str) -> None:
-    assert storage.parse_key_timestamp(key) is None
+    assert parse_key_timestamp(key) is None
 
 
 def test_dataset_key_follows_data_engineerings_naming() -> None:
-    key = storage.dataset_key(datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc))
+    key = dataset_key(datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc))
     assert key == "datasets/time_to_dispatch_2026-11-20T23:00:00.csv"
 
 
@@ -75,7 +86,7 @@ def test_get_latest_dataset_takes_the_newest_timestamp_not_the_last_upload(s3: A
     _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-08T23:00:00.csv", newest)
     _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T23:00:00.csv", generate_orders(50, seed=2))
 
-    dataset = storage.get_latest_dataset(bucket)
+    dataset = get_latest_dataset(bucket)
 
     assert dataset.key == "datasets/time_to_dispatch_2021-07-08T23:00:00.csv"
     pd.testing.assert_frame_equal(dataset.data, newest)
@@ -86,7 +97,7 @@ def test_get_latest_dataset_orders_by_time_not_by_key_text(s3: Any, bucket: str)
     _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T16|45|38.csv", generate_orders(20, seed=1))
     _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T16:45:39.csv", generate_orders(20, seed=2))
 
-    assert storage.get_latest_dataset(bucket).key == "datasets/time_to_dispatch_2021-07-01T16:45:39.csv"
+    assert get_latest_dataset(bucket).key == "datasets/time_to_dispatch_2021-07-01T16:45:39.csv"
 
 
 def test_get_latest_dataset_skips_keys_without_timestamp_and_non_csv(s3: Any, bucket: str) -> None:
@@ -94,13 +105,13 @@ def test_get_latest_dataset_skips_keys_without_timestamp_and_non_csv(s3: Any, bu
     _put_csv(s3, bucket, "datasets/time_to_dispatch_latest.csv", generate_orders(20, seed=2))
     s3.put_object(Bucket=bucket, Key="datasets/time_to_dispatch_2030-01-01T00:00:00.json", Body=b"{}")
 
-    assert storage.get_latest_dataset(bucket).key == "datasets/time_to_dispatch_2021-07-01T23:00:00.csv"
+    assert get_latest_dataset(bucket).key == "datasets/time_to_dispatch_2021-07-01T23:00:00.csv"
 
 
 def test_get_latest_dataset_records_etag_and_version_id(s3: Any, bucket: str) -> None:
     put = _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T23:00:00.csv", generate_orders(20, seed=1))
 
-    dataset = storage.get_latest_dataset(bucket)
+    dataset = get_latest_dataset(bucket)
 
     assert dataset.etag == hashlib.md5(put["body"]).hexdigest()
     assert dataset.version_id == put["VersionId"]
@@ -113,7 +124,7 @@ def test_get_latest_dataset_reads_the_current_version_of_an_overwritten_key(s3: 
     _put_csv(s3, bucket, key, generate_orders(20, seed=1))
     second = _put_csv(s3, bucket, key, generate_orders(30, seed=2))
 
-    dataset = storage.get_latest_dataset(bucket)
+    dataset = get_latest_dataset(bucket)
 
     assert dataset.version_id == second["VersionId"]
     assert len(dataset.data) == 30
@@ -123,7 +134,7 @@ def test_get_latest_dataset_in_an_unversioned_bucket_has_no_version_id(s3: Any) 
     bucket = create_bucket(s3, versioned=False)
     _put_csv(s3, bucket, "datasets/time_to_dispatch_2021-07-01T23:00:00.csv", generate_orders(20, seed=1))
 
-    assert storage.get_latest_dataset(bucket).version_id is None
+    assert get_latest_dataset(bucket).version_id is None
 
 
 def test_get_latest_dataset_over_1000_keys_orders_by_time_not_by_listing_order(s3: Any, bucket: str) -> None:
@@ -139,7 +150,7 @@ def test_get_latest_dataset_over_1000_keys_orders_by_time_not_by_listing_order(s
     assert first_page["IsTruncated"] is True
     assert first_page["Contents"][0]["Key"] == newest
 
-    assert storage.get_latest_dataset(bucket).key == newest
+    assert get_latest_dataset(bucket).key == newest
 
 
 def test_get_latest_dataset_finds_the_newest_on_the_second_page_of_the_listing(s3: Any, bucket: str) -> None:
@@ -151,19 +162,19 @@ def test_get_latest_dataset_finds_the_newest_on_the_second_page_of_the_listing(s
     s3.put_object(Bucket=bucket, Key=newest, Body=body)
     assert all(item["Key"] != newest for item in s3.list_objects_v2(Bucket=bucket, Prefix="datasets/")["Contents"])
 
-    assert storage.get_latest_dataset(bucket).key == newest
+    assert get_latest_dataset(bucket).key == newest
 
 
 def test_get_latest_dataset_without_datasets_names_the_prefix(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="datasets/readme.txt", Body=b"no data yet")
 
-    with pytest.raises(storage.NoObjectsError, match=f"s3://{bucket}/datasets/"):
-        storage.get_latest_dataset(bucket)
+    with pytest.raises(NoObjectsError, match=f"s3://{bucket}/datasets/"):
+        get_latest_dataset(bucket)
 
 
 def test_get_latest_dataset_from_a_missing_bucket_names_the_bucket(s3: Any) -> None:
-    with pytest.raises(storage.NoSuchBucketError, match="s3://ttd-no-such-bucket: bucket does not exist"):
-        storage.get_latest_dataset("ttd-no-such-bucket")
+    with pytest.raises(NoSuchBucketError, match="s3://ttd-no-such-bucket: bucket does not exist"):
+        get_latest_dataset("ttd-no-such-bucket")
 
 
 @pytest.mark.parametrize("body", [b"", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", b'"unterminated\n1,2'])
@@ -171,15 +182,15 @@ def test_get_latest_dataset_that_is_not_csv_raises_naming_the_key(s3: Any, bucke
     key = "datasets/time_to_dispatch_2021-07-01T23:00:00.csv"
     s3.put_object(Bucket=bucket, Key=key, Body=body)
 
-    with pytest.raises(storage.DatasetReadError, match=f"s3://{bucket}/{key}: not readable as CSV"):
-        storage.get_latest_dataset(bucket)
+    with pytest.raises(DatasetReadError, match=f"s3://{bucket}/{key}: not readable as CSV"):
+        get_latest_dataset(bucket)
 
 
 def test_put_dataset_round_trips_through_get_latest_dataset(s3: Any, bucket: str) -> None:
     frame = generate_orders(40, seed=9)
-    key = storage.put_dataset(bucket, frame, datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc))
+    key = put_dataset(bucket, frame, datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc))
 
-    dataset = storage.get_latest_dataset(bucket)
+    dataset = get_latest_dataset(bucket)
 
     assert dataset.key == key
     pd.testing.assert_frame_equal(dataset.data, frame)
@@ -220,8 +231,8 @@ def test_get_latest_dataset_with_rejected_credentials_says_access_denied(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
 
-    with pytest.raises(storage.AccessDeniedError, match="s3://ttd-locked/datasets/: access denied"):
-        storage.get_latest_dataset("ttd-locked")
+    with pytest.raises(AccessDeniedError, match="s3://ttd-locked/datasets/: access denied"):
+        get_latest_dataset("ttd-locked")
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -229,9 +240,9 @@ def test_get_latest_dataset_with_rejected_credentials_says_access_denied(
 def test_put_model_then_get_live_model_returns_an_equal_verified_model(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
-    key = storage.put_model(bucket, trained_model)
+    key = put_model(bucket, trained_model)
 
-    loaded = storage.get_live_model(bucket)
+    loaded = get_live_model(bucket)
 
     assert key.startswith("models/time_to_dispatch_") and key.endswith(f"_{trained_model.artefact_id}.pkl")
     assert loaded.artefact_key == key
@@ -243,7 +254,7 @@ def test_put_model_then_get_live_model_returns_an_equal_verified_model(
 def test_put_model_stores_the_sha256_of_the_artefact_in_its_metadata(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
-    key = storage.put_model(bucket, trained_model)
+    key = put_model(bucket, trained_model)
 
     stored = s3.get_object(Bucket=bucket, Key=key)
 
@@ -251,12 +262,12 @@ def test_put_model_stores_the_sha256_of_the_artefact_in_its_metadata(
 
 
 def test_put_model_never_overwrites_an_existing_artefact(s3: Any, bucket: str, trained_model: Model) -> None:
-    key = storage.put_model(bucket, trained_model)
+    key = put_model(bucket, trained_model)
     before = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     trained_model.git_commit = "a-different-commit"
 
-    with pytest.raises(storage.ArtefactError, match="already exists"):
-        storage.put_model(bucket, trained_model)
+    with pytest.raises(ArtefactError, match="already exists"):
+        put_model(bucket, trained_model)
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == before
 
 
@@ -266,7 +277,7 @@ def test_two_models_created_in_the_same_second_get_different_keys(
     twin = pickle.loads(pickle.dumps(trained_model))
     twin.artefact_id = "0123abcd"
 
-    keys = {storage.put_model(bucket, trained_model), storage.put_model(bucket, twin)}
+    keys = {put_model(bucket, trained_model), put_model(bucket, twin)}
 
     assert len(keys) == 2
     assert len(s3.list_objects_v2(Bucket=bucket, Prefix="models/")["Contents"]) == 2
@@ -276,37 +287,37 @@ def test_get_live_model_takes_the_newest_timestamp(s3: Any, bucket: str, trained
     older = pickle.loads(pickle.dumps(trained_model))
     older.created_at = datetime(2020, 1, 1, tzinfo=timezone.utc)
     older.artefact_id = "00000000"
-    storage.put_model(bucket, trained_model)
-    storage.put_model(bucket, older)
+    put_model(bucket, trained_model)
+    put_model(bucket, older)
 
-    assert storage.get_live_model(bucket).artefact_id == trained_model.artefact_id
+    assert get_live_model(bucket).artefact_id == trained_model.artefact_id
 
 
 def test_get_live_model_without_models_names_the_prefix(s3: Any, bucket: str) -> None:
-    with pytest.raises(storage.NoObjectsError, match=f"s3://{bucket}/models/: no .pkl object"):
-        storage.get_live_model(bucket)
+    with pytest.raises(NoObjectsError, match=f"s3://{bucket}/models/: no .pkl object"):
+        get_live_model(bucket)
 
 
 def test_get_live_model_refuses_an_artefact_whose_bytes_changed(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
-    key = storage.put_model(bucket, trained_model)
+    key = put_model(bucket, trained_model)
     stored = s3.get_object(Bucket=bucket, Key=key)
     body = bytearray(stored["Body"].read())
     body[len(body) // 2] ^= 0xFF
     s3.put_object(Bucket=bucket, Key=key, Body=bytes(body), Metadata=stored["Metadata"])
 
-    with pytest.raises(storage.ArtefactError, match="SHA-256 of the artefact is .* refusing to load it"):
-        storage.get_live_model(bucket)
+    with pytest.raises(ArtefactError, match="SHA-256 of the artefact is .* refusing to load it"):
+        get_live_model(bucket)
 
 
 def test_get_live_model_refuses_an_artefact_without_a_checksum(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
-    s3.put_object(Bucket=bucket, Key=storage.model_key(trained_model), Body=pickle.dumps(trained_model))
+    s3.put_object(Bucket=bucket, Key=model_key(trained_model), Body=pickle.dumps(trained_model))
 
-    with pytest.raises(storage.ArtefactError, match="no SHA-256 checksum"):
-        storage.get_live_model(bucket)
+    with pytest.raises(ArtefactError, match="no SHA-256 checksum"):
+        get_live_model(bucket)
 
 
 class _RunsACommand:
@@ -329,13 +340,13 @@ def test_get_live_model_refuses_a_correctly_checksummed_pickle_that_is_not_a_mod
     key = "models/time_to_dispatch_2026-01-01T00:00:00.000000Z_deadbeef.pkl"
     s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body))
 
-    with pytest.raises(storage.ArtefactError, match=message):
-        storage.get_live_model(bucket)
+    with pytest.raises(ArtefactError, match=message):
+        get_live_model(bucket)
 
 
 def test_put_model_to_a_missing_bucket_names_the_bucket(s3: Any, trained_model: Model) -> None:
-    with pytest.raises(storage.NoSuchBucketError, match="s3://ttd-no-such-bucket: bucket does not exist"):
-        storage.put_model("ttd-no-such-bucket", trained_model)
+    with pytest.raises(NoSuchBucketError, match="s3://ttd-no-such-bucket: bucket does not exist"):
+        put_model("ttd-no-such-bucket", trained_model)
 
 
 # --- hostile and malformed objects --------------------------------------------------------------
@@ -346,7 +357,7 @@ def test_a_future_dated_dataset_is_ignored_with_a_warning(
     _put_csv(s3, bucket, "datasets/time_to_dispatch_2026-01-01T00:00:00.csv", generate_orders(5, seed=1))
     _put_csv(s3, bucket, "datasets/time_to_dispatch_2099-01-01T00:00:00.csv", generate_orders(5, seed=2))
 
-    dataset = storage.get_latest_dataset(bucket)
+    dataset = get_latest_dataset(bucket)
 
     assert dataset.key == "datasets/time_to_dispatch_2026-01-01T00:00:00.csv"
     [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
@@ -356,21 +367,21 @@ def test_a_future_dated_dataset_is_ignored_with_a_warning(
 
 
 def test_a_key_dated_within_the_clock_skew_allowance_counts(s3: Any, bucket: str) -> None:
-    soon = datetime.now(timezone.utc) + storage.CLOCK_SKEW_ALLOWANCE / 2
-    key = storage.put_dataset(bucket, generate_orders(5, seed=1), soon, s3)
+    soon = datetime.now(timezone.utc) + CLOCK_SKEW_ALLOWANCE / 2
+    key = put_dataset(bucket, generate_orders(5, seed=1), soon, s3)
 
-    assert storage.get_latest_dataset(bucket).key == key
+    assert get_latest_dataset(bucket).key == key
 
 
 def test_a_future_dated_model_does_not_become_the_live_model(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
-    live_key = storage.put_model(bucket, trained_model)
+    live_key = put_model(bucket, trained_model)
     future = pickle.loads(pickle.dumps(trained_model))
     future.created_at = datetime(2099, 1, 1, tzinfo=timezone.utc)
-    storage.put_model(bucket, future)
+    put_model(bucket, future)
 
-    assert storage.live_model_object(bucket).key == live_key
+    assert live_model_object(bucket).key == live_key
 
 
 def test_a_dataset_key_with_an_impossible_date_is_skipped_with_a_warning(
@@ -379,7 +390,7 @@ def test_a_dataset_key_with_an_impossible_date_is_skipped_with_a_warning(
     _put_csv(s3, bucket, "datasets/time_to_dispatch_2026-01-01T00:00:00.csv", generate_orders(5, seed=1))
     _put_csv(s3, bucket, "datasets/time_to_dispatch_2026-02-30T00:00:00.csv", generate_orders(5, seed=2))
 
-    assert storage.get_latest_dataset(bucket).key == "datasets/time_to_dispatch_2026-01-01T00:00:00.csv"
+    assert get_latest_dataset(bucket).key == "datasets/time_to_dispatch_2026-01-01T00:00:00.csv"
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"skipping s3://{bucket}/datasets/time_to_dispatch_2026-02-30T00:00:00.csv: "
         "its timestamp is not a real date and time"
@@ -390,15 +401,15 @@ def test_a_dataset_over_the_size_limit_is_refused_before_it_is_read(s3: Any, buc
     body = generate_orders(100, seed=1).to_csv(index=False).encode()
     s3.put_object(Bucket=bucket, Key="datasets/time_to_dispatch_2026-01-01T00:00:00.csv", Body=body)
 
-    with pytest.raises(storage.DatasetReadError, match=f"the dataset is {len(body):,} bytes, over the limit of "
-                                                       "1,000 bytes .* refusing to read it"):
-        storage.get_latest_dataset(bucket, max_bytes=1000)
+    with pytest.raises(DatasetReadError, match=f"the dataset is {len(body):,} bytes, over the limit of "
+                       "1,000 bytes .* refusing to read it"):
+        get_latest_dataset(bucket, max_bytes=1000)
 
 
 def test_the_dataset_size_limit_is_far_above_a_hundred_usual_weeks() -> None:
     usual_week = len(generate_orders(1000, seed=1).to_csv(index=False).encode())
 
-    assert storage.MAX_DATASET_BYTES >= 10 * 100 * usual_week
+    assert MAX_DATASET_BYTES >= 10 * 100 * usual_week
 
 
 @pytest.mark.parametrize(
@@ -415,8 +426,8 @@ def test_a_row_with_thousands_of_extra_fields_is_named_at_once(s3: Any, bucket: 
     s3.put_object(Bucket=bucket, Key="datasets/time_to_dispatch_2026-01-01T00:00:00.csv", Body=body)
     started = time.monotonic()
 
-    with pytest.raises(storage.DatasetReadError, match=f"line {line} has 200003 fields, more than the header's 3$"):
-        storage.get_latest_dataset(bucket)
+    with pytest.raises(DatasetReadError, match=f"line {line} has 200003 fields, more than the header's 3$"):
+        get_latest_dataset(bucket)
     assert time.monotonic() - started < 10  # not minutes: nothing builds a 200,000-level index
 
 
@@ -424,33 +435,33 @@ def test_a_trailing_comma_on_every_row_is_reported_as_such(s3: Any, bucket: str)
     body = b"hours_to_dispatch,orders_placed,product_code\n1.0,10,SKU001,\n2.0,20,SKU002,\n"
     s3.put_object(Bucket=bucket, Key="datasets/time_to_dispatch_2026-01-01T00:00:00.csv", Body=body)
 
-    with pytest.raises(storage.DatasetReadError, match="line 2 has 4 fields, more than the header's 3; "
-                                                       "a trailing comma"):
-        storage.get_latest_dataset(bucket)
+    with pytest.raises(DatasetReadError, match="line 2 has 4 fields, more than the header's 3; "
+                       "a trailing comma"):
+        get_latest_dataset(bucket)
 
 
 def test_the_s3_client_has_the_pipelines_timeouts_and_standard_retries(s3_env: Dict[str, str]) -> None:
-    config = storage.s3_client().meta.config
+    config = s3_client().meta.config
 
     assert (config.connect_timeout, config.read_timeout) == (
-        storage.S3_CONNECT_TIMEOUT_SECONDS, storage.S3_READ_TIMEOUT_SECONDS
+        S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS
     )
-    assert config.retries == {"mode": "standard", "total_max_attempts": storage.S3_MAX_ATTEMPTS}
+    assert config.retries == {"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS}
 
 
 def test_an_artefact_signed_with_an_unknown_key_id_is_refused(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
     body = pickle.dumps(trained_model)
-    s3.put_object(Bucket=bucket, Key=storage.model_key(trained_model), Body=body,
+    s3.put_object(Bucket=bucket, Key=model_key(trained_model), Body=body,
                   Metadata=signed_metadata(body, "elsewhere:" + "e" * 64))
 
-    with pytest.raises(storage.ArtefactError, match="signed with key id 'elsewhere', which is not one of the keys"):
-        storage.get_live_model(bucket)
+    with pytest.raises(ArtefactError, match="signed with key id 'elsewhere', which is not one of the keys"):
+        get_live_model(bucket)
 
 
 def test_put_model_signs_the_artefact_with_the_current_key(s3: Any, bucket: str, trained_model: Model) -> None:
-    key = storage.put_model(bucket, trained_model)
+    key = put_model(bucket, trained_model)
     stored = s3.get_object(Bucket=bucket, Key=key)
 
     assert stored["Metadata"] == signed_metadata(stored["Body"].read())

@@ -4,7 +4,7 @@ Each case points a stage's AWS_ENDPOINT_URL at the proxy and asserts its exit co
 ERROR line (or none), its elapsed time within the stage's limit from bodywork.yaml, and the
 bucket's models (unchanged after a failure; one new, verified model after a ridden-out fault).
 
-Production's timeouts (storage.S3_*) are used for the serve stage's never-answer case, the
+Production's timeouts (S3_* of `pipeline/storage/client.py`) are used for the serve stage's never-answer case, the
 one that shows the budget holds; the other slow cases scale the timeouts down through the
 S3_* environment variables so that the suite stays within minutes, and
 `test_the_s3_budget_fits_each_stage_and_rides_out_a_70_s_stall` checks production's arithmetic.
@@ -19,7 +19,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 import yaml
 
-from pipeline import storage
+from pipeline.model_registry.live_model import list_models
+from pipeline.storage.client import S3_MAX_ATTEMPTS, S3_READ_TIMEOUT_SECONDS, worst_case_s3_call_seconds
+from pipeline.storage.signed_artefacts import get_model
 from tests.conftest import StartService
 from tests.helpers import REPO_ROOT, error_lines, free_port, run_cli, stop_service, wait_until_listening
 
@@ -187,7 +189,7 @@ def through(env: Dict[str, str], endpoint: str, **settings: str) -> Dict[str, st
 
 
 def models_in(s3: Any, bucket: str) -> List[str]:
-    return sorted(item.key for item in storage.list_models(bucket, s3))
+    return sorted(item.key for item in list_models(bucket, s3))
 
 
 def train(env: Dict[str, str], bucket: str) -> Tuple[Any, float]:
@@ -206,13 +208,13 @@ def serve_until_exit(start: StartService, env: Dict[str, str], bucket: str, limi
 # --- the budget --------------------------------------------------------------------------------
 
 def test_the_s3_budget_fits_each_stage_and_rides_out_a_70_s_stall() -> None:
-    worst = storage.worst_case_s3_call_seconds()
+    worst = worst_case_s3_call_seconds()
 
     assert worst < SERVE_LIMIT - 20 and worst < TRAIN_LIMIT - 60
     # The attempts span at least 70 s: some attempt is still waiting when a 70 s stall ends.
-    assert storage.S3_MAX_ATTEMPTS * storage.S3_READ_TIMEOUT_SECONDS >= 70
+    assert S3_MAX_ATTEMPTS * S3_READ_TIMEOUT_SECONDS >= 70
     # 503 SlowDown three times is retried: a fourth attempt is allowed.
-    assert storage.S3_MAX_ATTEMPTS >= 4
+    assert S3_MAX_ATTEMPTS >= 4
 
 
 # --- the train stage ------------------------------------------------------------------------
@@ -246,7 +248,7 @@ def test_train_rides_out_three_503_slow_downs_and_a_reset_put(
     assert ("PUT", "reset") in [(method, what) for method, _, what in proxy.seen]
     after = models_in(s3, bucket_with_model)
     [new] = sorted(set(after) - set(before))
-    assert storage.get_model(bucket_with_model, new, s3).artefact_key == new
+    assert get_model(bucket_with_model, new, s3).artefact_key == new
     assert elapsed < TRAIN_LIMIT
 
 
@@ -322,5 +324,5 @@ def test_serve_with_s3_never_answering_exits_1_within_its_start_up_limit_with_pr
     assert service.process.returncode == 1
     [line] = error_lines(service.log())
     assert f"serve_model failed: s3://{bucket_with_model}/models/: cannot list it: Read timeout" in line
-    assert len(proxy.seen) == storage.S3_MAX_ATTEMPTS
-    assert storage.S3_MAX_ATTEMPTS * storage.S3_READ_TIMEOUT_SECONDS <= elapsed < SERVE_LIMIT
+    assert len(proxy.seen) == S3_MAX_ATTEMPTS
+    assert S3_MAX_ATTEMPTS * S3_READ_TIMEOUT_SECONDS <= elapsed < SERVE_LIMIT

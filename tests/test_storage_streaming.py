@@ -4,8 +4,11 @@ from typing import Any, Dict
 
 import pytest
 
-from pipeline import storage
 from pipeline.artefact.model import Model
+from pipeline.model_registry.live_model import AmbiguousModelError, UnknownModelError, resolve_model_key
+from pipeline.storage.client import StorageError, object_info
+from pipeline.storage.layout import predictions_key
+from pipeline.storage.multipart import MultipartWriter, open_object_stream
 from tests.helpers import persist_model_copy
 
 MIB = 2**20
@@ -22,7 +25,7 @@ def object_keys(s3: Any, bucket: str) -> list:
 def test_object_stream_reads_the_whole_object_in_bounded_chunks(s3: Any, bucket: str) -> None:
     body = bytes(range(256)) * 4096  # 1 MiB
     s3.put_object(Bucket=bucket, Key="in.bin", Body=body)
-    stream = storage.open_object_stream(bucket, "in.bin", read_bytes=64 * 1024)
+    stream = open_object_stream(bucket, "in.bin", read_bytes=64 * 1024)
 
     chunks = iter(lambda: stream.body.read1(64 * 1024), b"")
     read = [len(chunk) for chunk in chunks]
@@ -32,13 +35,13 @@ def test_object_stream_reads_the_whole_object_in_bounded_chunks(s3: Any, bucket:
 
 
 def test_object_stream_of_a_missing_object_is_a_storage_error_naming_it(s3: Any, bucket: str) -> None:
-    with pytest.raises(storage.StorageError, match=f"s3://{bucket}/nothing.csv: no such object"):
-        storage.open_object_stream(bucket, "nothing.csv")
+    with pytest.raises(StorageError, match=f"s3://{bucket}/nothing.csv: no such object"):
+        open_object_stream(bucket, "nothing.csv")
 
 
 def test_multipart_writer_writes_parts_and_the_object_appears_on_complete(s3: Any, bucket: str) -> None:
     data = b"x" * (11 * MIB + 123)
-    with storage.MultipartWriter(bucket, "out.csv", metadata={"model-artefact-id": "abc"},
+    with MultipartWriter(bucket, "out.csv", metadata={"model-artefact-id": "abc"},
                                  part_bytes=5 * MIB) as out:
         for start in range(0, len(data), MIB):
             out.write(data[start:start + MIB])
@@ -52,7 +55,7 @@ def test_multipart_writer_writes_parts_and_the_object_appears_on_complete(s3: An
 
 
 def test_a_small_object_is_one_part(s3: Any, bucket: str) -> None:
-    with storage.MultipartWriter(bucket, "small.csv") as out:
+    with MultipartWriter(bucket, "small.csv") as out:
         out.write(b"a,b\n1,2\n")
         out.complete()
 
@@ -61,7 +64,7 @@ def test_a_small_object_is_one_part(s3: Any, bucket: str) -> None:
 
 def test_leaving_without_complete_aborts_and_leaves_nothing(s3: Any, bucket: str) -> None:
     with pytest.raises(RuntimeError):
-        with storage.MultipartWriter(bucket, "out.csv", part_bytes=5 * MIB) as out:
+        with MultipartWriter(bucket, "out.csv", part_bytes=5 * MIB) as out:
             out.write(b"y" * (6 * MIB))
             raise RuntimeError("the scoring failed")
 
@@ -88,8 +91,8 @@ class FailingPartClient:
 
 def test_a_failed_part_upload_aborts_the_upload_and_leaves_no_object(s3: Any, bucket: str) -> None:
     client = FailingPartClient(s3, fail_at=2)
-    with pytest.raises(storage.StorageError, match="cannot upload a part of it.*part lost"):
-        with storage.MultipartWriter(bucket, "out.csv", client=client, part_bytes=5 * MIB) as out:
+    with pytest.raises(StorageError, match="cannot upload a part of it.*part lost"):
+        with MultipartWriter(bucket, "out.csv", client=client, part_bytes=5 * MIB) as out:
             for _ in range(3):
                 out.write(b"z" * (5 * MIB))
             out.complete()
@@ -100,11 +103,11 @@ def test_a_failed_part_upload_aborts_the_upload_and_leaves_no_object(s3: Any, bu
 
 def test_parts_smaller_than_s3_allows_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 5242880 bytes"):
-        storage.MultipartWriter("bucket", "key", part_bytes=MIB, client=object())
+        MultipartWriter("bucket", "key", part_bytes=MIB, client=object())
 
 
 def test_object_info_of_a_missing_object_is_none(s3: Any, bucket: str) -> None:
-    assert storage.object_info(bucket, "predictions/none.csv") is None
+    assert object_info(bucket, "predictions/none.csv") is None
 
 
 # --- naming a model: an artefact id or a key ----------------------------------------------
@@ -117,31 +120,31 @@ def test_a_model_is_resolved_by_its_artefact_id(s3: Any, bucket: str, trained_mo
     persist_model_copy(bucket, trained_model, october(1), "aaaa0001")
     wanted = persist_model_copy(bucket, trained_model, october(8), "bbbb0002")
 
-    assert storage.resolve_model_key(bucket, "bbbb0002") == wanted.artefact_key
+    assert resolve_model_key(bucket, "bbbb0002") == wanted.artefact_key
 
 
 def test_a_model_is_resolved_by_its_key(s3: Any, bucket: str, trained_model: Model) -> None:
     wanted = persist_model_copy(bucket, trained_model, october(1), "aaaa0001")
 
-    assert storage.resolve_model_key(bucket, str(wanted.artefact_key)) == wanted.artefact_key
+    assert resolve_model_key(bucket, str(wanted.artefact_key)) == wanted.artefact_key
 
 
 def test_an_unknown_model_is_an_error_naming_it(s3: Any, bucket: str, trained_model: Model) -> None:
     persist_model_copy(bucket, trained_model, october(1), "aaaa0001")
 
-    with pytest.raises(storage.UnknownModelError, match="MODEL 'cafe0000' is not an artefact id or key"):
-        storage.resolve_model_key(bucket, "cafe0000")
+    with pytest.raises(UnknownModelError, match="MODEL 'cafe0000' is not an artefact id or key"):
+        resolve_model_key(bucket, "cafe0000")
 
 
 def test_an_artefact_id_shared_by_two_models_is_ambiguous(s3: Any, bucket: str, trained_model: Model) -> None:
     persist_model_copy(bucket, trained_model, october(1), "dup00001")
     persist_model_copy(bucket, trained_model, october(8), "dup00001")
 
-    with pytest.raises(storage.AmbiguousModelError, match="MODEL .dup00001. is ambiguous .*: it matches 2"):
-        storage.resolve_model_key(bucket, "dup00001")
+    with pytest.raises(AmbiguousModelError, match="MODEL .dup00001. is ambiguous .*: it matches 2"):
+        resolve_model_key(bucket, "dup00001")
 
 
 def test_a_predictions_key_is_the_dataset_file_stem_under_predictions() -> None:
-    key = storage.predictions_key("datasets/time_to_dispatch_2021-07-01T16|45|38.csv")
+    key = predictions_key("datasets/time_to_dispatch_2021-07-01T16|45|38.csv")
 
     assert key == "predictions/time_to_dispatch_2021-07-01T16|45|38.csv"

@@ -6,10 +6,14 @@ import pandas as pd
 import pytest
 import sklearn
 
-from pipeline import storage, train_model
-from pipeline.train import steps
+from pipeline import train_model
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
+from pipeline.model_registry.live_model import get_live_model, live_model_object
+from pipeline.storage.datasets import get_latest_dataset, put_dataset
+from pipeline.storage.layout import MODELS_PREFIX, NoObjectsError, latest_object
+from pipeline.storage.signed_artefacts import put_model
+from pipeline.train import steps
 from tests.helpers import LOG_LINE, REPO_ROOT, error_lines, latest_drop, run_cli
 
 
@@ -19,8 +23,8 @@ def _model_keys(client: Any, bucket: str) -> List[str]:
 
 def _newest_model_key(bucket: str) -> Optional[str]:
     try:
-        return storage.latest_object(bucket, storage.MODELS_PREFIX, ".pkl").key
-    except storage.NoObjectsError:
+        return latest_object(bucket, MODELS_PREFIX, ".pkl").key
+    except NoObjectsError:
         return None
 
 
@@ -35,7 +39,7 @@ def test_main_persists_a_model_good_enough_for_the_notebooks_bar(
     assert model.metrics.r_squared >= 0.97
     assert model.metrics.mean_absolute_error <= 0.95
     assert _model_keys(s3, bucket_with_datasets) == [model.artefact_key]
-    assert str(storage.get_live_model(bucket_with_datasets)) == str(model)
+    assert str(get_live_model(bucket_with_datasets)) == str(model)
     assert f"test metrics: r²={model.metrics.r_squared:.4f}, MAE={model.metrics.mean_absolute_error:.4f}" in caplog.text
 
 
@@ -43,7 +47,7 @@ def test_main_records_the_lineage_of_the_model(
     s3: Any, bucket_with_datasets: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GIT_COMMIT_HASH", "3f2a9c1d0b7e")
-    dataset = storage.get_latest_dataset(bucket_with_datasets)
+    dataset = get_latest_dataset(bucket_with_datasets)
 
     model = train_model.main(bucket_with_datasets, 0.9, 0.95)
 
@@ -64,7 +68,7 @@ def test_main_records_the_lineage_of_the_model(
 
 
 def test_main_logs_each_step_as_it_goes(bucket_with_datasets: str, caplog: pytest.LogCaptureFixture) -> None:
-    dataset = storage.get_latest_dataset(bucket_with_datasets)
+    dataset = get_latest_dataset(bucket_with_datasets)
 
     with caplog.at_level(logging.INFO):
         model = train_model.main(bucket_with_datasets, 0.9, 0.95)
@@ -116,7 +120,7 @@ def test_main_with_the_warning_below_the_error_threshold_works_and_says_so_once(
 def test_main_trains_on_a_new_product_without_code_changes(s3: Any, bucket: str) -> None:
     frame = generate_orders(1200, seed=4, product_slopes={"SKU001": 0.075, "SKU002": 0.1, "SKU003": 0.125,
                                                           "SKU004": 0.15, "SKU005": 0.175, "SKU006": 0.2})
-    storage.put_dataset(bucket, frame, pd.Timestamp("2026-11-20T23:00:00Z").to_pydatetime())
+    put_dataset(bucket, frame, pd.Timestamp("2026-11-20T23:00:00Z").to_pydatetime())
 
     model = train_model.main(bucket, 0.9, 0.95)
 
@@ -128,7 +132,7 @@ def test_main_on_a_bad_dataset_persists_nothing(s3: Any, bucket_with_model: str)
     before = _newest_model_key(bucket_with_model)
     frame = generate_orders(1000, seed=1)
     frame.loc[10, "orders_placed"] = -3
-    storage.put_dataset(bucket_with_model, frame, latest_drop())
+    put_dataset(bucket_with_model, frame, latest_drop())
 
     with pytest.raises(steps.DatasetError, match="negative orders_placed"):
         train_model.main(bucket_with_model, 0.9, 0.95)
@@ -182,7 +186,7 @@ def test_cli_trains_and_persists_a_model(s3: Any, s3_env: Dict[str, str], bucket
     assert len(keys) == 1
     assert "persisted model time-to-dispatch:" in result.stdout
     assert f"to s3://{bucket_with_datasets}/{keys[0]}" in result.stdout
-    assert isinstance(storage.get_live_model(bucket_with_datasets), Model)
+    assert isinstance(get_live_model(bucket_with_datasets), Model)
     assert all(LOG_LINE.match(line) for line in result.stdout.splitlines()), result.stdout
 
 
@@ -225,7 +229,7 @@ def test_cli_with_a_missing_bucket_exits_1_naming_it(s3_env: Dict[str, str]) -> 
 def test_cli_with_no_datasets_exits_1_and_keeps_the_previous_model(
     s3: Any, s3_env: Dict[str, str], bucket: str, trained_model: Model
 ) -> None:
-    storage.put_model(bucket, trained_model)
+    put_model(bucket, trained_model)
     before = _newest_model_key(bucket)
 
     result = run_cli(["-m", "pipeline.train_model", bucket, "0.9", "0.8"], s3_env)
@@ -278,7 +282,7 @@ def test_cli_below_the_error_threshold_exits_1_and_keeps_the_previous_model(
 def test_cli_without_a_signing_key_exits_1_saying_so_before_reading_data(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str
 ) -> None:
-    before = storage.live_model_object(bucket_with_model, client=s3).key
+    before = live_model_object(bucket_with_model, client=s3).key
     env = {name: value for name, value in s3_env.items() if name != "MODEL_SIGNING_KEY"}
 
     result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.95"], env)
@@ -287,7 +291,7 @@ def test_cli_without_a_signing_key_exits_1_saying_so_before_reading_data(
     [line] = error_lines(result.stdout)
     assert "train_model failed: MODEL_SIGNING_KEY is not set: model artefacts are signed and verified with it" in line
     assert "training on" not in result.stdout
-    assert storage.live_model_object(bucket_with_model, client=s3).key == before
+    assert live_model_object(bucket_with_model, client=s3).key == before
 
 
 def test_cli_with_a_trailing_comma_on_every_row_names_it_not_orders_placed(

@@ -8,10 +8,10 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeRegressor
 
-from pipeline.train import steps
 from pipeline.artefact.features import ProductCodeEncoding, encode_features
 from pipeline.artefact.model import TaskMetrics
 from pipeline.local.synthetic import generate_orders
+from pipeline.train import steps
 from pipeline.train.steps import DatasetError, ModelValidationError, PreparedData
 
 

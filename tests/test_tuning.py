@@ -7,8 +7,8 @@ import pytest
 from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.tree import DecisionTreeRegressor
 
-from pipeline.train import steps, tuning
 from pipeline.local.synthetic import generate_orders
+from pipeline.train import steps, tuning
 
 
 # --- tune_hyperparameters -------------------------------------------------------------------

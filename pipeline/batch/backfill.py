@@ -1,7 +1,7 @@
 """The backfill: replay every past week with the model that was live when it was dropped.
 
 For each weekly dataset under `datasets/` in the range, the model is the newest
-non-rejected model created before the dataset's timestamp (`storage.live_model_among`, the
+non-rejected model created before the dataset's timestamp (`live_model.live_model_among`, the
 one definition of "live"). Its estimates go to `predictions/<dataset file stem>.csv` (the
 dataset's rows, actual hours included, plus the estimate), and how good they were to
 `predictions/backtest.json`, with a plot of weekly MAE over time in
@@ -24,22 +24,12 @@ from pipeline.batch.scoring import (
     ScoringError,
     score_object,
 )
-from pipeline.storage import (
-    PREDICTIONS_PREFIX,
-    StorageError,
-    StoredObject,
-    artefact_id_of_key,
-    get_json_object,
-    get_model,
-    list_datasets,
-    list_models,
-    live_model_among,
-    object_info,
-    predictions_key,
-    put_object_bytes,
-    rejected_model_keys,
-    s3_client,
-)
+from pipeline.model_registry.live_model import list_models, live_model_among
+from pipeline.model_registry.records import rejected_model_keys
+from pipeline.storage.client import StorageError, get_json_object, object_info, put_object_bytes, s3_client
+from pipeline.storage.datasets import list_datasets
+from pipeline.storage.layout import PREDICTIONS_PREFIX, StoredObject, artefact_id_of_key, predictions_key
+from pipeline.storage.signed_artefacts import get_model
 
 BACKTEST_KEY = f"{PREDICTIONS_PREFIX}backtest.json"
 BACKTEST_PLOT_KEY = f"{PREDICTIONS_PREFIX}backtest_mae.png"
@@ -98,9 +88,9 @@ def plan_weeks(
     the model live when it was dropped.
 
     Args:
-        datasets: as `storage.list_datasets` lists them.
-        models: as `storage.list_models` lists them (newest first).
-        rejected: the rejected artefact keys (`storage.rejected_model_keys`).
+        datasets: as `datasets.list_datasets` lists them.
+        models: as `live_model.list_models` lists them (newest first).
+        rejected: the rejected artefact keys (`records.rejected_model_keys`).
     """
     return [
         PlannedWeek(dataset, live_model_among(models, rejected, dataset.timestamp))

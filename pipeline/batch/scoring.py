@@ -29,7 +29,8 @@ import numpy as np
 
 from pipeline.artefact.features import LABEL_COLUMN, MAX_ORDERS_PLACED, ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
-from pipeline.storage import MultipartWriter, delete_object, open_object_stream
+from pipeline.storage.client import delete_object
+from pipeline.storage.multipart import MultipartWriter, open_object_stream
 
 ESTIMATE_COLUMN = "est_hours_to_dispatch"
 REJECTS_SUFFIX = ".rejects.csv"

@@ -17,8 +17,9 @@ from typing import Any, Dict, List, MutableMapping, Optional
 
 from moto.server import ThreadedMotoServer
 
-from pipeline.storage import put_dataset, put_object_bytes, s3_client
 from pipeline.local.synthetic import ROWS_PER_WEEK, generate_orders, generate_weeks
+from pipeline.storage.client import put_object_bytes, s3_client
+from pipeline.storage.datasets import put_dataset
 
 HOST = "127.0.0.1"
 REGION = "eu-west-2"

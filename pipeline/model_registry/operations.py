@@ -4,7 +4,7 @@ restoring it.
 A model's status is one of:
 
 - live: the newest model that is not rejected, the one the serve stage, the champion selection
-  and batch scoring use (`storage.live_model_object`);
+  and batch scoring use (`live_model.live_model_object`);
 - rejected: its latest status change in `registry/` is a rejection;
 - superseded: not rejected, but a newer model is live.
 
@@ -19,23 +19,18 @@ from datetime import datetime, timezone
 from typing import List, Optional, Tuple
 
 from pipeline.artefact.model import Model
-from pipeline.storage import (
+from pipeline.model_registry.live_model import list_models, live_model_object, resolve_model_key
+from pipeline.model_registry.records import (
     REJECT,
     RESTORE,
-    ArtefactError,
-    NoObjectsError,
     StatusChange,
-    StoredObject,
-    artefact_id_of_key,
     aws_identity,
-    get_model,
-    list_models,
-    list_report_keys,
     list_status_changes,
-    live_model_object,
     put_status_change,
-    resolve_model_key,
 )
+from pipeline.storage.layout import NoObjectsError, StoredObject, artefact_id_of_key
+from pipeline.storage.report_files import list_report_keys
+from pipeline.storage.signed_artefacts import ArtefactError, get_model
 
 LIVE, REJECTED, SUPERSEDED = "live", "rejected", "superseded"
 
@@ -79,7 +74,7 @@ def model_entries(bucket: str) -> List[ModelEntry]:
 
 
 def resolve_model(bucket: str, entries: List[ModelEntry], reference: str) -> ModelEntry:
-    """The one model that `reference` names, as `storage.resolve_model_key` reads it (one way for
+    """The one model that `reference` names, as `live_model.resolve_model_key` reads it (one way for
     the registry and batch scoring).
 
     Raises:

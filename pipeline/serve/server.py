@@ -22,8 +22,8 @@ import sklearn
 import uvicorn
 from fastapi import FastAPI
 
-from pipeline.serve.api import MAX_ORDERS_PLACED
 from pipeline.artefact.model import Model
+from pipeline.serve.api import MAX_ORDERS_PLACED
 
 # Kubernetes waits 30 s by default between SIGTERM and SIGKILL. On SIGTERM the service may
 # first go on serving for a drain period (--drain-seconds, 5 s in bodywork.yaml, at most

@@ -13,7 +13,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from pipeline.artefact.model import Model
-from pipeline.storage import ArtefactError, Dataset, NoObjectsError, StorageError, get_dataset_version, get_live_model
+from pipeline.model_registry.live_model import get_live_model
+from pipeline.storage.client import StorageError
+from pipeline.storage.datasets import Dataset, get_dataset_version
+from pipeline.storage.layout import NoObjectsError
+from pipeline.storage.signed_artefacts import ArtefactError
 from pipeline.train.steps import ModelValidationError
 
 # How much worse than the champion's MAE, relatively, the challenger's may be on the same rows

@@ -2,7 +2,7 @@
 
 Train stage only (the serve stage never imports a plotting library). Every plotting step takes
 data and returns a matplotlib `Figure`, never seeing a path; `build_report` renders the figures
-to PNG bytes and returns every file as bytes, for `storage.put_report` to write under
+to PNG bytes and returns every file as bytes, for `report_files.put_report` to write under
 `reports/`. The HTML embeds the PNGs as base64 and links to nothing, so it can be opened
 anywhere, by anyone, on its own.
 """
@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pipeline.train.champion import ChampionComparison, Decision
-from pipeline.train.drift import DriftReport
 from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
+from pipeline.train.champion import ChampionComparison, Decision
+from pipeline.train.drift import DriftReport
 
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
 PLOT_FILES = {

@@ -29,7 +29,7 @@ from pipeline.artefact.model import (
     ProductMonotonicity,
     TaskMetrics,
 )
-from pipeline.storage import Dataset
+from pipeline.storage.datasets import Dataset
 from pipeline.utils import quote
 
 TEST_SIZE = 0.2
