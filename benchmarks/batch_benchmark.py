@@ -47,11 +47,11 @@ TARGET_ROWS, TARGET_SECONDS, TARGET_RSS_MB = 2_000_000, 30.0, 400.0
 
 def train_model(bucket: str) -> str:
     """Train and persist a model with the real train stage; returns its artefact id."""
-    from pipeline import train_model as stage
+    from pipeline.train.stage import train
 
     week = generate_weeks(1, seed=100)[0]
     put_dataset(bucket, generate_orders(1000, seed=4), week.timestamp)
-    return stage.main(bucket, 0.9, 0.95).artefact_id
+    return train(bucket, 0.9, 0.95).artefact_id
 
 
 def upload_orders(bucket: str, key: str, rows: int) -> int:

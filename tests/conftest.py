@@ -100,7 +100,7 @@ def trained_model_bytes(local_s3: LocalS3) -> bytes:
     Trained once per session (it takes a couple of seconds) and re-uploaded by
     `bucket_with_model` for each test that needs a model in its bucket.
     """
-    from pipeline import train_model
+    from pipeline.train.stage import train
 
     saved = dict(os.environ)
     local_s3.point_environment_here()
@@ -109,7 +109,7 @@ def trained_model_bytes(local_s3: LocalS3) -> bytes:
         name = create_bucket(client)
         weeks = generate_weeks(1, seed=100)
         put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[0].timestamp, client)
-        model = train_model.main(name, 0.9, 0.95)
+        model = train(name, 0.9, 0.95)
         assert model.artefact_key is not None
         return bytes(client.get_object(Bucket=name, Key=model.artefact_key)["Body"].read())
     finally:

@@ -7,12 +7,11 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 
-from pipeline import train_model
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
 from pipeline.model_registry.live_model import get_live_model
 from pipeline.storage.datasets import put_dataset
-from pipeline.train import champion
+from pipeline.train import champion, stage
 from tests.helpers import error_lines, latest_drop, run_cli
 
 # A week of 100 orders: its model learns from 80 rows and is far worse than the live model,
@@ -85,7 +84,7 @@ def test_the_first_model_goes_live_on_the_other_gates_alone(
     s3: Any, bucket_with_datasets: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO):
-        model = train_model.main(bucket_with_datasets, 0.9, 0.95)
+        model = stage.train(bucket_with_datasets, 0.9, 0.95)
 
     assert keys(s3, bucket_with_datasets, "models/") == [model.artefact_key]
     assert "no live model to compare with" in caplog.text
@@ -99,7 +98,7 @@ def test_main_refuses_a_model_worse_than_the_live_one_and_still_writes_the_repor
 
     with pytest.raises(champion.ModelRefusedError, match=f"champion: new model's MAE .* against live model "
                                                          f"{live.artefact_id}'s MAE"):
-        train_model.main(bucket_with_model, 0.5, 0.6)
+        stage.train(bucket_with_model, 0.5, 0.6)
 
     assert keys(s3, bucket_with_model, "models/") == [live.artefact_key]
     assert get_live_model(bucket_with_model).artefact_id == live.artefact_id

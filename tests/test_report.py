@@ -6,12 +6,11 @@ from typing import Any, Dict
 
 import pytest
 
-from pipeline import train_model
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import list_models
 from pipeline.storage.client import StorageError
 from pipeline.storage.report_files import put_report
-from pipeline.train import report
+from pipeline.train import report, stage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # One grid point (the one the full search picks on weeks like these): the report, not the search, is tested.
@@ -21,7 +20,7 @@ ONE_POINT_GRID = {"criterion": ["squared_error"], "max_depth": [8], "min_samples
 @pytest.fixture
 def persisted(s3: Any, bucket_with_model: str) -> Dict[str, Any]:
     """A second model trained over S3 with a live model in the bucket, and its report's files."""
-    model = train_model.main(bucket_with_model, 0.9, 0.95, hyperparam_grid=ONE_POINT_GRID)
+    model = stage.train(bucket_with_model, 0.9, 0.95, hyperparam_grid=ONE_POINT_GRID)
     assert model.report_key is not None
     folder = model.report_key.rsplit("/", 1)[0] + "/"
     listed = s3.list_objects_v2(Bucket=bucket_with_model, Prefix=folder)["Contents"]

@@ -17,7 +17,7 @@ from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
 from pipeline.serve.metrics import METRICS_PATH
-from pipeline.serve_model import DEFAULT_HOST, DEFAULT_PORT, parse_args
+from pipeline.serve.start_up import DEFAULT_HOST, DEFAULT_PORT, parse_args
 from pipeline.storage.layout import MODELS_PREFIX, latest_object
 from pipeline.storage.signed_artefacts import put_model
 from tests.conftest import StartService

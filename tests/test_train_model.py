@@ -6,14 +6,13 @@ import pandas as pd
 import pytest
 import sklearn
 
-from pipeline import train_model
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
 from pipeline.model_registry.live_model import get_live_model, live_model_object
 from pipeline.storage.datasets import get_latest_dataset, put_dataset
 from pipeline.storage.layout import MODELS_PREFIX, NoObjectsError, latest_object
 from pipeline.storage.signed_artefacts import put_model
-from pipeline.train import steps
+from pipeline.train import stage, steps
 from tests.helpers import LOG_LINE, REPO_ROOT, error_lines, latest_drop, run_cli
 
 
@@ -34,7 +33,7 @@ def test_main_persists_a_model_good_enough_for_the_notebooks_bar(
     s3: Any, bucket_with_datasets: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO):
-        model = train_model.main(bucket_with_datasets, 0.9, 0.95)
+        model = stage.train(bucket_with_datasets, 0.9, 0.95)
 
     assert model.metrics.r_squared >= 0.97
     assert model.metrics.mean_absolute_error <= 0.95
@@ -49,7 +48,7 @@ def test_main_records_the_lineage_of_the_model(
     monkeypatch.setenv("GIT_COMMIT_HASH", "3f2a9c1d0b7e")
     dataset = get_latest_dataset(bucket_with_datasets)
 
-    model = train_model.main(bucket_with_datasets, 0.9, 0.95)
+    model = stage.train(bucket_with_datasets, 0.9, 0.95)
 
     assert (model.dataset.key, model.dataset.etag, model.dataset.version_id) == (
         dataset.key, dataset.etag, dataset.version_id)
@@ -71,7 +70,7 @@ def test_main_logs_each_step_as_it_goes(bucket_with_datasets: str, caplog: pytes
     dataset = get_latest_dataset(bucket_with_datasets)
 
     with caplog.at_level(logging.INFO):
-        model = train_model.main(bucket_with_datasets, 0.9, 0.95)
+        model = stage.train(bucket_with_datasets, 0.9, 0.95)
 
     text = caplog.text
     assert f"training on s3://{bucket_with_datasets}/{dataset.key} (ETag {dataset.etag}" in text
@@ -89,7 +88,7 @@ def test_main_below_the_error_threshold_persists_nothing_and_keeps_the_previous_
     before = _model_keys(s3, bucket_with_model)
 
     with pytest.raises(steps.ModelValidationError, match="below the error threshold 0.999; no model persisted"):
-        train_model.main(bucket_with_model, 0.999, 0.9995)
+        stage.train(bucket_with_model, 0.999, 0.9995)
 
     assert _model_keys(s3, bucket_with_model) == before
 
@@ -98,7 +97,7 @@ def test_main_between_the_thresholds_persists_and_warns_of_drift(
     s3: Any, bucket_with_datasets: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO):
-        model = train_model.main(bucket_with_datasets, 0.5, 0.999)
+        model = stage.train(bucket_with_datasets, 0.5, 0.999)
 
     assert _model_keys(s3, bucket_with_datasets) == [model.artefact_key]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -110,7 +109,7 @@ def test_main_with_the_warning_below_the_error_threshold_works_and_says_so_once(
     s3: Any, bucket_with_datasets: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO):
-        model = train_model.main(bucket_with_datasets, 0.9, 0.8)
+        model = stage.train(bucket_with_datasets, 0.9, 0.8)
 
     assert _model_keys(s3, bucket_with_datasets) == [model.artefact_key]
     assert caplog.text.count("no drift warning can fire") == 1
@@ -122,7 +121,7 @@ def test_main_trains_on_a_new_product_without_code_changes(s3: Any, bucket: str)
                                                           "SKU004": 0.15, "SKU005": 0.175, "SKU006": 0.2})
     put_dataset(bucket, frame, pd.Timestamp("2026-11-20T23:00:00Z").to_pydatetime())
 
-    model = train_model.main(bucket, 0.9, 0.95)
+    model = stage.train(bucket, 0.9, 0.95)
 
     assert "SKU006" in model.encoding.codes
     assert model.predict(["SKU006"], [150])[0] > model.predict(["SKU006"], [100])[0]
@@ -135,7 +134,7 @@ def test_main_on_a_bad_dataset_persists_nothing(s3: Any, bucket_with_model: str)
     put_dataset(bucket_with_model, frame, latest_drop())
 
     with pytest.raises(steps.DatasetError, match="negative orders_placed"):
-        train_model.main(bucket_with_model, 0.9, 0.95)
+        stage.train(bucket_with_model, 0.9, 0.95)
 
     assert _newest_model_key(bucket_with_model) == before
 
@@ -143,7 +142,7 @@ def test_main_on_a_bad_dataset_persists_nothing(s3: Any, bucket_with_model: str)
 # --- argument parsing -----------------------------------------------------------------------
 
 def test_parse_args_reads_bucket_thresholds_and_n_jobs() -> None:
-    args = train_model.parse_args(["my-bucket", "0.9", "0.8", "--n-jobs", "2"])
+    args = stage.parse_args(["my-bucket", "0.9", "0.8", "--n-jobs", "2"])
 
     assert (args.bucket, args.error_threshold, args.warning_threshold, args.n_jobs) == ("my-bucket", 0.9, 0.8, 2)
 
@@ -163,7 +162,7 @@ def test_parse_args_reads_bucket_thresholds_and_n_jobs() -> None:
 )
 def test_parse_args_rejects_bad_arguments_with_the_reason(argv: List[str], reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        train_model.parse_args(argv)
+        stage.parse_args(argv)
 
 
 # --- the CLI, as engineers and Bodywork run it ----------------------------------------------

@@ -9,14 +9,16 @@ A model's status is one of:
 - superseded: not rejected, but a newer model is live.
 
 Rejecting or restoring writes a new status-change record under `registry/` (who, when, why);
-nothing is ever deleted or overwritten. The registry CLI (`registry.py`) calls these.
+nothing is ever deleted or overwritten. `run_command` runs one command of the registry CLI
+(`pipeline/registry.py`), whose arguments `parse_args` reads.
 """
+import argparse
 import getpass
 import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import list_models, live_model_object, resolve_model_key
@@ -31,8 +33,15 @@ from pipeline.model_registry.records import (
 from pipeline.storage.layout import NoObjectsError, StoredObject, artefact_id_of_key
 from pipeline.storage.report_files import list_report_keys
 from pipeline.storage.signed_artefacts import ArtefactError, get_model
+from pipeline.utils import StageArgumentParser
 
 LIVE, REJECTED, SUPERSEDED = "live", "rejected", "superseded"
+COMMANDS = ("list", "show", REJECT, RESTORE)
+USAGE = (
+    "usage: python -m pipeline.registry S3_BUCKET list | show MODEL | reject MODEL --reason TEXT | "
+    "restore MODEL [--reason TEXT] (MODEL: an artefact id or its key)"
+)
+DEFAULT_RESTORE_REASON = "restored"
 
 log = logging.getLogger(__name__)
 
@@ -185,3 +194,45 @@ def _load(bucket: str, key: str) -> Tuple[Optional[Model], str]:
         return get_model(bucket, key), ""
     except ArtefactError as error:
         return None, str(error)
+
+
+# --- the registry CLI's commands ------------------------------------------------------------
+
+
+def run_command(bucket: str, command: str, model: str = "", reason: str = "") -> None:
+    """Run one registry command against the bucket.
+
+    Raises:
+        RegistryError: MODEL names no model or several, or the change does not apply to it.
+        StorageError: the bucket does not exist, or S3 refused or failed.
+    """
+    if command == "list":
+        print("\n".join(list_lines(bucket)))
+    elif command == "show":
+        print("\n".join(show_lines(bucket, model)))
+    else:
+        change = change_status(bucket, model, command, reason or DEFAULT_RESTORE_REASON)
+        live = live_model_after_change(bucket)
+        if live is not None:
+            log.info(f"live model now: s3://{bucket}/{live.key}; the serve stage serves it from its next start")
+        print(f"{change.action} {change.artefact_key}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the CLI arguments.
+
+    Raises:
+        ValueError: with the reason, for any bad argument.
+    """
+    parser = StageArgumentParser(prog="registry.py")
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("model", nargs="?", default="")
+    parser.add_argument("--reason", default="")
+    args = parser.parse_stage_args(argv)
+    if args.command == "list" and args.model:
+        raise ValueError("list takes no MODEL")
+    if args.command != "list" and not args.model.strip():
+        raise ValueError(f"{args.command} needs a MODEL")
+    if args.command == REJECT and not args.reason.strip():
+        raise ValueError("reject needs --reason TEXT: say why")
+    return args

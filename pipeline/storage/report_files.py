@@ -10,7 +10,6 @@ from pipeline.artefact.model import Model
 from pipeline.storage.client import StorageError, error_code, get_object_bytes, put_new_object, s3_client, storage_error
 from pipeline.storage.layout import REPORTS_PREFIX, artefact_file_stem
 
-REPORT_HTML = "report.html"
 # What a report's files are served as, by extension; nothing else is written under reports/.
 REPORT_CONTENT_TYPES = {".json": "application/json", ".png": "image/png", ".html": "text/html; charset=utf-8"}
 

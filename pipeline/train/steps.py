@@ -1,7 +1,7 @@
 """The train stage's steps: validate and split the data, evaluate, check and describe the model.
 
-Each step takes data and returns data (or raises); the train stage's entry point
-(`train_model.py`) calls them in order, and the grid search lives in `tuning.py`.
+Each step takes data and returns data (or raises); `stage.train` calls them in order, and the
+grid search lives in `tuning.py`.
 """
 import logging
 import math
