@@ -192,6 +192,38 @@ def persist_model_copy(bucket: str, model: Any, created_at: Any, artefact_id: st
     return copy
 
 
+def model_keys(client: Any, bucket: str) -> List[str]:
+    """Every key under `models/`, as S3 lists them."""
+    return [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix="models/").get("Contents", [])]
+
+
+def newest_model_key(bucket: str) -> Optional[str]:
+    """The key of the newest model artefact by the time in its key, rejected or not; None if none."""
+    from pipeline.storage.layout import MODELS_PREFIX, NoObjectsError, latest_object
+
+    try:
+        return latest_object(bucket, MODELS_PREFIX, ".pkl").key
+    except NoObjectsError:
+        return None
+
+
+def put_csv(client: Any, bucket: str, key: str, frame: Any) -> Dict[str, Any]:
+    """Upload a frame as CSV under any key; the bytes written and S3's answer (ETag, VersionId)."""
+    body = frame.to_csv(index=False).encode()
+    response: Dict[str, Any] = client.put_object(Bucket=bucket, Key=key, Body=body)
+    return {"body": body, **response}
+
+
+def status_change(model: Model, action: str, minutes: int = 0) -> Any:
+    """A registry record of `action` ("reject", "restore") on a persisted model, made
+    `minutes` after 2026-11-01 09:30 UTC."""
+    from pipeline.model_registry.records import StatusChange
+
+    assert model.artefact_key is not None
+    when = datetime(2026, 11, 1, 9, 30, tzinfo=timezone.utc) + timedelta(minutes=minutes)
+    return StatusChange(model.artefact_key, action, "a reason", "tester", when)
+
+
 def csv_text(rows: List[List[str]]) -> str:
     """Rows of fields as CSV text, `\\n` line ends."""
     import csv
@@ -262,7 +294,7 @@ def bucket_with_weeks(client: Any, name: str) -> str:
 
 def latest_drop() -> datetime:
     """A drop time newer than every synthetic week the fixtures upload (October 2026), and not
-    in the future: keys dated beyond now are ignored as mistyped (see storage)."""
+    in the future: keys dated beyond now are ignored as mistyped (`pipeline/storage/layout.py`)."""
     return datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
 
 

@@ -17,7 +17,6 @@ from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
 from pipeline.serve.metrics import METRICS_PATH
-from pipeline.serve.start_up import DEFAULT_HOST, DEFAULT_PORT, parse_args
 from pipeline.storage.layout import MODELS_PREFIX, latest_object
 from pipeline.storage.signed_artefacts import put_model
 from tests.conftest import StartService
@@ -391,32 +390,6 @@ USAGE_TEXT = ("usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--
               "[--server-stack {auto,pure-python}] [--drain-seconds SECONDS]")
 
 
-@pytest.mark.parametrize(
-    "args, reason",
-    [
-        ([], "the following arguments are required: bucket"),
-        (["bucket-a", "bucket-b"], "unrecognized arguments: bucket-b"),
-        (["bucket-a", "--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
-        (["bucket-a", "--port", "0"], "--port must be in 1..65535, got 0"),
-        (["bucket-a", "--port", "70000"], "--port must be in 1..65535, got 70000"),
-        (["bucket-a", "--host", ""], "--host is empty"),
-        (["bucket-a", "--workers", "2"], "unrecognized arguments: --workers 2"),
-        (["bucket-a", "--server-stack", "fast"],
-         "argument --server-stack: invalid choice: 'fast' (choose from 'auto', 'pure-python')"),
-        (["  "], "S3_BUCKET is empty"),
-        (["bucket-a", "--drain-seconds", "-1"], "--drain-seconds must be in 0..8, got -1"),
-        (["bucket-a", "--drain-seconds", "9"], "--drain-seconds must be in 0..8, got 9"),
-        (["bucket-a", "--drain-seconds", "nan"], "--drain-seconds must be in 0..8, got nan"),
-        (["bucket-a", "--drain-seconds", "soon"], "argument --drain-seconds: invalid float value: 'soon'"),
-    ],
-)
-def test_bad_arguments_are_refused_with_the_reason(args: List[str], reason: str) -> None:
-    with pytest.raises(ValueError) as refused:
-        parse_args(args)
-
-    assert str(refused.value) == reason
-
-
 def test_module_cli_without_arguments_exits_1_with_the_reason_and_usage(s3_env: Dict[str, str]) -> None:
     result = run_cli(["-m", "pipeline.serve_model"], s3_env)
 
@@ -434,10 +407,3 @@ def test_script_with_a_bad_port_exits_1_with_the_reason_and_usage(s3_env: Dict[s
     [line] = error_lines(result.stdout)
     assert line.endswith(f"Invalid arguments passed to serve_model.py: --port must be in 1..65535, got 70000; "
                          f"{USAGE_TEXT}")
-
-
-def test_listens_on_all_interfaces_port_8000_by_default() -> None:
-    args = parse_args(["bucket-a"])
-
-    assert (args.host, args.port, args.access_log, args.server_stack) == (DEFAULT_HOST, DEFAULT_PORT, False, "auto")
-    assert (DEFAULT_HOST, DEFAULT_PORT) == ("0.0.0.0", 8000)

@@ -1,15 +1,13 @@
-"""Streaming objects in, multipart uploads out, and naming a model, against a real S3 API."""
-from datetime import datetime, timezone
+"""Streaming objects in and multipart uploads out, against a real S3 API: bounded reads, parts
+sent while the next is made, and nothing left behind by a failure.
+"""
 from typing import Any, Dict
 
 import pytest
 
-from pipeline.artefact.model import Model
-from pipeline.model_registry.live_model import AmbiguousModelError, UnknownModelError, resolve_model_key
-from pipeline.storage.client import StorageError, object_info
-from pipeline.storage.layout import predictions_key
+from pipeline.storage.client import StorageError
 from pipeline.storage.multipart import MultipartWriter, open_object_stream
-from tests.helpers import persist_model_copy
+
 
 MIB = 2**20
 
@@ -104,47 +102,3 @@ def test_a_failed_part_upload_aborts_the_upload_and_leaves_no_object(s3: Any, bu
 def test_parts_smaller_than_s3_allows_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 5242880 bytes"):
         MultipartWriter("bucket", "key", part_bytes=MIB, client=object())
-
-
-def test_object_info_of_a_missing_object_is_none(s3: Any, bucket: str) -> None:
-    assert object_info(bucket, "predictions/none.csv") is None
-
-
-# --- naming a model: an artefact id or a key ----------------------------------------------
-
-def october(day: int) -> datetime:
-    return datetime(2026, 10, day, 12, tzinfo=timezone.utc)
-
-
-def test_a_model_is_resolved_by_its_artefact_id(s3: Any, bucket: str, trained_model: Model) -> None:
-    persist_model_copy(bucket, trained_model, october(1), "aaaa0001")
-    wanted = persist_model_copy(bucket, trained_model, october(8), "bbbb0002")
-
-    assert resolve_model_key(bucket, "bbbb0002") == wanted.artefact_key
-
-
-def test_a_model_is_resolved_by_its_key(s3: Any, bucket: str, trained_model: Model) -> None:
-    wanted = persist_model_copy(bucket, trained_model, october(1), "aaaa0001")
-
-    assert resolve_model_key(bucket, str(wanted.artefact_key)) == wanted.artefact_key
-
-
-def test_an_unknown_model_is_an_error_naming_it(s3: Any, bucket: str, trained_model: Model) -> None:
-    persist_model_copy(bucket, trained_model, october(1), "aaaa0001")
-
-    with pytest.raises(UnknownModelError, match="MODEL 'cafe0000' is not an artefact id or key"):
-        resolve_model_key(bucket, "cafe0000")
-
-
-def test_an_artefact_id_shared_by_two_models_is_ambiguous(s3: Any, bucket: str, trained_model: Model) -> None:
-    persist_model_copy(bucket, trained_model, october(1), "dup00001")
-    persist_model_copy(bucket, trained_model, october(8), "dup00001")
-
-    with pytest.raises(AmbiguousModelError, match="MODEL .dup00001. is ambiguous .*: it matches 2"):
-        resolve_model_key(bucket, "dup00001")
-
-
-def test_a_predictions_key_is_the_dataset_file_stem_under_predictions() -> None:
-    key = predictions_key("datasets/time_to_dispatch_2021-07-01T16|45|38.csv")
-
-    assert key == "predictions/time_to_dispatch_2021-07-01T16|45|38.csv"
