@@ -3,7 +3,7 @@ on the fast and the pure-Python server stacks, with and without metrics; the ser
 start, and its resident memory under use.
 
 Several servers answer `POST /api/v0.1/time_to_dispatch` with the same request and response
-schema (`build_request_model` and `Prediction` from `pipeline.api`), each in its own
+schema (`build_request_model` and `Prediction` from `pipeline.serve.api`), each in its own
 process, one uvicorn worker each, started and stopped the same way
 (`freeze_start_up_objects`, `open_port` and `run_server`, so the same garbage-collector and
 uvicorn settings as production). "Fast stack" is uvloop and httptools (the service's default),

@@ -9,7 +9,7 @@
     GET  /ready                            readiness: a model is loaded and warmed up
     GET  /metrics                          Prometheus metrics (metrics.py), on by default
 
-`create_app` is the app factory: production (`serve_model.py`) and the tests build the app
+`create_app` is the app factory: production (`start_up.serve`) and the tests build the app
 the same way, with a loaded model passed in. docs/api.md documents the contract. Bodies over
 the size limit (413) or too slow to arrive (408) are stopped by `limits.RequestLimits` before
 anything parses them. A valid single prediction is answered by `SinglePredictionFastPath`
