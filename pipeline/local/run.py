@@ -217,12 +217,7 @@ def run_train_stage(bucket: str, error_threshold: float, warning_threshold: floa
     command = [sys.executable, "-m", "pipeline.train_model", bucket, str(error_threshold),
                str(warning_threshold)]
     log.info(f"running the train stage: {_display(command)}")
-    train = Child.start(command, "train stage")
-    try:
-        code = train.wait_forwarding()
-    finally:
-        with signals_ignored():
-            train.stop(STOP_TIMEOUT_SECONDS)
+    code = run_to_completion(command, "train stage")
     if code != 0:
         raise LocalRunError(f"the train stage exited with code {code}; no model to serve")
 
@@ -243,12 +238,7 @@ def run_batch_scoring(bucket: str) -> None:
     log.info(f"uploaded an orders file to score: s3://{bucket}/{input_key}")
     command = [sys.executable, "-m", "pipeline.score_batch", bucket, input_key, BATCH_OUTPUT_KEY]
     log.info(f"running batch scoring: {_display(command)}")
-    batch = Child.start(command, "batch scoring")
-    try:
-        code = batch.wait_forwarding()
-    finally:
-        with signals_ignored():
-            batch.stop(STOP_TIMEOUT_SECONDS)
+    code = run_to_completion(command, "batch scoring")
     if code != 0:
         raise LocalRunError(f"batch scoring exited with code {code}")
     log.info(f"batch scoring output: s3://{bucket}/{BATCH_OUTPUT_KEY} "
@@ -300,6 +290,17 @@ def report_example(result: ExampleResult, bucket: str) -> None:
         f"SKU001 with 112 orders placed: {_number(result.prediction.get('est_hours_to_dispatch'))} "
         f"hours to dispatch (model {result.prediction.get('model_version')})"
     )
+
+
+def run_to_completion(command: Sequence[str], name: str) -> int:
+    """Run a CLI as a child process, forwarding its lines as they come, and return its exit code;
+    the child is stopped whatever happens (SIGINT and SIGTERM wait until it is)."""
+    child = Child.start(command, name)
+    try:
+        return child.wait_forwarding()
+    finally:
+        with signals_ignored():
+            child.stop(STOP_TIMEOUT_SECONDS)
 
 
 def _display(command: Sequence[str]) -> str:
