@@ -51,8 +51,10 @@ class LocalRunError(Exception):
     """A step of the local run failed; the message says which and why."""
 
 
-class Stop(Exception):
-    """SIGINT or SIGTERM arrived: stop everything and exit cleanly."""
+class Stop(BaseException):
+    """SIGINT or SIGTERM arrived: stop everything and exit cleanly. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way swallows it: logging's handlers
+    catch Exception, and a Ctrl-C while a line is being written would otherwise be lost."""
 
 
 class Settings(NamedTuple):
