@@ -76,7 +76,7 @@ from pipeline.serve.api import (
     create_app,
     validation_error_response,
 )
-from pipeline.serve.server import (
+from pipeline.serve.lifecycle import (
     FAST_STACK, PURE_PYTHON_STACK, ServerStack, freeze_start_up_objects, open_port, run_server,
 )
 from pipeline.storage.datasets import put_dataset

@@ -15,7 +15,7 @@ import logging
 import sys
 
 from pipeline.artefact.signing import SigningKeyError
-from pipeline.serve.server import ModelCompatibilityError, StopRequested
+from pipeline.serve.lifecycle import ModelCompatibilityError, StopRequested
 from pipeline.serve.start_up import USAGE, parse_args, serve
 from pipeline.storage.client import StorageError
 from pipeline.utils import configure_logger

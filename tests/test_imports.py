@@ -6,7 +6,8 @@
 - Library modules never import an entry point; neither do the benchmarks and the notebook,
   which call the library's functions.
 - Nothing in `pipeline/` imports the tests or moto, except the one local-S3 helper.
-- No two modules share a base name: a log line names a module by its base name alone.
+- No two modules share a base name (nor one with a module of uvicorn, whose lines the service
+  logs in the same format): a log line names a module by its base name alone.
 - No two folders import each other, even through others; docs/architecture.md's diagram shows
   exactly the imports between the folders and the top-level modules.
 - The tests mirror the modules: `tests/<folder>/test_<module>[_<aspect>].py` for a module of a
@@ -180,6 +181,13 @@ def test_no_two_modules_share_a_base_name() -> None:
     for path in MODULES:
         by_name.setdefault(path.stem, []).append(module_name(path))
     assert {name: paths for name, paths in by_name.items() if len(paths) > 1} == {}
+
+
+def test_no_module_shares_a_base_name_with_one_of_uvicorn_whose_lines_the_service_logs_too() -> None:
+    import uvicorn
+
+    theirs = {path.stem for path in Path(uvicorn.__file__).parent.rglob("*.py")}
+    assert sorted({path.stem for path in MODULES} & theirs) == []
 
 
 # --- the diagram -----------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_the_cli_serves_on_uvloop_and_httptools(
     stop_service(service)
 
     assert status == 200
-    assert " - INFO - server.run_server - server stack: uvloop event loop, httptools HTTP parser" in service.log()
+    assert " - INFO - lifecycle.run_server - server stack: uvloop event loop, httptools HTTP parser" in service.log()
 
 
 def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_missing(
@@ -210,9 +210,9 @@ def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_mi
 
     assert (status, sorted(body)) == (200, ["est_hours_to_dispatch", "model_version"])
     log = service.log()
-    assert " - WARNING - server.run_server - uvloop event loop, httptools HTTP parser asked for, but not all " \
+    assert " - WARNING - lifecycle.run_server - uvloop event loop, httptools HTTP parser asked for, but not all " \
            "installed: falling back to the asyncio event loop, h11 HTTP parser" in log
-    assert " - INFO - server.run_server - server stack: asyncio event loop, h11 HTTP parser" in log
+    assert " - INFO - lifecycle.run_server - server stack: asyncio event loop, h11 HTTP parser" in log
 
 
 def test_the_pure_python_stack_can_be_asked_for(

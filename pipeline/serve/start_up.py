@@ -13,7 +13,7 @@ from pipeline.artefact.model import Model
 from pipeline.artefact.signing import load_signing_keys
 from pipeline.model_registry.live_model import live_model_object
 from pipeline.serve.api import create_app
-from pipeline.serve.server import (
+from pipeline.serve.lifecycle import (
     MAX_DRAIN_SECONDS,
     SERVER_STACKS,
     check_library_versions,
@@ -56,7 +56,7 @@ def serve(
         server_stack: a key of `SERVER_STACKS`: "auto" (uvloop and httptools where
             installed) or "pure-python" (asyncio and h11).
         drain_seconds: how long to serve on after SIGTERM before stopping (see
-            server.DrainingServer).
+            lifecycle.DrainingServer).
 
     Raises:
         SigningKeyError: MODEL_SIGNING_KEY is unset or malformed.

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
-from pipeline.serve.server import (
+from pipeline.serve.lifecycle import (
     FAST_STACK,
     PURE_PYTHON_STACK,
     ModelCompatibilityError,

@@ -1,4 +1,4 @@
-"""What runs the service process: model checks before serving, the port, uvicorn, the stop.
+"""The service process's life: model checks before serving, the port, uvicorn, the stop.
 
 The serve stage loads a model, refuses one that this code cannot serve faithfully (another
 scikit-learn version, a fast path that disagrees with the estimator), then opens its port
