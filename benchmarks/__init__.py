@@ -2,7 +2,7 @@
 import os
 import secrets
 
-from pipeline.signing import SIGNING_KEY_ENV
+from pipeline.artefact.signing import SIGNING_KEY_ENV
 
 
 def use_throwaway_signing_key() -> None:

@@ -33,9 +33,11 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import use_throwaway_signing_key
-from pipeline import storage
-from pipeline.local_s3 import LocalS3
-from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.local.local_s3 import LocalS3
+from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.storage.client import s3_client
+from pipeline.storage.datasets import put_dataset
+from pipeline.storage.multipart import MultipartWriter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (100_000, 2_000_000, 10_000_000)
@@ -45,16 +47,16 @@ TARGET_ROWS, TARGET_SECONDS, TARGET_RSS_MB = 2_000_000, 30.0, 400.0
 
 def train_model(bucket: str) -> str:
     """Train and persist a model with the real train stage; returns its artefact id."""
-    from pipeline import train_model as stage
+    from pipeline.train.stage import train
 
     week = generate_weeks(1, seed=100)[0]
-    storage.put_dataset(bucket, generate_orders(1000, seed=4), week.timestamp)
-    return stage.main(bucket, 0.9, 0.95).artefact_id
+    put_dataset(bucket, generate_orders(1000, seed=4), week.timestamp)
+    return train(bucket, 0.9, 0.95).artefact_id
 
 
 def upload_orders(bucket: str, key: str, rows: int) -> int:
     """Upload a synthetic orders file of `rows` rows, a chunk at a time; returns its bytes."""
-    with storage.MultipartWriter(bucket, key, part_bytes=16 * 2**20) as out:
+    with MultipartWriter(bucket, key, part_bytes=16 * 2**20) as out:
         for start in range(0, rows, GENERATE_CHUNK_ROWS):
             n = min(GENERATE_CHUNK_ROWS, rows - start)
             chunk = generate_orders(n, seed=start)
@@ -133,11 +135,11 @@ def main(sizes: List[int], json_path: str, text_path: str) -> None:
             size = upload_orders(bucket, key, rows)
             load = os.getloadavg()
             run = run_cli(bucket, key, f"out/orders_{rows}.csv", env)
-            out_size = storage.s3_client().head_object(Bucket=bucket, Key=f"out/orders_{rows}.csv")["ContentLength"]
+            out_size = s3_client().head_object(Bucket=bucket, Key=f"out/orders_{rows}.csv")["ContentLength"]
             results.append({"rows": rows, "input_bytes": size, "output_bytes": out_size,
                             "rows_per_second": rows / run["seconds"], "load_average_1_5_15": load, **run})
             print(_line(results[-1]), f"exit {run['exit_code']}", flush=True)
-            storage.s3_client().delete_object(Bucket=bucket, Key=key)
+            s3_client().delete_object(Bucket=bucket, Key=key)
     report = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),

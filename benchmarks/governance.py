@@ -47,14 +47,15 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from pipeline.champion import DEFAULT_CHAMPION_TOLERANCE, compare_with_champion, decide
-from pipeline.drift import compute_drift, log_findings
-from pipeline.features import ORDERS_COLUMN, PRODUCT_COLUMN
-from pipeline.local_s3 import LocalS3
-from pipeline.model import Model
-from pipeline.storage import Dataset, StorageError, get_latest_dataset, put_dataset
-from pipeline.synthetic import PRODUCT_SLOPES, generate_orders
-from pipeline.training import (
+from pipeline.artefact.features import ORDERS_COLUMN, PRODUCT_COLUMN
+from pipeline.artefact.model import Model
+from pipeline.local.local_s3 import LocalS3
+from pipeline.local.synthetic import PRODUCT_SLOPES, generate_orders
+from pipeline.storage.client import StorageError
+from pipeline.storage.datasets import Dataset, get_latest_dataset, put_dataset
+from pipeline.train.champion import DEFAULT_CHAMPION_TOLERANCE, compare_with_champion, decide
+from pipeline.train.drift import compute_drift, log_findings
+from pipeline.train.steps import (
     CHECK_ORDERS_HIGH,
     CHECK_ORDERS_LOW,
     MAX_ESTIMATE_TO_LABEL_RATIO,
@@ -67,7 +68,7 @@ from pipeline.training import (
     r_squared_failure,
     test_rows,
 )
-from pipeline.tuning import HYPERPARAM_GRID, tune_hyperparameters
+from pipeline.train.tuning import HYPERPARAM_GRID, tune_hyperparameters
 
 TOLERANCES = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25)
 WORSE_BY = 0.25

@@ -6,17 +6,17 @@ import argparse
 import logging
 from typing import List, Sequence
 
-from pipeline import training, tuning
-from pipeline.synthetic import generate_orders
+from pipeline.local.synthetic import generate_orders
+from pipeline.train import steps, tuning
 
 
 def run(seeds: Sequence[int], rows: int) -> List[str]:
     """Train and test the tuned tree on each seed's week; one line of figures per week."""
     lines = []
     for seed in seeds:
-        data = training.prepare_data(generate_orders(rows, seed=seed))
+        data = steps.prepare_data(generate_orders(rows, seed=seed))
         search = tuning.tune_hyperparameters(data.X_train, data.y_train, tuning.HYPERPARAM_GRID)
-        metrics = training.evaluate(search.estimator, data)
+        metrics = steps.evaluate(search.estimator, data)
         lines.append(f"seed {seed:3d}  r2 {metrics.r_squared:.4f}  MAE {metrics.mean_absolute_error:.3f}  "
                      f"{search.best_params}")
     return lines

@@ -3,7 +3,7 @@ on the fast and the pure-Python server stacks, with and without metrics; the ser
 start, and its resident memory under use.
 
 Several servers answer `POST /api/v0.1/time_to_dispatch` with the same request and response
-schema (`build_request_model` and `Prediction` from `pipeline.api`), each in its own
+schema (`build_request_model` and `Prediction` from `pipeline.serve.api`), each in its own
 process, one uvicorn worker each, started and stopped the same way
 (`freeze_start_up_objects`, `open_port` and `run_server`, so the same garbage-collector and
 uvicorn settings as production). "Fast stack" is uvloop and httptools (the service's default),
@@ -64,8 +64,10 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from benchmarks import use_throwaway_signing_key
-from pipeline import storage
-from pipeline.api import (
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.model_registry.live_model import get_live_model
+from pipeline.serve.api import (
     PREDICT_BATCH_PATH,
     PREDICT_PATH,
     Prediction,
@@ -74,11 +76,10 @@ from pipeline.api import (
     create_app,
     validation_error_response,
 )
-from pipeline.model import Model
-from pipeline.serving import (
+from pipeline.serve.lifecycle import (
     FAST_STACK, PURE_PYTHON_STACK, ServerStack, freeze_start_up_objects, open_port, run_server,
 )
-from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.storage.datasets import put_dataset
 from pipeline.utils import configure_logger
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -204,7 +205,7 @@ def build_server(kind: str, model: Model) -> "tuple[FastAPI, ServerStack]":
 def serve_one(kind: str, bucket: str, port: int) -> None:
     """Child process: load the newest model from the bucket and serve one of the apps."""
     configure_logger(logging.INFO)
-    app, stack = build_server(kind, storage.get_live_model(bucket))
+    app, stack = build_server(kind, get_live_model(bucket))
     freeze_start_up_objects()
     run_server(app, open_port("127.0.0.1", port), stack)
 
@@ -278,17 +279,17 @@ class BenchmarkS3:
     """The local S3 server with a bucket holding a week of data and a model the real train stage made."""
 
     def __init__(self) -> None:
-        from pipeline.local_s3 import LocalS3
+        from pipeline.local.local_s3 import LocalS3
 
         use_throwaway_signing_key()
         self.server = LocalS3().start()
         self.server.point_environment_here()
         self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         self.bucket = self.server.create_bucket("ttd-serve-benchmark")
-        storage.put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp)
+        put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp)
         subprocess.run([sys.executable, "-m", "pipeline.train_model", self.bucket, "0.9", "0.95"],
                        env=self.env, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
-        self.model = storage.get_live_model(self.bucket)
+        self.model = get_live_model(self.bucket)
 
     def stop(self) -> None:
         self.server.stop()
@@ -425,7 +426,7 @@ def asgi_request_costs(model: Model, calls: int = 2000, repeats: int = 5) -> Dic
             "ours_access_log": create_app(model, access_log=True), "floor": floor_app(model)}
     if instrumentator_installed():
         apps["ours_instrumentator"] = instrumentator_app(model)
-    logging.getLogger("pipeline.metrics.access").disabled = True  # formatted, not written
+    logging.getLogger("pipeline.serve.metrics.access").disabled = True  # formatted, not written
     body = json.dumps({"product_code": model.product_codes[0], "orders_placed": 112.0}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
@@ -458,7 +459,7 @@ def asgi_request_costs(model: Model, calls: int = 2000, repeats: int = 5) -> Dic
     try:
         return asyncio.run(measure())
     finally:
-        logging.getLogger("pipeline.metrics.access").disabled = False
+        logging.getLogger("pipeline.serve.metrics.access").disabled = False
 
 
 def cold_start_and_memory(s3: BenchmarkS3, starts: int, n_requests: int, n_batches: int) -> Dict[str, Any]:

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/soak.py --minutes 10 --rate 200 --text benchmarks/results/soak.txt
 
-1. Starts the local S3 with synthetic weeks, runs the train stage's `main` with a random signing
+1. Starts the local S3 with synthetic weeks, runs the train stage (`stage.train`) with a random signing
    key, and starts the serve stage's CLI in a subprocess on a free loopback port.
 2. Soak: sends `--rate` requests a second (single predictions, one batch of 100 in every 50
    requests) for `--minutes`, from `--workers` keep-alive connections, paced to a fixed
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from benchmarks import use_throwaway_signing_key
-from pipeline import train_model
-from pipeline.local_s3 import LocalS3, seed_weeks
+from pipeline.local.local_s3 import LocalS3, seed_weeks
+from pipeline.train.stage import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUEST = json.dumps({"product_code": "SKU003", "orders_placed": 112}).encode()
@@ -192,7 +192,7 @@ def main() -> None:
         s3.point_environment_here()
         bucket = s3.create_bucket()
         seed_weeks(bucket, 2)
-        train_model.main(bucket, 0.9, 0.95)
+        train(bucket, 0.9, 0.95)
         port = free_port()
         process = start_service(bucket, port)
         try:

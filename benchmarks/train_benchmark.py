@@ -50,9 +50,9 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.tree import DecisionTreeRegressor
 
 from benchmarks import use_throwaway_signing_key
-from pipeline.synthetic import FIRST_DROP, ROWS_PER_WEEK, generate_orders
-from pipeline.training import prepare_data
-from pipeline.tuning import (
+from pipeline.local.synthetic import FIRST_DROP, ROWS_PER_WEEK, generate_orders
+from pipeline.train.steps import prepare_data
+from pipeline.train.tuning import (
     HYPERPARAM_GRID,
     PARALLEL_MIN_TRAIN_ROWS,
     RANDOM_STATE,
@@ -243,17 +243,18 @@ def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
         peak_processes, largest_process_rss_mb, cpu_seconds, exit_code, the stage's command
         and its grid-search log lines.
     """
-    from pipeline import storage
-    from pipeline.local_s3 import LocalS3
+    from pipeline.local.local_s3 import LocalS3
+    from pipeline.storage.client import s3_client
+    from pipeline.storage.datasets import put_dataset
 
     use_throwaway_signing_key()
     server = LocalS3().start()
     try:
         server.point_environment_here()
         aws = server.environment()
-        client = storage.s3_client()
+        client = s3_client()
         bucket = server.create_bucket(f"ttd-bench-{rows}")
-        storage.put_dataset(bucket, generate_orders(rows, seed), FIRST_DROP, client)
+        put_dataset(bucket, generate_orders(rows, seed), FIRST_DROP, client)
         stage = ["train_model.py", bucket, *STAGE_THRESHOLDS]
         env = {**os.environ, **aws, "PYTHONPATH": str(REPO_ROOT)}
         load_before = _load_average()

@@ -4,413 +4,36 @@ Usage: python3 -m pipeline.run_local [--port PORT] [--s3-port PORT] [--weeks N]
        [--r2-error-threshold X] [--r2-warning-threshold Y] [--exit-after-request]
        [--bucket NAME [--endpoint-url URL] [--seed-synthetic-data]] [--with-batch] [--in-place]
 
-Run from the repository root with any Python 3.11+ that has pip (the pins need 3.11). The module imports only the
-standard library at module level, so that a bare interpreter can run it: it first makes sure
-the project's virtualenv `.venv/` exists with the pinned requirements (installing them only
-when `requirements_pipe.txt` or `requirements_cicd.txt` changed since the last install, which
-a stamp inside `.venv` records) and re-executes itself with `.venv/bin/python`. It runs in
-place, with the current interpreter, when that interpreter is `.venv`'s own, when it is
-another virtualenv in which the pipeline's requirements are installed (a tox environment, say),
-or when `--in-place` is given.
-
-Then, by default, it starts moto's S3 server on 127.0.0.1 with a versioned bucket holding
-several weeks of synthetic datasets, runs the train stage through its CLI, starts the serve
-stage through its CLI, sends the example request, prints the response and the model's lineage,
-and serves until Ctrl-C (SIGINT) or SIGTERM; then it stops the service and the S3 server and
-exits 0. `--exit-after-request` stops right after the example request.
-
-`--with-batch` also runs batch scoring after the train stage: it uploads a synthetic file of
-orders (`batch/orders.csv`, three of its rows unscorable), scores it through the batch CLI
-(`python -m pipeline.score_batch`) and prints where the output and the rejects are.
-
-`--bucket NAME` uses an existing bucket instead (with `--endpoint-url` for an S3-compatible
-server, else the standard AWS environment and credentials apply): no embedded server is
-started and nothing is written to the bucket except the train stage's model, unless
-`--seed-synthetic-data` asks for the synthetic datasets to be uploaded to it too.
-
-Exit code 0: stopped as asked. Exit code 1: one ERROR line says what failed.
+Run from the repository root with any Python 3.11+ that has pip: it imports only the standard
+library until the project's virtualenv `.venv/` has the pinned requirements (`--in-place` runs
+with the current interpreter), then starts the S3 server with synthetic weeks, runs the train
+stage, starts the serve stage, sends the example request and serves until Ctrl-C or SIGTERM,
+which stop everything. Exit code 0: stopped as asked; 1: one ERROR line says what failed.
+The steps live in `pipeline/local/`, run in order by `run.run_pipeline` (docs/operations.md).
 """
-import argparse
-import json
 import logging
-import os
-import secrets
 import signal
 import sys
-from types import FrameType
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Sequence
 
-from pipeline.bootstrap import BootstrapError, run_in_place_or_reexecute
-from pipeline.signing import SIGNING_KEY_ENV
-from pipeline.processes import (
-    Child,
-    LocalProcessError,
-    http_json,
-    port_is_free,
-    signals_ignored,
-    wait_for_port,
+from pipeline.local.bootstrap import BootstrapError, run_in_place_or_reexecute
+from pipeline.local.processes import LocalProcessError
+from pipeline.local.run import (
+    EMBEDDED_S3_MODULES,
+    RUNTIME_MODULES,
+    LocalRunError,
+    Stop,
+    parse_args,
+    raise_stop,
+    run_pipeline,
 )
-
-# What the local run and the two stages import; if all of them are importable the current
-# virtualenv is good enough to run in place.
-RUNTIME_MODULES = ("boto3", "numpy", "pandas", "sklearn", "fastapi", "uvicorn")
-EMBEDDED_S3_MODULES = ("moto", "flask", "werkzeug")
-
-DESCRIPTION = "The whole pipeline on one machine: an embedded S3, the train stage, the serve stage."
-HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-DEFAULT_WEEKS = 4
-LOCAL_BUCKET = "time-to-dispatch-local"
-# r² thresholds for the train stage. The synthetic weeks give a test r² near 0.975, so with a
-# warning threshold above the error threshold both branches are live: below 0.9 nothing is
-# persisted, between 0.9 and 0.95 the model is persisted with a drift warning.
-DEFAULT_R2_ERROR_THRESHOLD = 0.9
-DEFAULT_R2_WARNING_THRESHOLD = 0.95
-EXAMPLE_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
-PREDICT_PATH = "/api/v0.1/time_to_dispatch"
-LINEAGE_PATH = "/api/v0.1/model"
-REPORT_PATH = "/api/v0.1/model/report"
-DOCS_PATH = "/docs"
-SERVE_START_TIMEOUT_SECONDS = 120.0
-BATCH_INPUT_KEY = "batch/orders.csv"
-BATCH_OUTPUT_KEY = "batch/orders_scored.csv"
-BATCH_REJECTS_SUFFIX = ".rejects.csv"  # pipeline.scoring.REJECTS_SUFFIX; this module imports no library
-STOP_TIMEOUT_SECONDS = 15.0
+from pipeline.utils import configure_logger
 
 log = logging.getLogger(__name__)
 
 
-class LocalRunError(Exception):
-    """A step of the local run failed; the message says which and why."""
-
-
-class Stop(BaseException):
-    """SIGINT or SIGTERM arrived: stop everything and exit cleanly. A BaseException, like
-    KeyboardInterrupt, so that no `except Exception` on the way swallows it: logging's handlers
-    catch Exception, and a Ctrl-C while a line is being written would otherwise be lost."""
-
-
-class Settings(NamedTuple):
-    """What the command line asked for."""
-
-    port: int
-    s3_port: int
-    weeks: int
-    r2_error_threshold: float
-    r2_warning_threshold: float
-    exit_after_request: bool
-    bucket: Optional[str]
-    endpoint_url: Optional[str]
-    seed_synthetic_data: bool
-    in_place: bool
-    with_batch: bool = False
-
-    @property
-    def embedded_s3(self) -> bool:
-        return self.bucket is None
-
-
-class ExampleResult(NamedTuple):
-    """What the service answered to the example request and to the lineage request."""
-
-    prediction: Dict[str, Any]
-    lineage: Dict[str, Any]
-
-
-def main(settings: Settings) -> None:
-    """Run the pipeline locally and serve until stopped.
-
-    Raises:
-        LocalRunError: a step failed (S3, train stage, serve stage, example request).
-        Stop: SIGINT or SIGTERM arrived; everything started has been stopped by then.
-    """
-    s3_server = None
-    service: Optional[Child] = None
-    try:
-        if settings.embedded_s3:
-            s3_server, endpoint = start_embedded_s3(settings.s3_port)
-            bucket = LOCAL_BUCKET
-            create_versioned_bucket(s3_server, bucket)
-            log.info(f"embedded S3 at {endpoint}, versioned bucket s3://{bucket}")
-        else:
-            bucket = str(settings.bucket)
-            use_real_bucket(bucket, settings.endpoint_url)
-        if settings.embedded_s3 or settings.seed_synthetic_data:
-            newest = seed_synthetic_datasets(bucket, settings.weeks)
-            if settings.embedded_s3:  # in a real bucket, newer real datasets may exist
-                log.info(f"the train stage will pick the newest dataset: s3://{bucket}/{newest}")
-        ensure_signing_key()
-        run_train_stage(bucket, settings.r2_error_threshold, settings.r2_warning_threshold)
-        if settings.with_batch:
-            run_batch_scoring(bucket)
-        service = start_serve_stage(bucket, settings.port)
-        base_url = f"http://{HOST}:{settings.port}"
-        wait_for_port(HOST, settings.port, service, SERVE_START_TIMEOUT_SECONDS)
-        report_example(request_example(base_url), bucket)
-        log.info(f"model report: {base_url}{REPORT_PATH}")
-        log.info(f"API docs: {base_url}{DOCS_PATH}")
-        if settings.exit_after_request:
-            log.info("--exit-after-request: stopping")
-            return
-        log.info(f"serving on {base_url} until Ctrl-C")
-        code = service.process.wait()
-        raise LocalRunError(f"the serve stage exited by itself with code {code}")
-    finally:
-        with signals_ignored():
-            if service is not None:
-                service.stop(STOP_TIMEOUT_SECONDS)
-            if s3_server is not None:
-                s3_server.stop()
-                log.info("embedded S3 stopped")
-
-
-# --- the steps -----------------------------------------------------------------------------
-
-
-def start_embedded_s3(port: int) -> Tuple[Any, str]:
-    """Start the local S3 server on 127.0.0.1 and point this process (and its children) at it.
-
-    Returns:
-        The running server and its endpoint URL.
-
-    Raises:
-        LocalRunError: if the port cannot be bound.
-    """
-    # Imported here: moto is a development requirement that exists only once .venv is ready.
-    from pipeline.local_s3 import LocalS3
-
-    if port and not port_is_free(HOST, port):
-        raise LocalRunError(f"cannot start the embedded S3: port {port} on {HOST} is in use; "
-                            "pass another --s3-port (0 picks a free one)")
-    server = LocalS3(port).start()
-    server.point_environment_here()
-    return server, server.endpoint
-
-
-def ensure_signing_key() -> None:
-    """Give both stages a model signing key: MODEL_SIGNING_KEY if set, else a random one.
-
-    A random key lives only as long as this run: the model it trains is signed with it and
-    the service it starts verifies with it; artefacts of earlier runs do not verify with it.
-    """
-    if os.environ.get(SIGNING_KEY_ENV, "").strip():
-        log.info(f"signing and verifying model artefacts with the key in {SIGNING_KEY_ENV}")
-        return
-    os.environ[SIGNING_KEY_ENV] = f"local-{secrets.token_hex(4)}:{secrets.token_hex(32)}"
-    log.info(f"{SIGNING_KEY_ENV} is not set: made a random signing key for this run")
-
-
-def create_versioned_bucket(server: Any, bucket: str) -> None:
-    """Create a bucket with versioning on, as production's is.
-
-    Raises:
-        LocalRunError: if S3 refuses.
-    """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        server.create_bucket(bucket)
-    except (ClientError, BotoCoreError) as error:
-        raise LocalRunError(f"cannot create the bucket s3://{bucket}: {error}") from error
-
-
-def use_real_bucket(bucket: str, endpoint_url: Optional[str]) -> None:
-    """Point this process and its children at an existing bucket; the AWS environment applies."""
-    if endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
-    where = os.environ.get("AWS_ENDPOINT_URL") or "AWS (endpoint from the standard AWS configuration)"
-    log.info(f"using the existing bucket s3://{bucket} at {where}; no embedded S3 started")
-
-
-def seed_synthetic_datasets(bucket: str, weeks: int) -> str:
-    """Upload `weeks` consecutive synthetic weekly datasets, as data engineering would drop them.
-
-    Returns:
-        The key of the newest dataset.
-
-    Raises:
-        LocalRunError: if an upload fails.
-    """
-    from pipeline.local_s3 import seed_weeks
-    from pipeline.storage import StorageError
-
-    try:
-        keys = seed_weeks(bucket, weeks)
-    except StorageError as error:
-        raise LocalRunError(f"cannot upload the synthetic datasets: {error}") from error
-    for key in keys:
-        log.info(f"uploaded synthetic dataset s3://{bucket}/{key}")
-    return keys[-1]
-
-
-def run_train_stage(bucket: str, error_threshold: float, warning_threshold: float) -> None:
-    """Run the train stage's CLI as a subprocess, forwarding its log lines as they come.
-
-    Raises:
-        LocalRunError: if it exits non-zero (its own ERROR line says why).
-    """
-    command = [sys.executable, "-m", "pipeline.train_model", bucket, str(error_threshold),
-               str(warning_threshold)]
-    log.info(f"running the train stage: {_display(command)}")
-    train = Child.start(command, "train stage")
-    try:
-        code = train.wait_forwarding()
-    finally:
-        with signals_ignored():
-            train.stop(STOP_TIMEOUT_SECONDS)
-    if code != 0:
-        raise LocalRunError(f"the train stage exited with code {code}; no model to serve")
-
-
-def run_batch_scoring(bucket: str) -> None:
-    """Upload a synthetic orders file and score it with the batch CLI, as a subprocess.
-
-    Raises:
-        LocalRunError: if the upload fails or the batch CLI exits non-zero.
-    """
-    from pipeline.local_s3 import seed_orders_file
-    from pipeline.storage import StorageError
-
-    try:
-        input_key = seed_orders_file(bucket, BATCH_INPUT_KEY)
-    except StorageError as error:
-        raise LocalRunError(f"cannot upload the orders file to score: {error}") from error
-    log.info(f"uploaded an orders file to score: s3://{bucket}/{input_key}")
-    command = [sys.executable, "-m", "pipeline.score_batch", bucket, input_key, BATCH_OUTPUT_KEY]
-    log.info(f"running batch scoring: {_display(command)}")
-    batch = Child.start(command, "batch scoring")
-    try:
-        code = batch.wait_forwarding()
-    finally:
-        with signals_ignored():
-            batch.stop(STOP_TIMEOUT_SECONDS)
-    if code != 0:
-        raise LocalRunError(f"batch scoring exited with code {code}")
-    log.info(f"batch scoring output: s3://{bucket}/{BATCH_OUTPUT_KEY} "
-             f"(rejects: s3://{bucket}/{BATCH_OUTPUT_KEY}{BATCH_REJECTS_SUFFIX})")
-
-
-def start_serve_stage(bucket: str, port: int) -> Child:
-    """Start the serve stage's CLI as a subprocess on 127.0.0.1:`port`.
-
-    Raises:
-        LocalRunError: if the port is already in use.
-    """
-    if not port_is_free(HOST, port):
-        raise LocalRunError(f"port {port} on {HOST} is in use; pass another --port")
-    command = [sys.executable, "-m", "pipeline.serve_model", bucket, "--host", HOST, "--port", str(port)]
-    log.info(f"starting the serve stage: {_display(command)}")
-    service = Child.start(command, "serve stage")
-    service.forward_in_background()
-    return service
-
-
-def request_example(base_url: str) -> ExampleResult:
-    """POST the example request, then GET the model's lineage.
-
-    Raises:
-        LocalRunError: if either request fails or does not answer JSON.
-    """
-    log.info(f"example request: POST {base_url}{PREDICT_PATH} {json.dumps(EXAMPLE_REQUEST)}")
-    prediction = http_json("POST", f"{base_url}{PREDICT_PATH}", EXAMPLE_REQUEST)
-    log.info(f"response: {json.dumps(prediction)}")
-    lineage = http_json("GET", f"{base_url}{LINEAGE_PATH}")
-    log.info(f"model lineage (GET {LINEAGE_PATH}): {json.dumps(lineage, sort_keys=True)}")
-    return ExampleResult(prediction, lineage)
-
-
-def report_example(result: ExampleResult, bucket: str) -> None:
-    """Summarise, from the lineage, what the model was trained on, how good it is and where it is."""
-    lineage = result.lineage
-    dataset = lineage.get("dataset") or {}
-    metrics = lineage.get("metrics") or {}
-    log.info(
-        f"the model was trained on s3://{dataset.get('bucket', bucket)}/{dataset.get('key')} "
-        f"(ETag {dataset.get('etag')}, version {dataset.get('version_id')}); "
-        f"test r²={_number(metrics.get('r_squared'))}, MAE={_number(metrics.get('mean_absolute_error'))} hours"
-    )
-    log.info(f"the model artefact is at s3://{bucket}/{lineage.get('artefact_key')}")
-    log.info(f"the model report is at s3://{bucket}/{lineage.get('report_key')}")
-    log.info(
-        f"SKU001 with 112 orders placed: {_number(result.prediction.get('est_hours_to_dispatch'))} "
-        f"hours to dispatch (model {result.prediction.get('model_version')})"
-    )
-
-
-def _display(command: Sequence[str]) -> str:
-    return " ".join(["python" if i == 0 else part for i, part in enumerate(command)])
-
-
-def _number(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
-
-
-def _raise_stop(signum: int, frame: Optional[FrameType]) -> None:
-    raise Stop(signal.Signals(signum).name)
-
-
-# --- command line --------------------------------------------------------------------------
-
-
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise _ArgumentError(message)
-
-
-def parse_args(argv: Sequence[str]) -> Settings:
-    """Parse the command line.
-
-    Raises:
-        ValueError: with the reason, for any bad argument.
-    """
-    parser = _Parser(prog="python3 -m pipeline.run_local", description=DESCRIPTION)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port of the serve stage on {HOST} (default {DEFAULT_PORT})")
-    parser.add_argument("--s3-port", type=int, default=0,
-                        help="port of the embedded S3 server (default 0: any free port)")
-    parser.add_argument("--weeks", type=int, default=DEFAULT_WEEKS,
-                        help=f"synthetic weekly datasets to upload (default {DEFAULT_WEEKS})")
-    parser.add_argument("--r2-error-threshold", type=float, default=DEFAULT_R2_ERROR_THRESHOLD)
-    parser.add_argument("--r2-warning-threshold", type=float, default=DEFAULT_R2_WARNING_THRESHOLD)
-    parser.add_argument("--exit-after-request", action="store_true",
-                        help="stop after the example request instead of serving until Ctrl-C")
-    parser.add_argument("--bucket", help="use this existing bucket instead of the embedded S3")
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint of --bucket")
-    parser.add_argument("--seed-synthetic-data", action="store_true",
-                        help="also upload the synthetic datasets to --bucket")
-    parser.add_argument("--with-batch", action="store_true",
-                        help="also score a synthetic orders file with the batch CLI and print where the output is")
-    parser.add_argument("--in-place", action="store_true",
-                        help="run with the current interpreter; never create or update .venv")
-    try:
-        args = parser.parse_args(list(argv))
-    except _ArgumentError as error:
-        raise ValueError(str(error)) from None
-    for name, value in (("--port", args.port), ("--s3-port", args.s3_port)):
-        if not 0 <= value <= 65535 or (name == "--port" and value == 0):
-            raise ValueError(f"{name} must be a TCP port, got {value}")
-    if args.weeks < 1:
-        raise ValueError(f"--weeks must be at least 1, got {args.weeks}")
-    if args.bucket is not None and not args.bucket.strip():
-        raise ValueError("--bucket is empty")
-    if args.bucket is None and (args.endpoint_url or args.seed_synthetic_data):
-        raise ValueError("--endpoint-url and --seed-synthetic-data apply only with --bucket")
-    return Settings(
-        args.port, args.s3_port, args.weeks, args.r2_error_threshold, args.r2_warning_threshold,
-        args.exit_after_request, args.bucket, args.endpoint_url, args.seed_synthetic_data, args.in_place,
-        args.with_batch,
-    )
-
-
 def cli(argv: Sequence[str]) -> int:
     """The entry point: parse, set up the interpreter, run; map failures to exit codes."""
-    # pipeline.utils imports only the standard library, like this module.
-    from pipeline.utils import configure_logger
-
     configure_logger()
     try:
         settings = parse_args(argv)
@@ -425,11 +48,11 @@ def cli(argv: Sequence[str]) -> int:
     # script (`cmd &`), under nohup or by some CI runners inherits it ignored, so Ctrl-C
     # would do nothing. "Ctrl-C stops everything" must hold whatever the process inherited.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop_signal, _raise_stop)
+        signal.signal(stop_signal, raise_stop)
     try:
         required = RUNTIME_MODULES + (EMBEDDED_S3_MODULES if settings.embedded_s3 else ())
         run_in_place_or_reexecute("pipeline.run_local", argv, required, settings.in_place)
-        main(settings)
+        run_pipeline(settings)
     except (Stop, KeyboardInterrupt) as stop:
         log.info(f"stopped ({stop if isinstance(stop, Stop) else 'SIGINT'}); nothing left running")
         return 0

@@ -5,122 +5,22 @@ Usage: python -m pipeline.score_batch BUCKET INPUT_KEY OUTPUT_KEY [--model MODEL
        python -m pipeline.score_batch BUCKET --backfill [--since DATE] [--until DATE]
        [--max-reject-fraction F]
 
-The first form writes OUTPUT_KEY (the input's rows and columns, `est_hours_to_dispatch`
-added) and OUTPUT_KEY + `.rejects.csv` (the rows that could not be scored), using the live
-model (the newest one not rejected) or the one MODEL names (an artefact id or a key). The
-second scores every weekly dataset in the range with the model that was live when it was
-dropped, into `predictions/`. Exit code 0: done. Exit code 1: one ERROR line says why; a
-failed file leaves no output object. docs/batch-scoring.md documents it.
-
-The steps live in `scoring.py` (parse, validate, score, rejects, metrics), `backfill.py` (the
-weeks and their models, the backtest) and `storage.py` (streaming in, multipart out); this
-module only wires them together and maps failures to the exit code.
+The first form writes OUTPUT_KEY (the input's rows, `est_hours_to_dispatch` added) and
+OUTPUT_KEY + `.rejects.csv`, with the live model or the one MODEL names; the second scores each
+weekly dataset with the model live when it was dropped, into `predictions/`. Exit code 0:
+done; 1: one ERROR line says why, and a failed file leaves no output object. The steps live
+in `pipeline/batch/`, run in order by `jobs.py` (docs/batch-scoring.md).
 """
-import argparse
 import logging
-import math
 import sys
-from typing import Optional, Sequence
 
-from pipeline.backfill import BackfillError, BackfillResult, parse_date, run_backfill
-from pipeline.scoring import DEFAULT_MAX_REJECT_FRACTION, ScoringError, ScoringSummary, score_object
-from pipeline.storage import (
-    RESERVED_PREFIXES,
-    StorageError,
-    get_model,
-    live_model_object,
-    rejected_model_keys,
-    resolve_model_key,
-)
-from pipeline.utils import StageArgumentParser, configure_logger
-
-USAGE = (
-    "usage: python -m pipeline.score_batch BUCKET INPUT_KEY OUTPUT_KEY [--model MODEL] "
-    "[--max-reject-fraction F] | python -m pipeline.score_batch BUCKET --backfill "
-    "[--since DATE] [--until DATE] [--max-reject-fraction F] (F in [0, 1], DATE ISO-8601)"
-)
+from pipeline.batch.backfill import BackfillError
+from pipeline.batch.jobs import USAGE, backfill_weeks, parse_args, score_file
+from pipeline.batch.scoring import ScoringError
+from pipeline.storage.client import StorageError
+from pipeline.utils import configure_logger
 
 log = logging.getLogger(__name__)
-
-
-def main(
-    bucket: str,
-    input_key: str,
-    output_key: str,
-    model_name: Optional[str] = None,
-    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
-) -> ScoringSummary:
-    """Score one object into another with the live model or the one named.
-
-    Raises:
-        StorageError: S3 failed, no model to use, or MODEL is unknown or ambiguous.
-        ScoringError: the input cannot be scored, or too many rows were rejected.
-        UnicodeDecodeError: the input is not UTF-8 text.
-    """
-    key = resolve_model_key(bucket, model_name) if model_name else live_model_object(bucket).key
-    if model_name and key in rejected_model_keys(bucket):
-        log.warning(f"s3://{bucket}/{key} is rejected; using it because --model names it")
-    model = get_model(bucket, key)
-    log.info(f"scoring with model {model.artefact_id} ({model}) from s3://{bucket}/{key}")
-    return score_object(bucket, input_key, output_key, model, max_reject_fraction)
-
-
-def backfill(
-    bucket: str,
-    since: Optional[str] = None,
-    until: Optional[str] = None,
-    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
-) -> BackfillResult:
-    """Score every week from `since` to `until` (ISO dates, both included) with its live model.
-
-    Raises:
-        BackfillError: some weeks failed; StorageError: S3 failed.
-    """
-    return run_backfill(
-        bucket,
-        parse_date(since) if since else None,
-        parse_date(until, end_of_day=True) if until else None,
-        max_reject_fraction,
-    )
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse the CLI arguments.
-
-    Raises:
-        ValueError: with the reason, for any bad argument.
-    """
-    parser = StageArgumentParser(prog="score_batch.py")
-    parser.add_argument("input_key", nargs="?")
-    parser.add_argument("output_key", nargs="?")
-    parser.add_argument("--model")
-    parser.add_argument("--max-reject-fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION)
-    parser.add_argument("--backfill", action="store_true")
-    parser.add_argument("--since")
-    parser.add_argument("--until")
-    args = parser.parse_stage_args(argv)
-    fraction = args.max_reject_fraction
-    if not (math.isfinite(fraction) and 0 <= fraction <= 1):
-        raise ValueError(f"--max-reject-fraction must be in [0, 1], got {fraction}")
-    if args.backfill:
-        if args.input_key or args.output_key or args.model:
-            raise ValueError("--backfill takes no INPUT_KEY, OUTPUT_KEY or --model: each week uses its live model")
-        since = parse_date(args.since) if args.since else None
-        until = parse_date(args.until, end_of_day=True) if args.until else None
-        if since and until and since >= until:
-            raise ValueError(f"--since {args.since} is not before --until {args.until}")
-        return args
-    if args.since or args.until:
-        raise ValueError("--since and --until go with --backfill")
-    if not (args.input_key and args.output_key and args.input_key.strip() and args.output_key.strip()):
-        raise ValueError("INPUT_KEY and OUTPUT_KEY are both needed (or --backfill)")
-    if args.output_key == args.input_key:
-        raise ValueError(f"OUTPUT_KEY is INPUT_KEY ({args.input_key}); the input is never overwritten")
-    if args.output_key.startswith(RESERVED_PREFIXES):
-        raise ValueError(f"OUTPUT_KEY {args.output_key} is under {', '.join(RESERVED_PREFIXES)}, "
-                         "which hold the pipeline's datasets, models and registry")
-    return args
-
 
 if __name__ == "__main__":
     configure_logger()
@@ -131,10 +31,10 @@ if __name__ == "__main__":
         sys.exit(1)
     try:
         if arguments.backfill:
-            backfill(arguments.bucket, arguments.since, arguments.until, arguments.max_reject_fraction)
+            backfill_weeks(arguments.bucket, arguments.since, arguments.until, arguments.max_reject_fraction)
         else:
-            main(arguments.bucket, arguments.input_key, arguments.output_key, arguments.model,
-                 arguments.max_reject_fraction)
+            score_file(arguments.bucket, arguments.input_key, arguments.output_key, arguments.model,
+                       arguments.max_reject_fraction)
     except (StorageError, ScoringError, BackfillError) as error:
         log.error(f"score_batch failed: {error}")
         sys.exit(1)

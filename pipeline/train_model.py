@@ -6,127 +6,19 @@ Usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_TH
 Bodywork runs it as `python train_model.py ARGS` from `pipeline/` with the repository root on
 PYTHONPATH. Exit code 0: a model was persisted, signed with the key in MODEL_SIGNING_KEY.
 Exit code 1: nothing was persisted, and one ERROR line says why (bad arguments, no signing
-key, S3, bad data, or every gate the model failed: logic checks, r² below the error
-threshold, worse than the live model by more than the champion tolerance). The live model in
-the bucket is then still the one that was there before.
-
-Every run that reaches evaluation compares the new model with the live one, computes every
-drift statistic (WARNING lines; drift never blocks) and writes its report under `reports/`
-before the gates are applied together.
-
-The steps live in `training.py` (data, evaluation, checks, lineage), `tuning.py` (the grid
-search), `champion.py` (champion/challenger, the gates), `drift.py` and `report.py`; this module
-only wires them together and maps failures to the exit code.
+key, S3, bad data, or every gate the model failed); the live model is still the one before.
+The steps live in `pipeline/train/`, run in order by `stage.train` (docs/train-stage.md).
 """
-import argparse
 import logging
-import math
 import sys
-from typing import Any, Dict, List, Optional, Sequence
 
-from pipeline.champion import (
-    DEFAULT_CHAMPION_TOLERANCE,
-    ModelRefusedError,
-    apply_decision,
-    check_tolerance_valid,
-    compare_with_champion,
-    decide,
-    load_champion,
-)
-from pipeline.drift import compute_drift, log_findings
-from pipeline.model import Model
-from pipeline.report import REPORT_HTML, RunFindings, build_report
-from pipeline.signing import load_signing_keys
-from pipeline.storage import StorageError, get_latest_dataset, put_model, put_report, report_prefix
-from pipeline.training import (
-    DatasetError,
-    build_model,
-    check_thresholds_valid,
-    evaluate,
-    logic_check_failures,
-    prepare_data,
-    r_squared_failure,
-    test_rows,
-)
-from pipeline.tuning import HYPERPARAM_GRID, tune_hyperparameters
-from pipeline.utils import StageArgumentParser, configure_logger
-
-USAGE = (
-    "usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_THRESHOLD "
-    "[--n-jobs N] [--champion-tolerance T] (thresholds are numbers in (0, 1]; T a number >= 0, "
-    f"default {DEFAULT_CHAMPION_TOLERANCE}: how much worse than the live model's MAE, relatively)"
-)
+from pipeline.storage.client import StorageError
+from pipeline.train.champion import ModelRefusedError
+from pipeline.train.stage import USAGE, parse_args, train
+from pipeline.train.steps import DatasetError
+from pipeline.utils import configure_logger
 
 log = logging.getLogger(__name__)
-
-
-def main(
-    bucket: str,
-    error_threshold: float,
-    warning_threshold: float,
-    hyperparam_grid: Optional[Dict[str, List[Any]]] = None,
-    n_jobs: Optional[int] = None,
-    champion_tolerance: float = DEFAULT_CHAMPION_TOLERANCE,
-) -> Model:
-    """Train on the newest dataset, judge the model, report, and persist it if every gate passes.
-
-    Raises:
-        SigningKeyError: MODEL_SIGNING_KEY is unset or malformed (checked before any work).
-        StorageError: S3 failed or holds no usable dataset.
-        DatasetError: the dataset cannot be trained on.
-        ModelRefusedError: one or more gates failed (all are named); the report is written.
-    """
-    check_thresholds_valid(error_threshold, warning_threshold)
-    check_tolerance_valid(champion_tolerance)
-    keys = load_signing_keys()
-    dataset = get_latest_dataset(bucket)
-    log.info(f"training on {dataset.uri} (ETag {dataset.etag}, version {dataset.version_id})")
-    data = prepare_data(dataset.data)
-    search = tune_hyperparameters(data.X_train, data.y_train, hyperparam_grid or HYPERPARAM_GRID, n_jobs)
-    metrics = evaluate(search.estimator, data)
-    model = build_model(search.estimator, search.best_params, data, metrics, dataset)
-    champion, reference = load_champion(bucket)
-    orders, codes = test_rows(data)
-    comparison = compare_with_champion(model, champion, orders, codes, data.y_test, champion_tolerance) \
-        if champion is not None else None
-    drift = compute_drift(dataset.data, reference.data if reference else None,
-                          reference.uri if reference else None, champion)
-    log_findings(drift)
-    logic_failures = logic_check_failures(search.estimator, data)
-    decision = decide(logic_failures, r_squared_failure(metrics, error_threshold, warning_threshold), comparison)
-    findings = RunFindings(
-        model, champion, dataset.data, reference.data if reference else None, orders, codes, data.y_test,
-        comparison, drift, logic_failures, (error_threshold, warning_threshold), champion_tolerance, decision,
-    )
-    prefix = report_prefix(model)
-    put_report(bucket, prefix, build_report(findings))
-    log.info(f"model report written to s3://{bucket}/{prefix}{REPORT_HTML}")
-    apply_decision(decision, f"s3://{bucket}/{prefix}{REPORT_HTML}")
-    model.report_key = prefix + REPORT_HTML
-    key = put_model(bucket, model, keys=keys)
-    log.info(f"persisted model {model} to s3://{bucket}/{key}")
-    return model
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse the CLI arguments.
-
-    Raises:
-        ValueError: with the reason, for any bad argument.
-    """
-    parser = StageArgumentParser(prog="train_model.py")
-    parser.add_argument("error_threshold", type=float)
-    parser.add_argument("warning_threshold", type=float)
-    parser.add_argument("--n-jobs", type=int, default=None)
-    parser.add_argument("--champion-tolerance", type=float, default=DEFAULT_CHAMPION_TOLERANCE)
-    args = parser.parse_stage_args(argv)
-    for name in ("error_threshold", "warning_threshold"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and 0 < value <= 1):
-            raise ValueError(f"R2_{name.split('_')[0].upper()}_THRESHOLD must be in (0, 1], got {value}")
-    check_tolerance_valid(args.champion_tolerance)
-    return args
-
 
 if __name__ == "__main__":
     configure_logger()
@@ -136,7 +28,7 @@ if __name__ == "__main__":
         log.error(f"Invalid arguments passed to train_model.py: {error}; {USAGE}")
         sys.exit(1)
     try:
-        main(
+        train(
             arguments.bucket, arguments.error_threshold, arguments.warning_threshold,
             n_jobs=arguments.n_jobs, champion_tolerance=arguments.champion_tolerance,
         )

@@ -13,10 +13,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pandas as pd
 import pytest
 
-from pipeline import storage
-from pipeline.local_s3 import LocalS3, create_bucket
-from pipeline.model import Model
-from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.artefact.model import Model
+from pipeline.local.local_s3 import LocalS3, create_bucket
+from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.storage.client import s3_client
+from pipeline.storage.datasets import put_dataset
+from pipeline.storage.signed_artefacts import put_model
 from tests.helpers import REPO_ROOT, TEST_SIGNING_KEY, TEST_WEEK_SEED, Service, start_service
 
 # The contract's variable, named as an operator sets it: the fixtures need no pipeline module
@@ -66,7 +68,7 @@ def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]
 @pytest.fixture
 def s3(s3_env: Dict[str, str]) -> Any:
     """A boto3 client for the local server."""
-    return storage.s3_client()
+    return s3_client()
 
 
 @pytest.fixture
@@ -86,8 +88,8 @@ def bucket_with_datasets(s3: Any, bucket: str, test_week: pd.DataFrame) -> str:
     """A bucket with three weekly datasets, the newest being the test week."""
     weeks = generate_weeks(3, seed=100)
     for week in weeks[:-1]:
-        storage.put_dataset(bucket, week.data, week.timestamp, s3)
-    storage.put_dataset(bucket, test_week, weeks[-1].timestamp, s3)
+        put_dataset(bucket, week.data, week.timestamp, s3)
+    put_dataset(bucket, test_week, weeks[-1].timestamp, s3)
     return bucket
 
 
@@ -98,16 +100,16 @@ def trained_model_bytes(local_s3: LocalS3) -> bytes:
     Trained once per session (it takes a couple of seconds) and re-uploaded by
     `bucket_with_model` for each test that needs a model in its bucket.
     """
-    from pipeline import train_model
+    from pipeline.train.stage import train
 
     saved = dict(os.environ)
     local_s3.point_environment_here()
     try:
-        client = storage.s3_client()
+        client = s3_client()
         name = create_bucket(client)
         weeks = generate_weeks(1, seed=100)
-        storage.put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[0].timestamp, client)
-        model = train_model.main(name, 0.9, 0.95)
+        put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[0].timestamp, client)
+        model = train(name, 0.9, 0.95)
         assert model.artefact_key is not None
         return bytes(client.get_object(Bucket=name, Key=model.artefact_key)["Body"].read())
     finally:
@@ -126,7 +128,7 @@ def trained_model(trained_model_bytes: bytes) -> Model:
 @pytest.fixture
 def bucket_with_model(s3: Any, bucket_with_datasets: str, trained_model: Model) -> str:
     """A bucket with datasets and one verified model artefact trained on the newest one."""
-    storage.put_model(bucket_with_datasets, trained_model, s3)
+    put_model(bucket_with_datasets, trained_model, s3)
     return bucket_with_datasets
 
 

@@ -20,10 +20,13 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 import pytest
 import yaml
 
-from pipeline import storage
-from pipeline.local_s3 import REGION, create_bucket
-from pipeline.model import Model
-from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.artefact.model import Model
+from pipeline.local.local_s3 import REGION, create_bucket
+from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.storage.datasets import put_dataset
+from pipeline.storage.layout import report_prefix
+from pipeline.storage.report_files import put_report
+from pipeline.storage.signed_artefacts import put_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The machine state the suite creates outside the checkout: paths and Debian package lists.
@@ -170,10 +173,10 @@ def models_created(bucket: str, model: Model, days: List[int], with_report: bool
         copy.artefact_id = f"{day:08d}"
         copy.report_key = None
         if with_report:
-            prefix = storage.report_prefix(copy)
-            storage.put_report(bucket, prefix, {"report.html": f"<html>report of {copy.artefact_id}</html>".encode()})
+            prefix = report_prefix(copy)
+            put_report(bucket, prefix, {"report.html": f"<html>report of {copy.artefact_id}</html>".encode()})
             copy.report_key = prefix + "report.html"
-        storage.put_model(bucket, copy)
+        put_model(bucket, copy)
         made.append(copy)
     return made
 
@@ -182,13 +185,43 @@ def persist_model_copy(bucket: str, model: Any, created_at: Any, artefact_id: st
     """A copy of `model` created at `created_at` with `artefact_id`, persisted to the bucket."""
     import pickle
 
-    from pipeline import storage
-
     copy = pickle.loads(pickle.dumps(model))
     copy.created_at = created_at
     copy.artefact_id = artefact_id
-    storage.put_model(bucket, copy)
+    put_model(bucket, copy)
     return copy
+
+
+def model_keys(client: Any, bucket: str) -> List[str]:
+    """Every key under `models/`, as S3 lists them."""
+    return [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix="models/").get("Contents", [])]
+
+
+def newest_model_key(bucket: str) -> Optional[str]:
+    """The key of the newest model artefact by the time in its key, rejected or not; None if none."""
+    from pipeline.storage.layout import MODELS_PREFIX, NoObjectsError, latest_object
+
+    try:
+        return latest_object(bucket, MODELS_PREFIX, ".pkl").key
+    except NoObjectsError:
+        return None
+
+
+def put_csv(client: Any, bucket: str, key: str, frame: Any) -> Dict[str, Any]:
+    """Upload a frame as CSV under any key; the bytes written and S3's answer (ETag, VersionId)."""
+    body = frame.to_csv(index=False).encode()
+    response: Dict[str, Any] = client.put_object(Bucket=bucket, Key=key, Body=body)
+    return {"body": body, **response}
+
+
+def status_change(model: Model, action: str, minutes: int = 0) -> Any:
+    """A registry record of `action` ("reject", "restore") on a persisted model, made
+    `minutes` after 2026-11-01 09:30 UTC."""
+    from pipeline.model_registry.records import StatusChange
+
+    assert model.artefact_key is not None
+    when = datetime(2026, 11, 1, 9, 30, tzinfo=timezone.utc) + timedelta(minutes=minutes)
+    return StatusChange(model.artefact_key, action, "a reason", "tester", when)
 
 
 def csv_text(rows: List[List[str]]) -> str:
@@ -254,14 +287,14 @@ def bucket_with_weeks(client: Any, name: str) -> str:
     create_bucket(client, name)
     weeks = generate_weeks(3, seed=100)
     for week in weeks[:-1]:
-        storage.put_dataset(name, week.data, week.timestamp, client)
-    storage.put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[-1].timestamp, client)
+        put_dataset(name, week.data, week.timestamp, client)
+    put_dataset(name, generate_orders(1000, seed=TEST_WEEK_SEED), weeks[-1].timestamp, client)
     return name
 
 
 def latest_drop() -> datetime:
     """A drop time newer than every synthetic week the fixtures upload (October 2026), and not
-    in the future: keys dated beyond now are ignored as mistyped (see storage)."""
+    in the future: keys dated beyond now are ignored as mistyped (`pipeline/storage/layout.py`)."""
     return datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
 
 

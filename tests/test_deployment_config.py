@@ -32,8 +32,8 @@ from croniter import croniter
 from packaging.requirements import Requirement
 
 from image.tag import image_tag
-from pipeline.serving import GRACEFUL_SHUTDOWN_SECONDS
-from pipeline.synthetic import FIRST_DROP
+from pipeline.local.synthetic import FIRST_DROP
+from pipeline.serve.lifecycle import GRACEFUL_SHUTDOWN_SECONDS
 from tests.helpers import doc_blocks, fenced_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

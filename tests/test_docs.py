@@ -8,9 +8,10 @@
 - Every document in docs/ is linked from the README.
 - Facts the docs state about the repository are read from the repository, never counted by
   hand: the tox environments (tox.ini's envlist) in docs/testing.md's table, in any count of
-  them and in the README's closing summary lines; the modules of pipeline/ in the README's map
-  and architecture.md's tables; the scripts of benchmarks/ in both; the test folders and the
-  test files where the README and docs/testing.md list them.
+  them and in the README's closing summary lines; the folders and top-level modules of
+  pipeline/ in the README's map, and every module in architecture.md's tables; the scripts of
+  benchmarks/ in both; the test folders and the test files where the README and
+  docs/testing.md list them.
 """
 import configparser
 import re
@@ -158,8 +159,21 @@ def tox_environments() -> List[str]:
 
 
 def pipeline_modules() -> Set[str]:
-    """The modules of pipeline/, by name (`storage`), without the package's __init__."""
-    return {path.stem for path in (REPO_ROOT / "pipeline").glob("*.py") if path.name != "__init__.py"}
+    """The modules of pipeline/, by path under it without `.py` (`train_model`, `storage/layout`),
+    without the packages' __init__."""
+    pipeline = REPO_ROOT / "pipeline"
+    return {path.relative_to(pipeline).with_suffix("").as_posix()
+            for path in pipeline.rglob("*.py") if path.name != "__init__.py"}
+
+
+def pipeline_folders() -> Set[str]:
+    """The folders of pipeline/ (`storage`), each a package."""
+    return {path.parent.name for path in (REPO_ROOT / "pipeline").glob("*/__init__.py")}
+
+
+def folders_of_tests() -> Set[str]:
+    """The folders of tests/ that hold test files."""
+    return {path.parent.name for path in (REPO_ROOT / "tests").glob("*/test_*.py")}
 
 
 def benchmark_scripts() -> Set[str]:
@@ -229,15 +243,16 @@ def test_readme_closing_lines_show_every_tox_environment() -> None:
     assert "congratulations :)" in lines[-1]
 
 
-def test_readme_map_names_every_module_and_no_other() -> None:
+def test_readme_map_names_every_folder_and_top_level_module_and_no_other() -> None:
     named = [
         match
         for row in table_rows(README, "where")
-        for match in re.findall(r"\bpipeline/(\w+)\.py\b", first_cell(row))
+        for match in re.findall(r"\bpipeline/(\w+)(?:\.py\b|/)", first_cell(row))
     ]
-    modules = pipeline_modules()
-    assert set(named) == modules, (
-        f"README.md's map misses {sorted(modules - set(named))}, names {sorted(set(named) - modules)} that do not exist"
+    expected = {name for name in pipeline_modules() if "/" not in name} | pipeline_folders()
+    assert set(named) == expected, (
+        f"README.md's map misses {sorted(expected - set(named))}, names {sorted(set(named) - expected)} "
+        "that are not folders or top-level modules of pipeline/"
     )
 
 
@@ -251,19 +266,20 @@ def test_readme_map_names_only_paths_that_exist() -> None:
     assert missing == [], f"README.md's map names paths that do not exist: {missing}"
 
 
-def test_readme_map_names_every_folder_of_tests() -> None:
-    folders = {path.parent.name for path in (REPO_ROOT / "tests").glob("*/test_*.py")}
+def test_readme_map_names_every_folder_of_tests_that_is_not_a_mirror_of_pipeline() -> None:
+    folders = folders_of_tests() - pipeline_folders()
     row = row_starting(table_rows(README, "where"), "`tests/`")
     named = set(re.findall(r"`tests/(\w+)/`", row))
-    assert named == folders, f"README.md's `tests/` row names {sorted(named)}; tests/ has {sorted(folders)}"
+    assert named == folders, f"README.md's `tests/` row names {sorted(named)}; tests/ has {sorted(folders)} but mirrors"
 
 
 def test_architecture_doc_lists_every_module_once() -> None:
     listed = [
         match
         for header in ("entry point", "module")
-        for row in table_rows(ARCHITECTURE_DOC, header)
-        for match in re.findall(r"^`(?:pipeline/)?(\w+)\.py`$", first_cell(row))
+        for rows in tables(ARCHITECTURE_DOC, header)
+        for row in rows
+        for match in re.findall(r"^`(?:pipeline/)?([\w/]+)\.py`$", first_cell(row))
     ]
     modules = pipeline_modules()
     twice = sorted({name for name in listed if listed.count(name) > 1})
@@ -294,8 +310,9 @@ def test_testing_doc_lists_every_test_file() -> None:
         for row in rows
         for span in code_spans(first_cell(row))
     }
-    files = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "tests").glob("test_*.py")}
-    assert sorted(files - listed) == [], "missing from docs/testing.md's table of test files"
+    files = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "tests").rglob("test_*.py")}
+    missing = [name for name in files - listed if f"{name.rsplit('/', 1)[0]}/" not in listed]
+    assert sorted(missing) == [], "missing from docs/testing.md's table of test files (or of their folder)"
 
 
 # --- links -------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
-from pipeline.metrics import METRICS_PATH
+from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
+from pipeline.serve.metrics import METRICS_PATH
 from tests.helpers import MACHINE_STATE, REPO_ROOT, parse_metrics
 
 MONITORING = REPO_ROOT / "monitoring"

@@ -7,8 +7,10 @@ from typing import Any, Dict, List
 
 import pytest
 
-from pipeline import storage
-from pipeline.model import Model
+from pipeline.artefact.model import Model
+from pipeline.model_registry.records import list_status_changes
+from pipeline.storage.layout import report_prefix
+from pipeline.storage.signed_artefacts import get_model
 from tests.conftest import StartService
 from tests.helpers import error_lines, models_created, run_cli, stop_service, wait_until_listening
 
@@ -70,9 +72,9 @@ def test_reject_then_restore_round_trip_and_the_serve_stage_follows(
 
     assert (rejected.returncode, restored.returncode) == (0, 0), rejected.stdout + restored.stdout
     assert f"live model now: s3://{bucket}/{second.artefact_key}" in rejected.stdout
-    assert serving_after_reject == str(storage.get_model(bucket, str(second.artefact_key)))
-    assert serving_after_restore == str(storage.get_model(bucket, str(newest.artefact_key)))
-    history = storage.list_status_changes(bucket)[str(newest.artefact_key)]
+    assert serving_after_reject == str(get_model(bucket, str(second.artefact_key)))
+    assert serving_after_restore == str(get_model(bucket, str(newest.artefact_key)))
+    history = list_status_changes(bucket)[str(newest.artefact_key)]
     assert [(c.action, c.reason) for c in history] == [("reject", "dispatch times doubled"), ("restore", "restored")]
     assert history[0].who.startswith("arn:aws:")  # the AWS identity, from STS
     assert s3.list_object_versions(Bucket=bucket, Prefix="models/")["Versions"] == artefacts_before
@@ -98,7 +100,7 @@ def test_show_prints_lineage_report_location_and_history(
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
     assert lines[:2] == ["model 00000015: rejected", f"artefact: s3://{bucket}/{newest.artefact_key}"]
-    assert lines[2] == f"report: s3://{bucket}/{storage.report_prefix(newest)} (report.html)"
+    assert lines[2] == f"report: s3://{bucket}/{report_prefix(newest)} (report.html)"
     assert '"artefact_id": "00000015"' in result.stdout
     assert lines[-2] == "status history (1 change(s)):"
     assert lines[-1].endswith(" reject by arn:aws:sts::123456789012:user/moto: bad week")
@@ -143,7 +145,7 @@ def test_unknown_ambiguous_or_pointless_is_one_error_and_exit_1(
     assert result.returncode == 1
     [line] = error_lines(result.stdout)
     assert message.format(bucket=bucket) in line
-    assert storage.list_status_changes(bucket) == {}
+    assert list_status_changes(bucket) == {}
 
 
 def test_a_missing_bucket_is_one_error_and_exit_1(s3_env: Dict[str, str]) -> None:

@@ -19,9 +19,11 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
 import pytest
 
-from pipeline import run_local, storage
-from pipeline.processes import port_is_free
-from pipeline.synthetic import generate_weeks
+from pipeline.local import run as local_run
+from pipeline.local.processes import port_is_free
+from pipeline.local.run import BATCH_OUTPUT_KEY, DEFAULT_R2_ERROR_THRESHOLD, DEFAULT_WEEKS, LOCAL_BUCKET
+from pipeline.local.synthetic import generate_weeks
+from pipeline.storage.layout import DATASETS_PREFIX, MODELS_PREFIX, REPORTS_PREFIX, dataset_key
 from pipeline.utils import LOG_FORMAT
 from tests.helpers import LOG_LINE, REPO_ROOT, free_port, logged_json
 RUN_TIMEOUT_SECONDS = 240
@@ -65,7 +67,7 @@ def stage_still_running(pid: int) -> bool:
 
 
 def newest_synthetic_key() -> str:
-    return storage.dataset_key(generate_weeks(run_local.DEFAULT_WEEKS)[-1].timestamp)
+    return dataset_key(generate_weeks(DEFAULT_WEEKS)[-1].timestamp)
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +98,14 @@ def test_local_run_trains_on_the_newest_synthetic_week(finished_run: LocalRun) -
     key = newest_synthetic_key()
     lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
     assert lineage["dataset"]["key"] == key
-    assert any(f"the train stage will pick the newest dataset: s3://{run_local.LOCAL_BUCKET}/{key}" in line
+    assert any(f"the train stage will pick the newest dataset: s3://{LOCAL_BUCKET}/{key}" in line
                for line in finished_run.lines)
 
 
 @pytest.mark.e2e
 def test_local_run_prints_the_train_stages_metrics(finished_run: LocalRun) -> None:
     metrics = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")["metrics"]
-    assert metrics["r_squared"] >= run_local.DEFAULT_R2_ERROR_THRESHOLD
+    assert metrics["r_squared"] >= DEFAULT_R2_ERROR_THRESHOLD
     expected = f"test metrics: r²={metrics['r_squared']:.4f}, MAE={metrics['mean_absolute_error']:.4f} hours"
     assert any(expected in line for line in finished_run.lines)
 
@@ -111,16 +113,16 @@ def test_local_run_prints_the_train_stages_metrics(finished_run: LocalRun) -> No
 @pytest.mark.e2e
 def test_local_run_prints_where_the_model_went(finished_run: LocalRun) -> None:
     lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
-    assert lineage["artefact_key"].startswith(storage.MODELS_PREFIX)
-    assert any(f"the model artefact is at s3://{run_local.LOCAL_BUCKET}/{lineage['artefact_key']}" in line
+    assert lineage["artefact_key"].startswith(MODELS_PREFIX)
+    assert any(f"the model artefact is at s3://{LOCAL_BUCKET}/{lineage['artefact_key']}" in line
                for line in finished_run.lines)
 
 
 @pytest.mark.e2e
 def test_local_run_prints_where_the_model_report_is(finished_run: LocalRun) -> None:
     lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
-    assert lineage["report_key"].startswith(storage.REPORTS_PREFIX)
-    assert any(f"the model report is at s3://{run_local.LOCAL_BUCKET}/{lineage['report_key']}" in line
+    assert lineage["report_key"].startswith(REPORTS_PREFIX)
+    assert any(f"the model report is at s3://{LOCAL_BUCKET}/{lineage['report_key']}" in line
                for line in finished_run.lines)
     assert any(line.endswith(f"model report: http://127.0.0.1:{finished_run.port}/api/v0.1/model/report")
                for line in finished_run.lines)
@@ -209,7 +211,7 @@ def test_sigint_while_serving_stops_everything_and_exits_0(serving_run: "subproc
 
 
 def _dataset_keys(client: Any, bucket: str) -> List[str]:
-    listing = client.list_objects_v2(Bucket=bucket, Prefix=storage.DATASETS_PREFIX)
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=DATASETS_PREFIX)
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
@@ -244,10 +246,10 @@ def test_with_batch_scores_a_synthetic_orders_file_and_prints_where_the_output_i
                              "--endpoint-url", s3_endpoint], env)
 
     assert run.returncode == 0, "\n".join(run.lines)
-    output = f"s3://{bucket_with_datasets}/{run_local.BATCH_OUTPUT_KEY}"
+    output = f"s3://{bucket_with_datasets}/{BATCH_OUTPUT_KEY}"
     assert any(f"batch scoring output: {output} (rejects: {output}.rejects.csv)" in line for line in run.lines)
-    scored = s3.get_object(Bucket=bucket_with_datasets, Key=run_local.BATCH_OUTPUT_KEY)["Body"].read().decode()
-    rejects = s3.get_object(Bucket=bucket_with_datasets, Key=run_local.BATCH_OUTPUT_KEY + ".rejects.csv")
+    scored = s3.get_object(Bucket=bucket_with_datasets, Key=BATCH_OUTPUT_KEY)["Body"].read().decode()
+    rejects = s3.get_object(Bucket=bucket_with_datasets, Key=BATCH_OUTPUT_KEY + ".rejects.csv")
     assert scored.splitlines()[0] == "order_id,orders_placed,product_code,est_hours_to_dispatch"
     assert len(scored.splitlines()) == 1 + 10_000
     assert len(rejects["Body"].read().decode().splitlines()) == 1 + 3
@@ -283,7 +285,7 @@ def test_a_stop_signal_during_a_log_line_is_not_swallowed_by_logging() -> None:
     handler, whose errors logging reports and swallows if they are Exceptions."""
     class InterruptedStream(io.StringIO):
         def write(self, text: str) -> int:
-            run_local._raise_stop(signal.SIGINT, None)
+            local_run.raise_stop(signal.SIGINT, None)
             return 0
 
     logger = logging.getLogger("tests.test_run_local.interrupted")
@@ -291,7 +293,7 @@ def test_a_stop_signal_during_a_log_line_is_not_swallowed_by_logging() -> None:
     handler = logging.StreamHandler(InterruptedStream())  # as configure_logger's, on stdout
     logger.addHandler(handler)
     try:
-        with pytest.raises(run_local.Stop, match="SIGINT"):
+        with pytest.raises(local_run.Stop, match="SIGINT"):
             logger.warning("serving on http://127.0.0.1:8000 until Ctrl-C")
     finally:
         logger.removeHandler(handler)

@@ -8,10 +8,13 @@ from typing import Any, Dict, List
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline import storage
-from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
-from pipeline.model import Model
-from pipeline.synthetic import FIRST_DROP, generate_weeks
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import FIRST_DROP, generate_weeks
+from pipeline.model_registry.live_model import list_models
+from pipeline.model_registry.records import REJECT, StatusChange, put_status_change
+from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
+from pipeline.storage.datasets import list_datasets, put_dataset
+from pipeline.storage.layout import predictions_key
 from tests.helpers import csv_text, error_lines, persist_model_copy, run_cli
 
 pytestmark = pytest.mark.e2e
@@ -150,8 +153,8 @@ def test_a_named_model_is_used_instead_of_the_live_one(
 def test_a_rejected_model_is_not_used(s3: Any, s3_env: Dict[str, str], bucket: str, trained_model: Model) -> None:
     persist_model_copy(bucket, trained_model, october(1), "600d0001")
     newest = persist_model_copy(bucket, trained_model, october(8), "bad00002")
-    storage.put_status_change(bucket, storage.StatusChange(
-        newest.artefact_key, storage.REJECT, "late orders", "tester", october(9)))
+    put_status_change(bucket, StatusChange(
+        newest.artefact_key, REJECT, "late orders", "tester", october(9)))
     put_csv(s3, bucket, "in/orders.csv", [COLUMNS] + ROWS)
 
     assert score(bucket, s3_env, "in/orders.csv", "out/orders.csv").returncode == 0
@@ -213,14 +216,14 @@ def test_bad_arguments_exit_1_with_one_error_line(s3_env: Dict[str, str], args: 
 def weekly_bucket(s3: Any, bucket: str, trained_model: Model) -> str:
     """Four weekly datasets from FIRST_DROP; models created before weeks 2 and 3, none before week 1."""
     for week in generate_weeks(4, rows_per_week=300, seed=7):
-        storage.put_dataset(bucket, week.data, week.timestamp, s3)
+        put_dataset(bucket, week.data, week.timestamp, s3)
     persist_model_copy(bucket, trained_model, FIRST_DROP + timedelta(days=2), "aaaa0001")
     persist_model_copy(bucket, trained_model, FIRST_DROP + timedelta(days=9), "bbbb0002")
     return bucket
 
 
 def dataset_keys(bucket: str) -> List[str]:
-    return [item.key for item in storage.list_datasets(bucket)]
+    return [item.key for item in list_datasets(bucket)]
 
 
 def backtest(s3: Any, bucket: str) -> Dict[str, Any]:
@@ -238,7 +241,7 @@ def test_backfill_scores_each_week_with_the_model_live_when_it_was_dropped(
     assert [(w["dataset_key"], w["model_id"]) for w in summary["weeks"]] == [
         (scored[0], "aaaa0001"), (scored[1], "bbbb0002"), (scored[2], "bbbb0002")]
     assert summary["skipped_without_model"] == [first]
-    assert [model_id_of_output(s3, weekly_bucket, storage.predictions_key(k)) for k in scored] == [
+    assert [model_id_of_output(s3, weekly_bucket, predictions_key(k)) for k in scored] == [
         "aaaa0001", "bbbb0002", "bbbb0002"]
 
 
@@ -248,7 +251,7 @@ def test_backfill_predictions_hold_the_rows_the_actual_hours_and_the_estimate(
     assert score(weekly_bucket, s3_env, "--backfill").returncode == 0
 
     key = dataset_keys(weekly_bucket)[1]
-    header, *rows = read_csv(s3, weekly_bucket, storage.predictions_key(key))
+    header, *rows = read_csv(s3, weekly_bucket, predictions_key(key))
     dataset = read_csv(s3, weekly_bucket, key)
     assert header == ["hours_to_dispatch", "orders_placed", "product_code", "est_hours_to_dispatch"]
     assert [row[:3] for row in rows] == dataset[1:]
@@ -272,14 +275,14 @@ def test_backfill_skips_weeks_already_scored_by_the_same_model(
     s3: Any, s3_env: Dict[str, str], weekly_bucket: str
 ) -> None:
     assert score(weekly_bucket, s3_env, "--backfill").returncode == 0
-    versions = {k: s3.head_object(Bucket=weekly_bucket, Key=storage.predictions_key(k))["VersionId"]
+    versions = {k: s3.head_object(Bucket=weekly_bucket, Key=predictions_key(k))["VersionId"]
                 for k in dataset_keys(weekly_bucket)[1:]}
 
     result = score(weekly_bucket, s3_env, "--backfill")
 
     assert result.returncode == 0
     assert "0 week(s) scored, 3 already done, 1 without a model" in result.stdout
-    assert {k: s3.head_object(Bucket=weekly_bucket, Key=storage.predictions_key(k))["VersionId"]
+    assert {k: s3.head_object(Bucket=weekly_bucket, Key=predictions_key(k))["VersionId"]
             for k in versions} == versions
 
 
@@ -287,9 +290,9 @@ def test_backfill_rescores_weeks_whose_model_was_rejected_since(
     s3: Any, s3_env: Dict[str, str], weekly_bucket: str
 ) -> None:
     assert score(weekly_bucket, s3_env, "--backfill").returncode == 0
-    (second,) = [m for m in storage.list_models(weekly_bucket) if m.key.endswith("bbbb0002.pkl")]
-    storage.put_status_change(weekly_bucket, storage.StatusChange(
-        second.key, storage.REJECT, "bad week", "tester", FIRST_DROP + timedelta(days=30)))
+    (second,) = [m for m in list_models(weekly_bucket) if m.key.endswith("bbbb0002.pkl")]
+    put_status_change(weekly_bucket, StatusChange(
+        second.key, REJECT, "bad week", "tester", FIRST_DROP + timedelta(days=30)))
 
     result = score(weekly_bucket, s3_env, "--backfill")
 

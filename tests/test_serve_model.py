@@ -13,11 +13,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-from pipeline import storage
-from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH
-from pipeline.metrics import METRICS_PATH
-from pipeline.model import Model
-from pipeline.serve_model import DEFAULT_HOST, DEFAULT_PORT, parse_args
+from pipeline.artefact.model import Model
+from pipeline.model_registry.live_model import get_live_model
+from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
+from pipeline.serve.metrics import METRICS_PATH
+from pipeline.storage.layout import MODELS_PREFIX, latest_object
+from pipeline.storage.signed_artefacts import put_model
 from tests.conftest import StartService
 from tests.helpers import (
     LOG_LINE,
@@ -99,7 +100,7 @@ def expected_estimate(model: Model, product_code: str, orders_placed: float) -> 
 def test_module_cli_serves_the_newest_model(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    model = storage.get_live_model(bucket_with_model)
+    model = get_live_model(bucket_with_model)
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
 
     status, body = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
@@ -114,7 +115,7 @@ def test_module_cli_serves_the_newest_model(
 def test_script_run_as_bodywork_runs_it_serves_the_newest_model(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    model = storage.get_live_model(bucket_with_model)
+    model = get_live_model(bucket_with_model)
     service = start_listening(start, ["serve_model.py", bucket_with_model], s3_env, cwd=REPO_ROOT / "pipeline")
 
     status, body = post(service.port, PREDICT_PATH, {"product_code": "SKU005", "orders_placed": 250})
@@ -180,7 +181,7 @@ def test_metrics_count_what_the_cli_was_sent(
     assert metrics.value("time_to_dispatch_predictions_total", product_code="SKU003") == 8
     assert metrics.value("time_to_dispatch_model_info", **metrics.series("time_to_dispatch_model_info")[0][0]) == 1
     assert metrics.series("time_to_dispatch_model_info")[0][0]["artefact_id"] == (
-        storage.get_live_model(bucket_with_model).artefact_id)
+        get_live_model(bucket_with_model).artefact_id)
 
 
 def test_the_cli_serves_on_uvloop_and_httptools(
@@ -191,7 +192,7 @@ def test_the_cli_serves_on_uvloop_and_httptools(
     stop_service(service)
 
     assert status == 200
-    assert " - INFO - serving.run_server - server stack: uvloop event loop, httptools HTTP parser" in service.log()
+    assert " - INFO - lifecycle.run_server - server stack: uvloop event loop, httptools HTTP parser" in service.log()
 
 
 def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_missing(
@@ -209,9 +210,9 @@ def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_mi
 
     assert (status, sorted(body)) == (200, ["est_hours_to_dispatch", "model_version"])
     log = service.log()
-    assert " - WARNING - serving.run_server - uvloop event loop, httptools HTTP parser asked for, but not all " \
+    assert " - WARNING - lifecycle.run_server - uvloop event loop, httptools HTTP parser asked for, but not all " \
            "installed: falling back to the asyncio event loop, h11 HTTP parser" in log
-    assert " - INFO - serving.run_server - server stack: asyncio event loop, h11 HTTP parser" in log
+    assert " - INFO - lifecycle.run_server - server stack: asyncio event loop, h11 HTTP parser" in log
 
 
 def test_the_pure_python_stack_can_be_asked_for(
@@ -244,7 +245,7 @@ def test_sigterm_as_soon_as_the_port_opens_exits_0_without_a_traceback(
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    model = storage.get_live_model(bucket_with_model)
+    model = get_live_model(bucket_with_model)
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
     body = json.dumps({"product_code": "SKU002", "orders_placed": 140}).encode()
     head = (f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -339,7 +340,7 @@ def test_empty_models_folder_exits_1_without_opening_the_port(
 def test_tampered_artefact_exits_1_without_opening_the_port(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    key = storage.latest_object(bucket_with_model, storage.MODELS_PREFIX, ".pkl", s3).key
+    key = latest_object(bucket_with_model, MODELS_PREFIX, ".pkl", s3).key
     stored = s3.get_object(Bucket=bucket_with_model, Key=key)
     body = bytearray(stored["Body"].read())
     body[len(body) // 2] ^= 0xFF
@@ -355,7 +356,7 @@ def test_artefact_from_another_scikit_learn_version_exits_1_without_opening_the_
     start: StartService
 ) -> None:
     trained_model.library_versions["scikit-learn"] = "1.5.2"
-    key = storage.put_model(bucket_with_datasets, trained_model, s3)
+    key = put_model(bucket_with_datasets, trained_model, s3)
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
     assert f"serve_model failed: model artefact {key} was trained with scikit-learn 1.5.2, but" in line
@@ -389,32 +390,6 @@ USAGE_TEXT = ("usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--
               "[--server-stack {auto,pure-python}] [--drain-seconds SECONDS]")
 
 
-@pytest.mark.parametrize(
-    "args, reason",
-    [
-        ([], "the following arguments are required: bucket"),
-        (["bucket-a", "bucket-b"], "unrecognized arguments: bucket-b"),
-        (["bucket-a", "--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
-        (["bucket-a", "--port", "0"], "--port must be in 1..65535, got 0"),
-        (["bucket-a", "--port", "70000"], "--port must be in 1..65535, got 70000"),
-        (["bucket-a", "--host", ""], "--host is empty"),
-        (["bucket-a", "--workers", "2"], "unrecognized arguments: --workers 2"),
-        (["bucket-a", "--server-stack", "fast"],
-         "argument --server-stack: invalid choice: 'fast' (choose from 'auto', 'pure-python')"),
-        (["  "], "S3_BUCKET is empty"),
-        (["bucket-a", "--drain-seconds", "-1"], "--drain-seconds must be in 0..8, got -1"),
-        (["bucket-a", "--drain-seconds", "9"], "--drain-seconds must be in 0..8, got 9"),
-        (["bucket-a", "--drain-seconds", "nan"], "--drain-seconds must be in 0..8, got nan"),
-        (["bucket-a", "--drain-seconds", "soon"], "argument --drain-seconds: invalid float value: 'soon'"),
-    ],
-)
-def test_bad_arguments_are_refused_with_the_reason(args: List[str], reason: str) -> None:
-    with pytest.raises(ValueError) as refused:
-        parse_args(args)
-
-    assert str(refused.value) == reason
-
-
 def test_module_cli_without_arguments_exits_1_with_the_reason_and_usage(s3_env: Dict[str, str]) -> None:
     result = run_cli(["-m", "pipeline.serve_model"], s3_env)
 
@@ -432,10 +407,3 @@ def test_script_with_a_bad_port_exits_1_with_the_reason_and_usage(s3_env: Dict[s
     [line] = error_lines(result.stdout)
     assert line.endswith(f"Invalid arguments passed to serve_model.py: --port must be in 1..65535, got 70000; "
                          f"{USAGE_TEXT}")
-
-
-def test_listens_on_all_interfaces_port_8000_by_default() -> None:
-    args = parse_args(["bucket-a"])
-
-    assert (args.host, args.port, args.access_log, args.server_stack) == (DEFAULT_HOST, DEFAULT_PORT, False, "auto")
-    assert (DEFAULT_HOST, DEFAULT_PORT) == ("0.0.0.0", 8000)

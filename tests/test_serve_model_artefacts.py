@@ -7,8 +7,9 @@ from typing import Any, Callable, Dict
 import numpy as np
 import pytest
 
-from pipeline import storage
-from pipeline.model import Model
+from pipeline.artefact.model import Model
+from pipeline.storage.layout import model_key
+from pipeline.storage.signed_artefacts import PICKLE_PROTOCOL, put_model
 from tests.conftest import StartService
 from tests.helpers import crafted_model, signed_metadata, stop_service, wait_until_listening
 from tests.test_serve_model import the_error_of_a_failed_start
@@ -31,9 +32,9 @@ def _nan_values(state: Dict[str, Any]) -> None:
 
 
 def _put_signed(s3: Any, bucket: str, model: Model, signing_key: str) -> str:
-    key = storage.model_key(model)
+    key = model_key(model)
     model.artefact_key = key
-    body = pickle.dumps(model, protocol=storage.PICKLE_PROTOCOL)
+    body = pickle.dumps(model, protocol=PICKLE_PROTOCOL)
     s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, signing_key))
     return key
 
@@ -52,7 +53,7 @@ def test_a_signed_artefact_with_a_malformed_tree_is_refused_with_one_error_line(
     edit: Callable[[Dict[str, Any]], None], problem: str,
 ) -> None:
     # Signed with the service's own key: structure is checked even for a trusted writer.
-    key = storage.put_model(bucket_with_datasets, crafted_model(trained_model, edit), s3)
+    key = put_model(bucket_with_datasets, crafted_model(trained_model, edit), s3)
 
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
@@ -69,8 +70,8 @@ def test_an_unsigned_artefact_with_a_matching_checksum_is_refused(
     craft: Callable[[Model], Model],
 ) -> None:
     unsigned = craft(trained_model)
-    key = storage.model_key(unsigned)
-    body = pickle.dumps(unsigned, protocol=storage.PICKLE_PROTOCOL)
+    key = model_key(unsigned)
+    body = pickle.dumps(unsigned, protocol=PICKLE_PROTOCOL)
     s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body,
                   Metadata={"sha256": signed_metadata(body)["sha256"]})
 
@@ -82,8 +83,8 @@ def test_an_unsigned_artefact_with_a_matching_checksum_is_refused(
 def test_a_corrupt_artefact_stops_the_service_with_the_command_that_takes_it_out_of_service(
     s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
 ) -> None:
-    key = storage.model_key(trained_model)
-    body = pickle.dumps(trained_model, protocol=storage.PICKLE_PROTOCOL)
+    key = model_key(trained_model)
+    body = pickle.dumps(trained_model, protocol=PICKLE_PROTOCOL)
     s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body[: len(body) // 2],
                   Metadata=signed_metadata(body))
 

@@ -9,8 +9,8 @@ from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import pytest
 
-from pipeline.api import PREDICT_BATCH_PATH, PREDICT_PATH
-from pipeline.serving import GRACEFUL_SHUTDOWN_SECONDS
+from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
+from pipeline.serve.lifecycle import GRACEFUL_SHUTDOWN_SECONDS
 from tests.conftest import StartService
 from tests.helpers import LOG_LINE, Service, stop_service, wait_until_listening
 

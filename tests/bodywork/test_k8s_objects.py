@@ -434,7 +434,7 @@ def test_batch_job_gets_the_aws_credentials_as_the_train_job_does(
 def test_batch_job_installs_the_pinned_requirements_and_runs_the_cli_with_valid_arguments(
     batch_job: Dict[str, Any]
 ) -> None:
-    from pipeline.score_batch import parse_args
+    from pipeline.batch.jobs import parse_args
 
     clone, cd, install, run = batch_job_script(batch_job)
     assert clone.startswith("git clone") and '"$REPO_URL"' in clone and "--branch master" in clone

@@ -34,8 +34,9 @@ from bodywork import k8s
 from bodywork.config import BatchStageConfig, BodyworkConfig, ServiceStageConfig
 from bodywork.git import get_git_commit_hash
 
-from pipeline import storage
-from pipeline.model import Model
+from pipeline.artefact.model import Model
+from pipeline.model_registry.live_model import get_live_model
+from pipeline.storage.layout import DATASETS_PREFIX, latest_object
 from tests.bodywork.conftest import BRANCH
 from tests.helpers import REGION, TEST_SIGNING_KEY, bucket_with_weeks
 
@@ -133,8 +134,8 @@ def test_train_stage_run_by_bodywork_exits_0(train_run: StageRun) -> None:
 def test_train_stage_run_by_bodywork_persists_a_model_of_the_newest_week(
     train_run: StageRun, production_bucket: str, s3_client: Any, commit: str
 ) -> None:
-    model = storage.get_live_model(production_bucket, client=s3_client)
-    newest = storage.latest_object(production_bucket, storage.DATASETS_PREFIX, ".csv", s3_client)
+    model = get_live_model(production_bucket, client=s3_client)
+    newest = latest_object(production_bucket, DATASETS_PREFIX, ".csv", s3_client)
     assert (model.dataset.key, model.git_commit) == (newest.key, commit), train_run.tail()
 
 
@@ -219,7 +220,7 @@ def service_run(
         os.kill(services[0], signal.SIGTERM)
         exit_code = runner.wait(timeout=STOP_TIMEOUT_SECONDS)
         yield ServiceRun(
-            model=storage.get_live_model(production_bucket, client=s3_client),
+            model=get_live_model(production_bucket, client=s3_client),
             response=response,
             stage=StageRun(exit_code, log_path.read_text()),
             service_left_running=process_exists(services[0]) or port_is_open(stage.port),

@@ -19,9 +19,10 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 import pytest
 import yaml
 
-from pipeline.local_s3 import LocalS3, create_bucket
-from pipeline.storage import put_dataset, s3_client
-from pipeline.synthetic import generate_orders, generate_weeks
+from pipeline.local.local_s3 import LocalS3, create_bucket
+from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.storage.client import s3_client
+from pipeline.storage.datasets import put_dataset
 from tests.cluster.servers import DockerHubProxy, GitServer, make_certificates, publish
 from tests.helpers import REPO_ROOT, TEST_WEEK_SEED, copy_working_tree, machine_state
 

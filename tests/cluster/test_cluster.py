@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import yaml
 
-from pipeline.storage import s3_client
+from pipeline.storage.client import s3_client
 from tests.cluster.conftest import (
     BODYWORK_NAMESPACE, PIPELINE_NAMESPACE, WEEKS_BEFORE_FIRST_DEPLOYMENT, ClusterRun, add_week,
     documented_command, documented_secret_commands, signing_key_secret,

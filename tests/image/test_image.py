@@ -17,9 +17,10 @@ import httpx
 import pytest
 import yaml
 
-from pipeline import storage
-from pipeline.local_s3 import LocalS3
-from pipeline.model import Model
+from pipeline.artefact.model import Model
+from pipeline.local.local_s3 import LocalS3
+from pipeline.model_registry.live_model import get_live_model
+from pipeline.storage.layout import DATASETS_PREFIX, latest_object
 from tests.helpers import REGION, REPO_ROOT, TEST_SIGNING_KEY, bucket_with_weeks, port_accepts
 from tests.image.conftest import REPO_MOUNT, StageRepo, podman
 
@@ -175,8 +176,8 @@ def test_train_stage_in_the_image_exits_0(direct_train_run: StageRun) -> None:
 def test_train_stage_in_the_image_persists_a_model_of_the_newest_week(
     direct_train_run: StageRun, own_bucket: str, s3_client: Any
 ) -> None:
-    model = storage.get_live_model(own_bucket, client=s3_client)
-    newest = storage.latest_object(own_bucket, storage.DATASETS_PREFIX, ".csv", s3_client)
+    model = get_live_model(own_bucket, client=s3_client)
+    newest = latest_object(own_bucket, DATASETS_PREFIX, ".csv", s3_client)
     assert model.dataset.key == newest.key, direct_train_run.log[-LOG_TAIL:]
 
 
@@ -230,7 +231,7 @@ def test_serve_stage_in_the_image_answers_a_prediction_on_the_host_port(
         runtime_image, "ttd-test-serve", stage_module_options(stage_environment),
         ["python", "serve_model.py", own_bucket, "--host", "127.0.0.1", "--port", str(serve_port)], serve_port,
     )
-    model = storage.get_live_model(own_bucket, client=s3_client)
+    model = get_live_model(own_bucket, client=s3_client)
     assert (run.response.status_code, run.response.json()) == (200, expected_answer(model)), run.log[-LOG_TAIL:]
 
 
@@ -257,8 +258,8 @@ def test_train_stage_run_by_bodywork_in_the_image_installs_nothing(train_run: St
 def test_train_stage_run_by_bodywork_in_the_image_persists_a_model_of_this_commit(
     train_run: StageRun, production_bucket: str, s3_client: Any, stage_repo: StageRepo,
 ) -> None:
-    model = storage.get_live_model(production_bucket, client=s3_client)
-    newest = storage.latest_object(production_bucket, storage.DATASETS_PREFIX, ".csv", s3_client)
+    model = get_live_model(production_bucket, client=s3_client)
+    newest = latest_object(production_bucket, DATASETS_PREFIX, ".csv", s3_client)
     assert (model.dataset.key, model.git_commit) == (newest.key, stage_repo.commit), train_run.log[-LOG_TAIL:]
 
 
@@ -278,7 +279,7 @@ def service_run(
 def test_service_run_by_bodywork_in_the_image_answers_a_prediction_from_the_trained_model(
     service_run: ServiceRun, production_bucket: str, s3_client: Any,
 ) -> None:
-    model = storage.get_live_model(production_bucket, client=s3_client)
+    model = get_live_model(production_bucket, client=s3_client)
     assert service_run.response.status_code == 200, service_run.log[-LOG_TAIL:]
     assert service_run.response.json() == expected_answer(model)
 

@@ -1,0 +1,1 @@
+"""Batch scoring: scoring a file of orders, and the backfill of past weeks."""

@@ -1,0 +1,105 @@
+"""Batch scoring's two jobs in order: a file of orders from S3 to S3 with the live model (or
+the one named), and the backfill of every past week with the model live then.
+
+`parse_args` reads the command line of both; `pipeline/score_batch.py` wires them and maps
+failures to the exit code.
+"""
+import argparse
+import logging
+import math
+from typing import Optional, Sequence
+
+from pipeline.batch.backfill import BackfillResult, parse_date, run_backfill
+from pipeline.batch.scoring import DEFAULT_MAX_REJECT_FRACTION, ScoringSummary, score_object
+from pipeline.model_registry.live_model import live_model_object, resolve_model_key
+from pipeline.model_registry.records import rejected_model_keys
+from pipeline.storage.layout import RESERVED_PREFIXES
+from pipeline.storage.signed_artefacts import get_model
+from pipeline.utils import StageArgumentParser
+
+USAGE = (
+    "usage: python -m pipeline.score_batch BUCKET INPUT_KEY OUTPUT_KEY [--model MODEL] "
+    "[--max-reject-fraction F] | python -m pipeline.score_batch BUCKET --backfill "
+    "[--since DATE] [--until DATE] [--max-reject-fraction F] (F in [0, 1], DATE ISO-8601)"
+)
+
+log = logging.getLogger(__name__)
+
+
+def score_file(
+    bucket: str,
+    input_key: str,
+    output_key: str,
+    model_name: Optional[str] = None,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+) -> ScoringSummary:
+    """Score one object into another with the live model or the one named.
+
+    Raises:
+        StorageError: S3 failed, no model to use, or MODEL is unknown or ambiguous.
+        ScoringError: the input cannot be scored, or too many rows were rejected.
+        UnicodeDecodeError: the input is not UTF-8 text.
+    """
+    key = resolve_model_key(bucket, model_name) if model_name else live_model_object(bucket).key
+    if model_name and key in rejected_model_keys(bucket):
+        log.warning(f"s3://{bucket}/{key} is rejected; using it because --model names it")
+    model = get_model(bucket, key)
+    log.info(f"scoring with model {model.artefact_id} ({model}) from s3://{bucket}/{key}")
+    return score_object(bucket, input_key, output_key, model, max_reject_fraction)
+
+
+def backfill_weeks(
+    bucket: str,
+    since: Optional[str] = None,
+    until: Optional[str] = None,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+) -> BackfillResult:
+    """Score every week from `since` to `until` (ISO dates, both included) with its live model.
+
+    Raises:
+        BackfillError: some weeks failed; StorageError: S3 failed.
+    """
+    return run_backfill(
+        bucket,
+        parse_date(since) if since else None,
+        parse_date(until, end_of_day=True) if until else None,
+        max_reject_fraction,
+    )
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the CLI arguments.
+
+    Raises:
+        ValueError: with the reason, for any bad argument.
+    """
+    parser = StageArgumentParser(prog="score_batch.py")
+    parser.add_argument("input_key", nargs="?")
+    parser.add_argument("output_key", nargs="?")
+    parser.add_argument("--model")
+    parser.add_argument("--max-reject-fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION)
+    parser.add_argument("--backfill", action="store_true")
+    parser.add_argument("--since")
+    parser.add_argument("--until")
+    args = parser.parse_stage_args(argv)
+    fraction = args.max_reject_fraction
+    if not (math.isfinite(fraction) and 0 <= fraction <= 1):
+        raise ValueError(f"--max-reject-fraction must be in [0, 1], got {fraction}")
+    if args.backfill:
+        if args.input_key or args.output_key or args.model:
+            raise ValueError("--backfill takes no INPUT_KEY, OUTPUT_KEY or --model: each week uses its live model")
+        since = parse_date(args.since) if args.since else None
+        until = parse_date(args.until, end_of_day=True) if args.until else None
+        if since and until and since >= until:
+            raise ValueError(f"--since {args.since} is not before --until {args.until}")
+        return args
+    if args.since or args.until:
+        raise ValueError("--since and --until go with --backfill")
+    if not (args.input_key and args.output_key and args.input_key.strip() and args.output_key.strip()):
+        raise ValueError("INPUT_KEY and OUTPUT_KEY are both needed (or --backfill)")
+    if args.output_key == args.input_key:
+        raise ValueError(f"OUTPUT_KEY is INPUT_KEY ({args.input_key}); the input is never overwritten")
+    if args.output_key.startswith(RESERVED_PREFIXES):
+        raise ValueError(f"OUTPUT_KEY {args.output_key} is under {', '.join(RESERVED_PREFIXES)}, "
+                         "which hold the pipeline's datasets, models and registry")
+    return args

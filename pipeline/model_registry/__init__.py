@@ -1,0 +1,1 @@
+"""The model registry: which models exist, which one is live, and rejecting and restoring them."""

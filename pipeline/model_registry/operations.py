@@ -1,0 +1,238 @@
+"""The model registry's operations: every model with its status, finding one, rejecting and
+restoring it.
+
+A model's status is one of:
+
+- live: the newest model that is not rejected, the one the serve stage, the champion selection
+  and batch scoring use (`live_model.live_model_object`);
+- rejected: its latest status change in `registry/` is a rejection;
+- superseded: not rejected, but a newer model is live.
+
+Rejecting or restoring writes a new status-change record under `registry/` (who, when, why);
+nothing is ever deleted or overwritten. `run_command` runs one command of the registry CLI
+(`pipeline/registry.py`), whose arguments `parse_args` reads.
+"""
+import argparse
+import getpass
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import List, Optional, Sequence, Tuple
+
+from pipeline.artefact.model import Model
+from pipeline.model_registry.live_model import list_models, live_model_object, resolve_model_key
+from pipeline.model_registry.records import (
+    REJECT,
+    RESTORE,
+    StatusChange,
+    aws_identity,
+    list_status_changes,
+    put_status_change,
+)
+from pipeline.storage.layout import NoObjectsError, StoredObject, artefact_id_of_key
+from pipeline.storage.report_files import list_report_keys
+from pipeline.storage.signed_artefacts import ArtefactError, get_model
+from pipeline.utils import StageArgumentParser
+
+LIVE, REJECTED, SUPERSEDED = "live", "rejected", "superseded"
+COMMANDS = ("list", "show", REJECT, RESTORE)
+USAGE = (
+    "usage: python -m pipeline.registry S3_BUCKET list | show MODEL | reject MODEL --reason TEXT | "
+    "restore MODEL [--reason TEXT] (MODEL: an artefact id or its key)"
+)
+DEFAULT_RESTORE_REASON = "restored"
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(ValueError):
+    """MODEL names no model or several, or the status change makes no sense for it."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model artefact in the bucket, its status and its history of status changes."""
+
+    key: str
+    artefact_id: str
+    created: datetime
+    status: str
+    history: Tuple[StatusChange, ...]
+
+
+def model_entries(bucket: str) -> List[ModelEntry]:
+    """Every model artefact in the bucket with its status, newest first.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    models = list_models(bucket)
+    changes = list_status_changes(bucket) if models else {}
+    entries, live_found = [], False
+    for item in models:
+        history = tuple(changes.get(item.key, []))
+        if history and history[-1].action == REJECT:
+            status = REJECTED
+        elif not live_found:
+            status, live_found = LIVE, True
+        else:
+            status = SUPERSEDED
+        entries.append(ModelEntry(item.key, artefact_id_of_key(item.key), item.timestamp, status, history))
+    return entries
+
+
+def resolve_model(bucket: str, entries: List[ModelEntry], reference: str) -> ModelEntry:
+    """The one model that `reference` names, as `live_model.resolve_model_key` reads it (one way for
+    the registry and batch scoring).
+
+    Raises:
+        UnknownModelError, AmbiguousModelError: no model or more than one matches, naming the
+            candidates.
+    """
+    key = resolve_model_key(bucket, reference, keys=[entry.key for entry in entries])
+    return next(entry for entry in entries if entry.key == key)
+
+
+def list_lines(bucket: str) -> List[str]:
+    """One line per model, newest first: id, created, training dataset, test r² and MAE, status.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    lines = [f"{'id':<10} {'created (UTC)':<20} {'status':<10} {'r²':>7} {'MAE':>7}  training dataset"]
+    for entry in model_entries(bucket):
+        model, problem = _load(bucket, entry.key)
+        created = f"{entry.created:%Y-%m-%d %H:%M:%S}"
+        if model is None:
+            lines.append(f"{entry.artefact_id:<10} {created:<20} {entry.status:<10} {'?':>7} {'?':>7}  "
+                         f"(unreadable: {problem})")
+            continue
+        lines.append(
+            f"{entry.artefact_id:<10} {created:<20} {entry.status:<10} {model.metrics.r_squared:>7.4f} "
+            f"{model.metrics.mean_absolute_error:>7.4f}  {model.dataset.key}"
+        )
+    return lines
+
+
+def show_lines(bucket: str, reference: str) -> List[str]:
+    """What `show MODEL` prints: status, lineage, where its report is, its status history.
+
+    Raises:
+        RegistryError: MODEL names no model or several.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    entry = resolve_model(bucket, model_entries(bucket), reference)
+    model, problem = _load(bucket, entry.key)
+    lines = [f"model {entry.artefact_id}: {entry.status}", f"artefact: s3://{bucket}/{entry.key}"]
+    report_keys = list_report_keys(bucket, entry.key)
+    if report_keys:
+        folder = report_keys[0].rsplit("/", 1)[0]
+        lines.append(f"report: s3://{bucket}/{folder}/ ({', '.join(k.rsplit('/', 1)[-1] for k in report_keys)})")
+    else:
+        lines.append("report: none (the model was made before reports existed)")
+    if model is None:
+        lines.append(f"lineage: unreadable ({problem})")
+    else:
+        lines.append("lineage: " + json.dumps(model.lineage(), indent=1, sort_keys=True, default=str))
+    lines.append(f"status history ({len(entry.history)} change(s)):")
+    lines += [f"  {c.at.isoformat()} {c.action} by {c.who}: {c.reason}" for c in entry.history]
+    return lines
+
+
+def change_status(bucket: str, reference: str, action: str, reason: str, who: Optional[str] = None) -> StatusChange:
+    """Record a rejection or a restoration of the model `reference` names.
+
+    Args:
+        action: REJECT or RESTORE.
+        reason: why, in words; required.
+        who: who does it; by default the AWS identity (STS) or, failing that, the OS user.
+
+    Raises:
+        RegistryError: MODEL names no model or several, the reason is empty, or the model is
+            already rejected (reject) or is not rejected (restore).
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    if action not in (REJECT, RESTORE):
+        raise RegistryError(f"unknown action {action!r}")
+    if not reason.strip():
+        raise RegistryError("--reason is empty: say why")
+    entry = resolve_model(bucket, model_entries(bucket), reference)
+    if action == REJECT and entry.status == REJECTED:
+        raise RegistryError(f"model {entry.artefact_id} is already rejected ({entry.history[-1].reason})")
+    if action == RESTORE and entry.status != REJECTED:
+        raise RegistryError(f"model {entry.artefact_id} is not rejected (it is {entry.status}); nothing to restore")
+    change = StatusChange(entry.key, action, reason.strip(), who or current_identity(), datetime.now(timezone.utc))
+    key = put_status_change(bucket, change)
+    log.info(f"{action} of model {entry.artefact_id} recorded at s3://{bucket}/{key} "
+             f"(by {change.who}: {change.reason})")
+    return change
+
+
+def live_model_after_change(bucket: str) -> Optional[StoredObject]:
+    """The live model now, or None (with a WARNING) when every model is rejected."""
+    try:
+        return live_model_object(bucket)
+    except NoObjectsError as error:
+        log.warning(f"no live model is left, so the serve stage cannot start: {error}")
+        return None
+
+
+def current_identity() -> str:
+    """Who is acting: the AWS identity's ARN where STS answers, else the OS user."""
+    identity = aws_identity()
+    if identity:
+        return identity
+    try:
+        return f"os-user:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _load(bucket: str, key: str) -> Tuple[Optional[Model], str]:
+    try:
+        return get_model(bucket, key), ""
+    except ArtefactError as error:
+        return None, str(error)
+
+
+# --- the registry CLI's commands ------------------------------------------------------------
+
+
+def run_command(bucket: str, command: str, model: str = "", reason: str = "") -> None:
+    """Run one registry command against the bucket.
+
+    Raises:
+        RegistryError: MODEL names no model or several, or the change does not apply to it.
+        StorageError: the bucket does not exist, or S3 refused or failed.
+    """
+    if command == "list":
+        print("\n".join(list_lines(bucket)))
+    elif command == "show":
+        print("\n".join(show_lines(bucket, model)))
+    else:
+        change = change_status(bucket, model, command, reason or DEFAULT_RESTORE_REASON)
+        live = live_model_after_change(bucket)
+        if live is not None:
+            log.info(f"live model now: s3://{bucket}/{live.key}; the serve stage serves it from its next start")
+        print(f"{change.action} {change.artefact_key}")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the CLI arguments.
+
+    Raises:
+        ValueError: with the reason, for any bad argument.
+    """
+    parser = StageArgumentParser(prog="registry.py")
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("model", nargs="?", default="")
+    parser.add_argument("--reason", default="")
+    args = parser.parse_stage_args(argv)
+    if args.command == "list" and args.model:
+        raise ValueError("list takes no MODEL")
+    if args.command != "list" and not args.model.strip():
+        raise ValueError(f"{args.command} needs a MODEL")
+    if args.command == REJECT and not args.reason.strip():
+        raise ValueError("reject needs --reason TEXT: say why")
+    return args

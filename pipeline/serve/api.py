@@ -1,0 +1,344 @@
+"""The service's HTTP API: request and response schemas, routes, and the 422 handler.
+
+    POST /api/v0.1/time_to_dispatch        {"product_code": "SKU001", "orders_placed": 112}
+                                           -> {"est_hours_to_dispatch": 5.321, "model_version": "..."}
+    POST /api/v0.1/time_to_dispatch/batch  [request, ...] (1 to 1,000) -> [prediction, ...]
+    GET  /api/v0.1/model                   the model's lineage
+    GET  /api/v0.1/model/report            the model's report (HTML), 404 for a model without one
+    GET  /health                           liveness
+    GET  /ready                            readiness: a model is loaded and warmed up
+    GET  /metrics                          Prometheus metrics (metrics.py), on by default
+
+`create_app` is the app factory: production (`start_up.serve`) and the tests build the app
+the same way, with a loaded model passed in. docs/api.md documents the contract. Bodies over
+the size limit (413) or too slow to arrive (408) are stopped by `limits.RequestLimits` before
+anything parses them. A valid single prediction is answered by `SinglePredictionFastPath`
+without FastAPI's per-request machinery, with the bytes the route would send.
+"""
+import json
+import math
+from typing import Annotated, Any, Awaitable, Callable, Dict, List, Literal, Optional, Sequence, Type, Union, cast
+
+from fastapi import Body, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+
+from pipeline.artefact.features import MAX_ORDERS_PLACED
+from pipeline.artefact.model import Model
+from pipeline.serve.limits import (
+    BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, ASGIApp, Message, Receive, RequestLimits, Scope, Send,
+)
+from pipeline.serve.metrics import ServiceMetrics, instrument
+from pipeline.utils import QUOTE_PREFIX_CHARS
+
+API_VERSION = "0.1"
+API_PREFIX = f"/api/v{API_VERSION}"
+PREDICT_PATH = f"{API_PREFIX}/time_to_dispatch"
+PREDICT_BATCH_PATH = f"{API_PREFIX}/time_to_dispatch/batch"
+MODEL_PATH = f"{API_PREFIX}/model"
+MODEL_REPORT_PATH = f"{API_PREFIX}/model/report"
+HEALTH_PATH = "/health"
+READY_PATH = "/ready"
+MAX_BATCH_SIZE = 1000
+
+
+class ErrorMessage(BaseModel):
+    """An error that is not about one field: unparseable, too large or too slow a body."""
+
+    detail: str
+
+
+# The answers every POST route may give besides 200 and 422, as the OpenAPI schema lists them.
+BODY_ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
+    400: {"model": ErrorMessage, "description": "The body could not be read as JSON."},
+    408: {"model": ErrorMessage, "description": f"The body did not arrive within {BODY_TIMEOUT_SECONDS:g} s."},
+    413: {"model": ErrorMessage, "description": f"The body is larger than {MAX_BODY_BYTES} bytes."},
+}
+
+
+class Prediction(BaseModel):
+    """One estimate, and exactly which model made it."""
+
+    est_hours_to_dispatch: float = Field(description="Estimated hours until the order is dispatched.")
+    model_version: str = Field(description="The model artefact that made the estimate, with its lineage.")
+
+
+class PredictionRequest(BaseModel):
+    """A prediction request; `build_request_model` narrows `product_code` to a model's codes.
+
+    `orders_placed` must be a JSON number (not a string or a boolean), finite, from 0 to
+    MAX_ORDERS_PLACED. Unknown fields are rejected, so that a misspelt or unsupported field is
+    a 422 naming it rather than silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_code: str = Field(description="A product code the model was trained on.")
+    orders_placed: float = Field(
+        ge=0,
+        le=MAX_ORDERS_PLACED,
+        allow_inf_nan=False,
+        strict=True,
+        description="Orders already placed today: a finite number from 0 to 1e9.",
+        examples=[112],
+    )
+
+
+def build_request_model(product_codes: Sequence[str]) -> Type[PredictionRequest]:
+    """The request body of a prediction, accepting exactly the given product codes.
+
+    Built per model, so that validation and the OpenAPI schema (an enum of the codes) follow
+    the codes the model was trained on.
+
+    Args:
+        product_codes: the codes the model was trained on.
+
+    Returns:
+        A subclass of `PredictionRequest`, also named `PredictionRequest`.
+
+    Raises:
+        ValueError: if there are no product codes.
+    """
+    codes = tuple(product_codes)
+    if not codes:
+        raise ValueError("a request model needs at least one product code")
+    return create_model(
+        "PredictionRequest",
+        __base__=PredictionRequest,
+        __doc__="Estimate the hours to dispatch an order for a product, given today's orders so far.",
+        product_code=(
+            cast(Any, Literal)[codes],
+            Field(description="A product code the model was trained on.",
+                  json_schema_extra={"examples": [codes[0]]}),
+        ),
+    )
+
+
+def create_app(
+    model: Model,
+    report_html: Optional[bytes] = None,
+    metrics: bool = True,
+    access_log: bool = False,
+    fast_path: bool = True,
+) -> FastAPI:
+    """The service's app, answering with `model`.
+
+    Production and tests use this same factory with a real model injected.
+
+    Args:
+        model: a loaded model artefact (see `load_model`).
+        report_html: the model's report page, or None if it has none.
+        metrics: serve `GET /metrics` and count every request and prediction.
+        access_log: log one line per request (route, status, duration).
+        fast_path: answer valid single predictions with `SinglePredictionFastPath`; without
+            it they go through FastAPI's route like every other request (same answers).
+
+    Returns:
+        The FastAPI app.
+
+    Raises:
+        ValueError: if the model has no product codes.
+    """
+    version = str(model)
+    lineage = jsonable_encoder(model.lineage())
+    request_model = build_request_model(model.product_codes)
+    app = FastAPI(
+        title="time-to-dispatch",
+        version=API_VERSION,
+        description=f"Estimated hours until an order is dispatched. Serving model {version}.",
+    )
+    app.add_exception_handler(RequestValidationError, validation_error_response)
+    service_metrics = ServiceMetrics(model) if metrics else None
+    observe_prediction = service_metrics.observe_prediction if service_metrics else _ignore_prediction
+    observe_predictions = service_metrics.observe_predictions if service_metrics else _ignore_predictions
+
+    # `async def` without any awaiting: the tree walk takes microseconds, so running it on the
+    # event loop is far cheaper than a hop to the thread pool that FastAPI uses for `def`.
+    @app.post(PREDICT_PATH, response_model=Prediction, summary="Estimate the hours to dispatch",
+              responses=BODY_ERROR_RESPONSES)
+    async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
+        return answer(cast(PredictionRequest, request))
+
+    def answer(body: PredictionRequest) -> Prediction:
+        estimate = model.predict_one(body.product_code, body.orders_placed)
+        observe_prediction(body.product_code, body.orders_placed)
+        return Prediction(est_hours_to_dispatch=estimate, model_version=version)
+
+    # One vectorised call of the estimator for the whole batch; a batch of 1,000 takes well
+    # under a millisecond, so it too stays on the event loop.
+    @app.post(PREDICT_BATCH_PATH, response_model=List[Prediction], summary="Estimate for many requests",
+              responses=BODY_ERROR_RESPONSES)
+    async def time_to_dispatch_batch(
+        requests: Annotated[  # type: ignore[valid-type]
+            List[request_model], Body(min_length=1, max_length=MAX_BATCH_SIZE)
+        ],
+    ) -> List[Prediction]:
+        bodies = cast(List[PredictionRequest], requests)
+        codes = [body.product_code for body in bodies]
+        orders = [body.orders_placed for body in bodies]
+        estimates = model.predict(codes, orders)
+        observe_predictions(codes, orders)
+        return [Prediction(est_hours_to_dispatch=float(e), model_version=version) for e in estimates]
+
+    @app.get(MODEL_PATH, summary="The model's lineage")
+    async def model_lineage() -> Dict[str, Any]:
+        return cast(Dict[str, Any], lineage)
+
+    @app.get(MODEL_REPORT_PATH, summary="The model's report (HTML)", response_class=HTMLResponse,
+             responses={404: {"description": "The model has no report (it was made before reports existed)"}})
+    async def model_report() -> Any:
+        if report_html is None:
+            where = f"named {model.report_key}, not found" if model.report_key else "made before reports existed"
+            return JSONResponse(status_code=404, content={
+                "detail": f"model {model.artefact_id} has no report ({where})"})
+        return HTMLResponse(report_html)
+
+    @app.get(HEALTH_PATH, summary="Liveness")
+    async def health() -> Dict[str, str]:
+        return {"status": "ok"}
+
+    # The factory only ever gets a loaded model, and `main` warms it up before the port opens,
+    # so whenever this can answer, the service is ready.
+    @app.get(READY_PATH, summary="Readiness: a model is loaded and warmed up")
+    async def ready() -> Dict[str, str]:
+        return {"status": "ready", "model_version": version}
+
+    # Middleware, innermost first: the fast path inside the limits (which see its body as they
+    # see any), both inside the metrics (which see every answer, the 413s and 408s included).
+    if fast_path:
+        [route] = [r for r in app.router.routes if isinstance(r, APIRoute) and r.path == PREDICT_PATH]
+        app.add_middleware(SinglePredictionFastPath, request_model=request_model, route=route, answer=answer)
+    app.add_middleware(RequestLimits)
+    instrument(app, service_metrics, access_log)
+    return app
+
+
+class SinglePredictionFastPath:
+    """Pure ASGI middleware: answers a valid `POST PREDICT_PATH` itself, with the very status,
+    headers and bytes FastAPI's route would send (a test compares them), but without FastAPI's
+    routing, request object, dependency solving and response checks, which cost more CPU than
+    the estimate itself (docs/benchmarks.md).
+
+    Everything else goes on to the app untouched, the body it read replayed: other routes and
+    methods, a `Content-Type` other than exactly `application/json`, and every body the request
+    model does not accept, so that each error is FastAPI's own 422 (or 400) as documented.
+
+    Args:
+        app: the ASGI app to wrap.
+        request_model: the route's request model (`build_request_model`).
+        route: the route it answers for; put in the scope as FastAPI does, so that the metrics
+            count its requests under the route's template.
+        answer: what the route's endpoint does with a valid request.
+    """
+
+    def __init__(self, app: ASGIApp, request_model: Type[PredictionRequest], route: APIRoute,
+                 answer: Callable[[PredictionRequest], Prediction]) -> None:
+        self.app = app
+        self.request_model = request_model
+        self.route = route
+        self.answer = answer
+        self.to_json = TypeAdapter(Prediction).dump_json
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ours = scope["type"] == "http" and scope["path"] == PREDICT_PATH and scope["method"] == "POST"
+        if not ours or not _plain_json(scope):
+            await self.app(scope, receive, send)
+            return
+        messages: List[Message] = []
+        chunks: List[bytes] = []
+        complete = False
+        while not complete:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # the client went away: the app sees that as it would have
+            chunks.append(message.get("body", b""))
+            complete = not message.get("more_body", False)
+        if complete:
+            try:
+                request = self.request_model.model_validate_json(b"".join(chunks))
+            except ValidationError:
+                pass  # FastAPI answers it, with its own 422 or 400
+            else:
+                content = self.to_json(self.answer(request))
+                scope["route"] = self.route
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    (b"content-length", str(len(content)).encode("latin-1")),
+                    (b"content-type", b"application/json"),
+                ]})
+                await send({"type": "http.response.body", "body": content})
+                return
+        await self.app(scope, _replaying(messages, receive), send)
+
+
+def _plain_json(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bool(value == b"application/json")
+    return False
+
+
+def _replaying(messages: List[Message], receive: Receive) -> Callable[[], Awaitable[Message]]:
+    """A `receive` that hands out `messages` first, then whatever `receive` gives."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed
+
+
+def _ignore_prediction(product_code: str, orders_placed: float) -> None:
+    pass
+
+
+def _ignore_predictions(product_codes: Sequence[str], orders_placed: Sequence[float]) -> None:
+    pass
+
+
+async def validation_error_response(request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's standard 422 body, safe to render whatever the request held.
+
+    - NaN and Infinity (Python's JSON parser accepts the literals) are echoed as the strings
+      `"NaN"`, `"Infinity"` and `"-Infinity"`; JSON cannot carry them as numbers.
+    - An echoed `input` whose JSON is longer than QUOTE_PREFIX_CHARS characters becomes a
+      string: its first QUOTE_PREFIX_CHARS characters, `...`, and its length. A 100 MB value
+      is never sent back.
+    - Lone surrogates (`"\ud800"`, valid in JSON text, not in UTF-8) in any string of the
+      body, field names in `loc` included, are echoed escaped (`\ud800`), since the body could
+      not be encoded otherwise.
+    """
+    errors = cast(RequestValidationError, error).errors()
+    detail = []
+    for item in errors:
+        item = dict(item)
+        if "input" in item:
+            item["input"] = _short_input(_json_safe(jsonable_encoder(item["input"])))
+        if "loc" in item:  # a field name that is not in the schema is the client's text too
+            item["loc"] = [_short_input(part) if isinstance(part, str) else part for part in item["loc"]]
+        detail.append(_json_safe(jsonable_encoder(item)))
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def _short_input(value: Any) -> Any:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if len(text) <= QUOTE_PREFIX_CHARS:
+        return value
+    return f"{text[:QUOTE_PREFIX_CHARS]}... ({len(text)} characters)"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value

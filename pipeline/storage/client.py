@@ -1,0 +1,240 @@
+"""The S3 client and its errors: timeouts and retries, what each S3 failure becomes, and
+reading and writing one object.
+
+Every S3 call has connect and read timeouts and a bounded number of attempts in botocore's
+standard retry mode (S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS, S3_MAX_ATTEMPTS):
+a hanging S3 fails a stage within its time limit (the arithmetic is in docs/reliability.md).
+Every failure becomes a StorageError naming the object and what was being done to it. An
+object is never overwritten where that matters: `put_new_object` writes only where nothing is.
+
+All S3 access is plain boto3; endpoint, region and credentials come from the standard AWS
+environment variables (`AWS_ENDPOINT_URL` selects an S3-compatible server).
+"""
+import json
+import os
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Type
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipeline.utils import quote
+
+# The S3 time budget: each call waits at most S3_CONNECT_TIMEOUT_SECONDS for a connection and
+# S3_READ_TIMEOUT_SECONDS for each read, S3_MAX_ATTEMPTS times, with botocore's standard
+# retry mode (exponential backoff with jitter: at most 1 + 2 + 4 s between the 4 attempts).
+# One call that never gets an answer fails after at most 4 x (3 + 18) + 7 = 91 s: inside
+# the serve stage's 120 s start-up and the train stage's 180 s. Yet 503 SlowDown three
+# times or a reset connection is retried, and the attempts span 4 x 18 = 72 s, so a 70 s
+# stall is ridden out. docs/reliability.md has the arithmetic; `worst_case_s3_call_seconds`
+# computes it. The environment variables of the same names override them, for tests only.
+S3_CONNECT_TIMEOUT_SECONDS = 3.0
+S3_READ_TIMEOUT_SECONDS = 18.0
+S3_MAX_ATTEMPTS = 4
+# botocore's standard retry mode waits at most 2 ** (n - 1) s, capped at 20 s, before retry n.
+_MAX_BACKOFF_SECONDS = 20.0
+# What S3 answers a conditional write (`If-None-Match: *`) when an object exists at the key.
+_EXISTS_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+
+class StorageError(Exception):
+    """Something about the bucket or an object in it is not as the pipeline needs it."""
+
+
+class NoSuchBucketError(StorageError):
+    """The bucket does not exist."""
+
+
+class AccessDeniedError(StorageError):
+    """The credentials may not do what was asked."""
+
+
+class ObjectTooLargeError(StorageError):
+    """An object is larger than its reader accepts: refused before its body is read."""
+
+    def __init__(self, uri: str, size: int, limit: int) -> None:
+        super().__init__(f"{uri}: the object is {size:,} bytes, over the limit of {limit:,} bytes; refusing to read it")
+        self.uri, self.size, self.limit = uri, size, limit
+
+
+class ObjectInfo(NamedTuple):
+    """What a HEAD request tells about an object."""
+
+    etag: str
+    metadata: Dict[str, str]
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client configured from the standard AWS environment variables, with the
+    pipeline's timeouts and retries (see S3_READ_TIMEOUT_SECONDS)."""
+    config = Config(
+        connect_timeout=_setting("S3_CONNECT_TIMEOUT_SECONDS", S3_CONNECT_TIMEOUT_SECONDS),
+        read_timeout=_setting("S3_READ_TIMEOUT_SECONDS", S3_READ_TIMEOUT_SECONDS),
+        retries={"mode": "standard", "total_max_attempts": int(_setting("S3_MAX_ATTEMPTS", S3_MAX_ATTEMPTS))},
+    )
+    return boto3.client("s3", config=config)
+
+
+def worst_case_s3_call_seconds(
+    connect_timeout: float = S3_CONNECT_TIMEOUT_SECONDS,
+    read_timeout: float = S3_READ_TIMEOUT_SECONDS,
+    attempts: int = S3_MAX_ATTEMPTS,
+) -> float:
+    """The longest one S3 call can take before it fails: every attempt waits out both timeouts
+    (a slow connection, then no answer), with the most backoff between attempts."""
+    backoff = sum(min(2.0 ** (retry - 1), _MAX_BACKOFF_SECONDS) for retry in range(1, attempts))
+    return attempts * (connect_timeout + read_timeout) + backoff
+
+
+def _setting(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{name} must be a number of seconds or attempts, got {quote(raw)}") from None
+    if not 0 < value < 3600:
+        raise StorageError(f"{name} must be in (0, 3600), got {value}")
+    return value
+
+
+def get_object_bytes(
+    client: Any, bucket: str, key: str, max_bytes: Optional[int] = None, version_id: Optional[str] = None
+) -> Tuple[bytes, Any]:
+    """The object's bytes (its current version, or `version_id`) and the response; with
+    `max_bytes`, a larger object is refused from its Content-Length before its body is read
+    (botocore checks that the body read has exactly that length).
+
+    Raises:
+        ObjectTooLargeError: the object is larger than `max_bytes`.
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed (no such key
+            or version).
+    """
+    extra = {"VersionId": version_id} if version_id else {}
+    try:
+        response = client.get_object(Bucket=bucket, Key=key, **extra)
+        size = int(response.get("ContentLength", 0))
+        if max_bytes is not None and size > max_bytes:
+            response["Body"].close()
+            raise ObjectTooLargeError(f"s3://{bucket}/{key}", size, max_bytes)
+        return response["Body"].read(), response
+    except (ClientError, BotoCoreError) as error:
+        raise storage_error(error, bucket, key, "read") from error
+
+
+def put_new_object(
+    client: Any, bucket: str, key: str, body: bytes, what: str, exists: Type[StorageError] = StorageError,
+    **extra: Any,
+) -> None:
+    """Write an object only if none exists at the key (`If-None-Match: *`); never overwrites.
+    Every write of the pipeline that must not replace anything goes through here.
+
+    Args:
+        what: the object, as the error names it ("a report file").
+        exists: the error to raise when an object is already at the key.
+        extra: more arguments of `put_object` (ContentType, Metadata).
+
+    Raises:
+        `exists`: "s3://BUCKET/KEY: <what> already exists at this key".
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
+    except ClientError as error:
+        if error_code(error) in _EXISTS_CODES:
+            raise exists(f"s3://{bucket}/{key}: {what} already exists at this key") from error
+        raise storage_error(error, bucket, key, "write") from error
+    except BotoCoreError as error:
+        raise storage_error(error, bucket, key, "write") from error
+
+
+def object_info(bucket: str, key: str, client: Any = None) -> Optional[ObjectInfo]:
+    """An object's ETag and user metadata, or None if there is no object at `key`.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed otherwise.
+    """
+    client = client or s3_client()
+    try:
+        response = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error_code(error) in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise storage_error(error, bucket, key, "read") from error
+    except BotoCoreError as error:
+        raise storage_error(error, bucket, key, "read") from error
+    return ObjectInfo(response["ETag"].strip('"'), dict(response.get("Metadata", {})))
+
+
+def get_json_object(bucket: str, key: str, client: Any = None) -> Optional[Any]:
+    """A JSON object's value, or None if there is no object at `key`.
+
+    Raises:
+        StorageError: S3 failed, or the object is not JSON (naming its key).
+    """
+    client = client or s3_client()
+    if object_info(bucket, key, client) is None:
+        return None
+    body, _ = get_object_bytes(client, bucket, key)
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        raise StorageError(f"s3://{bucket}/{key}: not JSON: {error}") from error
+
+
+def put_object_bytes(
+    bucket: str, key: str, body: bytes, content_type: Optional[str] = None, client: Any = None
+) -> str:
+    """Write a small object (a dataset, a report, a plot) in one request. Returns the key.
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    client = client or s3_client()
+    extra = {"ContentType": content_type} if content_type else {}
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    except (ClientError, BotoCoreError) as error:
+        raise storage_error(error, bucket, key, "write") from error
+    return key
+
+
+def delete_object(bucket: str, key: str, client: Any = None) -> None:
+    """Delete an object (in a versioned bucket: hide it behind a delete marker).
+
+    Raises:
+        NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
+    """
+    client = client or s3_client()
+    try:
+        client.delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as error:
+        raise storage_error(error, bucket, key, "delete") from error
+
+
+def response_version_id(response: Any) -> Optional[str]:
+    """The S3 version id a response names; None in a bucket without versioning."""
+    version = response.get("VersionId")
+    return None if version in (None, "null") else str(version)
+
+
+def error_code(error: ClientError) -> str:
+    """S3's error code (`NoSuchKey`, `404`, ...) of a failed call."""
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def storage_error(error: Exception, bucket: str, key: str, action: str) -> StorageError:
+    """The StorageError a failed S3 call on `key` becomes, saying what was being done to it."""
+    uri = f"s3://{bucket}/{key}"
+    if isinstance(error, ClientError):
+        code = error_code(error)
+        message = error.response.get("Error", {}).get("Message", str(error))
+        if code == "NoSuchBucket":
+            return NoSuchBucketError(f"s3://{bucket}: bucket does not exist (while trying to {action} {uri})")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return AccessDeniedError(f"{uri}: access denied while trying to {action} it ({code}: {message})")
+        if code in ("NoSuchKey", "404"):
+            return StorageError(f"{uri}: no such object (while trying to {action} it)")
+        return StorageError(f"{uri}: cannot {action} it ({code}: {message})")
+    return StorageError(f"{uri}: cannot {action} it: {error}")

@@ -1,0 +1,116 @@
+"""The train stage in order: newest dataset in, validated and versioned model out.
+
+`train` reads as the whole story: newest dataset, prepare, tune, evaluate, compare with the
+live model, drift, report, then every gate together, and persist, signed. Every run that
+reaches evaluation writes its report under `reports/` before the gates are applied; a model
+that fails a gate is never persisted. `parse_args` reads the stage's command line;
+`pipeline/train_model.py` wires the two and maps failures to the exit code.
+"""
+import argparse
+import logging
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+from pipeline.artefact.model import Model
+from pipeline.artefact.signing import load_signing_keys
+from pipeline.storage.datasets import get_latest_dataset
+from pipeline.storage.layout import report_prefix
+from pipeline.storage.report_files import put_report
+from pipeline.storage.signed_artefacts import put_model
+from pipeline.train.champion import (
+    DEFAULT_CHAMPION_TOLERANCE,
+    apply_decision,
+    check_tolerance_valid,
+    compare_with_champion,
+    decide,
+    load_champion,
+)
+from pipeline.train.drift import compute_drift, log_findings
+from pipeline.train.report import REPORT_HTML, RunFindings, build_report
+from pipeline.train.steps import (
+    build_model,
+    check_thresholds_valid,
+    evaluate,
+    logic_check_failures,
+    prepare_data,
+    r_squared_failure,
+    test_rows,
+)
+from pipeline.train.tuning import HYPERPARAM_GRID, tune_hyperparameters
+from pipeline.utils import StageArgumentParser
+
+USAGE = (
+    "usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_THRESHOLD "
+    "[--n-jobs N] [--champion-tolerance T] (thresholds are numbers in (0, 1]; T a number >= 0, "
+    f"default {DEFAULT_CHAMPION_TOLERANCE}: how much worse than the live model's MAE, relatively)"
+)
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    bucket: str,
+    error_threshold: float,
+    warning_threshold: float,
+    hyperparam_grid: Optional[Dict[str, List[Any]]] = None,
+    n_jobs: Optional[int] = None,
+    champion_tolerance: float = DEFAULT_CHAMPION_TOLERANCE,
+) -> Model:
+    """Train on the newest dataset, judge the model, report, and persist it if every gate passes.
+
+    Raises:
+        SigningKeyError: MODEL_SIGNING_KEY is unset or malformed (checked before any work).
+        StorageError: S3 failed or holds no usable dataset.
+        DatasetError: the dataset cannot be trained on.
+        ModelRefusedError: one or more gates failed (all are named); the report is written.
+    """
+    check_thresholds_valid(error_threshold, warning_threshold)
+    check_tolerance_valid(champion_tolerance)
+    keys = load_signing_keys()
+    dataset = get_latest_dataset(bucket)
+    log.info(f"training on {dataset.uri} (ETag {dataset.etag}, version {dataset.version_id})")
+    data = prepare_data(dataset.data)
+    search = tune_hyperparameters(data.X_train, data.y_train, hyperparam_grid or HYPERPARAM_GRID, n_jobs)
+    metrics = evaluate(search.estimator, data)
+    model = build_model(search.estimator, search.best_params, data, metrics, dataset)
+    champion, reference = load_champion(bucket)
+    orders, codes = test_rows(data)
+    comparison = compare_with_champion(model, champion, orders, codes, data.y_test, champion_tolerance) \
+        if champion is not None else None
+    drift = compute_drift(dataset.data, reference.data if reference else None,
+                          reference.uri if reference else None, champion)
+    log_findings(drift)
+    logic_failures = logic_check_failures(search.estimator, data)
+    decision = decide(logic_failures, r_squared_failure(metrics, error_threshold, warning_threshold), comparison)
+    findings = RunFindings(
+        model, champion, dataset.data, reference.data if reference else None, orders, codes, data.y_test,
+        comparison, drift, logic_failures, (error_threshold, warning_threshold), champion_tolerance, decision,
+    )
+    prefix = report_prefix(model)
+    put_report(bucket, prefix, build_report(findings))
+    log.info(f"model report written to s3://{bucket}/{prefix}{REPORT_HTML}")
+    apply_decision(decision, f"s3://{bucket}/{prefix}{REPORT_HTML}")
+    model.report_key = prefix + REPORT_HTML
+    key = put_model(bucket, model, keys=keys)
+    log.info(f"persisted model {model} to s3://{bucket}/{key}")
+    return model
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the CLI arguments.
+
+    Raises:
+        ValueError: with the reason, for any bad argument.
+    """
+    parser = StageArgumentParser(prog="train_model.py")
+    parser.add_argument("error_threshold", type=float)
+    parser.add_argument("warning_threshold", type=float)
+    parser.add_argument("--n-jobs", type=int, default=None)
+    parser.add_argument("--champion-tolerance", type=float, default=DEFAULT_CHAMPION_TOLERANCE)
+    args = parser.parse_stage_args(argv)
+    for name in ("error_threshold", "warning_threshold"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise ValueError(f"R2_{name.split('_')[0].upper()}_THRESHOLD must be in (0, 1], got {value}")
+    check_tolerance_valid(args.champion_tolerance)
+    return args

@@ -1,0 +1,327 @@
+"""The train stage's steps: validate and split the data, evaluate, check and describe the model.
+
+Each step takes data and returns data (or raises); `stage.train` calls them in order, and the
+grid search lives in `tuning.py`.
+"""
+import logging
+import math
+import os
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import mean_absolute_error, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.tree import DecisionTreeRegressor
+
+from pipeline.artefact.features import (
+    DATASET_COLUMNS,
+    LABEL_COLUMN,
+    ORDERS_COLUMN,
+    PRODUCT_COLUMN,
+    ProductCodeEncoding,
+    encode_features,
+)
+from pipeline.artefact.model import (
+    DatasetLineage,
+    Model,
+    MonotonicityReport,
+    ProductMonotonicity,
+    TaskMetrics,
+)
+from pipeline.storage.datasets import Dataset
+from pipeline.utils import quote
+
+TEST_SIZE = 0.2
+RANDOM_STATE = 42
+# Each product needs enough rows for a stratified 80/20 split that leaves every fold of the
+# 5-fold search some of its rows to learn from.
+MIN_ROWS_PER_PRODUCT = 10
+# The logic checks: estimates must rise from 100 to 150 orders, and stay within reason.
+CHECK_ORDERS_LOW, CHECK_ORDERS_HIGH = 100, 150
+MAX_ESTIMATE_TO_LABEL_RATIO = 1.25
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be trained on."""
+
+
+class ModelValidationError(ValueError):
+    """The trained model failed its logic checks or the r² error threshold."""
+
+
+class PreparedData(NamedTuple):
+    """The train/test split, encoded, with what it was made from."""
+
+    X_train: np.ndarray
+    X_test: np.ndarray
+    y_train: np.ndarray
+    y_test: np.ndarray
+    encoding: ProductCodeEncoding
+    rows_per_product: Dict[str, int]
+    max_orders_placed: int
+
+
+def check_thresholds_valid(error_threshold: float, warning_threshold: float) -> None:
+    """Thresholds must be r² values in (0, 1]; say once if the warning can never fire.
+
+    Raises:
+        ValueError: naming the threshold that is out of range.
+    """
+    for name, value in (("R2_ERROR_THRESHOLD", error_threshold), ("R2_WARNING_THRESHOLD", warning_threshold)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1):
+            raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    if warning_threshold <= error_threshold:
+        log.info(
+            f"R2_WARNING_THRESHOLD ({warning_threshold}) is not above R2_ERROR_THRESHOLD "
+            f"({error_threshold}): no drift warning can fire, only the error threshold applies"
+        )
+
+
+def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
+    """Check a raw dataset can be trained on and return its three columns, typed.
+
+    Every problem found is reported together.
+
+    Raises:
+        DatasetError: missing columns, non-numeric, negative or missing `orders_placed`,
+            missing or non-numeric labels, missing product codes, or a product with fewer
+            than MIN_ROWS_PER_PRODUCT rows.
+    """
+    missing = [column for column in DATASET_COLUMNS if column not in data.columns]
+    if missing:
+        raise DatasetError(
+            f"missing column(s) {', '.join(missing)}; expected {', '.join(DATASET_COLUMNS)}, "
+            f"got {', '.join(map(str, data.columns)) or 'none'}"
+        )
+    if data.empty:
+        raise DatasetError("the dataset has no rows")
+    problems: List[str] = []
+    orders = pd.to_numeric(data[ORDERS_COLUMN], errors="coerce")
+    labels = pd.to_numeric(data[LABEL_COLUMN], errors="coerce")
+    codes = data[PRODUCT_COLUMN]
+    _report(problems, data[ORDERS_COLUMN].notna() & orders.isna(), f"non-numeric {ORDERS_COLUMN}",
+            data[ORDERS_COLUMN])
+    _report(problems, data[ORDERS_COLUMN].isna(), f"missing {ORDERS_COLUMN}")
+    _report(problems, np.isinf(orders), f"infinite {ORDERS_COLUMN}", orders)
+    _report(problems, orders < 0, f"negative {ORDERS_COLUMN}", orders)
+    _report(problems, data[LABEL_COLUMN].notna() & labels.isna(), f"non-numeric {LABEL_COLUMN}",
+            data[LABEL_COLUMN])
+    _report(problems, data[LABEL_COLUMN].isna(), f"missing {LABEL_COLUMN} (label)")
+    _report(problems, np.isinf(labels), f"infinite {LABEL_COLUMN}", labels)
+    _report(problems, labels < 0, f"negative {LABEL_COLUMN}", labels)
+    blank_codes = codes.isna() | (codes.astype(str).str.strip() == "")
+    _report(problems, blank_codes, f"missing {PRODUCT_COLUMN}")
+    if not problems:
+        warn_about_lookalike_codes(codes.astype(str))
+        counts = codes.astype(str).str.strip().value_counts().to_dict()
+        few = {code: n for code, n in counts.items() if n < MIN_ROWS_PER_PRODUCT}
+        if few:
+            problems.append(
+                "too few rows for product(s) "
+                + ", ".join(f"{code} ({n})" for code, n in sorted(few.items()))
+                + f"; each product needs at least {MIN_ROWS_PER_PRODUCT}"
+            )
+    if problems:
+        raise DatasetError("; ".join(problems))
+    return pd.DataFrame(
+        {
+            LABEL_COLUMN: labels.astype(np.float64),
+            ORDERS_COLUMN: orders.astype(np.float64),
+            PRODUCT_COLUMN: codes.astype(str).str.strip(),
+        }
+    )
+
+
+def warn_about_lookalike_codes(codes: "pd.Series[Any]") -> None:
+    """One WARNING per group of product codes that differ only in case or surrounding spaces.
+
+    Surrounding spaces are trimmed (`" SKU002"` trains as `SKU002`), case is kept (`sku002`
+    and `SKU002` stay two codes); either way it is likely a typo in the data worth a look.
+    """
+    variants = pd.Series(codes.unique())
+    counts = codes.value_counts()
+    for _, group in variants.groupby(variants.str.strip().str.casefold()):
+        if len(group) > 1:
+            named = ", ".join(f"{quote(code)} ({counts[code]} rows)" for code in sorted(group)[:5])
+            distinct = group.str.strip().nunique()
+            log.warning(
+                f"product codes that differ only in case or surrounding spaces: {named}; spaces are "
+                f"trimmed and case is kept, so they train as {distinct} distinct code(s)"
+            )
+
+
+def prepare_data(raw: pd.DataFrame) -> PreparedData:
+    """Validate, learn the product-code encoding and split 80/20 stratified by product.
+
+    Raises:
+        DatasetError: as `validate_dataset`.
+    """
+    data = validate_dataset(raw)
+    rows_per_product = {str(k): int(v) for k, v in sorted(data[PRODUCT_COLUMN].value_counts().items())}
+    log.info(f"{len(data)} rows; rows per product: {rows_per_product}")
+    encoding = ProductCodeEncoding.fit(data[PRODUCT_COLUMN])
+    features = encode_features(data[ORDERS_COLUMN].to_numpy(), data[PRODUCT_COLUMN].tolist(), encoding)
+    X_train, X_test, y_train, y_test = train_test_split(
+        features,
+        data[LABEL_COLUMN].to_numpy(),
+        test_size=TEST_SIZE,
+        stratify=data[PRODUCT_COLUMN],
+        random_state=RANDOM_STATE,
+    )
+    return PreparedData(
+        X_train, X_test, y_train, y_test, encoding, rows_per_product,
+        int(math.floor(data[ORDERS_COLUMN].max())),
+    )
+
+
+def evaluate(estimator: DecisionTreeRegressor, data: PreparedData) -> TaskMetrics:
+    """r² and mean absolute error on the test split."""
+    predictions = estimator.predict(data.X_test)
+    metrics = TaskMetrics(
+        r_squared=float(r2_score(data.y_test, predictions)),
+        mean_absolute_error=float(mean_absolute_error(data.y_test, predictions)),
+        n_train=len(data.y_train),
+        n_test=len(data.y_test),
+    )
+    log.info(
+        f"test metrics: r²={metrics.r_squared:.4f}, MAE={metrics.mean_absolute_error:.4f} hours "
+        f"({metrics.n_test} test rows)"
+    )
+    return metrics
+
+
+def test_rows(data: PreparedData) -> Tuple[np.ndarray, List[str]]:
+    """The held-out rows' `orders_placed` and product codes, decoded from the test features."""
+    return data.X_test[:, 0].copy(), [data.encoding.codes[int(i)] for i in data.X_test[:, 1]]
+
+
+def logic_check_failures(estimator: DecisionTreeRegressor, data: PreparedData) -> List[str]:
+    """The three checks a model must pass before it is persisted; returns every failure.
+
+    - every product: a strictly higher estimate at 150 orders than at 100;
+    - no negative estimate on the test set;
+    - no estimate on the test set above 1.25 times the largest test label.
+    """
+    failures: List[str] = []
+    codes = list(data.encoding.codes)
+    low = estimator.predict(encode_features([CHECK_ORDERS_LOW] * len(codes), codes, data.encoding))
+    high = estimator.predict(encode_features([CHECK_ORDERS_HIGH] * len(codes), codes, data.encoding))
+    for code, at_low, at_high in zip(codes, low, high):
+        if not at_high > at_low:
+            failures.append(
+                f"{code}: estimate at {CHECK_ORDERS_HIGH} orders ({at_high:.3f}h) is not above "
+                f"the estimate at {CHECK_ORDERS_LOW} orders ({at_low:.3f}h)"
+            )
+    test_predictions = estimator.predict(data.X_test)
+    negative = int((test_predictions < 0).sum())
+    if negative:
+        failures.append(
+            f"{negative} negative estimate(s) on the test set (lowest {test_predictions.min():.3f}h)"
+        )
+    ceiling = MAX_ESTIMATE_TO_LABEL_RATIO * float(np.max(data.y_test))
+    too_high = int((test_predictions > ceiling).sum())
+    if too_high:
+        failures.append(
+            f"{too_high} estimate(s) on the test set above {MAX_ESTIMATE_TO_LABEL_RATIO} x the "
+            f"largest test label ({ceiling:.3f}h; highest estimate {test_predictions.max():.3f}h)"
+        )
+    if not failures:
+        log.info("logic checks passed: estimates rise from 100 to 150 orders, none negative or too high")
+    return failures
+
+
+def check_model_logic(estimator: DecisionTreeRegressor, data: PreparedData) -> None:
+    """The logic checks of `logic_check_failures`, as a gate of their own.
+
+    Raises:
+        ModelValidationError: listing every failed check.
+    """
+    failures = logic_check_failures(estimator, data)
+    if failures:
+        raise ModelValidationError("model failed its logic checks: " + "; ".join(failures))
+
+
+def r_squared_failure(metrics: TaskMetrics, error_threshold: float, warning_threshold: float) -> Optional[str]:
+    """Apply the r² thresholds: the reason the model must not be persisted, or None.
+
+    Below the warning threshold (and not the error threshold) it logs a WARNING that
+    suggests drift; the model may still be persisted.
+    """
+    r_squared = metrics.r_squared
+    if r_squared < error_threshold:
+        return f"test r² {r_squared:.4f} is below the error threshold {error_threshold}"
+    if r_squared < warning_threshold:
+        log.warning(
+            f"test r² {r_squared:.4f} is below the warning threshold {warning_threshold} "
+            f"(error threshold {error_threshold}): this suggests drift in the data; "
+            "the model is persisted, but look into it"
+        )
+    return None
+
+
+def check_r_squared(metrics: TaskMetrics, error_threshold: float, warning_threshold: float) -> None:
+    """The r² thresholds of `r_squared_failure`, as a gate of their own.
+
+    Raises:
+        ModelValidationError: r² below the error threshold (nothing must be persisted).
+    """
+    failure = r_squared_failure(metrics, error_threshold, warning_threshold)
+    if failure:
+        raise ModelValidationError(f"{failure}; no model persisted")
+
+
+def measure_monotonicity(estimator: DecisionTreeRegressor, data: PreparedData) -> MonotonicityReport:
+    """Count, per product, the whole-order steps where the estimate falls, and the largest fall."""
+    orders = np.arange(0, data.max_orders_placed + 1, dtype=np.float64)
+    per_product: Dict[str, ProductMonotonicity] = {}
+    for code in data.encoding.codes:
+        estimates = estimator.predict(encode_features(orders, [code] * len(orders), data.encoding))
+        drops = -np.diff(estimates)
+        falling = drops[drops > 0]
+        per_product[code] = ProductMonotonicity(
+            decreasing_steps=int(falling.size),
+            largest_drop_hours=float(falling.max()) if falling.size else 0.0,
+        )
+    report = MonotonicityReport(data.max_orders_placed, per_product)
+    log.info(
+        f"monotonicity over 0..{data.max_orders_placed} orders: {report.total_decreasing_steps} "
+        f"decreasing step(s), largest drop {report.largest_drop_hours:.3f}h; per product "
+        + ", ".join(f"{c}: {p.decreasing_steps}" for c, p in per_product.items())
+    )
+    return report
+
+
+def build_model(
+    estimator: DecisionTreeRegressor,
+    hyperparameters: Dict[str, Any],
+    data: PreparedData,
+    metrics: TaskMetrics,
+    dataset: Dataset,
+) -> Model:
+    """Wrap the tuned estimator with its lineage (the commit from `GIT_COMMIT_HASH`)."""
+    return Model(
+        estimator=estimator,
+        encoding=data.encoding,
+        dataset=DatasetLineage(
+            dataset.bucket, dataset.key, dataset.timestamp, dataset.etag, dataset.version_id
+        ),
+        metrics=metrics,
+        hyperparameters=dict(hyperparameters),
+        monotonicity=measure_monotonicity(estimator, data),
+        git_commit=os.environ.get("GIT_COMMIT_HASH", "unknown"),
+    )
+
+
+def _report(
+    problems: List[str], mask: "pd.Series[bool]", what: str, values: "Optional[pd.Series[Any]]" = None
+) -> None:
+    mask = mask.fillna(False).astype(bool)
+    count = int(mask.sum())
+    if count:
+        rows = ", ".join(str(i + 2) for i in np.flatnonzero(mask.to_numpy())[:5])
+        example = f" (e.g. {quote(values[mask].iloc[0])})" if values is not None else ""
+        more = "..." if count > 5 else ""
+        problems.append(f"{count} row(s) with {what}{example} at CSV line(s) {rows}{more}")

@@ -1,0 +1,530 @@
+"""The service's API through `TestClient`, on the app production runs, with a real trained model.
+
+The model is the one the real train stage produced for the session (see conftest), stored in
+and loaded back from the local S3 server, exactly as the service gets it at start-up.
+"""
+import asyncio
+import json
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeline.artefact.model import Model
+from pipeline.local.synthetic import generate_orders
+from pipeline.model_registry.live_model import get_live_model
+from pipeline.serve.api import (
+    MAX_BATCH_SIZE,
+    MAX_ORDERS_PLACED,
+    Prediction,
+    SinglePredictionFastPath,
+    build_request_model,
+    create_app,
+)
+from pipeline.serve.metrics import METRICS_PATH
+from pipeline.storage.datasets import Dataset
+from pipeline.train import steps, tuning
+from tests.helpers import parse_metrics
+
+PREDICT = "/api/v0.1/time_to_dispatch"
+PREDICT_BATCH = "/api/v0.1/time_to_dispatch/batch"
+
+
+@pytest.fixture
+def served_model(bucket_with_model: str) -> Model:
+    """The newest model of a bucket, loaded and verified by the storage module."""
+    return get_live_model(bucket_with_model)
+
+
+@pytest.fixture
+def client(served_model: Model) -> TestClient:
+    """A client of the service's app serving `served_model`."""
+    return TestClient(create_app(served_model))
+
+
+def estimator_predictions(model: Model, product_code: str, orders_placed: List[float]) -> np.ndarray:
+    """What the wrapped scikit-learn estimator itself predicts for one product code."""
+    code_index = model.encoding.codes.index(product_code)
+    features = np.column_stack([orders_placed, np.full(len(orders_placed), float(code_index))])
+    return np.asarray(model.estimator.predict(features), dtype=np.float64)
+
+
+def orders_to_check(model: Model) -> List[float]:
+    """Whole orders over the trained range and beyond, and each split threshold and the value just above.
+
+    The thresholds are where an exact tree walk and scikit-learn could part ways.
+    """
+    tree = model.estimator.tree_
+    thresholds = tree.threshold[tree.feature == 0]
+    values = np.concatenate([
+        np.arange(0, model.monotonicity.max_orders_placed + 30),
+        thresholds,
+        np.nextafter(thresholds, np.inf),
+        [0.25, 72.5, 1e4, 123456.789, MAX_ORDERS_PLACED],
+    ])
+    return sorted({float(v) for v in values if 0 <= v <= MAX_ORDERS_PLACED})
+
+
+def post_json(client: TestClient, path: str, body: Any) -> Any:
+    return client.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+
+
+def post_raw(client: TestClient, path: str, text: str) -> Any:
+    return client.post(path, content=text, headers={"Content-Type": "application/json"})
+
+
+# --- POST /api/v0.1/time_to_dispatch ----------------------------------------------------------
+
+def test_prediction_answers_the_estimate_and_the_model_version(client: TestClient, served_model: Model) -> None:
+    response = post_json(client, PREDICT, {"product_code": "SKU001", "orders_placed": 112})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "est_hours_to_dispatch": pytest.approx(estimator_predictions(served_model, "SKU001", [112])[0], abs=1e-9),
+        "model_version": str(served_model),
+    }
+
+
+def test_model_version_names_the_artefact_hash_dataset_and_commit(client: TestClient, served_model: Model) -> None:
+    version = post_json(client, PREDICT, {"product_code": "SKU003", "orders_placed": 40}).json()["model_version"]
+
+    assert served_model.artefact_id in version
+    assert f"sha256={served_model.model_hash[:12]}" in version
+    assert f"data={served_model.dataset.key}@{served_model.dataset.etag}" in version
+    assert f"git={served_model.git_commit[:12]}" in version
+
+
+def test_predictions_equal_the_estimators_for_every_product_code_and_many_orders(
+    client: TestClient, served_model: Model
+) -> None:
+    orders = orders_to_check(served_model)
+    mismatches = []
+    for code in served_model.product_codes:
+        expected = estimator_predictions(served_model, code, orders)
+        for value, want in zip(orders, expected):
+            got = post_json(client, PREDICT, {"product_code": code, "orders_placed": value}).json()
+            if abs(got["est_hours_to_dispatch"] - want) > 1e-9:
+                mismatches.append((code, value, got["est_hours_to_dispatch"], want))
+
+    assert len(orders) > 300
+    assert mismatches == []
+
+
+def test_fractional_orders_placed_is_accepted(client: TestClient, served_model: Model) -> None:
+    response = post_json(client, PREDICT, {"product_code": "SKU002", "orders_placed": 112.5})
+
+    assert response.status_code == 200
+    assert response.json()["est_hours_to_dispatch"] == pytest.approx(
+        estimator_predictions(served_model, "SKU002", [112.5])[0], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "body, field, error_type",
+    [
+        ({"orders_placed": 112}, "product_code", "missing"),
+        ({"product_code": "SKU001"}, "orders_placed", "missing"),
+        ({"product_code": "SKU999", "orders_placed": 112}, "product_code", "literal_error"),
+        ({"product_code": "sku001", "orders_placed": 112}, "product_code", "literal_error"),
+        ({"product_code": 1, "orders_placed": 112}, "product_code", "literal_error"),
+        ({"product_code": "SKU001", "orders_placed": -1}, "orders_placed", "greater_than_equal"),
+        ({"product_code": "SKU001", "orders_placed": -0.001}, "orders_placed", "greater_than_equal"),
+        ({"product_code": "SKU001", "orders_placed": 1e39}, "orders_placed", "less_than_equal"),
+        ({"product_code": "SKU001", "orders_placed": MAX_ORDERS_PLACED * 1.01}, "orders_placed", "less_than_equal"),
+        ({"product_code": "SKU001", "orders_placed": "112"}, "orders_placed", "float_type"),
+        ({"product_code": "SKU001", "orders_placed": True}, "orders_placed", "float_type"),
+        ({"product_code": "SKU001", "orders_placed": None}, "orders_placed", "float_type"),
+        ({"product_code": "SKU001", "orders_placed": 112, "customer": "ACME"}, "customer", "extra_forbidden"),
+    ],
+)
+def test_invalid_request_is_a_422_naming_the_field(
+    client: TestClient, body: Dict[str, Any], field: str, error_type: str
+) -> None:
+    response = post_json(client, PREDICT, body)
+
+    assert response.status_code == 422
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body", field], error_type)]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_orders_placed_is_a_422_with_a_valid_json_body(client: TestClient, literal: str) -> None:
+    # Python's JSON parser accepts these literals, so they reach validation.
+    response = post_raw(client, PREDICT, f'{{"product_code": "SKU001", "orders_placed": {literal}}}')
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "type": "finite_number",
+            "loc": ["body", "orders_placed"],
+            "msg": "Input should be a finite number",
+            "input": literal,
+        }
+    ]
+
+
+def test_body_that_is_not_json_is_a_422(client: TestClient) -> None:
+    response = post_raw(client, PREDICT, '{"product_code": "SKU001", "orders_placed": ')
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+# --- POST /api/v0.1/time_to_dispatch/batch ----------------------------------------------------
+
+def test_batch_answers_each_request_in_order(client: TestClient, served_model: Model) -> None:
+    rng = np.random.default_rng(7)
+    codes = list(served_model.product_codes)
+    requests = [
+        {"product_code": codes[int(i)], "orders_placed": float(o)}
+        for i, o in zip(rng.integers(0, len(codes), 200), rng.uniform(0, 330, 200))
+    ]
+
+    response = post_json(client, PREDICT_BATCH, requests)
+
+    assert response.status_code == 200
+    expected = [estimator_predictions(served_model, r["product_code"], [r["orders_placed"]])[0] for r in requests]
+    answers = response.json()
+    assert [a["est_hours_to_dispatch"] for a in answers] == pytest.approx(expected, abs=1e-9)
+    assert {a["model_version"] for a in answers} == {str(served_model)}
+
+
+def test_batch_equals_the_single_endpoint(client: TestClient, served_model: Model) -> None:
+    requests = [{"product_code": code, "orders_placed": o}
+                for code in served_model.product_codes for o in (0, 99.5, 100, 150, 320)]
+
+    batch = post_json(client, PREDICT_BATCH, requests).json()
+
+    assert batch == [post_json(client, PREDICT, r).json() for r in requests]
+
+
+def test_batch_of_the_maximum_size_is_answered(client: TestClient) -> None:
+    requests = [{"product_code": "SKU004", "orders_placed": i % 300} for i in range(MAX_BATCH_SIZE)]
+
+    response = post_json(client, PREDICT_BATCH, requests)
+
+    assert response.status_code == 200
+    assert len(response.json()) == MAX_BATCH_SIZE
+
+
+def test_batch_over_the_maximum_size_is_a_422(client: TestClient) -> None:
+    requests = [{"product_code": "SKU004", "orders_placed": 1}] * (MAX_BATCH_SIZE + 1)
+
+    response = post_json(client, PREDICT_BATCH, requests)
+
+    assert response.status_code == 422
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body"], "too_long")]
+
+
+def test_empty_batch_is_a_422(client: TestClient) -> None:
+    response = post_json(client, PREDICT_BATCH, [])
+
+    assert response.status_code == 422
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body"], "too_short")]
+
+
+def test_batch_that_is_not_a_list_is_a_422(client: TestClient) -> None:
+    response = post_json(client, PREDICT_BATCH, {"product_code": "SKU001", "orders_placed": 1})
+
+    assert response.status_code == 422
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body"], "list_type")]
+
+
+def test_invalid_item_in_a_batch_is_a_422_naming_its_index_and_field(client: TestClient) -> None:
+    requests = [
+        {"product_code": "SKU001", "orders_placed": 1},
+        {"product_code": "SKU001", "orders_placed": -5},
+        {"product_code": "SKU404", "orders_placed": 1},
+    ]
+
+    response = post_json(client, PREDICT_BATCH, requests)
+
+    assert response.status_code == 422
+    assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [
+        (["body", 1, "orders_placed"], "greater_than_equal"),
+        (["body", 2, "product_code"], "literal_error"),
+    ]
+
+
+# --- the rest of the API ------------------------------------------------------------------------
+
+def test_model_endpoint_returns_the_lineage(client: TestClient, served_model: Model) -> None:
+    lineage = client.get("/api/v0.1/model").json()
+
+    assert lineage["model_version"] == str(served_model)
+    assert lineage["artefact_key"] == served_model.artefact_key
+    assert lineage["artefact_key"].startswith("models/time_to_dispatch_")
+    assert (lineage["dataset"]["key"], lineage["dataset"]["etag"]) == (served_model.dataset.key,
+                                                                       served_model.dataset.etag)
+    assert lineage["metrics"]["r_squared"] == served_model.metrics.r_squared
+    assert lineage["hyperparameters"] == served_model.hyperparameters
+    assert lineage["created_at"] == served_model.created_at.isoformat()
+    assert lineage["git_commit"] == served_model.git_commit
+    assert lineage["product_codes"] == list(served_model.product_codes)
+    assert lineage["report_key"] == served_model.report_key
+
+
+def test_model_report_serves_the_report_html_it_was_given(served_model: Model) -> None:
+    page = b"<!DOCTYPE html><html><body><h1>Model report</h1></body></html>"
+
+    response = TestClient(create_app(served_model, page)).get("/api/v0.1/model/report")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.content == page
+
+
+def test_model_report_of_a_model_made_before_reports_is_a_404_naming_the_model(served_model: Model) -> None:
+    served_model.report_key = None
+
+    response = TestClient(create_app(served_model)).get("/api/v0.1/model/report")
+
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": f"model {served_model.artefact_id} has no report (made before reports existed)"}
+
+
+def test_health_is_ok(client: TestClient) -> None:
+    response = client.get("/health")
+
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_ready_names_the_loaded_model(client: TestClient, served_model: Model) -> None:
+    response = client.get("/ready")
+
+    assert (response.status_code, response.json()) == (200, {"status": "ready", "model_version": str(served_model)})
+
+
+def test_openapi_shows_the_models_product_codes_as_an_enum(client: TestClient, served_model: Model) -> None:
+    schema = client.get("/openapi.json").json()
+
+    request_schema = schema["components"]["schemas"]["PredictionRequest"]
+    assert request_schema["properties"]["product_code"]["enum"] == list(served_model.product_codes)
+    assert request_schema["properties"]["orders_placed"]["minimum"] == 0
+    assert request_schema["properties"]["orders_placed"]["maximum"] == MAX_ORDERS_PLACED
+    assert request_schema["additionalProperties"] is False
+
+
+def test_openapi_documents_every_endpoint(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+
+    assert set(paths) == {PREDICT, PREDICT_BATCH, "/api/v0.1/model", "/api/v0.1/model/report", "/health", "/ready"}
+    batch_body = paths[PREDICT_BATCH]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert (batch_body["minItems"], batch_body["maxItems"]) == (1, MAX_BATCH_SIZE)
+
+
+def test_docs_page_is_served(client: TestClient) -> None:
+    response = client.get("/docs")
+
+    assert response.status_code == 200
+    assert "/openapi.json" in response.text
+
+
+def test_service_accepts_exactly_the_codes_its_model_was_trained_on() -> None:
+    slopes = {"SKU001": 0.075, "SKU002": 0.1, "SKU006": 0.2}
+    data = steps.prepare_data(generate_orders(600, seed=11, product_slopes=slopes))
+    search = tuning.tune_hyperparameters(data.X_train, data.y_train, {"max_depth": [6]})
+    dataset = Dataset(generate_orders(1), "bucket", "datasets/time_to_dispatch_2026-10-02T23:00:00.csv",
+                      datetime(2026, 10, 2, 23, tzinfo=timezone.utc), "etag", None)
+    metrics = steps.evaluate(search.estimator, data)
+    model = steps.build_model(search.estimator, search.best_params, data, metrics, dataset)
+    client = TestClient(create_app(model))
+
+    new_code = post_json(client, PREDICT, {"product_code": "SKU006", "orders_placed": 50})
+    dropped_code = post_json(client, PREDICT, {"product_code": "SKU003", "orders_placed": 50})
+
+    assert new_code.status_code == 200
+    assert new_code.json()["est_hours_to_dispatch"] == pytest.approx(
+        estimator_predictions(model, "SKU006", [50])[0], abs=1e-9)
+    assert dropped_code.status_code == 422
+
+
+def test_request_model_needs_product_codes() -> None:
+    with pytest.raises(ValueError, match="at least one product code"):
+        build_request_model([])
+
+
+# --- hostile inputs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"product_code": "\\ud800", "orders_placed": 1}',
+        '{"product_code": "SKU001", "orders_placed": "\\udfff"}',
+        '{"product_code": "SKU001", "orders_placed": 1, "\\ud800": 1}',
+    ],
+    ids=["product_code", "orders_placed", "field-name"],
+)
+def test_a_lone_surrogate_in_any_string_is_a_422_in_the_documented_shape(client: TestClient, text: str) -> None:
+    response = post_raw(client, PREDICT, text)
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert set(error) >= {"type", "loc", "msg", "input"}
+    assert "\\ud" in response.content.decode("utf-8")  # echoed escaped, as valid UTF-8
+
+
+def test_a_huge_invalid_value_is_echoed_as_a_short_prefix_with_its_length(client: TestClient) -> None:
+    response = post_json(client, PREDICT, {"product_code": "X" * 500_000, "orders_placed": 1})
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "product_code"]
+    assert error["input"] == "X" * 100 + "... (500000 characters)"
+    assert len(response.content) < 2000
+
+
+def test_a_body_missing_a_field_echoes_the_object_cut_short(client: TestClient) -> None:
+    response = post_json(client, PREDICT, {"product_code": "SKU001", "note": "n" * 10_000})
+
+    assert response.status_code == 422
+    assert len(response.content) < 2000
+    assert all(len(json.dumps(error["input"])) < 200 for error in response.json()["detail"])
+
+
+def test_deeply_nested_json_is_a_client_error(client: TestClient) -> None:
+    response = post_raw(client, PREDICT_BATCH, "[" * 100_000 + "]" * 100_000)
+
+    assert response.status_code in (400, 422)
+
+
+def test_openapi_documents_the_400_408_and_413_of_every_post_route(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+
+    for path in (PREDICT, PREDICT_BATCH):
+        assert {"200", "400", "408", "413", "422"} <= set(paths[path]["post"]["responses"]), path
+
+
+# --- the fast path for single predictions -----------------------------------------------------
+
+Answer = Tuple[int, List[Tuple[bytes, bytes]], bytes]
+
+
+def asgi_post(app: Any, body: bytes, content_type: Optional[bytes] = b"application/json", chunks: int = 1) -> Answer:
+    """POST the body to PREDICT on the ASGI app as a server would, in `chunks` messages:
+    the status, the raw headers and the body of the answer."""
+    size = max(1, -(-len(body) // chunks))
+    parts = [body[i:i + size] for i in range(0, len(body), size)] or [b""]
+    messages = [{"type": "http.request", "body": part, "more_body": i < len(parts) - 1} for i, part in enumerate(parts)]
+    headers = [(b"host", b"testserver"), (b"content-length", str(len(body)).encode())]
+    if content_type is not None:
+        headers.append((b"content-type", content_type))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": PREDICT, "raw_path": PREDICT.encode(), "root_path": "", "query_string": b"", "headers": headers,
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    sent: List[Dict[str, Any]] = []
+
+    async def receive() -> Dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)  # a client that waits for its answer
+        raise AssertionError("unreachable")
+
+    async def send(message: Dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], list(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def fast_path_bodies(model: Model) -> List[bytes]:
+    return [json.dumps({"product_code": code, "orders_placed": orders}).encode()
+            for code in model.product_codes for orders in (0, 1, 112, 137.5, 0.25, MAX_ORDERS_PLACED)]
+
+
+INVALID_BODIES = [
+    b'{"product_code": "SKU999", "orders_placed": 112}',
+    b'{"product_code": "SKU001", "orders_placed": -1}',
+    b'{"product_code": "SKU001", "orders_placed": "112"}',
+    b'{"product_code": "SKU001", "orders_placed": true}',
+    b'{"product_code": "SKU001", "orders_placed": NaN}',
+    b'{"product_code": "SKU001", "orders_placed": 1e400}',
+    b'{"product_code": "SKU001", "orders_placed": 112, "rush": true}',
+    b'{"product_code": "SKU001"}',
+    b'{"product_code": "\\ud800", "orders_placed": 112}',
+    b'{"product_code": "SKU001", "orders_placed": 112',
+    b'[{"product_code": "SKU001", "orders_placed": 112}]',
+    b"",
+]
+
+
+def test_fast_path_answers_valid_requests_with_the_routes_exact_status_headers_and_bytes(
+    served_model: Model,
+) -> None:
+    fast, route_only = create_app(served_model), create_app(served_model, fast_path=False)
+
+    for body in fast_path_bodies(served_model):
+        assert asgi_post(fast, body) == asgi_post(route_only, body), body
+
+
+def test_fast_path_answers_valid_requests_without_calling_the_app(served_model: Model) -> None:
+    called = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        called.append(scope["path"])
+
+    fast = SinglePredictionFastPath(app, build_request_model(served_model.product_codes), route=None,
+                                    answer=lambda request: Prediction(est_hours_to_dispatch=1.5, model_version="v"))
+    status, _, content = asgi_post(fast, b'{"product_code": "SKU001", "orders_placed": 112}')
+
+    assert (status, json.loads(content)) == (200, {"est_hours_to_dispatch": 1.5, "model_version": "v"})
+    assert called == []
+
+
+@pytest.mark.parametrize("body", INVALID_BODIES)
+def test_fast_path_hands_an_invalid_body_to_the_app_replayed_whole(served_model: Model, body: bytes) -> None:
+    seen = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message["body"])
+            more = message["more_body"]
+        seen.append(b"".join(chunks))
+        await send({"type": "http.response.start", "status": 422, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    fast = SinglePredictionFastPath(app, build_request_model(served_model.product_codes), route=None,
+                                    answer=lambda request: pytest.fail("an invalid request was answered"))
+    asgi_post(fast, body, chunks=3)
+
+    assert seen == [body]
+
+
+@pytest.mark.parametrize("body", INVALID_BODIES)
+def test_invalid_bodies_get_the_same_answer_with_the_fast_path_as_without(served_model: Model, body: bytes) -> None:
+    answer = asgi_post(create_app(served_model), body)
+
+    assert answer == asgi_post(create_app(served_model, fast_path=False), body)
+    assert answer[0] in (400, 422)
+
+
+@pytest.mark.parametrize("content_type", [b"application/json; charset=utf-8", b"APPLICATION/JSON", b"text/plain", None])
+def test_other_content_types_get_the_same_answer_with_the_fast_path_as_without(
+    served_model: Model, content_type: Optional[bytes]
+) -> None:
+    body = b'{"product_code": "SKU001", "orders_placed": 112}'
+
+    assert (asgi_post(create_app(served_model), body, content_type)
+            == asgi_post(create_app(served_model, fast_path=False), body, content_type))
+
+
+def test_fast_path_reads_a_body_sent_in_several_parts(served_model: Model) -> None:
+    body = b'{"product_code": "SKU002", "orders_placed": 140}'
+
+    in_parts = asgi_post(create_app(served_model), body, chunks=4)
+
+    assert in_parts == asgi_post(create_app(served_model, fast_path=False), body)
+
+
+def test_fast_path_requests_are_counted_under_the_routes_template(client: TestClient) -> None:
+    for orders in (10, 20, 30):
+        post_json(client, PREDICT, {"product_code": "SKU003", "orders_placed": orders})
+
+    scrape = parse_metrics(client.get(METRICS_PATH).text)
+    assert scrape.value("time_to_dispatch_http_requests_total", route=PREDICT, method="POST", status="200") == 3
+    assert scrape.value("time_to_dispatch_predictions_total", product_code="SKU003") == 3

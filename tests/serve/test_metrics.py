@@ -1,0 +1,330 @@
+"""The service's Prometheus metrics and access log, through `TestClient` on the app production runs.
+
+Every count is checked against what the test sent: requests by route template and status
+(422s, 404s and 500s included), predictions per product code with batch items counted singly,
+the histograms' buckets, and the served model's metrics.
+"""
+import logging
+import math
+from datetime import timedelta
+from typing import List
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.artefact.model import Model
+from pipeline.model_registry.live_model import get_live_model
+from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
+from pipeline.serve.metrics import (
+    LATENCY_BUCKETS_SECONDS,
+    METRICS_PATH,
+    ORDERS_PLACED_BUCKETS,
+    UNMATCHED_ROUTE,
+    ServiceMetrics,
+)
+from tests.helpers import LOG_LINE, Scrape, parse_metrics
+
+REQUESTS = "time_to_dispatch_http_requests_total"
+LATENCY = "time_to_dispatch_http_request_duration_seconds"
+PREDICTIONS = "time_to_dispatch_predictions_total"
+ORDERS = "time_to_dispatch_requested_orders_placed"
+
+
+@pytest.fixture
+def served_model(bucket_with_model: str) -> Model:
+    """The newest model of a bucket, loaded and verified by the storage module."""
+    return get_live_model(bucket_with_model)
+
+
+@pytest.fixture
+def client(served_model: Model) -> TestClient:
+    """A client of the service's app, as production builds it (metrics on by default)."""
+    return TestClient(create_app(served_model), raise_server_exceptions=False)
+
+
+def scrape(client: TestClient) -> Scrape:
+    response = client.get(METRICS_PATH)
+    assert response.status_code == 200
+    return parse_metrics(response.text)
+
+
+def requests_counted(metrics: Scrape, route: str, status: int, method: str = "POST") -> float:
+    return metrics.value(REQUESTS, route=route, method=method, status=str(status))
+
+
+# --- GET /metrics ---------------------------------------------------------------------------
+
+def test_metrics_are_served_by_default_in_the_prometheus_text_format(client: TestClient) -> None:
+    response = client.get(METRICS_PATH)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert {family.name for family in text_string_to_metric_families(response.text)} >= {
+        "time_to_dispatch_http_requests", LATENCY, "time_to_dispatch_predictions", ORDERS,
+        "time_to_dispatch_model_info", "time_to_dispatch_model_age_seconds",
+    }
+
+
+def test_metrics_can_be_turned_off(served_model: Model) -> None:
+    client = TestClient(create_app(served_model, metrics=False))
+
+    assert client.get(METRICS_PATH).status_code == 404
+
+
+def test_the_metrics_endpoint_is_not_in_the_api_docs(client: TestClient) -> None:
+    assert METRICS_PATH not in client.get("/openapi.json").json()["paths"]
+
+
+# --- requests --------------------------------------------------------------------------------
+
+def test_requests_are_counted_by_route_template_method_and_status(client: TestClient) -> None:
+    for orders in (0, 12, 112):
+        client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": orders})
+    client.post(PREDICT_BATCH_PATH, json=[{"product_code": "SKU002", "orders_placed": 5}] * 4)
+    client.get("/health")
+    client.get("/health")
+
+    metrics = scrape(client)
+
+    assert requests_counted(metrics, PREDICT_PATH, 200) == 3
+    assert requests_counted(metrics, PREDICT_BATCH_PATH, 200) == 1
+    assert requests_counted(metrics, "/health", 200, method="GET") == 2
+
+
+def test_every_kind_of_422_is_counted_exactly(client: TestClient) -> None:
+    invalid = [
+        {"orders_placed": 10},
+        {"product_code": "SKU999", "orders_placed": 10},
+        {"product_code": "SKU001", "orders_placed": -1},
+        {"product_code": "SKU001", "orders_placed": "ten"},
+        {"product_code": "SKU001", "orders_placed": 10, "extra": 1},
+    ]
+    for body in invalid:
+        assert client.post(PREDICT_PATH, json=body).status_code == 422
+    for text in ('{"product_code": "SKU001", "orders_placed": NaN}', "not json"):
+        assert client.post(PREDICT_PATH, content=text, headers={"Content-Type": "application/json"}).status_code == 422
+    assert client.post(PREDICT_BATCH_PATH, json=[]).status_code == 422
+    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": 10})
+
+    metrics = scrape(client)
+
+    assert requests_counted(metrics, PREDICT_PATH, 422) == 7
+    assert requests_counted(metrics, PREDICT_BATCH_PATH, 422) == 1
+    assert requests_counted(metrics, PREDICT_PATH, 200) == 1
+
+
+def test_unmatched_paths_are_counted_under_one_label_not_their_raw_path(client: TestClient) -> None:
+    for path in ("/wp-admin", "/api/v0.1/nothing/1", "/api/v0.1/nothing/2", "/.env"):
+        assert client.get(path).status_code == 404
+
+    metrics = scrape(client)
+
+    assert requests_counted(metrics, UNMATCHED_ROUTE, 404, method="GET") == 4
+    assert {labels["route"] for labels, _ in metrics.series(REQUESTS)} == {UNMATCHED_ROUTE}
+
+
+def test_a_wrong_method_on_a_route_is_counted_under_the_routes_template(client: TestClient) -> None:
+    assert client.get(PREDICT_PATH).status_code == 405
+
+    assert requests_counted(scrape(client), PREDICT_PATH, 405, method="GET") == 1
+
+
+def test_the_docs_routes_are_counted_under_their_own_paths(client: TestClient) -> None:
+    client.get("/openapi.json")
+    client.get("/docs")
+
+    metrics = scrape(client)
+
+    assert requests_counted(metrics, "/openapi.json", 200, method="GET") == 1
+    assert requests_counted(metrics, "/docs", 200, method="GET") == 1
+
+
+def test_an_unhandled_exception_is_counted_as_a_500(served_model: Model) -> None:
+    app = create_app(served_model)
+
+    @app.get("/fails")
+    async def fails() -> None:
+        raise RuntimeError("a bug")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get("/fails").status_code == 500
+
+    assert requests_counted(scrape(client), "/fails", 500, method="GET") == 1
+
+
+def test_scrapes_are_counted_too(client: TestClient) -> None:
+    scrape(client)
+
+    assert requests_counted(scrape(client), METRICS_PATH, 200, method="GET") == 1
+
+
+def test_latency_is_a_histogram_per_route_with_sub_millisecond_buckets(client: TestClient) -> None:
+    for _ in range(5):
+        client.post(PREDICT_PATH, json={"product_code": "SKU003", "orders_placed": 50})
+    client.get("/health")
+
+    metrics = scrape(client)
+
+    assert metrics.value(f"{LATENCY}_count", route=PREDICT_PATH) == 5
+    assert metrics.value(f"{LATENCY}_count", route="/health") == 1
+    bounds = [float(labels["le"]) for labels, _ in metrics.series(f"{LATENCY}_bucket", route=PREDICT_PATH)]
+    assert bounds == [*LATENCY_BUCKETS_SECONDS, math.inf]
+    assert sum(1 for bound in bounds if bound < 0.001) >= 3
+    assert metrics.value(f"{LATENCY}_bucket", route=PREDICT_PATH, le="+Inf") == 5
+    assert 0 < metrics.value(f"{LATENCY}_sum", route=PREDICT_PATH) < 5
+
+
+# --- predictions -----------------------------------------------------------------------------
+
+def test_predictions_are_counted_per_product_code_batch_items_singly(client: TestClient, served_model: Model) -> None:
+    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": 10})
+    client.post(PREDICT_PATH, json={"product_code": "SKU002", "orders_placed": 10})
+    batch = [{"product_code": "SKU001", "orders_placed": 20}] * 7 + [{"product_code": "SKU005", "orders_placed": 1}] * 3
+    client.post(PREDICT_BATCH_PATH, json=batch)
+
+    metrics = scrape(client)
+
+    counts = {code: metrics.value(PREDICTIONS, product_code=code) for code in served_model.product_codes}
+    assert counts == {"SKU001": 8, "SKU002": 1, "SKU003": 0, "SKU004": 0, "SKU005": 3}
+
+
+def test_rejected_requests_count_no_prediction(client: TestClient) -> None:
+    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": -5})
+    client.post(PREDICT_BATCH_PATH, json=[{"product_code": "SKU001", "orders_placed": 5}, {"product_code": "X"}])
+
+    assert scrape(client).value(PREDICTIONS, product_code="SKU001") == 0
+
+
+def test_requested_orders_placed_is_a_histogram_per_product_code(client: TestClient) -> None:
+    client.post(PREDICT_PATH, json={"product_code": "SKU004", "orders_placed": 10})
+    client.post(PREDICT_BATCH_PATH, json=[{"product_code": "SKU004", "orders_placed": v} for v in (60, 400, 10)])
+    client.post(PREDICT_PATH, json={"product_code": "SKU002", "orders_placed": 3000})
+
+    metrics = scrape(client)
+
+    sku004 = {labels["le"]: value for labels, value in metrics.series(f"{ORDERS}_bucket", product_code="SKU004")}
+    assert [float(le) for le in sku004] == [*ORDERS_PLACED_BUCKETS, math.inf]
+    assert (sku004["0.0"], sku004["10.0"], sku004["50.0"], sku004["75.0"], sku004["350.0"], sku004["400.0"]) == (
+        0, 2, 2, 3, 3, 4)
+    assert metrics.value(f"{ORDERS}_count", product_code="SKU004") == 4
+    assert metrics.value(f"{ORDERS}_sum", product_code="SKU004") == 480
+    assert metrics.value(f"{ORDERS}_bucket", product_code="SKU002", le="2500.0") == 0
+    assert metrics.value(f"{ORDERS}_bucket", product_code="SKU002", le="10000.0") == 1
+
+
+def test_single_and_batch_observations_fall_in_the_same_buckets(served_model: Model) -> None:
+    one_by_one, together = ServiceMetrics(served_model), ServiceMetrics(served_model)
+    values = [0.0, 0.5, 10.0, 10.000001, 299.5, 300.0, 1e9]
+    for value in values:
+        one_by_one.observe_prediction("SKU001", value)
+    together.observe_predictions(["SKU001"] * len(values), values)
+
+    assert one_by_one.orders_placed["SKU001"].counts == together.orders_placed["SKU001"].counts
+    assert one_by_one.orders_placed["SKU001"].total == together.orders_placed["SKU001"].total
+
+
+# --- the served model ------------------------------------------------------------------------
+
+def test_model_info_is_labelled_with_the_served_artefact(client: TestClient, served_model: Model) -> None:
+    [(labels, value)] = scrape(client).series("time_to_dispatch_model_info")
+
+    assert value == 1
+    assert labels == {
+        "artefact_id": served_model.artefact_id,
+        "model_version": str(served_model),
+        "artefact_key": served_model.artefact_key,
+        "dataset_key": served_model.dataset.key,
+        "dataset_timestamp": served_model.dataset.timestamp.isoformat(),
+        "git_commit": served_model.git_commit,
+    }
+
+
+def test_model_timestamps_and_training_range_are_gauges(client: TestClient, served_model: Model) -> None:
+    metrics = scrape(client)
+
+    assert metrics.value("time_to_dispatch_model_created_timestamp_seconds") == served_model.created_at.timestamp()
+    assert metrics.value("time_to_dispatch_model_dataset_timestamp_seconds") == (
+        served_model.dataset.timestamp.timestamp())
+    assert metrics.value("time_to_dispatch_model_training_orders_placed_max") == (
+        served_model.monotonicity.max_orders_placed)
+
+
+def test_model_age_is_computed_when_scraped(served_model: Model) -> None:
+    now = [served_model.created_at.timestamp() + 3600.0]
+    metrics = ServiceMetrics(served_model, clock=lambda: now[0])
+
+    first = parse_metrics(metrics.exposition()).value("time_to_dispatch_model_age_seconds")
+    now[0] += timedelta(days=15).total_seconds()
+    later = parse_metrics(metrics.exposition()).value("time_to_dispatch_model_age_seconds")
+
+    assert (first, later) == (3600.0, 3600.0 + 15 * 86400)
+
+
+def test_the_process_metrics_are_exposed(client: TestClient) -> None:
+    metrics = scrape(client)
+
+    assert metrics.value("process_resident_memory_bytes") > 0
+    assert metrics.value("process_cpu_seconds_total") >= 0
+    assert metrics.series("python_info")
+
+
+# --- the access log --------------------------------------------------------------------------
+
+def logged_requests(caplog: pytest.LogCaptureFixture) -> List[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "pipeline.serve.metrics.access"]
+
+
+def test_access_log_is_one_line_per_request_with_route_status_and_duration(
+    served_model: Model, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = TestClient(create_app(served_model, access_log=True))
+    caplog.set_level(logging.INFO)
+
+    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": 10})
+    client.post(PREDICT_PATH, json={"product_code": "SKU001"})
+    client.get("/no/such/path")
+
+    messages = [record.getMessage() for record in logged_requests(caplog)]
+    assert len(messages) == 3
+    assert messages[0].startswith(f'testclient "POST {PREDICT_PATH} HTTP/1.1" 200 route={PREDICT_PATH} duration_ms=')
+    assert f'"POST {PREDICT_PATH} HTTP/1.1" 422 route={PREDICT_PATH} ' in messages[1]
+    assert f'"GET /no/such/path HTTP/1.1" 404 route={UNMATCHED_ROUTE} ' in messages[2]
+    assert all(float(message.rsplit("duration_ms=", 1)[1]) > 0 for message in messages)
+
+
+def test_access_log_lines_are_in_the_project_format(served_model: Model, capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    from pipeline.utils import configure_logger
+
+    root = logging.getLogger()
+    handlers, level, showwarning = list(root.handlers), root.level, warnings.showwarning
+    try:
+        configure_logger()
+        TestClient(create_app(served_model, access_log=True)).get("/health")
+    finally:  # leave logging as the other tests expect it
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        warnings.showwarning = showwarning
+
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "route=/health" in line]
+    assert LOG_LINE.match(line)
+    assert " - INFO - metrics.log_request - " in line
+
+
+def test_requests_are_not_logged_without_the_access_log(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+
+    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": 10})
+
+    assert logged_requests(caplog) == []
+
+
+def test_the_access_log_works_with_metrics_off(served_model: Model, caplog: pytest.LogCaptureFixture) -> None:
+    client = TestClient(create_app(served_model, metrics=False, access_log=True))
+    caplog.set_level(logging.INFO)
+
+    client.get("/health")
+
+    assert [r.getMessage().split(" route=")[1].split()[0] for r in logged_requests(caplog)] == ["/health"]
