@@ -37,6 +37,8 @@ from pipeline.synthetic import FIRST_DROP
 from tests.helpers import doc_blocks, fenced_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+README = REPO_ROOT / "README.md"
+DOCS = REPO_ROOT / "docs"
 BODYWORK_YAML = REPO_ROOT / "bodywork.yaml"
 # terminationGracePeriodSeconds' default; Bodywork's Deployment does not set it.
 KUBERNETES_GRACE_PERIOD_SECONDS = 30
@@ -53,11 +55,18 @@ STAGES = ("train_model", "serve_model")
 # The Python of the stages' runtime image (docs/deployment.md): what the deployed code runs
 # on, so what mypy checks it for and what the tests and the Bodywork checks run on.
 IMAGE_PYTHON = "3.11"
-# The deployment's commands and the cronjob manifest are the code blocks of docs/deployment.md
-# whose info string carries these markers (```` ```sh deployment-commands ````): the tests read
-# those blocks, never the prose or the headings around them.
+# The deployment's commands are the code blocks of docs/deployment.md whose info string carries
+# this marker (```` ```sh deployment-commands ````): the tests read those blocks, never the prose
+# or the headings around them.
 DEPLOYMENT_COMMANDS = "deployment-commands"
-CRONJOB_MANIFEST = "cronjob-manifest"
+# What runs the pipeline in production besides bodywork.yaml and the Dockerfile: files under
+# deploy/, which the docs link to and apply, and never copy.
+DEPLOY = REPO_ROOT / "deploy"
+KUBERNETES_DIR = DEPLOY / "kubernetes"
+CRONJOB_V1 = KUBERNETES_DIR / "cronjob-v1.yaml"
+BATCH_JOB = KUBERNETES_DIR / "batch-job.yaml"
+SERVICEMONITOR = KUBERNETES_DIR / "servicemonitor.yaml"
+SCRAPE_CONFIG = DEPLOY / "prometheus" / "scrape-config.yaml"
 
 # The train stage is sized for a week a hundred times the usual (about 1,000 orders).
 SIZING_WEEK_ROWS = 100_000
@@ -81,11 +90,24 @@ WEEKS_CHECKED = 12
 
 # --- reading the files -------------------------------------------------------------------
 
+def documents() -> List[Path]:
+    """The README and every document of docs/."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
 def bodywork_config() -> Dict[str, Any]:
     """bodywork.yaml as plain data."""
     config = yaml.safe_load(BODYWORK_YAML.read_text())
     assert isinstance(config, dict), "bodywork.yaml is not a mapping"
     return config
+
+
+def deploy_yaml(path: Path) -> Dict[str, Any]:
+    """A YAML file of deploy/ holding one mapping (a Kubernetes object, a scrape configuration),
+    as plain data."""
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict), f"{path.relative_to(REPO_ROOT)} is not a mapping"
+    return loaded
 
 
 def requirement_lines(path: Path) -> List[str]:
@@ -333,7 +355,7 @@ def test_bodywork_yaml_names_the_image_tagged_with_the_digest_of_its_build_input
     repository = image.rsplit(":", 1)[0]
     assert image == f"{repository}:{image_tag()}", (
         f"the image's build inputs changed: put `docker_image: {repository}:{image_tag()}` in bodywork.yaml "
-        "(and the same image in the cronjob manifest of docs/deployment.md)"
+        "(and the same image in deploy/kubernetes/cronjob-v1.yaml and deploy/kubernetes/batch-job.yaml)"
     )
 
 
@@ -542,10 +564,9 @@ def test_every_bodywork_command_in_the_docs_is_one_the_checks_read() -> None:
     Bodywork's own CLI (tests/bodywork/test_cli.py): it belongs in a `deployment-commands`
     block of docs/deployment.md, or it should refer to one."""
     checked = deployment_commands()
-    documents = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
     unchecked = [
         (str(path.relative_to(REPO_ROOT)), " ".join(command))
-        for path in documents
+        for path in documents()
         for _, text in fenced_blocks(path)
         for command in bodywork_commands(text)
         if command not in checked
