@@ -66,7 +66,7 @@ TTD_CLUSTER_PACKAGES=(golang-go build-essential dpkg-dev rsync jq bash-completio
 # image/setup_engine.sh: the container engine, and mmdebstrap for image/make_base.sh.
 TTD_ENGINE_PACKAGES=(podman buildah runc conmon golang-github-containers-common fuse-overlayfs
                      uidmap slirp4netns netavark aardvark-dns catatonit iptables mmdebstrap)
-# tests/test_monitoring.py: promtool, which checks and unit-tests monitoring/alerts.yml.
+# tests/test_monitoring.py: promtool, which checks and unit-tests deploy/monitoring/alerts.yml.
 TTD_MONITORING_PACKAGES=(prometheus)
 # the static tox environment (.ci/shellcheck): shellcheck over every shell script.
 TTD_STATIC_PACKAGES=(shellcheck)

@@ -377,13 +377,6 @@ def doc_blocks(path: Path, marker: str) -> List[str]:
     return found
 
 
-def doc_block(path: Path, marker: str) -> str:
-    """The text of the one code block in `path` marked `marker`."""
-    found = doc_blocks(path, marker)
-    assert len(found) == 1, f"{path.relative_to(REPO_ROOT)} has {len(found)} code blocks marked {marker!r}, not 1"
-    return found[0]
-
-
 @functools.lru_cache(maxsize=None)
 def machine_state() -> Dict[str, str]:
     """The paths .ci/machine-state.sh defines (its TTD_STATE_PATH_VARS), as it computes them from

@@ -13,7 +13,11 @@ tests/bodywork/ and run in the `bodywork` tox environment):
   in a repository Bodywork can use;
 - .circleci/config.yml is valid for CircleCI, tests branches (the image too), and on master
   pushes the image before it deploys;
-- the weekly cronjob in docs/deployment.md fires after the Friday 23:00 UTC data drop, with retries.
+- the weekly cronjob in docs/deployment.md fires after the Friday 23:00 UTC data drop, with retries;
+- the Kubernetes objects and Prometheus configuration Bodywork does not make are files under
+  deploy/, never code blocks of the docs: every file of deploy/kubernetes/ is a Kubernetes object,
+  every file of deploy/ is named by a document, and every deploy/ path a document names exists.
+  (What those files say is checked with Bodywork's own objects in tests/bodywork/.)
 """
 import configparser
 import json
@@ -37,6 +41,8 @@ from pipeline.serve.lifecycle import GRACEFUL_SHUTDOWN_SECONDS
 from tests.helpers import doc_blocks, fenced_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+README = REPO_ROOT / "README.md"
+DOCS = REPO_ROOT / "docs"
 BODYWORK_YAML = REPO_ROOT / "bodywork.yaml"
 # terminationGracePeriodSeconds' default; Bodywork's Deployment does not set it.
 KUBERNETES_GRACE_PERIOD_SECONDS = 30
@@ -53,11 +59,18 @@ STAGES = ("train_model", "serve_model")
 # The Python of the stages' runtime image (docs/deployment.md): what the deployed code runs
 # on, so what mypy checks it for and what the tests and the Bodywork checks run on.
 IMAGE_PYTHON = "3.11"
-# The deployment's commands and the cronjob manifest are the code blocks of docs/deployment.md
-# whose info string carries these markers (```` ```sh deployment-commands ````): the tests read
-# those blocks, never the prose or the headings around them.
+# The deployment's commands are the code blocks of docs/deployment.md whose info string carries
+# this marker (```` ```sh deployment-commands ````): the tests read those blocks, never the prose
+# or the headings around them.
 DEPLOYMENT_COMMANDS = "deployment-commands"
-CRONJOB_MANIFEST = "cronjob-manifest"
+# What runs the pipeline in production besides bodywork.yaml and the Dockerfile: files under
+# deploy/, which the docs link to and apply, and never copy.
+DEPLOY = REPO_ROOT / "deploy"
+KUBERNETES_DIR = DEPLOY / "kubernetes"
+CRONJOB_V1 = KUBERNETES_DIR / "cronjob-v1.yaml"
+BATCH_JOB = KUBERNETES_DIR / "batch-job.yaml"
+SERVICEMONITOR = KUBERNETES_DIR / "servicemonitor.yaml"
+SCRAPE_CONFIG = DEPLOY / "prometheus" / "scrape-config.yaml"
 
 # The train stage is sized for a week a hundred times the usual (about 1,000 orders).
 SIZING_WEEK_ROWS = 100_000
@@ -81,11 +94,24 @@ WEEKS_CHECKED = 12
 
 # --- reading the files -------------------------------------------------------------------
 
+def documents() -> List[Path]:
+    """The README and every document of docs/."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
 def bodywork_config() -> Dict[str, Any]:
     """bodywork.yaml as plain data."""
     config = yaml.safe_load(BODYWORK_YAML.read_text())
     assert isinstance(config, dict), "bodywork.yaml is not a mapping"
     return config
+
+
+def deploy_yaml(path: Path) -> Dict[str, Any]:
+    """A YAML file of deploy/ holding one mapping (a Kubernetes object, a scrape configuration),
+    as plain data."""
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict), f"{path.relative_to(REPO_ROOT)} is not a mapping"
+    return loaded
 
 
 def requirement_lines(path: Path) -> List[str]:
@@ -333,7 +359,7 @@ def test_bodywork_yaml_names_the_image_tagged_with_the_digest_of_its_build_input
     repository = image.rsplit(":", 1)[0]
     assert image == f"{repository}:{image_tag()}", (
         f"the image's build inputs changed: put `docker_image: {repository}:{image_tag()}` in bodywork.yaml "
-        "(and the same image in the cronjob manifest of docs/deployment.md)"
+        "(and the same image in deploy/kubernetes/cronjob-v1.yaml and deploy/kubernetes/batch-job.yaml)"
     )
 
 
@@ -542,12 +568,110 @@ def test_every_bodywork_command_in_the_docs_is_one_the_checks_read() -> None:
     Bodywork's own CLI (tests/bodywork/test_cli.py): it belongs in a `deployment-commands`
     block of docs/deployment.md, or it should refer to one."""
     checked = deployment_commands()
-    documents = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
     unchecked = [
         (str(path.relative_to(REPO_ROOT)), " ".join(command))
-        for path in documents
+        for path in documents()
         for _, text in fenced_blocks(path)
         for command in bodywork_commands(text)
         if command not in checked
     ]
     assert unchecked == []
+
+
+# --- the files under deploy/ -------------------------------------------------------------
+
+# A line of a Kubernetes object (`apiVersion: batch/v1`, `kind: Job`, at any indentation, as in
+# a heredoc) and the key of a Prometheus scrape configuration.
+K8S_API_VERSION = re.compile(r"^\s*apiVersion:\s*\S", re.MULTILINE)
+K8S_KIND = re.compile(r"^\s*kind:\s*\S", re.MULTILINE)
+SCRAPE_CONFIGS = re.compile(r"^\s*scrape_configs:", re.MULTILINE)
+# A path under deploy/ as the docs name it (`deploy/kubernetes/batch-job.yaml`, `../deploy/monitoring`).
+DEPLOY_PATH = re.compile(r"(?<![\w/-])(?:\.\./)?(deploy/(?:[\w./-]*[\w/])?)")
+
+
+def is_manifest(text: str) -> bool:
+    """Whether a code block holds a Kubernetes object (an `apiVersion:` and a `kind:` line, in a
+    yaml block or inside a shell heredoc) or a Prometheus scrape configuration."""
+    return bool(K8S_API_VERSION.search(text) and K8S_KIND.search(text)) or bool(SCRAPE_CONFIGS.search(text))
+
+
+def manifest_blocks(path: Path) -> List[str]:
+    """The info strings of the code blocks of a markdown file that hold a manifest."""
+    return [" ".join(info) or "(no info string)" for info, text in fenced_blocks(path) if is_manifest(text)]
+
+
+def deploy_files() -> List[Path]:
+    """Every file under deploy/."""
+    return sorted(path for path in DEPLOY.rglob("*") if path.is_file())
+
+
+def kubernetes_files() -> List[Path]:
+    """Every file under deploy/kubernetes/."""
+    return sorted(path for path in KUBERNETES_DIR.rglob("*") if path.is_file())
+
+
+def test_no_doc_holds_a_manifest() -> None:
+    """The manifests live in deploy/, where the tests read them; a copy in a doc's code block
+    would be read by nothing and drift from the file. The docs link to the file and show the
+    command that applies it."""
+    found = {str(path.relative_to(REPO_ROOT)): manifest_blocks(path) for path in documents()}
+    assert {path: blocks for path, blocks in found.items() if blocks} == {}
+
+
+def test_manifest_check_finds_manifests_in_yaml_blocks_heredocs_and_scrape_configs(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "```yaml servicemonitor\napiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\n```\n\n"
+        "```sh\nkubectl apply -f - <<EOF\napiVersion: batch/v1\nkind: Job\nmetadata: {name: x}\nEOF\n```\n\n"
+        "```yaml\nscrape_configs:\n  - job_name: x\n```\n\n"
+        "```sh\nkubectl apply -f deploy/kubernetes/batch-job.yaml\nkubectl get jobs -o yaml | grep kind:\n```\n\n"
+        "```text\nkind: ServiceMonitor, with no apiVersion line\n```\n"
+    )
+    assert manifest_blocks(doc) == ["yaml servicemonitor", "sh", "yaml"]
+
+
+def test_deploy_kubernetes_holds_the_objects_the_docs_apply() -> None:
+    names = {path.relative_to(KUBERNETES_DIR).as_posix() for path in kubernetes_files()}
+    assert {CRONJOB_V1.name, BATCH_JOB.name, SERVICEMONITOR.name} <= names
+
+
+@pytest.mark.parametrize("path", kubernetes_files(), ids=lambda path: path.name)
+def test_every_kubernetes_file_is_a_kubernetes_object(path: Path) -> None:
+    objects = [obj for obj in yaml.safe_load_all(path.read_text()) if obj is not None]
+    assert objects, f"{path.relative_to(REPO_ROOT)} holds no object"
+    for obj in objects:
+        assert isinstance(obj, dict), f"{path.relative_to(REPO_ROOT)}: {obj!r} is not a mapping"
+        assert isinstance(obj.get("apiVersion"), str) and isinstance(obj.get("kind"), str), (
+            f"{path.relative_to(REPO_ROOT)}: an object without apiVersion or kind"
+        )
+        assert isinstance(obj.get("metadata", {}).get("name"), str), f"{path.relative_to(REPO_ROOT)}: no name"
+
+
+def test_scrape_config_is_a_list_of_scrape_jobs() -> None:
+    jobs = deploy_yaml(SCRAPE_CONFIG)["scrape_configs"]
+    assert isinstance(jobs, list) and jobs and all(isinstance(job.get("job_name"), str) for job in jobs)
+
+
+@pytest.mark.parametrize("path", deploy_files(), ids=lambda path: path.relative_to(DEPLOY).as_posix())
+def test_every_file_under_deploy_is_named_by_a_doc(path: Path) -> None:
+    """A file no document names is one nobody is told to apply, load or import."""
+    name = path.relative_to(REPO_ROOT).as_posix()
+    assert any(name in doc.read_text() for doc in documents()), f"no document names {name}"
+
+
+def test_every_deploy_path_the_docs_name_exists() -> None:
+    missing = [
+        (str(doc.relative_to(REPO_ROOT)), match)
+        for doc in documents()
+        for match in DEPLOY_PATH.findall(doc.read_text())
+        if not (REPO_ROOT / match).exists()
+    ]
+    assert missing == []
+
+
+def test_deploy_path_pattern_finds_paths_as_the_docs_write_them() -> None:
+    text = ("`deploy/kubernetes/batch-job.yaml`, [the file](../deploy/prometheus/scrape-config.yaml), "
+            "`deploy/monitoring/`, deploy/. and no redeploy/x or my-deploy/y")
+    assert DEPLOY_PATH.findall(text) == [
+        "deploy/kubernetes/batch-job.yaml", "deploy/prometheus/scrape-config.yaml", "deploy/monitoring/", "deploy/",
+    ]

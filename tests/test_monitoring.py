@@ -23,7 +23,7 @@ from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
 from pipeline.serve.metrics import METRICS_PATH
 from tests.helpers import MACHINE_STATE, REPO_ROOT, parse_metrics
 
-MONITORING = REPO_ROOT / "monitoring"
+MONITORING = REPO_ROOT / "deploy" / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
 ALERTS_TEST = MONITORING / "alerts_test.yml"
 DASHBOARD = MONITORING / "dashboard.json"

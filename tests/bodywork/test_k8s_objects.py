@@ -11,19 +11,27 @@ the API of the Kubernetes client Bodywork pins, and 1.31, the newest the validat
 holds. Here a small HTTP server on 127.0.0.1 answers that one request with the secret the
 `bodywork create secret` command of docs/deployment.md makes, as Bodywork copies it into the namespace.
 
-Batch scoring is no Bodywork stage: docs/batch-scoring.md gives a plain Kubernetes Job for it,
-checked here against the same schemas and against the train job Bodywork makes (image,
-namespace, AWS secret), and its resources against benchmarks/results/batch.json.
+The Kubernetes objects and the Prometheus configuration that Bodywork does not make are files
+under deploy/ (the docs link to them and apply them), read here:
+
+- deploy/kubernetes/cronjob-v1.yaml, the weekly retraining as a batch/v1 CronJob for Kubernetes
+  1.25 and later: valid for 1.31, and Bodywork's own CronJob for the `bodywork create cronjob`
+  command of docs/deployment.md with only the API version and the image changed;
+- deploy/kubernetes/batch-job.yaml: batch scoring is no Bodywork stage, so it is a plain Job,
+  checked against the same schemas and against the train job Bodywork makes (image, namespace,
+  secrets), and its resources against benchmarks/results/batch.json;
+- deploy/kubernetes/servicemonitor.yaml and deploy/prometheus/scrape-config.yaml: they find the
+  Service Bodywork creates for serve_model (docs/operations.md, "How Prometheus finds the pods").
 """
 import base64
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Iterator, List
 
 import kubernetes_validate
 import pytest
-import yaml
 from bodywork import k8s
 from bodywork.config import BatchStageConfig, BodyworkConfig, ServiceStageConfig
 from bodywork.constants import (
@@ -35,11 +43,13 @@ from bodywork.constants import (
 from kubernetes import client
 
 from tests.bodywork.test_cli import parse_with_bodywork_cli
-from tests.helpers import doc_block
 from tests.test_deployment_config import (
-    CRONJOB_MANIFEST,
-    DEPLOYMENT_DOC,
+    BATCH_JOB,
+    CRONJOB_V1,
     REPO_ROOT,
+    SCRAPE_CONFIG,
+    SERVICEMONITOR,
+    deploy_yaml,
     deployment_command,
     deployment_commands_starting,
 )
@@ -360,49 +370,33 @@ def test_weekly_cronjob_runs_the_documented_schedule_with_retries(weekly_cronjob
     assert weekly_cronjob["spec"]["jobTemplate"]["spec"]["backoffLimit"] == params["retries"]
 
 
-def documented_cronjob_manifest() -> Dict[str, Any]:
-    """The `batch/v1` CronJob that docs/deployment.md applies with `kubectl apply -f - <<EOF
-    ... EOF`, in its code block marked `cronjob-manifest`."""
-    lines = doc_block(DEPLOYMENT_DOC, CRONJOB_MANIFEST).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith("kubectl apply -f - <<EOF"))
-    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "EOF")
-    manifest = yaml.safe_load("\n".join(lines[start + 1:end]))
-    assert isinstance(manifest, dict)
-    return manifest
+def test_deploy_batch_v1_cronjob_is_valid_for_kubernetes_1_31() -> None:
+    assert kubernetes_validate.validate(deploy_yaml(CRONJOB_V1), "1.31.0", strict=True) == "1.31"
 
 
-def test_documented_batch_v1_cronjob_is_valid_for_kubernetes_1_31() -> None:
-    assert kubernetes_validate.validate(documented_cronjob_manifest(), "1.31.0", strict=True) == "1.31"
-
-
-def test_documented_batch_v1_cronjob_is_bodyworks_cronjob_with_the_api_version_changed(
+def test_deploy_batch_v1_cronjob_is_bodyworks_cronjob_with_the_api_version_changed(
     weekly_cronjob: Dict[str, Any], bodywork_config: BodyworkConfig
 ) -> None:
-    """Only two differences: batch/v1 instead of batch/v1beta1, and the stages' image instead
-    of the `latest` that Bodywork's CLI gives the cronjob."""
+    """deploy/kubernetes/cronjob-v1.yaml is the cronjob of docs/deployment.md's `bodywork create
+    cronjob` command (its schedule, retries, branch and `$REPO_URL`, which the docs fill in when
+    they apply the file), with only two differences: batch/v1 instead of batch/v1beta1, and the
+    stages' image instead of the `latest` that Bodywork's CLI gives the cronjob."""
     expected = json.loads(json.dumps(weekly_cronjob))
     expected["apiVersion"] = "batch/v1"
     pod = expected["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     pod["containers"][0]["image"] = bodywork_config.pipeline.docker_image
-    assert documented_cronjob_manifest() == expected
+    assert deploy_yaml(CRONJOB_V1) == expected
 
 
-# --- score_batch: the Kubernetes Job of docs/batch-scoring.md -----------------------------
+# --- score_batch: the Kubernetes Job of deploy/kubernetes/batch-job.yaml -------------------
 
-BATCH_DOC = REPO_ROOT / "docs" / "batch-scoring.md"
-BATCH_JOB_MANIFEST = "batch-job-manifest"
 BATCH_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "batch.json"
 
 
 @pytest.fixture(scope="module")
 def batch_job() -> Dict[str, Any]:
-    """The Job that docs/batch-scoring.md applies with `kubectl apply -f - <<EOF ... EOF`."""
-    lines = doc_block(BATCH_DOC, BATCH_JOB_MANIFEST).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip().startswith("kubectl apply -f - <<EOF"))
-    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == "EOF")
-    manifest = yaml.safe_load("\n".join(lines[start + 1:end]))
-    assert isinstance(manifest, dict)
-    return manifest
+    """The Job of deploy/kubernetes/batch-job.yaml, which docs/batch-scoring.md applies."""
+    return deploy_yaml(BATCH_JOB)
 
 
 def batch_job_script(batch_job: Dict[str, Any]) -> List[str]:
@@ -456,3 +450,39 @@ def test_batch_job_deadline_covers_ten_million_rows_three_times(batch_job: Dict[
     runs = json.loads(BATCH_BENCHMARK.read_text())["runs"]
     seconds = max(run["seconds"] for run in runs if run["rows"] >= 10_000_000)
     assert batch_job["spec"]["activeDeadlineSeconds"] >= 3 * seconds
+
+
+# --- serve_model: the Service, and how Prometheus finds the pods (deploy/) -----------------
+
+def test_serve_service_has_one_unnamed_port_8000_and_selects_the_serve_pods(
+    serve_service: Dict[str, Any], serve_deployment: Dict[str, Any]
+) -> None:
+    assert serve_service["metadata"]["name"] == "serve-model"
+    assert [{k: v for k, v in port.items() if k != "protocol"} for port in serve_service["spec"]["ports"]] == [
+        {"port": 8000, "targetPort": 8000}]
+    pod_labels = serve_deployment["spec"]["template"]["metadata"]["labels"]
+    assert serve_service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_deploy_servicemonitor_selects_the_serve_service(serve_service: Dict[str, Any]) -> None:
+    monitor = deploy_yaml(SERVICEMONITOR)
+    spec = monitor["spec"]
+
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
+    assert serve_service["metadata"]["namespace"] in spec["namespaceSelector"]["matchNames"]
+    assert spec["selector"]["matchLabels"].items() <= serve_service["metadata"]["labels"].items()
+    # The port has no name and the pods declare none: naming a port would match no target.
+    assert [set(endpoint) & {"port", "targetPort"} for endpoint in spec["endpoints"]] == [set()]
+    assert spec["endpoints"][0]["path"] == "/metrics"
+
+
+def test_deploy_scrape_job_keeps_the_serve_service(serve_service: Dict[str, Any]) -> None:
+    (job,) = deploy_yaml(SCRAPE_CONFIG)["scrape_configs"]
+    (discovery,) = job["kubernetes_sd_configs"]
+    keep = [rule for rule in job["relabel_configs"] if rule.get("action") == "keep"]
+
+    assert discovery["role"] == "endpoints"
+    assert job["metrics_path"] == "/metrics"
+    assert serve_service["metadata"]["namespace"] in discovery["namespaces"]["names"]
+    assert [rule["source_labels"] for rule in keep] == [["__meta_kubernetes_service_name"]]
+    assert re.fullmatch(keep[0]["regex"], serve_service["metadata"]["name"])
