@@ -14,27 +14,18 @@ is ever deleted or overwritten. `list` and `show` print their answer on stdout.
 Exit code 0: done. Exit code 1: one ERROR line says why (bad arguments, an unknown or
 ambiguous MODEL, a missing bucket, S3 failing). The steps live in `pipeline/model_registry/`.
 """
-import logging
 import sys
 
+from pipeline.cli import CommandLine, Failures
 from pipeline.model_registry.operations import USAGE, RegistryError, parse_args, run_command
 from pipeline.storage.client import StorageError
-from pipeline.utils import configure_logger
 
-log = logging.getLogger(__name__)
+CLI = CommandLine(
+    "registry", parse_args,
+    lambda arguments: run_command(arguments.bucket, arguments.command, arguments.model, arguments.reason),
+    usage=USAGE, failures=[Failures((RegistryError, StorageError))],
+    what=lambda arguments: f"registry {arguments.command}",
+)
 
 if __name__ == "__main__":
-    configure_logger()
-    try:
-        arguments = parse_args(sys.argv[1:])
-    except ValueError as error:
-        log.error(f"Invalid arguments passed to registry.py: {error}; {USAGE}")
-        sys.exit(1)
-    try:
-        run_command(arguments.bucket, arguments.command, arguments.model, arguments.reason)
-    except (RegistryError, StorageError) as error:
-        log.error(f"registry {arguments.command} failed: {error}")
-        sys.exit(1)
-    except Exception as error:  # the one ERROR line must also cover the unforeseen
-        log.error(f"registry {arguments.command} failed unexpectedly: {error!r}")
-        sys.exit(1)
+    sys.exit(CLI.main(sys.argv[1:]))

@@ -11,36 +11,30 @@ weekly dataset with the model live when it was dropped, into `predictions/`. Exi
 done; 1: one ERROR line says why, and a failed file leaves no output object. The steps live
 in `pipeline/batch/`, run in order by `jobs.py` (docs/batch-scoring.md).
 """
-import logging
+import argparse
 import sys
 
 from pipeline.batch.backfill import BackfillError
 from pipeline.batch.jobs import USAGE, backfill_weeks, parse_args, score_file
 from pipeline.batch.scoring import ScoringError
+from pipeline.cli import CommandLine, Failures
 from pipeline.storage.client import StorageError
-from pipeline.utils import configure_logger
 
-log = logging.getLogger(__name__)
+
+def run(arguments: argparse.Namespace) -> None:
+    """The backfill of past weeks, or the scoring of one file."""
+    if arguments.backfill:
+        backfill_weeks(arguments.bucket, arguments.since, arguments.until, arguments.max_reject_fraction)
+    else:
+        score_file(arguments.bucket, arguments.input_key, arguments.output_key, arguments.model,
+                   arguments.max_reject_fraction)
+
+
+CLI = CommandLine(
+    "score_batch", parse_args, run, usage=USAGE,
+    failures=[Failures((StorageError, ScoringError, BackfillError)),
+              Failures((UnicodeDecodeError,), "the input is not UTF-8 text: ")],
+)
 
 if __name__ == "__main__":
-    configure_logger()
-    try:
-        arguments = parse_args(sys.argv[1:])
-    except ValueError as error:
-        log.error(f"Invalid arguments passed to score_batch.py: {error}; {USAGE}")
-        sys.exit(1)
-    try:
-        if arguments.backfill:
-            backfill_weeks(arguments.bucket, arguments.since, arguments.until, arguments.max_reject_fraction)
-        else:
-            score_file(arguments.bucket, arguments.input_key, arguments.output_key, arguments.model,
-                       arguments.max_reject_fraction)
-    except (StorageError, ScoringError, BackfillError) as error:
-        log.error(f"score_batch failed: {error}")
-        sys.exit(1)
-    except UnicodeDecodeError as error:
-        log.error(f"score_batch failed: the input is not UTF-8 text: {error}")
-        sys.exit(1)
-    except Exception as error:  # the one ERROR line must also cover the unforeseen
-        log.error(f"score_batch failed unexpectedly: {error!r}")
-        sys.exit(1)
+    sys.exit(CLI.main(sys.argv[1:]))

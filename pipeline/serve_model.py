@@ -11,34 +11,23 @@ the port. Any failure before that is one ERROR line and exit code 1, the port ne
 SIGTERM lets requests in flight finish and exits 0 (after `--drain-seconds N` of serving on).
 The steps live in `pipeline/serve/`, run in order by `start_up.serve` (docs/api.md).
 """
-import logging
 import sys
 
 from pipeline.artefact.signing import SigningKeyError
+from pipeline.cli import CommandLine, Failures
 from pipeline.serve.lifecycle import ModelCompatibilityError, StopRequested
 from pipeline.serve.start_up import USAGE, parse_args, serve
 from pipeline.storage.client import StorageError
-from pipeline.utils import configure_logger
 
-log = logging.getLogger(__name__)
+CLI = CommandLine(
+    "serve_model", parse_args,
+    lambda arguments: serve(
+        arguments.bucket, arguments.host, arguments.port, arguments.access_log, arguments.server_stack,
+        arguments.drain_seconds,
+    ),
+    usage=USAGE, failures=[Failures((StorageError, SigningKeyError, ModelCompatibilityError, OSError))],
+    stops=(StopRequested,), stopped=lambda stop: f"{stop} before the service started serving",
+)
 
 if __name__ == "__main__":
-    configure_logger()
-    try:
-        arguments = parse_args(sys.argv[1:])
-    except ValueError as error:
-        log.error(f"Invalid arguments passed to serve_model.py: {error}; {USAGE}")
-        sys.exit(1)
-    try:
-        serve(
-            arguments.bucket, arguments.host, arguments.port, arguments.access_log, arguments.server_stack,
-            arguments.drain_seconds,
-        )
-    except StopRequested as stop:
-        log.info(f"{stop} before the service started serving")
-    except (StorageError, SigningKeyError, ModelCompatibilityError, OSError) as error:
-        log.error(f"serve_model failed: {error}")
-        sys.exit(1)
-    except Exception as error:  # the one ERROR line must also cover the unforeseen
-        log.error(f"serve_model failed unexpectedly: {error!r}")
-        sys.exit(1)
+    sys.exit(CLI.main(sys.argv[1:]))

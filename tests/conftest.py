@@ -5,8 +5,10 @@ Every test that touches S3 gets its own bucket on one server per session, so tes
 see each other's objects. `AWS_ENDPOINT_URL` points boto3 (and any subprocess given
 `s3_env`) at the server, exactly as an engineer would point the stages at a staging bucket.
 """
+import logging
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -37,6 +39,22 @@ def signing_key() -> Iterator[str]:
         os.environ.pop(SIGNING_KEY_ENV, None)
     else:
         os.environ[SIGNING_KEY_ENV] = previous
+
+
+@pytest.fixture
+def cli_output(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], List[str]]]:
+    """`cli_output()`: the lines an entry point called in-process (`CLI.main(argv)`) wrote on
+    stdout since the last call: its log lines in the project's format, as a process prints them,
+    and what it prints itself. The logging set-up `main` makes is undone after the test, so no
+    later test logs into this test's captured stdout."""
+    root = logging.getLogger()
+    level, showwarning = root.level, warnings.showwarning
+    yield lambda: capsys.readouterr().out.splitlines()
+    for handler in list(root.handlers):
+        if getattr(handler, "_time_to_dispatch", False):  # the handler configure_logger installs
+            root.removeHandler(handler)
+    root.setLevel(level)
+    warnings.showwarning = showwarning
 
 
 @pytest.fixture(scope="session")

@@ -37,8 +37,9 @@ CONTRACT_ENTRY_POINTS = {
     "pipeline.train_model", "pipeline.serve_model", "pipeline.score_batch", "pipeline.registry", "pipeline.run_local",
 }
 MAX_ENTRY_POINT_LINES = 300
-# Top-level modules that are not entry points: the log format and the stage argument parser.
-GROUND_MODULES = {"pipeline.utils"}
+# Top-level modules that are not entry points: the entry points' command-line runner, and the
+# log format and the stage argument parser.
+GROUND_MODULES = {"pipeline.cli", "pipeline.utils"}
 # Test folders that run in their own tox environments, not mirrors of a folder of pipeline/.
 ENVIRONMENT_TEST_FOLDERS = {"bodywork", "image", "cluster"}
 # Tests of the repository as a whole rather than of one module.
