@@ -1,18 +1,20 @@
 """The registry CLI, as an engineer runs it (subprocesses, over the local S3 server): list, show,
 reject and restore, unknown and ambiguous models, a missing bucket, older models without a
-report, and the serve stage picking the right model on its next start."""
+report, and the serve stage picking the right model on its next start. The same command line
+is also called in-process (`registry.CLI.main`), which returns the exit code."""
 import http.client
 import json
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 
+from pipeline import registry as registry_cli
 from pipeline.artefact.model import Model
 from pipeline.model_registry.records import list_status_changes
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.signed_artefacts import get_model
 from tests.conftest import StartService
-from tests.helpers import error_lines, models_created, run_cli, stop_service, wait_until_listening
+from tests.helpers import LOG_LINE, error_lines, models_created, run_cli, stop_service, wait_until_listening
 
 pytestmark = pytest.mark.e2e
 
@@ -168,3 +170,24 @@ def test_bad_arguments_are_one_error_with_the_usage(s3_env: Dict[str, str], args
     assert result.returncode == 1
     [line] = error_lines(result.stdout)
     assert "Invalid arguments passed to registry.py" in line and reason in line and "usage:" in line
+
+
+# --- the same command line, in-process ------------------------------------------------------
+
+def test_main_in_process_lists_the_models_and_returns_0(
+    s3_env: Dict[str, str], bucket: str, three_models: List[Model], cli_output: Callable[[], List[str]]
+) -> None:
+    assert registry_cli.CLI.main([bucket, "list"]) == 0
+
+    printed = "\n".join(line for line in cli_output() if not LOG_LINE.match(line))
+    assert model_line_statuses(printed) == [
+        ["00000015", "live"], ["00000008", "superseded"], ["00000001", "superseded"]]
+
+
+def test_main_in_process_with_an_unknown_model_returns_1_with_one_error_line_naming_the_command(
+    s3_env: Dict[str, str], bucket: str, three_models: List[Model], cli_output: Callable[[], List[str]]
+) -> None:
+    assert registry_cli.CLI.main([bucket, "show", "feedbeef"]) == 1
+
+    [line] = error_lines("\n".join(cli_output()))
+    assert " - registry show failed: " in line and "feedbeef" in line

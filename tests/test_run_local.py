@@ -15,10 +15,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import pytest
 
+from pipeline import run_local
 from pipeline.local import run as local_run
 from pipeline.local.processes import port_is_free
 from pipeline.local.run import BATCH_OUTPUT_KEY, DEFAULT_R2_ERROR_THRESHOLD, DEFAULT_WEEKS, LOCAL_BUCKET
@@ -265,6 +266,16 @@ def test_endpoint_url_without_bucket_is_an_invalid_argument() -> None:
     )
     assert result.returncode == 1
     assert "ERROR" in result.stdout and "Invalid arguments passed to run_local.py" in result.stdout
+
+
+def test_cli_in_process_with_bad_arguments_returns_1_with_the_line_without_usage(
+    cli_output: Callable[[], List[str]]
+) -> None:
+    assert run_local.cli(["--endpoint-url", "http://127.0.0.1:9"]) == 1
+
+    [line] = cli_output()
+    assert re.fullmatch(r"\S+ \S+ - ERROR - run_local\.cli - Invalid arguments passed to run_local\.py: "
+                        r"--endpoint-url and --seed-synthetic-data apply only with --bucket", line), line
 
 
 def test_run_local_imports_only_the_standard_library() -> None:

@@ -1,13 +1,15 @@
-"""The batch-scoring CLI, run as a subprocess against the local S3 server over HTTP."""
+"""The batch-scoring CLI, run as a subprocess against the local S3 server over HTTP; and the same
+command line in-process (`score_batch.CLI.main`, which returns the exit code)."""
 import csv
 import io
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 from fastapi.testclient import TestClient
 
+from pipeline import score_batch
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import FIRST_DROP, generate_weeks
 from pipeline.model_registry.live_model import list_models
@@ -208,6 +210,31 @@ def test_bad_arguments_exit_1_with_one_error_line(s3_env: Dict[str, str], args: 
     (error,) = error_lines(result.stdout)
     assert "Invalid arguments passed to score_batch.py" in error and reason in error
     assert "usage: python -m pipeline.score_batch BUCKET INPUT_KEY OUTPUT_KEY" in error
+
+
+# --- the same command line, in-process ----------------------------------------------------
+
+def test_main_in_process_scores_the_file_and_returns_0(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str, cli_output: Callable[[], List[str]]
+) -> None:
+    put_csv(s3, bucket_with_model, "in/orders.csv", [COLUMNS] + ROWS)
+
+    assert score_batch.CLI.main([bucket_with_model, "in/orders.csv", "out/orders.csv"]) == 0
+
+    assert error_lines("\n".join(cli_output())) == []
+    assert read_csv(s3, bucket_with_model, "out/orders.csv")[0] == COLUMNS + ["est_hours_to_dispatch"]
+
+
+def test_main_in_process_with_input_that_is_not_utf8_returns_1_saying_so_and_writes_nothing(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str, cli_output: Callable[[], List[str]]
+) -> None:
+    s3.put_object(Bucket=bucket_with_model, Key="in/orders.csv", Body=b"orders_placed,product_code\n\xff\xfe,SKU001\n")
+
+    assert score_batch.CLI.main([bucket_with_model, "in/orders.csv", "out/orders.csv"]) == 1
+
+    [line] = error_lines("\n".join(cli_output()))
+    assert " - score_batch failed: the input is not UTF-8 text: 'utf-8' codec can't decode byte 0xff" in line
+    assert keys(s3, bucket_with_model, "out/") == []
 
 
 # --- the backfill ------------------------------------------------------------------------

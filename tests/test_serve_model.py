@@ -1,4 +1,6 @@
-"""The serve stage's real CLI in a subprocess, against the local S3 server over HTTP.
+"""The serve stage's real CLI in a subprocess, against the local S3 server over HTTP; and the
+same command line in-process (`serve_model.CLI.main`, which returns the exit code) where the
+service never gets to serve.
 
 Each service listens on 127.0.0.1 on a port that was free a moment before. "The port never
 opened" is checked by trying to connect all the time the process runs.
@@ -9,13 +11,15 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
+from pipeline import serve_model
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
+from pipeline.serve import start_up
 from pipeline.serve.metrics import METRICS_PATH
 from pipeline.storage.layout import MODELS_PREFIX, latest_object
 from pipeline.storage.signed_artefacts import put_model
@@ -26,6 +30,7 @@ from tests.helpers import (
     START_TIMEOUT,
     Service,
     error_lines,
+    free_port,
     parse_metrics,
     port_accepts,
     run_cli,
@@ -407,3 +412,48 @@ def test_script_with_a_bad_port_exits_1_with_the_reason_and_usage(s3_env: Dict[s
     [line] = error_lines(result.stdout)
     assert line.endswith(f"Invalid arguments passed to serve_model.py: --port must be in 1..65535, got 70000; "
                          f"{USAGE_TEXT}")
+
+
+# --- the same command line, in-process: it never gets to serve -----------------------------
+
+@pytest.fixture
+def stop_signal_handlers() -> Iterator[None]:
+    """SIGINT's and SIGTERM's handlers put back after the test: the serve stage installs its own
+    as it starts."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_main_in_process_with_an_empty_models_folder_returns_1_with_the_one_error_line(
+    s3_env: Dict[str, str], bucket_with_datasets: str, cli_output: Callable[[], List[str]],
+    stop_signal_handlers: None,
+) -> None:
+    port = free_port()
+
+    assert serve_model.CLI.main([bucket_with_datasets, "--host", "127.0.0.1", "--port", str(port)]) == 1
+
+    [line] = error_lines("\n".join(cli_output()))
+    assert f" - serve_model failed: s3://{bucket_with_datasets}/models/: no .pkl object with a timestamp" in line
+    assert not port_accepts(port)
+
+
+def test_main_in_process_stopped_while_loading_the_model_returns_0_with_one_info_line(
+    s3_env: Dict[str, str], bucket_with_model: str, cli_output: Callable[[], List[str]],
+    stop_signal_handlers: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SIGTERM arrives while the model loads: the handler the stage installed raises the stop.
+    def load_model_and_get_stopped(bucket: str) -> Model:
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("the stop did not end the start-up")
+
+    monkeypatch.setattr(start_up, "load_model", load_model_and_get_stopped)
+
+    assert serve_model.CLI.main([bucket_with_model, "--host", "127.0.0.1", "--port", str(free_port())]) == 0
+
+    lines = cli_output()
+    assert error_lines("\n".join(lines)) == []
+    assert [line.split(" - ", 3)[1:] for line in lines] == [[
+        "INFO", "test_serve_model.test_main_in_process_stopped_while_loading_the_model_returns_0_with_one_info_line",
+        "stopped by SIGTERM before the service started serving"]]

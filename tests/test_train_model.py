@@ -1,10 +1,12 @@
 """The train stage's CLI in a subprocess, as engineers and Bodywork run it, on a real S3 API:
-every failure exits 1 with one ERROR line and leaves the previous model the newest.
+every failure exits 1 with one ERROR line and leaves the previous model the newest. The same
+command line is also called in-process (`train_model.CLI.main`), which returns the exit code.
 """
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 
+from pipeline import train_model
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
 from pipeline.model_registry.live_model import get_live_model, live_model_object
@@ -172,4 +174,34 @@ def test_cli_with_a_dataset_over_the_size_limit_refuses_it_unread_and_keeps_the_
     [line] = error_lines(result.stdout)
     assert f"s3://{bucket_with_model}/{key}: the dataset is {len(body):,} bytes, over the limit of {limit:,}" in line
     assert "orders_placed" not in line
+    assert model_keys(s3, bucket_with_model) == before
+
+
+# --- the same command line, in-process ------------------------------------------------------
+
+def test_main_in_process_trains_persists_and_returns_0(
+    s3: Any, s3_env: Dict[str, str], bucket_with_datasets: str, cli_output: Callable[[], List[str]]
+) -> None:
+    exit_code = train_model.CLI.main([bucket_with_datasets, "0.9", "0.8"])
+
+    lines = cli_output()
+    assert exit_code == 0, lines
+    [key] = model_keys(s3, bucket_with_datasets)
+    assert any(f"to s3://{bucket_with_datasets}/{key}" in line for line in lines)
+    assert error_lines("\n".join(lines)) == []
+    assert all(LOG_LINE.match(line) for line in lines), lines
+
+
+def test_main_in_process_without_a_signing_key_returns_1_with_the_one_error_line(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str, cli_output: Callable[[], List[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MODEL_SIGNING_KEY")
+    before = model_keys(s3, bucket_with_model)
+
+    assert train_model.CLI.main([bucket_with_model, "0.9", "0.95"]) == 1
+
+    [line] = error_lines("\n".join(cli_output()))
+    assert (" - ERROR - test_train_model.test_main_in_process_without_a_signing_key_returns_1_with_the_one_error_line"
+            " - train_model failed: MODEL_SIGNING_KEY is not set: ") in line
     assert model_keys(s3, bucket_with_model) == before
