@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
-from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import (
     MAX_BATCH_SIZE,
     MAX_ORDERS_PLACED,
@@ -30,18 +29,6 @@ from tests.helpers import parse_metrics
 
 PREDICT = "/api/v0.1/time_to_dispatch"
 PREDICT_BATCH = "/api/v0.1/time_to_dispatch/batch"
-
-
-@pytest.fixture
-def served_model(bucket_with_model: str) -> Model:
-    """The newest model of a bucket, loaded and verified by the storage module."""
-    return get_live_model(bucket_with_model)
-
-
-@pytest.fixture
-def client(served_model: Model) -> TestClient:
-    """A client of the service's app serving `served_model`."""
-    return TestClient(create_app(served_model))
 
 
 def estimator_predictions(model: Model, product_code: str, orders_placed: List[float]) -> np.ndarray:

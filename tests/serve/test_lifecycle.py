@@ -9,7 +9,6 @@ import sklearn
 from fastapi import FastAPI
 
 from pipeline.artefact.model import Model
-from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.lifecycle import (
     FAST_STACK,
     PURE_PYTHON_STACK,
@@ -22,12 +21,6 @@ from pipeline.serve.lifecycle import (
     warm_up,
 )
 from tests.helpers import free_port
-
-
-@pytest.fixture
-def served_model(bucket_with_model: str) -> Model:
-    """The newest model of a bucket, loaded and verified by the storage module."""
-    return get_live_model(bucket_with_model)
 
 
 # --- start-up checks --------------------------------------------------------------

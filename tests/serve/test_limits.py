@@ -3,19 +3,13 @@ import asyncio
 import json
 from typing import Any, Dict, Iterator, List
 
-import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.artefact.model import Model
-from pipeline.serve.api import MAX_BATCH_SIZE, PREDICT_BATCH_PATH, create_app
+from pipeline.serve.api import MAX_BATCH_SIZE, PREDICT_BATCH_PATH
 from pipeline.serve.limits import MAX_BODY_BYTES, RequestLimits
 
 Message = Dict[str, Any]
-
-
-@pytest.fixture
-def client(trained_model: Model) -> TestClient:
-    return TestClient(create_app(trained_model))
 
 
 def largest_valid_batch(model: Model) -> bytes:
@@ -25,8 +19,8 @@ def largest_valid_batch(model: Model) -> bytes:
     return json.dumps([item] * MAX_BATCH_SIZE, indent=4).encode()
 
 
-def test_the_largest_valid_batch_is_well_under_the_limit_and_answered(client: TestClient, trained_model: Model) -> None:
-    body = largest_valid_batch(trained_model)
+def test_the_largest_valid_batch_is_well_under_the_limit_and_answered(client: TestClient, served_model: Model) -> None:
+    body = largest_valid_batch(served_model)
 
     response = client.post(PREDICT_BATCH_PATH, content=body, headers={"Content-Type": "application/json"})
 

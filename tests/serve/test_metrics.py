@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.artefact.model import Model
-from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
 from pipeline.serve.metrics import (
     LATENCY_BUCKETS_SECONDS,
@@ -29,18 +28,6 @@ REQUESTS = "time_to_dispatch_http_requests_total"
 LATENCY = "time_to_dispatch_http_request_duration_seconds"
 PREDICTIONS = "time_to_dispatch_predictions_total"
 ORDERS = "time_to_dispatch_requested_orders_placed"
-
-
-@pytest.fixture
-def served_model(bucket_with_model: str) -> Model:
-    """The newest model of a bucket, loaded and verified by the storage module."""
-    return get_live_model(bucket_with_model)
-
-
-@pytest.fixture
-def client(served_model: Model) -> TestClient:
-    """A client of the service's app, as production builds it (metrics on by default)."""
-    return TestClient(create_app(served_model), raise_server_exceptions=False)
 
 
 def scrape(client: TestClient) -> Scrape:
