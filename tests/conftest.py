@@ -21,7 +21,7 @@ from pipeline.local.synthetic import generate_orders, generate_weeks
 from pipeline.storage.client import s3_client
 from pipeline.storage.datasets import put_dataset
 from pipeline.storage.signed_artefacts import put_model
-from tests.helpers import REPO_ROOT, TEST_SIGNING_KEY, TEST_WEEK_SEED, Service, start_service
+from tests.helpers import REPO_ROOT, TEST_SIGNING_KEY, TEST_WEEK_SEED, Service, StartService, start_service
 
 # The contract's variable, named as an operator sets it: the fixtures need no pipeline module
 # beyond those every version had, so the suite also runs against code from before signing.
@@ -148,10 +148,6 @@ def bucket_with_model(s3: Any, bucket_with_datasets: str, trained_model: Model) 
     """A bucket with datasets and one verified model artefact trained on the newest one."""
     put_model(bucket_with_datasets, trained_model, s3)
     return bucket_with_datasets
-
-
-# What the `start` fixture gives a test: `start(args, env, cwd=None) -> Service`.
-StartService = Callable[..., Service]
 
 
 @pytest.fixture

@@ -1,12 +1,14 @@
 """Helpers shared by the tests: paths, ports, the log format, CLIs and services in subprocesses,
-the code blocks of the markdown docs.
+the code blocks of the markdown docs, the deployment's files and commands.
 
 Fixtures live in conftest.py; plain functions and containers that several test modules use
-live here, once.
+live here, once: a test module imports from here and from conftest, never from another test
+module (tests/test_imports.py checks it).
 """
 import functools
 import pickle
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -15,7 +17,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import pytest
 import yaml
@@ -151,6 +153,34 @@ def stop_service(service: Service, timeout: float = 30) -> int:
         service.process.kill()
         service.process.wait()
         raise
+
+
+# What the `start` fixture (conftest) gives a test: `start(args, env, cwd=None) -> Service`.
+StartService = Callable[..., Service]
+
+
+def wait_for_exit_watching_port(service: Service, timeout: float = START_TIMEOUT) -> bool:
+    """Wait for the process to exit; True if its port accepted a connection meanwhile."""
+    opened = False
+    deadline = time.monotonic() + timeout
+    while service.process.poll() is None:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the service did not exit within {timeout}s:\n{service.log()}")
+        opened = opened or port_accepts(service.port)
+        time.sleep(0.02)
+    return opened or port_accepts(service.port)
+
+
+def the_error_of_a_failed_start(bucket: str, env: Dict[str, str], start: StartService) -> str:
+    """Start the service on `bucket`, expect exit 1 with its port never opened; its one ERROR line."""
+    service = start(["-m", "pipeline.serve_model", bucket], env)
+
+    opened = wait_for_exit_watching_port(service)
+
+    assert service.process.returncode == 1
+    assert not opened
+    [line] = error_lines(service.log())
+    return line
 
 
 def logged_json(lines: List[str], marker: str) -> Any:
@@ -375,6 +405,99 @@ def doc_blocks(path: Path, marker: str) -> List[str]:
     found = [text for info, text in fenced_blocks(path) if marker in info[1:]]
     assert found, f"{path.relative_to(REPO_ROOT)} has no code block marked {marker!r}"
     return found
+
+
+# --- the deployment's files and commands ---------------------------------------------------
+
+DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"
+# The deployment's commands are the code blocks of docs/deployment.md whose info string carries
+# this marker (```` ```sh deployment-commands ````): the tests read those blocks, never the prose
+# or the headings around them.
+DEPLOYMENT_COMMANDS = "deployment-commands"
+# What runs the pipeline in production besides bodywork.yaml and the Dockerfile: files under
+# deploy/, which the docs link to and apply, and never copy.
+DEPLOY = REPO_ROOT / "deploy"
+KUBERNETES_DIR = DEPLOY / "kubernetes"
+CRONJOB_V1 = KUBERNETES_DIR / "cronjob-v1.yaml"
+BATCH_JOB = KUBERNETES_DIR / "batch-job.yaml"
+SERVICEMONITOR = KUBERNETES_DIR / "servicemonitor.yaml"
+SCRAPE_CONFIG = DEPLOY / "prometheus" / "scrape-config.yaml"
+
+
+def deploy_yaml(path: Path) -> Dict[str, Any]:
+    """A YAML file of deploy/ holding one mapping (a Kubernetes object, a scrape configuration),
+    as plain data."""
+    loaded = yaml.safe_load(path.read_text())
+    assert isinstance(loaded, dict), f"{path.relative_to(REPO_ROOT)} is not a mapping"
+    return loaded
+
+
+def bodywork_commands(text: str) -> List[List[str]]:
+    """Every `bodywork ...` command in a piece of shell, split as a shell would.
+
+    Lines ending in a backslash continue on the next line; a leading `$ ` prompt is dropped.
+    """
+    commands: List[List[str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if pending:
+            line = pending + " " + line
+            pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1].strip()
+            continue
+        line = line[2:] if line.startswith("$ ") else line
+        if line.startswith("bodywork "):
+            commands.append(shlex.split(line))
+    return commands
+
+
+def deployment_text() -> str:
+    """The code blocks of docs/deployment.md marked `deployment-commands`, joined."""
+    return "\n".join(doc_blocks(DEPLOYMENT_DOC, DEPLOYMENT_COMMANDS))
+
+
+def deployment_commands() -> List[List[str]]:
+    """Every `bodywork ...` command of the deployment steps in docs/deployment.md."""
+    return bodywork_commands(deployment_text())
+
+
+def deployment_commands_starting(*words: str) -> List[List[str]]:
+    """Every deployment command that starts `bodywork WORDS...`, in the document's order."""
+    return [c for c in deployment_commands() if c[1:1 + len(words)] == list(words)]
+
+
+def deployment_command(*words: str) -> List[str]:
+    """The one deployment command that starts `bodywork WORDS...`."""
+    found = [c for c in deployment_commands() if c[1:1 + len(words)] == list(words)]
+    assert len(found) == 1, f"docs/deployment.md should have one `bodywork {' '.join(words)}` command, has {found}"
+    return found[0]
+
+
+def parse_with_bodywork_cli(command: List[str]) -> Tuple[List[str], Dict[str, Any]]:
+    """The sub-command path and the parsed parameters of a `bodywork ...` command line, as
+    Bodywork's own command-line app (typer on click) parses it, without running it. Needs the
+    Bodywork package (the `bodywork` and `cluster` tox environments).
+
+    Raises:
+        click.UsageError: as the CLI would report it (unknown option, missing argument, ...).
+    """
+    import click
+    import typer
+    from bodywork.cli.cli import cli_app
+
+    group = typer.main.get_command(cli_app)
+    context = group.make_context("bodywork", command[1:])
+    current: click.Command = group
+    path: List[str] = []
+    while isinstance(current, click.MultiCommand):
+        name, sub, rest = current.resolve_command(context, context.protected_args + context.args)
+        assert name is not None and sub is not None
+        path.append(name)
+        context = sub.make_context(name, rest, parent=context)
+        current = sub
+    return path, context.params
 
 
 @functools.lru_cache(maxsize=None)

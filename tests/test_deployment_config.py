@@ -38,7 +38,19 @@ from packaging.requirements import Requirement
 from image.tag import image_tag
 from pipeline.local.synthetic import FIRST_DROP
 from pipeline.serve.lifecycle import GRACEFUL_SHUTDOWN_SECONDS
-from tests.helpers import doc_blocks, fenced_blocks
+from tests.helpers import (
+    BATCH_JOB,
+    CRONJOB_V1,
+    DEPLOY,
+    KUBERNETES_DIR,
+    SCRAPE_CONFIG,
+    SERVICEMONITOR,
+    bodywork_commands,
+    deploy_yaml,
+    deployment_command,
+    deployment_commands,
+    fenced_blocks,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
@@ -47,7 +59,6 @@ BODYWORK_YAML = REPO_ROOT / "bodywork.yaml"
 # terminationGracePeriodSeconds' default; Bodywork's Deployment does not set it.
 KUBERNETES_GRACE_PERIOD_SECONDS = 30
 CIRCLECI_CONFIG = REPO_ROOT / ".circleci" / "config.yml"
-DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"
 TOX_INI = REPO_ROOT / "tox.ini"
 REQUIREMENTS_PIPE = REPO_ROOT / "requirements_pipe.txt"
 REQUIREMENTS_CICD = REPO_ROOT / "requirements_cicd.txt"
@@ -59,18 +70,6 @@ STAGES = ("train_model", "serve_model")
 # The Python of the stages' runtime image (docs/deployment.md): what the deployed code runs
 # on, so what mypy checks it for and what the tests and the Bodywork checks run on.
 IMAGE_PYTHON = "3.11"
-# The deployment's commands are the code blocks of docs/deployment.md whose info string carries
-# this marker (```` ```sh deployment-commands ````): the tests read those blocks, never the prose
-# or the headings around them.
-DEPLOYMENT_COMMANDS = "deployment-commands"
-# What runs the pipeline in production besides bodywork.yaml and the Dockerfile: files under
-# deploy/, which the docs link to and apply, and never copy.
-DEPLOY = REPO_ROOT / "deploy"
-KUBERNETES_DIR = DEPLOY / "kubernetes"
-CRONJOB_V1 = KUBERNETES_DIR / "cronjob-v1.yaml"
-BATCH_JOB = KUBERNETES_DIR / "batch-job.yaml"
-SERVICEMONITOR = KUBERNETES_DIR / "servicemonitor.yaml"
-SCRAPE_CONFIG = DEPLOY / "prometheus" / "scrape-config.yaml"
 
 # The train stage is sized for a week a hundred times the usual (about 1,000 orders).
 SIZING_WEEK_ROWS = 100_000
@@ -106,14 +105,6 @@ def bodywork_config() -> Dict[str, Any]:
     return config
 
 
-def deploy_yaml(path: Path) -> Dict[str, Any]:
-    """A YAML file of deploy/ holding one mapping (a Kubernetes object, a scrape configuration),
-    as plain data."""
-    loaded = yaml.safe_load(path.read_text())
-    assert isinstance(loaded, dict), f"{path.relative_to(REPO_ROOT)} is not a mapping"
-    return loaded
-
-
 def requirement_lines(path: Path) -> List[str]:
     """The requirement lines of a requirements file and of the files it includes with `-r`,
     without comments or blank lines."""
@@ -131,49 +122,6 @@ def distribution_name(requirement: str) -> str:
     """The normalised distribution name of a requirement line (`moto[server]==5` -> `moto`)."""
     name = re.split(r"[\[<>=!~;\s]", requirement, maxsplit=1)[0]
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def bodywork_commands(text: str) -> List[List[str]]:
-    """Every `bodywork ...` command in a piece of shell, split as a shell would.
-
-    Lines ending in a backslash continue on the next line; a leading `$ ` prompt is dropped.
-    """
-    commands: List[List[str]] = []
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if pending:
-            line = pending + " " + line
-            pending = ""
-        if line.endswith("\\"):
-            pending = line[:-1].strip()
-            continue
-        line = line[2:] if line.startswith("$ ") else line
-        if line.startswith("bodywork "):
-            commands.append(shlex.split(line))
-    return commands
-
-
-def deployment_text() -> str:
-    """The code blocks of docs/deployment.md marked `deployment-commands`, joined."""
-    return "\n".join(doc_blocks(DEPLOYMENT_DOC, DEPLOYMENT_COMMANDS))
-
-
-def deployment_commands() -> List[List[str]]:
-    """Every `bodywork ...` command of the deployment steps in docs/deployment.md."""
-    return bodywork_commands(deployment_text())
-
-
-def deployment_commands_starting(*words: str) -> List[List[str]]:
-    """Every deployment command that starts `bodywork WORDS...`, in the document's order."""
-    return [c for c in deployment_commands() if c[1:1 + len(words)] == list(words)]
-
-
-def deployment_command(*words: str) -> List[str]:
-    """The one deployment command that starts `bodywork WORDS...`."""
-    found = [c for c in deployment_commands() if c[1:1 + len(words)] == list(words)]
-    assert len(found) == 1, f"docs/deployment.md should have one `bodywork {' '.join(words)}` command, has {found}"
-    return found[0]
 
 
 def option_values(command: List[str], option: str) -> List[str]:

@@ -13,8 +13,15 @@ from pipeline.artefact.model import Model
 from pipeline.model_registry.records import list_status_changes
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.signed_artefacts import get_model
-from tests.conftest import StartService
-from tests.helpers import LOG_LINE, error_lines, models_created, run_cli, stop_service, wait_until_listening
+from tests.helpers import (
+    LOG_LINE,
+    StartService,
+    error_lines,
+    models_created,
+    run_cli,
+    stop_service,
+    wait_until_listening,
+)
 
 pytestmark = pytest.mark.e2e
 

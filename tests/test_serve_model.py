@@ -23,18 +23,19 @@ from pipeline.serve import start_up
 from pipeline.serve.metrics import METRICS_PATH
 from pipeline.storage.layout import MODELS_PREFIX, latest_object
 from pipeline.storage.signed_artefacts import put_model
-from tests.conftest import StartService
 from tests.helpers import (
     LOG_LINE,
     REPO_ROOT,
     START_TIMEOUT,
     Service,
+    StartService,
     error_lines,
     free_port,
     parse_metrics,
     port_accepts,
     run_cli,
     stop_service,
+    the_error_of_a_failed_start,
     wait_for_log,
     wait_until_listening,
 )
@@ -49,18 +50,6 @@ def start_listening(start: StartService, args: List[str], env: Dict[str, str], c
     service = start(args, env, cwd)
     wait_until_listening(service)
     return service
-
-
-def wait_for_exit_watching_port(service: Service, timeout: float = START_TIMEOUT) -> bool:
-    """Wait for the process to exit; True if its port accepted a connection meanwhile."""
-    opened = False
-    deadline = time.monotonic() + timeout
-    while service.process.poll() is None:
-        if time.monotonic() > deadline:
-            pytest.fail(f"the service did not exit within {timeout}s:\n{service.log()}")
-        opened = opened or port_accepts(service.port)
-        time.sleep(0.02)
-    return opened or port_accepts(service.port)
 
 
 def post(port: int, path: str, body: Any) -> Tuple[int, Any]:
@@ -81,18 +70,6 @@ def get(port: int, path: str) -> Tuple[int, Any]:
         return response.status, json.loads(response.read())
     finally:
         conn.close()
-
-
-def the_error_of_a_failed_start(bucket: str, env: Dict[str, str], start: StartService) -> str:
-    """Start the service on `bucket`, expect exit 1 with its port never opened; its one ERROR line."""
-    service = start(["-m", "pipeline.serve_model", bucket], env)
-
-    opened = wait_for_exit_watching_port(service)
-
-    assert service.process.returncode == 1
-    assert not opened
-    [line] = error_lines(service.log())
-    return line
 
 
 def expected_estimate(model: Model, product_code: str, orders_placed: float) -> float:

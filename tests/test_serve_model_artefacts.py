@@ -10,9 +10,14 @@ import pytest
 from pipeline.artefact.model import Model
 from pipeline.storage.layout import model_key
 from pipeline.storage.signed_artefacts import PICKLE_PROTOCOL, put_model
-from tests.conftest import StartService
-from tests.helpers import crafted_model, signed_metadata, stop_service, wait_until_listening
-from tests.test_serve_model import the_error_of_a_failed_start
+from tests.helpers import (
+    StartService,
+    crafted_model,
+    signed_metadata,
+    stop_service,
+    the_error_of_a_failed_start,
+    wait_until_listening,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,7 @@ import pytest
 
 from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
 from pipeline.serve.lifecycle import GRACEFUL_SHUTDOWN_SECONDS
-from tests.conftest import StartService
-from tests.helpers import LOG_LINE, Service, stop_service, wait_until_listening
+from tests.helpers import LOG_LINE, Service, StartService, stop_service, wait_until_listening
 
 pytestmark = pytest.mark.e2e
 

@@ -4,42 +4,21 @@ Each `bodywork ...` command in the document's `deployment-commands` code blocks 
 Bodywork's command-line app (typer on click) without running it, so a wrong flag, a missing
 argument or a bad value fails here rather than on the cluster.
 """
-from typing import Any, Dict, List, Tuple
+from typing import List
 
-import click
 import pytest
-import typer
-from bodywork.cli.cli import cli_app
 from bodywork.cli.secrets import parse_cli_secrets_strings
 from bodywork.cli.workflow_jobs import _is_valid_cron_schedule
 from bodywork.config import BodyworkConfig
 from bodywork.k8s import ingress_route, make_valid_k8s_name
 
-from tests.test_deployment_config import (
+from tests.helpers import (
     deployment_command,
     deployment_commands,
     deployment_commands_starting,
     deployment_text,
+    parse_with_bodywork_cli,
 )
-
-
-def parse_with_bodywork_cli(command: List[str]) -> Tuple[List[str], Dict[str, Any]]:
-    """The sub-command path and the parsed parameters of a `bodywork ...` command line.
-
-    Raises:
-        click.UsageError: as the CLI would report it (unknown option, missing argument, ...).
-    """
-    group = typer.main.get_command(cli_app)
-    context = group.make_context("bodywork", command[1:])
-    current: click.Command = group
-    path: List[str] = []
-    while isinstance(current, click.MultiCommand):
-        name, sub, rest = current.resolve_command(context, context.protected_args + context.args)
-        assert name is not None and sub is not None
-        path.append(name)
-        context = sub.make_context(name, rest, parent=context)
-        current = sub
-    return path, context.params
 
 
 DEPLOYMENT_COMMANDS = deployment_commands()

@@ -42,8 +42,7 @@ from bodywork.constants import (
 )
 from kubernetes import client
 
-from tests.bodywork.test_cli import parse_with_bodywork_cli
-from tests.test_deployment_config import (
+from tests.helpers import (
     BATCH_JOB,
     CRONJOB_V1,
     REPO_ROOT,
@@ -52,6 +51,7 @@ from tests.test_deployment_config import (
     deploy_yaml,
     deployment_command,
     deployment_commands_starting,
+    parse_with_bodywork_cli,
 )
 
 KUBERNETES_VERSIONS = ("1.22.0", "1.31.0")

@@ -113,14 +113,14 @@ def bodywork_executable() -> str:
 def documented_command(words: Any, variables: Dict[str, str]) -> List[str]:
     """The one `bodywork WORDS...` command of docs/deployment.md's deployment blocks, with the
     shell variables it names filled in."""
-    from tests.test_deployment_config import deployment_command
+    from tests.helpers import deployment_command
 
     return [string.Template(word).substitute(variables) for word in deployment_command(*words)]
 
 
 def documented_secret_commands() -> List[List[str]]:
     """Every `bodywork create secret` command of docs/deployment.md's deployment blocks."""
-    from tests.test_deployment_config import deployment_commands
+    from tests.helpers import deployment_commands
 
     return [c for c in deployment_commands() if c[1:3] == ["create", "secret"]]
 

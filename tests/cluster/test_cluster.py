@@ -150,7 +150,7 @@ def test_documented_get_deployments_lists_the_service(run: ClusterRun) -> None:
 
 
 def test_documented_kubectl_logs_show_the_service_serving_the_model(run: ClusterRun) -> None:
-    from tests.test_deployment_config import deployment_text
+    from tests.helpers import deployment_text
 
     line = [t for t in deployment_text().splitlines() if t.strip().startswith("kubectl") and " logs " in t]
     assert len(line) == 1, line
@@ -270,7 +270,7 @@ def test_job_from_the_cronjob_retrains_and_redeploys(run: ClusterRun) -> None:
 
 
 def test_documented_cronjob_history_lists_the_run(run: ClusterRun) -> None:
-    from tests.test_deployment_config import deployment_commands
+    from tests.helpers import deployment_commands
 
     history = [c for c in deployment_commands() if c[1:3] == ["get", "cronjob"] and "--history" in c]
     assert len(history) == 1, history

@@ -22,8 +22,7 @@ import yaml
 from pipeline.model_registry.live_model import list_models
 from pipeline.storage.client import S3_MAX_ATTEMPTS, S3_READ_TIMEOUT_SECONDS, worst_case_s3_call_seconds
 from pipeline.storage.signed_artefacts import get_model
-from tests.conftest import StartService
-from tests.helpers import REPO_ROOT, error_lines, free_port, run_cli, stop_service, wait_until_listening
+from tests.helpers import REPO_ROOT, StartService, error_lines, free_port, run_cli, stop_service, wait_until_listening
 
 pytestmark = pytest.mark.e2e
 
