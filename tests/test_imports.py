@@ -12,6 +12,8 @@
   exactly the imports between the folders and the top-level modules.
 - The tests mirror the modules: `tests/<folder>/test_<module>[_<aspect>].py` for a module of a
   folder, `tests/test_<module>[_<aspect>].py` for a top-level one.
+- No test module imports from another test module: what tests share lives once, in
+  `tests/helpers.py` (plain functions and containers) or a `conftest.py` (fixtures).
 
 Each module is imported in a fresh interpreter and its `sys.modules` inspected, so that what
 a module pulls in through other modules counts too; an AST scan also catches imports made
@@ -280,3 +282,54 @@ def test_each_top_level_test_mirrors_a_top_level_module_or_checks_the_repository
     strays = [p.name for p in sorted((REPO_ROOT / "tests").glob("test_*.py"))
               if p.stem[len("test_"):] not in REPOSITORY_TESTS and not mirrors(p, PIPELINE)]
     assert strays == []
+
+
+# --- what the tests share --------------------------------------------------------------------
+
+TESTS = REPO_ROOT / "tests"
+
+
+def is_test_module(name: str) -> bool:
+    """`tests.test_docs`, `tests.bodywork.test_cli`: a module of tests/ that pytest collects."""
+    parts = name.split(".")
+    return parts[0] == "tests" and any(part.startswith("test_") for part in parts[1:])
+
+
+def imported_test_modules(source: str, package: str) -> List[str]:
+    """The test modules that `source`, a module of `package` (`tests.bodywork`), imports or
+    imports from, anywhere (functions included), relative imports resolved."""
+    found: Set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if is_test_module(alias.name)}
+        elif isinstance(node, ast.ImportFrom):
+            parts = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            base = ".".join(parts + ([node.module] if node.module else []))
+            if is_test_module(base):
+                found.add(base)
+            else:
+                found |= {f"{base}.{alias.name}" for alias in node.names if is_test_module(f"{base}.{alias.name}")}
+    return sorted(found)
+
+
+TEST_SOURCES = sorted(TESTS.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", TEST_SOURCES, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+def test_no_test_module_imports_from_another_test_module(path: Path) -> None:
+    package = ".".join(path.parent.relative_to(REPO_ROOT).parts)
+    assert imported_test_modules(path.read_text(), package) == [], "move what is shared to tests/helpers.py"
+
+
+@pytest.mark.parametrize("source, package, expected", [
+    ("from tests.test_serve_model import the_error_of_a_failed_start\n", "tests", ["tests.test_serve_model"]),
+    ("import tests.test_docs\n", "tests", ["tests.test_docs"]),
+    ("from tests import helpers, test_docs\n", "tests", ["tests.test_docs"]),
+    ("def f():\n    from tests.test_deployment_config import deployment_text\n", "tests.cluster",
+     ["tests.test_deployment_config"]),
+    ("from .test_cli import parse_with_bodywork_cli\n", "tests.bodywork", ["tests.bodywork.test_cli"]),
+    ("from ..test_docs import slug\n", "tests.bodywork", ["tests.test_docs"]),
+    ("from tests.helpers import REPO_ROOT\nfrom tests.conftest import SIGNING_KEY_ENV\nimport pytest\n", "tests", []),
+], ids=["from", "import", "from the package", "inside a function", "relative", "relative, up", "helpers and conftest"])
+def test_an_import_from_a_test_module_is_seen(source: str, package: str, expected: List[str]) -> None:
+    assert imported_test_modules(source, package) == expected
