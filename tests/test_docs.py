@@ -5,7 +5,8 @@
 - Every relative link in README.md and docs/*.md names an existing file, and a `#anchor` into
   a markdown file names one of its headings (GitHub's slugs).
 - The README's Quickstart has exactly two commands: the local run, and what CI runs (.ci/run).
-- Every document in docs/ is linked from the README.
+- Every document in docs/ is linked from the README; every design-decision record in
+  docs/decisions/ is numbered and listed in that folder's index, which the README links to.
 - Facts the docs state about the repository are read from the repository, never counted by
   hand: the tox environments (tox.ini's envlist) in docs/testing.md's table, in any count of
   them and in the README's closing summary lines; the folders and top-level modules of
@@ -26,6 +27,8 @@ from tests.helpers import doc_blocks, fenced_blocks
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 DOCS = REPO_ROOT / "docs"
+DECISIONS = DOCS / "decisions"
+DECISIONS_INDEX = DECISIONS / "README.md"
 CI_RUN = REPO_ROOT / ".ci" / "run"
 TESTING_DOC = DOCS / "testing.md"
 ARCHITECTURE_DOC = DOCS / "architecture.md"
@@ -41,7 +44,7 @@ HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
 
 
 def documents() -> List[Path]:
-    return [README, *sorted(DOCS.glob("*.md"))]
+    return [README, *sorted(DOCS.glob("*.md")), *sorted(DECISIONS.glob("*.md"))]
 
 
 def without_code(path: Path) -> List[str]:
@@ -132,6 +135,30 @@ def test_readme_second_quickstart_command_is_what_ci_runs() -> None:
 def test_every_doc_in_docs_is_linked_from_the_readme() -> None:
     linked = {(README.parent / target.split("#")[0]).resolve() for target in relative_links(README)}
     assert [p.name for p in sorted(DOCS.glob("*.md")) if p.resolve() not in linked] == []
+
+
+def decision_records() -> List[Path]:
+    return sorted(path for path in DECISIONS.glob("*.md") if path != DECISIONS_INDEX)
+
+
+def test_every_decision_record_is_numbered_and_in_the_index() -> None:
+    records = decision_records()
+    numbers = [path.name[:4] for path in records]
+    assert all(re.fullmatch(r"\d{4}-[a-z0-9-]+\.md", path.name) for path in records), numbers
+    assert numbers == [f"{n:04d}" for n in range(1, len(records) + 1)], "decision records are numbered 0001, 0002, ..."
+    linked = {(DECISIONS / target.split("#")[0]).resolve() for target in relative_links(DECISIONS_INDEX)}
+    assert [path.name for path in records if path.resolve() not in linked] == []
+
+
+def test_every_decision_record_has_context_decision_and_consequences() -> None:
+    for path in decision_records():
+        headings = [line for line in without_code(path) if line.startswith("## ")]
+        assert headings == ["## Context", "## Decision", "## Consequences"], path.name
+
+
+def test_the_readme_links_to_the_index_of_decision_records() -> None:
+    linked = {(README.parent / target.split("#")[0]).resolve() for target in relative_links(README)}
+    assert DECISIONS_INDEX.resolve() in linked
 
 
 # --- facts about the repository ----------------------------------------------------------
