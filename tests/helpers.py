@@ -199,10 +199,10 @@ def model_keys(client: Any, bucket: str) -> List[str]:
 
 def newest_model_key(bucket: str) -> Optional[str]:
     """The key of the newest model artefact by the time in its key, rejected or not; None if none."""
-    from pipeline.storage.layout import MODELS_PREFIX, NoObjectsError, latest_object
+    from pipeline.storage.layout import NoObjectsError, latest_object
 
     try:
-        return latest_object(bucket, MODELS_PREFIX, ".pkl").key
+        return latest_object(bucket, LAYOUT.models_prefix, ".pkl").key
     except NoObjectsError:
         return None
 

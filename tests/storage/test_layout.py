@@ -1,7 +1,7 @@
 """The bucket's layout against a real S3 API: timestamps in keys, the keys' formats, and
 "newest" over every page of a listing, skipping keys dated in the future or on no real date.
 """
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pandas as pd
@@ -11,7 +11,6 @@ from pipeline.local.synthetic import generate_orders
 from pipeline.settings import LAYOUT
 from pipeline.storage.datasets import get_latest_dataset, put_dataset
 from pipeline.storage.layout import (
-    CLOCK_SKEW_ALLOWANCE,
     NoObjectsError,
     dataset_key,
     parse_key_timestamp,
@@ -145,7 +144,7 @@ def test_a_future_dated_dataset_is_ignored_with_a_warning(
 
 
 def test_a_key_dated_within_the_clock_skew_allowance_counts(s3: Any, bucket: str) -> None:
-    soon = datetime.now(timezone.utc) + CLOCK_SKEW_ALLOWANCE / 2
+    soon = datetime.now(timezone.utc) + timedelta(hours=LAYOUT.clock_skew_allowance_hours / 2)
     key = put_dataset(bucket, generate_orders(5, seed=1), soon, s3)
 
     assert get_latest_dataset(bucket).key == key
