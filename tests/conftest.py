@@ -59,7 +59,7 @@ def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]
         monkeypatch.setenv(name, value)
     for name in ENVIRONMENT.aws_identity_variables:
         monkeypatch.delenv(name, raising=False)
-    return {**os.environ, "PYTHONPATH": str(LOCAL.repo_root)}
+    return {**os.environ, ENVIRONMENT.python_path: str(LOCAL.repo_root)}
 
 
 @pytest.fixture

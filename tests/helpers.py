@@ -53,9 +53,9 @@ def signed_metadata(body: bytes, signing_key: str = TEST_SIGNING_KEY) -> Dict[st
 
     key_id, _, secret = signing_key.partition(":")
     return {
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "signing-key-id": key_id,
-        "signature": hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest(),
+        LAYOUT.sha256_metadata_key: hashlib.sha256(body).hexdigest(),
+        LAYOUT.key_id_metadata_key: key_id,
+        LAYOUT.signature_metadata_key: hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest(),
     }
 
 

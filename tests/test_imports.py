@@ -27,7 +27,7 @@ from typing import Dict, List, Set
 
 import pytest
 
-from pipeline.settings import LOCAL
+from pipeline.settings import ENVIRONMENT, LOCAL
 
 
 PIPELINE = LOCAL.repo_root / "pipeline"
@@ -74,7 +74,7 @@ def modules_loaded_by_importing(module: str) -> Set[str]:
     """Every module in `sys.modules` after a fresh interpreter imports `module`."""
     probe = f"import importlib, json, sys; importlib.import_module({module!r}); print(json.dumps(sorted(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=LOCAL.repo_root, capture_output=True, text=True,
-                            timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(LOCAL.repo_root)})
+                            timeout=120, env={"PATH": "/usr/bin:/bin", ENVIRONMENT.python_path: str(LOCAL.repo_root)})
     assert result.returncode == 0, result.stderr
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 

@@ -40,7 +40,7 @@ class LocalRun(NamedTuple):
 def local_run_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The environment without any AWS settings of the developer's, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["PYTHONPATH"] = str(LOCAL.repo_root)
+    env[ENVIRONMENT.python_path] = str(LOCAL.repo_root)
     env.update(extra or {})
     return env
 

@@ -41,7 +41,7 @@ def keys(s3: Any, bucket: str, prefix: str = "") -> List[str]:
 
 
 def model_id_of_output(s3: Any, bucket: str, key: str) -> str:
-    return str(s3.head_object(Bucket=bucket, Key=key)["Metadata"]["model-artefact-id"])
+    return str(s3.head_object(Bucket=bucket, Key=key)["Metadata"][LAYOUT.model_id_metadata_key])
 
 
 def october(day: int) -> datetime:
@@ -73,8 +73,8 @@ def test_output_metadata_and_log_name_the_model(
     result = score(bucket_with_model, s3_env, "in/orders.csv", "out/orders.csv")
 
     metadata = s3.head_object(Bucket=bucket_with_model, Key="out/orders.csv")["Metadata"]
-    assert metadata["model-artefact-id"] == trained_model.artefact_id
-    assert metadata["model-version"] == str(trained_model)
+    assert metadata[LAYOUT.model_id_metadata_key] == trained_model.artefact_id
+    assert metadata[LAYOUT.model_version_metadata_key] == str(trained_model)
     assert "3 of 3 rows, 0 rejected (no rejects)" in result.stdout
     assert f"model {trained_model.artefact_id}" in result.stdout
 
@@ -228,7 +228,7 @@ def dataset_keys(bucket: str) -> List[str]:
 
 
 def backtest(s3: Any, bucket: str) -> Dict[str, Any]:
-    return dict(json.loads(s3.get_object(Bucket=bucket, Key="predictions/backtest.json")["Body"].read()))
+    return dict(json.loads(s3.get_object(Bucket=bucket, Key=LAYOUT.backtest_key)["Body"].read()))
 
 
 def test_backfill_scores_each_week_with_the_model_live_when_it_was_dropped(
@@ -268,7 +268,7 @@ def test_backtest_json_has_rows_mae_r2_and_mean_error_by_product_per_week(
     assert week["rows"] == 300 and week["rows_rejected"] == 0
     assert 0.5 < week["mae"] < 1.5 and 0.9 < week["r2"] < 1.0
     assert sorted(week["mean_error_by_product"]) == ["SKU001", "SKU002", "SKU003", "SKU004", "SKU005"]
-    png = s3.get_object(Bucket=weekly_bucket, Key="predictions/backtest_mae.png")["Body"].read()
+    png = s3.get_object(Bucket=weekly_bucket, Key=LAYOUT.backtest_plot_key)["Body"].read()
     assert png.startswith(b"\x89PNG")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.artefact.model import Model
-from pipeline.settings import ARTEFACT, ENVIRONMENT
+from pipeline.settings import ARTEFACT, ENVIRONMENT, LAYOUT
 from pipeline.storage.layout import model_key
 from pipeline.storage.signed_artefacts import put_model
 from tests.conftest import StartService
@@ -74,7 +74,7 @@ def test_an_unsigned_artefact_with_a_matching_checksum_is_refused(
     key = model_key(unsigned)
     body = pickle.dumps(unsigned, protocol=ARTEFACT.pickle_protocol)
     s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body,
-                  Metadata={"sha256": signed_metadata(body)["sha256"]})
+                  Metadata={LAYOUT.sha256_metadata_key: signed_metadata(body)[LAYOUT.sha256_metadata_key]})
 
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 

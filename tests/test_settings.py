@@ -10,7 +10,17 @@ from typing import Any, Dict, List
 import pytest
 import yaml
 
-from pipeline.settings import LOCAL, MB, SERVE, SETTINGS, BudgetError, Settings, check_budgets, render_markdown
+from pipeline.settings import (
+    ENVIRONMENT,
+    LOCAL,
+    MB,
+    SERVE,
+    SETTINGS,
+    BudgetError,
+    Settings,
+    check_budgets,
+    render_markdown,
+)
 
 SETTINGS_DOC = LOCAL.repo_root / "docs" / "settings.md"
 BODYWORK_YAML = LOCAL.repo_root / "bodywork.yaml"
@@ -35,7 +45,7 @@ def test_importing_the_settings_loads_no_third_party_module() -> None:
     probe = ("import json, sys; before = set(sys.modules); import pipeline.settings; "
              "print(json.dumps(sorted(set(sys.modules) - before)))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=LOCAL.repo_root, capture_output=True, text=True,
-                            timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(LOCAL.repo_root)})
+                            timeout=60, env={"PATH": "/usr/bin:/bin", ENVIRONMENT.python_path: str(LOCAL.repo_root)})
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout)
     third_party = [m for m in loaded if m.split(".")[0] not in (*sys.stdlib_module_names, "pipeline")]

@@ -52,7 +52,7 @@ def test_an_unsigned_artefact_does_not_verify() -> None:
     keys = load_signing_keys({ENVIRONMENT.signing_key: f"k1:{SECRET_A}"})
 
     with pytest.raises(SignatureError, match="the artefact is unsigned"):
-        keys.verify(BODY, {"sha256": "0" * 64})
+        keys.verify(BODY, {LAYOUT.sha256_metadata_key: "0" * 64})
 
 
 def test_an_unknown_key_id_is_quoted_cut_to_a_short_prefix() -> None:

@@ -36,7 +36,7 @@ from bodywork.git import get_git_commit_hash
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
-from pipeline.settings import API, LAYOUT, LOCAL
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
 from pipeline.storage.layout import latest_object
 from tests.bodywork.conftest import BRANCH
 from tests.helpers import TEST_SIGNING_KEY, bucket_with_weeks
@@ -69,7 +69,7 @@ def pod_environment(s3_endpoint: str, commit: str) -> Dict[str, str]:
     """The stage container's environment: the secrets' AWS variables and signing key, Bodywork's
     GIT_COMMIT_HASH, and this environment's tools first on PATH (the image's `python` and
     `pip`). Nothing of this checkout leaks in: no PYTHONPATH, no other AWS settings."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("AWS_")}
+    env = {k: v for k, v in os.environ.items() if k != ENVIRONMENT.python_path and not k.startswith("AWS_")}
     env.update(
         AWS_ENDPOINT_URL=s3_endpoint,
         AWS_ACCESS_KEY_ID="testing",

@@ -49,7 +49,7 @@ def test_put_model_stores_the_sha256_of_the_artefact_in_its_metadata(
 
     stored = s3.get_object(Bucket=bucket, Key=key)
 
-    assert stored["Metadata"]["sha256"] == hashlib.sha256(stored["Body"].read()).hexdigest()
+    assert stored["Metadata"][LAYOUT.sha256_metadata_key] == hashlib.sha256(stored["Body"].read()).hexdigest()
 
 
 def test_put_model_never_overwrites_an_existing_artefact(s3: Any, bucket: str, trained_model: Model) -> None:
