@@ -2,10 +2,10 @@
 import os
 import secrets
 
-from pipeline.artefact.signing import SIGNING_KEY_ENV
+from pipeline.settings import ENVIRONMENT
 
 
 def use_throwaway_signing_key() -> None:
     """Give the stages this benchmark starts a random model signing key, unless one is set: they
     refuse to persist or load an unsigned model (docs/reliability.md)."""
-    os.environ.setdefault(SIGNING_KEY_ENV, f"benchmark:{secrets.token_hex(32)}")
+    os.environ.setdefault(ENVIRONMENT.signing_key, f"benchmark:{secrets.token_hex(32)}")

@@ -32,6 +32,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pandas as pd
 
+from pipeline.settings import LOCAL
 from benchmarks import use_throwaway_signing_key
 from pipeline.local.local_s3 import LocalS3
 from pipeline.local.synthetic import generate_orders, generate_weeks
@@ -39,7 +40,6 @@ from pipeline.storage.client import s3_client
 from pipeline.storage.datasets import put_dataset
 from pipeline.storage.multipart import MultipartWriter
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (100_000, 2_000_000, 10_000_000)
 GENERATE_CHUNK_ROWS = 500_000
 TARGET_ROWS, TARGET_SECONDS, TARGET_RSS_MB = 2_000_000, 30.0, 400.0
@@ -85,7 +85,7 @@ def run_cli(bucket: str, input_key: str, output_key: str, env: Dict[str, str]) -
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.score_batch", bucket, input_key, output_key],
-            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+            cwd=LOCAL.repo_root, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
         )
         peak_kib = 0
         while True:
@@ -129,7 +129,7 @@ def main(sizes: List[int], json_path: str, text_path: str) -> None:
         s3.point_environment_here()
         bucket = s3.create_bucket("batch-benchmark")
         model_id = train_model(bucket)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(LOCAL.repo_root)}
         for rows in sizes:
             key = f"in/orders_{rows}.csv"
             size = upload_orders(bucket, key, rows)

@@ -51,14 +51,12 @@ from pipeline.artefact.features import ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
 from pipeline.local.local_s3 import LocalS3
 from pipeline.local.synthetic import PRODUCT_SLOPES, generate_orders
+from pipeline.settings import TRAIN
 from pipeline.storage.client import StorageError
 from pipeline.storage.datasets import Dataset, get_latest_dataset, put_dataset
-from pipeline.train.champion import DEFAULT_CHAMPION_TOLERANCE, compare_with_champion, decide
+from pipeline.train.champion import compare_with_champion, decide
 from pipeline.train.drift import compute_drift, log_findings
 from pipeline.train.steps import (
-    CHECK_ORDERS_HIGH,
-    CHECK_ORDERS_LOW,
-    MAX_ESTIMATE_TO_LABEL_RATIO,
     DatasetError,
     PreparedData,
     build_model,
@@ -137,11 +135,11 @@ def train_week(dataset: Dataset) -> Tuple[Model, PreparedData]:
 
 def logic_check_of(failure: str) -> str:
     """Which of LOGIC_CHECKS a failure message of `logic_check_failures` is about."""
-    if f"estimate at {CHECK_ORDERS_HIGH} orders" in failure:
+    if f"estimate at {TRAIN.check_orders_high} orders" in failure:
         return LOGIC_CHECKS[0]
     if "negative estimate" in failure:
         return LOGIC_CHECKS[1]
-    if f"above {MAX_ESTIMATE_TO_LABEL_RATIO} x" in failure:
+    if f"above {TRAIN.max_estimate_to_label_ratio} x" in failure:
         return LOGIC_CHECKS[2]
     raise ValueError(f"a logic check this benchmark does not know: {failure}")
 
@@ -152,8 +150,8 @@ def logic_headroom(model: Model, prepared: PreparedData) -> Dict[str, float]:
     as a multiple of the largest test label (with the largest training label's multiple of it:
     a tree's estimate is the mean or median of some training labels, never above the largest)."""
     codes = list(prepared.encoding.codes)
-    low = model.predict(codes, np.full(len(codes), float(CHECK_ORDERS_LOW)))
-    high = model.predict(codes, np.full(len(codes), float(CHECK_ORDERS_HIGH)))
+    low = model.predict(codes, np.full(len(codes), float(TRAIN.check_orders_low)))
+    high = model.predict(codes, np.full(len(codes), float(TRAIN.check_orders_high)))
     estimates = model.estimator.predict(prepared.X_test)
     return {
         "smallest_rise_hours": float(np.min(high - low)),
@@ -274,7 +272,7 @@ def run(weeks: int, seed: int, bucket: str) -> Dict[str, Any]:
             drift_fired[key] += statistic.drifted
         weeks_with_any_warning += bool(drift.findings)
         decision = decide(new.logic_failures, new.r_squared_failure,
-                          replace(comparison, tolerance=DEFAULT_CHAMPION_TOLERANCE))
+                          replace(comparison, tolerance=TRAIN.default_champion_tolerance))
         refused_by_all_gates += not decision.accepted
         failed_gates.update(failure.split(":")[0] for failure in decision.failures)
         weeks_with_any_warning_line += bool(new.validation_warnings or new.r_squared_warnings or drift_lines)
@@ -347,7 +345,7 @@ def run(weeks: int, seed: int, bucket: str) -> Dict[str, Any]:
             "weeks_with_any_drift_warning": weeks_with_any_warning / pairs,
         },
         "all_gates_no_drift": {
-            "champion_tolerance": DEFAULT_CHAMPION_TOLERANCE,
+            "champion_tolerance": TRAIN.default_champion_tolerance,
             "r_squared_thresholds": [R2_ERROR_THRESHOLD, R2_WARNING_THRESHOLD],
             "pairs": pairs,
             "refused": refused_by_all_gates,

@@ -68,8 +68,6 @@ from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders, generate_weeks
 from pipeline.model_registry.live_model import get_live_model
 from pipeline.serve.api import (
-    PREDICT_BATCH_PATH,
-    PREDICT_PATH,
     Prediction,
     PredictionRequest,
     build_request_model,
@@ -79,10 +77,10 @@ from pipeline.serve.api import (
 from pipeline.serve.lifecycle import (
     FAST_STACK, PURE_PYTHON_STACK, ServerStack, freeze_start_up_objects, open_port, run_server,
 )
+from pipeline.settings import API, LOCAL
 from pipeline.storage.datasets import put_dataset
 from pipeline.utils import configure_logger
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("ours", "ours_no_metrics", "ours_access_log", "ours_instrumentator", "floor", "floor_pure_python",
          "straightforward")
 # The targets for ours (metrics on): against the floor on the same (fast) stack, and
@@ -143,7 +141,7 @@ def floor_app(model: Model) -> FastAPI:
     app = FastAPI()
     app.add_exception_handler(RequestValidationError, validation_error_response)
 
-    @app.post(PREDICT_PATH, response_model=Prediction)
+    @app.post(API.predict_path, response_model=Prediction)
     async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
         return constant
 
@@ -157,7 +155,7 @@ def straightforward_app(model: Model) -> FastAPI:
     app = FastAPI()
     app.add_exception_handler(RequestValidationError, validation_error_response)
 
-    @app.post(PREDICT_PATH, response_model=Prediction)
+    @app.post(API.predict_path, response_model=Prediction)
     def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
         body: PredictionRequest = request
         features = np.array([[body.orders_placed, model.encoding.index(body.product_code)]], dtype=np.float64)
@@ -207,14 +205,14 @@ def serve_one(kind: str, bucket: str, port: int) -> None:
     configure_logger(logging.INFO)
     app, stack = build_server(kind, get_live_model(bucket))
     freeze_start_up_objects()
-    run_server(app, open_port("127.0.0.1", port), stack)
+    run_server(app, open_port(LOCAL.loopback_host, port), stack)
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOCAL.loopback_host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -240,9 +238,9 @@ def wait_for_prediction(port: int, process: "subprocess.Popen[bytes]", body: Dic
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode} before answering")
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn = http.client.HTTPConnection(LOCAL.loopback_host, port, timeout=5)
             try:
-                return post(conn, PREDICT_PATH, body)
+                return post(conn, API.predict_path, body)
             finally:
                 conn.close()
         except OSError:
@@ -284,11 +282,11 @@ class BenchmarkS3:
         use_throwaway_signing_key()
         self.server = LocalS3().start()
         self.server.point_environment_here()
-        self.env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        self.env = {**os.environ, "PYTHONPATH": str(LOCAL.repo_root)}
         self.bucket = self.server.create_bucket("ttd-serve-benchmark")
         put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp)
         subprocess.run([sys.executable, "-m", "pipeline.train_model", self.bucket, "0.9", "0.95"],
-                       env=self.env, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+                       env=self.env, cwd=LOCAL.repo_root, check=True, stdout=subprocess.DEVNULL)
         self.model = get_live_model(self.bucket)
 
     def stop(self) -> None:
@@ -301,14 +299,14 @@ def start_server(kind: str, s3: BenchmarkS3) -> Server:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--bucket", s3.bucket, "--port", str(port)],
-        env=s3.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+        env=s3.env, cwd=LOCAL.repo_root, stdout=subprocess.DEVNULL,
     )
     return Server(kind, process, port)
 
 
 def run_wrk(port: int, script: Path, duration: float, connections: int) -> LoadResult:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "10s",
-               "-s", str(script), f"http://127.0.0.1:{port}{PREDICT_PATH}"]
+               "-s", str(script), f"http://{LOCAL.loopback_host}:{port}{API.predict_path}"]
     output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
     line = next(line for line in output.splitlines() if line.startswith("WRK_RESULT "))
     result = json.loads(line[len("WRK_RESULT "):])
@@ -430,9 +428,9 @@ def asgi_request_costs(model: Model, calls: int = 2000, repeats: int = 5) -> Dic
     body = json.dumps({"product_code": model.product_codes[0], "orders_placed": 112.0}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": PREDICT_PATH, "raw_path": PREDICT_PATH.encode(), "root_path": "",
+             "scheme": "http", "path": API.predict_path, "raw_path": API.predict_path.encode(), "root_path": "",
              "query_string": b"", "headers": headers,
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+             "client": (LOCAL.loopback_host, 50000), "server": (LOCAL.loopback_host, 8000)}
 
     async def receive() -> Dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -471,21 +469,22 @@ def cold_start_and_memory(s3: BenchmarkS3, starts: int, n_requests: int, n_batch
         port = free_port()
         started = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.serve_model", s3.bucket, "--host", "127.0.0.1", "--port", str(port)],
-            env=s3.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "pipeline.serve_model", s3.bucket, "--host", LOCAL.loopback_host,
+             "--port", str(port)],
+            env=s3.env, cwd=LOCAL.repo_root, stdout=subprocess.DEVNULL,
         )
         try:
             wait_for_prediction(port, process, bodies[0])
             seconds.append(time.perf_counter() - started)
             if attempt == starts - 1:
                 memory["rss_mb_after_start"] = rss_mb(process.pid)
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn = http.client.HTTPConnection(LOCAL.loopback_host, port, timeout=10)
                 for i in range(n_requests):
-                    post(conn, PREDICT_PATH, bodies[i % len(bodies)])
+                    post(conn, API.predict_path, bodies[i % len(bodies)])
                 memory[f"rss_mb_after_{n_requests}_requests"] = rss_mb(process.pid)
                 batch = [bodies[i % len(bodies)] for i in range(1000)]
                 for _ in range(n_batches):
-                    post(conn, PREDICT_BATCH_PATH, batch)
+                    post(conn, API.predict_batch_path, batch)
                 conn.close()
                 memory[f"rss_mb_after_{n_batches}_more_batches_of_1000"] = rss_mb(process.pid)
                 memory["peak_rss_mb"] = peak_rss_mb(process.pid)

@@ -25,15 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from pipeline.settings import API, LOCAL
 from benchmarks import use_throwaway_signing_key
 from pipeline.local.local_s3 import LocalS3, seed_weeks
 from pipeline.train.stage import train
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REQUEST = json.dumps({"product_code": "SKU003", "orders_placed": 112}).encode()
 BATCH = json.dumps([{"product_code": f"SKU00{1 + i % 5}", "orders_placed": i} for i in range(100)]).encode()
-PREDICT = "/api/v0.1/time_to_dispatch"
-PREDICT_BATCH = "/api/v0.1/time_to_dispatch/batch"
 HEADERS = {"Content-Type": "application/json"}
 
 
@@ -48,21 +46,21 @@ def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOCAL.loopback_host, 0))
         return int(sock.getsockname()[1])
 
 
 def start_service(bucket: str, port: int) -> "subprocess.Popen[bytes]":
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(LOCAL.repo_root)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve_model", bucket, "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "pipeline.serve_model", bucket, "--host", LOCAL.loopback_host, "--port", str(port)],
+        env=env, cwd=LOCAL.repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/ready")
+            connection = http.client.HTTPConnection(LOCAL.loopback_host, port, timeout=2)
+            connection.request("GET", API.ready_path)
             if connection.getresponse().status == 200:
                 return process
         except OSError:
@@ -78,7 +76,7 @@ def soak(port: int, pid: int, minutes: float, rate: float, workers: int) -> Dict
     interval = workers / rate
 
     def work(offset: float) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection = http.client.HTTPConnection(LOCAL.loopback_host, port, timeout=10)
         due = time.monotonic() + offset
         n = 0
         while due < end:
@@ -86,7 +84,7 @@ def soak(port: int, pid: int, minutes: float, rate: float, workers: int) -> Dict
             if pause > 0:
                 time.sleep(pause)
             n += 1
-            path, body = (PREDICT_BATCH, BATCH) if n % 50 == 0 else (PREDICT, REQUEST)
+            path, body = (API.predict_batch_path, BATCH) if n % 50 == 0 else (API.predict_path, REQUEST)
             try:
                 connection.request("POST", path, body=body, headers=HEADERS)
                 response = connection.getresponse()
@@ -95,7 +93,7 @@ def soak(port: int, pid: int, minutes: float, rate: float, workers: int) -> Dict
             except (OSError, http.client.HTTPException):
                 good = False
                 connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection = http.client.HTTPConnection(LOCAL.loopback_host, port, timeout=10)
             with lock:
                 counts["ok" if good else "errors"] += 1
             due += interval
@@ -135,8 +133,8 @@ def sigterm_under_load(process: "subprocess.Popen[bytes]", port: int, workers: i
             sent_at = None
             try:
                 if connection is None:
-                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                connection.putrequest("POST", PREDICT)
+                    connection = http.client.HTTPConnection(LOCAL.loopback_host, port, timeout=30)
+                connection.putrequest("POST", API.predict_path)
                 connection.putheader("Content-Type", "application/json")
                 connection.putheader("Content-Length", str(len(REQUEST)))
                 connection.endheaders(REQUEST)

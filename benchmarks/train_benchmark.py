@@ -9,7 +9,7 @@ Three parts, each optional:
   `tune_hyperparameters` with n_jobs=1, n_jobs=2 and the default; reports seconds (median of
   the runs), speed-up and whether the chosen hyper-parameters are the same.
 - crossover (`--crossover-rows`): ours with n_jobs=1 against n_jobs=2 by week size, to set
-  `PARALLEL_MIN_TRAIN_ROWS`.
+  `TRAIN.parallel_min_train_rows`.
 - memory (`--memory-rows`): the real train stage CLI, run as Bodywork runs it
   (`python train_model.py BUCKET 0.9 0.8` from `pipeline/`), as a subprocess against a local
   S3 server (moto) on 127.0.0.1 holding one week of that size; wall time from start to exit
@@ -50,25 +50,23 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.tree import DecisionTreeRegressor
 
 from benchmarks import use_throwaway_signing_key
-from pipeline.local.synthetic import FIRST_DROP, ROWS_PER_WEEK, generate_orders
+from pipeline.local.synthetic import generate_orders
+from pipeline.settings import LOCAL, TRAIN
 from pipeline.train.steps import prepare_data
 from pipeline.train.tuning import (
     HYPERPARAM_GRID,
-    PARALLEL_MIN_TRAIN_ROWS,
-    RANDOM_STATE,
     _equivalence_key,
     choose_n_jobs,
     tune_hyperparameters,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Weeks at least this big are timed `--large-repeats` times rather than `--repeats`: one
 # serial baseline run on a 10,000-row week takes minutes.
 LARGE_ROWS = 5000
 SAMPLE_INTERVAL_S = 0.05
 # The week the deployment is sized for: a hundred times the usual (bodywork.yaml's train
 # resources and time limit are checked against this run's figures).
-SIZING_ROWS = 100 * ROWS_PER_WEEK
+SIZING_ROWS = 100 * LOCAL.synthetic_rows_per_week
 # Thresholds the stage runs with here: any week of the synthetic data passes them.
 STAGE_THRESHOLDS = ("0.9", "0.8")
 MB = 1024 * 1024
@@ -171,8 +169,8 @@ def compare(rows: int, seed: int, repeats: int, skip_baseline: bool) -> Dict[str
     if not skip_baseline:
         methods.append(("GridSearchCV(DecisionTreeRegressor())", None, lambda: _baseline(X, y, None)))
         methods.append(
-            (f"GridSearchCV(DecisionTreeRegressor(random_state={RANDOM_STATE}))", None,
-             lambda: _baseline(X, y, RANDOM_STATE))
+            (f"GridSearchCV(DecisionTreeRegressor(random_state={TRAIN.random_state}))", None,
+             lambda: _baseline(X, y, TRAIN.random_state))
         )
     ours = ((1, "ours, n_jobs=1"), (2, "ours, n_jobs=2"), (None, f"ours, default (n_jobs={auto})"))
     for n_jobs, label in ours:
@@ -226,13 +224,13 @@ def crossover(rows_list: Sequence[int], seed: int, repeats: int) -> Dict[str, An
         crossover_rows = point["train_rows"]
     print(
         f"two processes faster from {crossover_rows} training rows on (at every measured size); "
-        f"PARALLEL_MIN_TRAIN_ROWS is {PARALLEL_MIN_TRAIN_ROWS}"
+        f"TRAIN.parallel_min_train_rows is {TRAIN.parallel_min_train_rows}"
         if crossover_rows is not None
-        else f"two processes were not faster at the largest size; PARALLEL_MIN_TRAIN_ROWS is "
-        f"{PARALLEL_MIN_TRAIN_ROWS}"
+        else f"two processes were not faster at the largest size; TRAIN.parallel_min_train_rows is "
+        f"{TRAIN.parallel_min_train_rows}"
     )
     return {"repeats": repeats, "points": points, "parallel_faster_from_train_rows": crossover_rows,
-            "parallel_min_train_rows": PARALLEL_MIN_TRAIN_ROWS}
+            "parallel_min_train_rows": TRAIN.parallel_min_train_rows}
 
 
 def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
@@ -254,15 +252,15 @@ def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
         aws = server.environment()
         client = s3_client()
         bucket = server.create_bucket(f"ttd-bench-{rows}")
-        put_dataset(bucket, generate_orders(rows, seed), FIRST_DROP, client)
+        put_dataset(bucket, generate_orders(rows, seed), LOCAL.synthetic_first_drop, client)
         stage = ["train_model.py", bucket, *STAGE_THRESHOLDS]
-        env = {**os.environ, **aws, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, **aws, "PYTHONPATH": str(LOCAL.repo_root)}
         load_before = _load_average()
         with tempfile.TemporaryFile(mode="w+") as output:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
             process = subprocess.Popen(
-                [sys.executable, *stage], cwd=REPO_ROOT / "pipeline", env=env,
+                [sys.executable, *stage], cwd=LOCAL.repo_root / "pipeline", env=env,
                 stdout=output, stderr=subprocess.STDOUT,
             )
             peak_bytes, peak_processes = 0, 0

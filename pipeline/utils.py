@@ -5,10 +5,9 @@ import sys
 import warnings
 from typing import Any, NoReturn, Optional, Sequence, TextIO, Type, Union
 
+from pipeline.settings import MESSAGES
+
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(module)s.%(funcName)s - %(message)s"
-# How much of a value from outside (a CSV cell, a request field, an S3 key or metadata value)
-# a log line or an error message quotes: enough to recognise it, never megabytes.
-QUOTE_PREFIX_CHARS = 100
 
 # Libraries that log every HTTP call at INFO would drown the stage's own story.
 _QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
@@ -54,7 +53,7 @@ def _log_warning(
     logging.getLogger("py.warnings").warning(f"{category.__name__}: {message} ({filename}:{lineno})")
 
 
-def quote(value: Any, limit: int = QUOTE_PREFIX_CHARS) -> str:
+def quote(value: Any, limit: int = MESSAGES.quote_prefix_chars) -> str:
     """A value as a log line or an error quotes it: its repr, cut to a short prefix.
 
     A string longer than `limit` characters is shown as the repr of its first `limit`

@@ -18,27 +18,24 @@ import pytest
 from pipeline.artefact.model import Model
 from pipeline.local.local_s3 import LocalS3, create_bucket
 from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.settings import ENVIRONMENT, LOCAL
 from pipeline.storage.client import s3_client
 from pipeline.storage.datasets import put_dataset
 from pipeline.storage.signed_artefacts import put_model
-from tests.helpers import REPO_ROOT, TEST_SIGNING_KEY, TEST_WEEK_SEED, Service, StartService, start_service
-
-# The contract's variable, named as an operator sets it: the fixtures need no pipeline module
-# beyond those every version had, so the suite also runs against code from before signing.
-SIGNING_KEY_ENV = "MODEL_SIGNING_KEY"
+from tests.helpers import TEST_SIGNING_KEY, TEST_WEEK_SEED, Service, StartService, start_service
 
 
 @pytest.fixture(scope="session", autouse=True)
 def signing_key() -> Iterator[str]:
     """The test signing key in MODEL_SIGNING_KEY for the whole session, so that this process
     and every stage subprocess started with its environment signs and verifies artefacts."""
-    previous = os.environ.get(SIGNING_KEY_ENV)
-    os.environ[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
+    previous = os.environ.get(ENVIRONMENT.signing_key)
+    os.environ[ENVIRONMENT.signing_key] = TEST_SIGNING_KEY
     yield TEST_SIGNING_KEY
     if previous is None:
-        os.environ.pop(SIGNING_KEY_ENV, None)
+        os.environ.pop(ENVIRONMENT.signing_key, None)
     else:
-        os.environ[SIGNING_KEY_ENV] = previous
+        os.environ[ENVIRONMENT.signing_key] = previous
 
 
 @pytest.fixture
@@ -78,9 +75,9 @@ def s3_env(local_s3: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]
     """
     for name, value in local_s3.environment().items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    for name in ENVIRONMENT.aws_identity_variables:
         monkeypatch.delenv(name, raising=False)
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return {**os.environ, ENVIRONMENT.python_path: str(LOCAL.repo_root)}
 
 
 @pytest.fixture

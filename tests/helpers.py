@@ -23,17 +23,16 @@ import pytest
 import yaml
 
 from pipeline.artefact.model import Model
-from pipeline.local.local_s3 import REGION, create_bucket
+from pipeline.local.local_s3 import create_bucket
 from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.settings import LAYOUT, LOCAL
 from pipeline.storage.datasets import put_dataset
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.report_files import put_report
 from pipeline.storage.signed_artefacts import put_model
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # The machine state the suite creates outside the checkout: paths and Debian package lists.
-MACHINE_STATE = REPO_ROOT / ".ci" / "machine-state.sh"
-__all__ = ["REGION", "REPO_ROOT"]
+MACHINE_STATE = LOCAL.repo_root / ".ci" / "machine-state.sh"
 # The synthetic week the tests train on: a week like the notebook's (see docs/data-and-model.md).
 TEST_WEEK_SEED = 4
 # A line in the project's log format: LOG_FORMAT with its fields filled in. `%(funcName)s` is
@@ -56,20 +55,20 @@ def signed_metadata(body: bytes, signing_key: str = TEST_SIGNING_KEY) -> Dict[st
 
     key_id, _, secret = signing_key.partition(":")
     return {
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "signing-key-id": key_id,
-        "signature": hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest(),
+        LAYOUT.sha256_metadata_key: hashlib.sha256(body).hexdigest(),
+        LAYOUT.key_id_metadata_key: key_id,
+        LAYOUT.signature_metadata_key: hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest(),
     }
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOCAL.loopback_host, 0))
         return int(sock.getsockname()[1])
 
 
-def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
+def port_accepts(port: int, host: str = LOCAL.loopback_host) -> bool:
     """Whether something accepts TCP connections on the port right now."""
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -83,7 +82,7 @@ def run_cli(
 ) -> "subprocess.CompletedProcess[str]":
     """Run a command with the test interpreter, capturing its output as text."""
     return subprocess.run(
-        [sys.executable, *args], env=env, cwd=cwd or REPO_ROOT, capture_output=True,
+        [sys.executable, *args], env=env, cwd=cwd or LOCAL.repo_root, capture_output=True,
         text=True, timeout=timeout,
     )
 
@@ -105,7 +104,7 @@ class Service(NamedTuple):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOCAL.loopback_host}:{self.port}"
 
 
 def start_service(
@@ -116,8 +115,8 @@ def start_service(
     log_path = tmp_path / f"serve-{port}.log"
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, *args, "--host", "127.0.0.1", "--port", str(port)],
-            env=env, cwd=cwd or REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, *args, "--host", LOCAL.loopback_host, "--port", str(port)],
+            env=env, cwd=cwd or LOCAL.repo_root, stdout=log_file, stderr=subprocess.STDOUT, text=True,
         )
     return Service(process, port, log_path)
 
@@ -224,15 +223,16 @@ def persist_model_copy(bucket: str, model: Any, created_at: Any, artefact_id: st
 
 def model_keys(client: Any, bucket: str) -> List[str]:
     """Every key under `models/`, as S3 lists them."""
-    return [item["Key"] for item in client.list_objects_v2(Bucket=bucket, Prefix="models/").get("Contents", [])]
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.models_prefix)
+    return [item["Key"] for item in listing.get("Contents", [])]
 
 
 def newest_model_key(bucket: str) -> Optional[str]:
     """The key of the newest model artefact by the time in its key, rejected or not; None if none."""
-    from pipeline.storage.layout import MODELS_PREFIX, NoObjectsError, latest_object
+    from pipeline.storage.layout import NoObjectsError, latest_object
 
     try:
-        return latest_object(bucket, MODELS_PREFIX, ".pkl").key
+        return latest_object(bucket, LAYOUT.models_prefix, ".pkl").key
     except NoObjectsError:
         return None
 
@@ -333,10 +333,10 @@ def copy_working_tree(target: Path) -> None:
     does not ignore, a tracked file deleted in the working tree left out."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, check=True,
+        cwd=LOCAL.repo_root, capture_output=True, check=True,
     ).stdout.decode().split("\0")
     for name in filter(None, listed):
-        source = REPO_ROOT / name
+        source = LOCAL.repo_root / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
@@ -395,7 +395,7 @@ def fenced_blocks(path: Path) -> List[Tuple[List[str], str]]:
             opening = None
         else:
             body.append(line)
-    assert opening is None, f"{path.relative_to(REPO_ROOT)}: a code block is never closed"
+    assert opening is None, f"{path.relative_to(LOCAL.repo_root)}: a code block is never closed"
     return blocks
 
 
@@ -403,20 +403,20 @@ def doc_blocks(path: Path, marker: str) -> List[str]:
     """The text of every code block in `path` whose info string carries `marker` after the
     language; at least one must."""
     found = [text for info, text in fenced_blocks(path) if marker in info[1:]]
-    assert found, f"{path.relative_to(REPO_ROOT)} has no code block marked {marker!r}"
+    assert found, f"{path.relative_to(LOCAL.repo_root)} has no code block marked {marker!r}"
     return found
 
 
 # --- the deployment's files and commands ---------------------------------------------------
 
-DEPLOYMENT_DOC = REPO_ROOT / "docs" / "deployment.md"
+DEPLOYMENT_DOC = LOCAL.repo_root / "docs" / "deployment.md"
 # The deployment's commands are the code blocks of docs/deployment.md whose info string carries
 # this marker (```` ```sh deployment-commands ````): the tests read those blocks, never the prose
 # or the headings around them.
 DEPLOYMENT_COMMANDS = "deployment-commands"
 # What runs the pipeline in production besides bodywork.yaml and the Dockerfile: files under
 # deploy/, which the docs link to and apply, and never copy.
-DEPLOY = REPO_ROOT / "deploy"
+DEPLOY = LOCAL.repo_root / "deploy"
 KUBERNETES_DIR = DEPLOY / "kubernetes"
 CRONJOB_V1 = KUBERNETES_DIR / "cronjob-v1.yaml"
 BATCH_JOB = KUBERNETES_DIR / "batch-job.yaml"
@@ -428,7 +428,7 @@ def deploy_yaml(path: Path) -> Dict[str, Any]:
     """A YAML file of deploy/ holding one mapping (a Kubernetes object, a scrape configuration),
     as plain data."""
     loaded = yaml.safe_load(path.read_text())
-    assert isinstance(loaded, dict), f"{path.relative_to(REPO_ROOT)} is not a mapping"
+    assert isinstance(loaded, dict), f"{path.relative_to(LOCAL.repo_root)} is not a mapping"
     return loaded
 
 

@@ -36,8 +36,6 @@ from croniter import croniter
 from packaging.requirements import Requirement
 
 from image.tag import image_tag
-from pipeline.local.synthetic import FIRST_DROP
-from pipeline.serve.lifecycle import GRACEFUL_SHUTDOWN_SECONDS
 from tests.helpers import (
     BATCH_JOB,
     CRONJOB_V1,
@@ -52,20 +50,19 @@ from tests.helpers import (
     fenced_blocks,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-README = REPO_ROOT / "README.md"
-DOCS = REPO_ROOT / "docs"
-BODYWORK_YAML = REPO_ROOT / "bodywork.yaml"
+from pipeline.settings import LOCAL, SERVE
+
+README = LOCAL.repo_root / "README.md"
+DOCS = LOCAL.repo_root / "docs"
+BODYWORK_YAML = LOCAL.repo_root / "bodywork.yaml"
 # terminationGracePeriodSeconds' default; Bodywork's Deployment does not set it.
-KUBERNETES_GRACE_PERIOD_SECONDS = 30
-CIRCLECI_CONFIG = REPO_ROOT / ".circleci" / "config.yml"
-TOX_INI = REPO_ROOT / "tox.ini"
-REQUIREMENTS_PIPE = REPO_ROOT / "requirements_pipe.txt"
-REQUIREMENTS_CICD = REPO_ROOT / "requirements_cicd.txt"
-REQUIREMENTS_BODYWORK_ENV = REPO_ROOT / "tests" / "bodywork" / "requirements.txt"
-MYPY_INI = REPO_ROOT / "mypy.ini"
-TRAIN_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "train.json"
-SERVE_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "serve.json"
+CIRCLECI_CONFIG = LOCAL.repo_root / ".circleci" / "config.yml"
+TOX_INI = LOCAL.repo_root / "tox.ini"
+REQUIREMENTS_PIPE, REQUIREMENTS_CICD = LOCAL.requirement_files
+REQUIREMENTS_BODYWORK_ENV = LOCAL.repo_root / "tests" / "bodywork" / "requirements.txt"
+MYPY_INI = LOCAL.repo_root / "mypy.ini"
+TRAIN_BENCHMARK = LOCAL.repo_root / "benchmarks" / "results" / "train.json"
+SERVE_BENCHMARK = LOCAL.repo_root / "benchmarks" / "results" / "serve.json"
 STAGES = ("train_model", "serve_model")
 # The Python of the stages' runtime image (docs/deployment.md): what the deployed code runs
 # on, so what mypy checks it for and what the tests and the Bodywork checks run on.
@@ -205,11 +202,12 @@ def firing_delays(schedule: str, first_drop: datetime, weeks: int) -> List[List[
 def schedule_problems(schedule: str) -> List[str]:
     """What is wrong with a retraining schedule: it must fire once per week, 1 to 24 hours
     after the Friday 23:00 UTC drop (EKS evaluates CronJob schedules in UTC)."""
-    assert (FIRST_DROP.weekday(), FIRST_DROP.hour, FIRST_DROP.utcoffset()) == (
+    first_drop = LOCAL.synthetic_first_drop
+    assert (first_drop.weekday(), first_drop.hour, first_drop.utcoffset()) == (
         DROP_WEEKDAY, DROP_HOUR, timedelta(0)
     )
     problems = []
-    for week, delays in enumerate(firing_delays(schedule, FIRST_DROP, WEEKS_CHECKED)):
+    for week, delays in enumerate(firing_delays(schedule, LOCAL.synthetic_first_drop, WEEKS_CHECKED)):
         if len(delays) != 1:
             problems.append(f"week {week}: {len(delays)} firings between two drops, not 1")
         elif not MIN_DELAY_AFTER_DROP <= delays[0] < MAX_DELAY_AFTER_DROP:
@@ -235,7 +233,7 @@ def test_stage_requirements_cover_the_pinned_libraries_the_stage_imports(stage: 
     loaded = subprocess.run(
         [sys.executable, "-c",
          f"import importlib, sys; importlib.import_module({module!r}); print(' '.join(sys.modules))"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True,
+        cwd=LOCAL.repo_root, capture_output=True, text=True, timeout=120, check=True,
     ).stdout.split()
     providers = metadata.packages_distributions()
     imported = {
@@ -322,7 +320,7 @@ def test_bodywork_yaml_image_is_in_an_ecr_repository_bodywork_can_parse() -> Non
 
 def benchmark(path: Path) -> Dict[str, Any]:
     """A benchmark's results file; a missing file fails the test that needs it."""
-    assert path.exists(), f"{path.relative_to(REPO_ROOT)} is missing: run the benchmark (see docs/benchmarks.md)"
+    assert path.exists(), f"{path.relative_to(LOCAL.repo_root)} is missing: run the benchmark (see docs/benchmarks.md)"
     results = json.loads(path.read_text())
     assert isinstance(results, dict)
     return results
@@ -370,12 +368,12 @@ def test_serve_startup_time_covers_the_cold_start() -> None:
 
 def test_serve_drain_and_graceful_shutdown_end_inside_kubernetes_grace_period() -> None:
     """After SIGTERM the service serves on for its drain period, then gives requests in flight
-    up to GRACEFUL_SHUTDOWN_SECONDS; both must end before Kubernetes' default grace period of
+    up to SERVE.graceful_shutdown_seconds; both must end before Kubernetes' default grace period of
     30 s ends in SIGKILL (Bodywork sets no other)."""
     args = bodywork_config()["stages"]["serve_model"]["args"]
     drain = float(args[args.index("--drain-seconds") + 1])
     assert drain > 0
-    assert drain + GRACEFUL_SHUTDOWN_SECONDS < KUBERNETES_GRACE_PERIOD_SECONDS
+    assert drain + SERVE.graceful_shutdown_seconds < SERVE.termination_grace_seconds
 
 
 # --- the image's Python ------------------------------------------------------------------
@@ -517,7 +515,7 @@ def test_every_bodywork_command_in_the_docs_is_one_the_checks_read() -> None:
     block of docs/deployment.md, or it should refer to one."""
     checked = deployment_commands()
     unchecked = [
-        (str(path.relative_to(REPO_ROOT)), " ".join(command))
+        (str(path.relative_to(LOCAL.repo_root)), " ".join(command))
         for path in documents()
         for _, text in fenced_blocks(path)
         for command in bodywork_commands(text)
@@ -562,7 +560,7 @@ def test_no_doc_holds_a_manifest() -> None:
     """The manifests live in deploy/, where the tests read them; a copy in a doc's code block
     would be read by nothing and drift from the file. The docs link to the file and show the
     command that applies it."""
-    found = {str(path.relative_to(REPO_ROOT)): manifest_blocks(path) for path in documents()}
+    found = {str(path.relative_to(LOCAL.repo_root)): manifest_blocks(path) for path in documents()}
     assert {path: blocks for path, blocks in found.items() if blocks} == {}
 
 
@@ -586,13 +584,13 @@ def test_deploy_kubernetes_holds_the_objects_the_docs_apply() -> None:
 @pytest.mark.parametrize("path", kubernetes_files(), ids=lambda path: path.name)
 def test_every_kubernetes_file_is_a_kubernetes_object(path: Path) -> None:
     objects = [obj for obj in yaml.safe_load_all(path.read_text()) if obj is not None]
-    assert objects, f"{path.relative_to(REPO_ROOT)} holds no object"
+    assert objects, f"{path.relative_to(LOCAL.repo_root)} holds no object"
     for obj in objects:
-        assert isinstance(obj, dict), f"{path.relative_to(REPO_ROOT)}: {obj!r} is not a mapping"
+        assert isinstance(obj, dict), f"{path.relative_to(LOCAL.repo_root)}: {obj!r} is not a mapping"
         assert isinstance(obj.get("apiVersion"), str) and isinstance(obj.get("kind"), str), (
-            f"{path.relative_to(REPO_ROOT)}: an object without apiVersion or kind"
+            f"{path.relative_to(LOCAL.repo_root)}: an object without apiVersion or kind"
         )
-        assert isinstance(obj.get("metadata", {}).get("name"), str), f"{path.relative_to(REPO_ROOT)}: no name"
+        assert isinstance(obj.get("metadata", {}).get("name"), str), f"{path.relative_to(LOCAL.repo_root)}: no name"
 
 
 def test_scrape_config_is_a_list_of_scrape_jobs() -> None:
@@ -603,16 +601,16 @@ def test_scrape_config_is_a_list_of_scrape_jobs() -> None:
 @pytest.mark.parametrize("path", deploy_files(), ids=lambda path: path.relative_to(DEPLOY).as_posix())
 def test_every_file_under_deploy_is_named_by_a_doc(path: Path) -> None:
     """A file no document names is one nobody is told to apply, load or import."""
-    name = path.relative_to(REPO_ROOT).as_posix()
+    name = path.relative_to(LOCAL.repo_root).as_posix()
     assert any(name in doc.read_text() for doc in documents()), f"no document names {name}"
 
 
 def test_every_deploy_path_the_docs_name_exists() -> None:
     missing = [
-        (str(doc.relative_to(REPO_ROOT)), match)
+        (str(doc.relative_to(LOCAL.repo_root)), match)
         for doc in documents()
         for match in DEPLOY_PATH.findall(doc.read_text())
-        if not (REPO_ROOT / match).exists()
+        if not (LOCAL.repo_root / match).exists()
     ]
     assert missing == []
 

@@ -22,17 +22,17 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
+from pipeline.settings import LOCAL
 from tests.helpers import doc_blocks, fenced_blocks
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-README = REPO_ROOT / "README.md"
-DOCS = REPO_ROOT / "docs"
+README = LOCAL.repo_root / "README.md"
+DOCS = LOCAL.repo_root / "docs"
 DECISIONS = DOCS / "decisions"
 DECISIONS_INDEX = DECISIONS / "README.md"
-CI_RUN = REPO_ROOT / ".ci" / "run"
+CI_RUN = LOCAL.repo_root / ".ci" / "run"
 TESTING_DOC = DOCS / "testing.md"
 ARCHITECTURE_DOC = DOCS / "architecture.md"
-TOX_INI = REPO_ROOT / "tox.ini"
+TOX_INI = LOCAL.repo_root / "tox.ini"
 README_MAX_BYTES = 15 * 1024
 QUICKSTART = "quickstart"
 LOCAL_RUN_COMMAND = "python3 -m pipeline.run_local"
@@ -188,24 +188,24 @@ def tox_environments() -> List[str]:
 def pipeline_modules() -> Set[str]:
     """The modules of pipeline/, by path under it without `.py` (`train_model`, `storage/layout`),
     without the packages' __init__."""
-    pipeline = REPO_ROOT / "pipeline"
+    pipeline = LOCAL.repo_root / "pipeline"
     return {path.relative_to(pipeline).with_suffix("").as_posix()
             for path in pipeline.rglob("*.py") if path.name != "__init__.py"}
 
 
 def pipeline_folders() -> Set[str]:
     """The folders of pipeline/ (`storage`), each a package."""
-    return {path.parent.name for path in (REPO_ROOT / "pipeline").glob("*/__init__.py")}
+    return {path.parent.name for path in (LOCAL.repo_root / "pipeline").glob("*/__init__.py")}
 
 
 def folders_of_tests() -> Set[str]:
     """The folders of tests/ that hold test files."""
-    return {path.parent.name for path in (REPO_ROOT / "tests").glob("*/test_*.py")}
+    return {path.parent.name for path in (LOCAL.repo_root / "tests").glob("*/test_*.py")}
 
 
 def benchmark_scripts() -> Set[str]:
     """The scripts of benchmarks/, by file name (`soak.py`), without the package's __init__."""
-    return {path.name for path in (REPO_ROOT / "benchmarks").glob("*.py") if path.name != "__init__.py"}
+    return {path.name for path in (LOCAL.repo_root / "benchmarks").glob("*.py") if path.name != "__init__.py"}
 
 
 def tables(path: Path, first_header: str) -> List[List[str]]:
@@ -226,7 +226,7 @@ def tables(path: Path, first_header: str) -> List[List[str]]:
 def table_rows(path: Path, first_header: str) -> List[str]:
     """The body rows of the one markdown table in `path` headed `| first_header |`."""
     found = tables(path, first_header)
-    assert len(found) == 1, f"{path.relative_to(REPO_ROOT)}: {len(found)} tables headed {first_header!r}, not 1"
+    assert len(found) == 1, f"{path.relative_to(LOCAL.repo_root)}: {len(found)} tables headed {first_header!r}, not 1"
     return found[0]
 
 
@@ -253,7 +253,7 @@ def test_testing_doc_lists_exactly_the_tox_environments() -> None:
 def test_every_count_of_the_tox_environments_is_right() -> None:
     expected = len(tox_environments())
     wrong = [
-        f"{path.relative_to(REPO_ROOT)}: {match.group(0)!r}"
+        f"{path.relative_to(LOCAL.repo_root)}: {match.group(0)!r}"
         for path in documents()
         for match in ENVIRONMENT_COUNT.finditer(path.read_text())
         if int(NUMBER_WORDS.get(match.group(1).lower(), match.group(1))) != expected
@@ -288,7 +288,7 @@ def test_readme_map_names_only_paths_that_exist() -> None:
         span
         for row in table_rows(README, "where")
         for span in code_spans(first_cell(row))
-        if not (REPO_ROOT / span).exists()
+        if not (LOCAL.repo_root / span).exists()
     ]
     assert missing == [], f"README.md's map names paths that do not exist: {missing}"
 
@@ -337,7 +337,7 @@ def test_testing_doc_lists_every_test_file() -> None:
         for row in rows
         for span in code_spans(first_cell(row))
     }
-    files = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "tests").rglob("test_*.py")}
+    files = {path.relative_to(LOCAL.repo_root).as_posix() for path in (LOCAL.repo_root / "tests").rglob("test_*.py")}
     missing = [name for name in files - listed if f"{name.rsplit('/', 1)[0]}/" not in listed]
     assert sorted(missing) == [], "missing from docs/testing.md's table of test files (or of their folder)"
 
@@ -345,13 +345,13 @@ def test_testing_doc_lists_every_test_file() -> None:
 # --- links -------------------------------------------------------------------------------
 
 def links() -> List[Tuple[str, str]]:
-    return [(str(path.relative_to(REPO_ROOT)), target) for path in documents() for target in relative_links(path)]
+    return [(str(path.relative_to(LOCAL.repo_root)), target) for path in documents() for target in relative_links(path)]
 
 
 @pytest.mark.parametrize("document,target", links(), ids=lambda value: str(value))
 def test_relative_link_resolves(document: str, target: str) -> None:
     path_part, _, anchor = target.partition("#")
-    source = REPO_ROOT / document
+    source = LOCAL.repo_root / document
     linked = (source.parent / path_part).resolve() if path_part else source
     assert linked.exists(), f"{document}: {target} names no file"
     if anchor and linked.suffix == ".md":

@@ -29,9 +29,10 @@ from typing import Dict, List, Set
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from pipeline.settings import ENVIRONMENT, LOCAL
 
-PIPELINE = REPO_ROOT / "pipeline"
+
+PIPELINE = LOCAL.repo_root / "pipeline"
 PLOTTING_LIBRARIES = ("matplotlib", "seaborn", "plotly", "PIL")
 LOCAL_S3_HELPER = "pipeline.local.local_s3"
 # The CLIs the product's contracts name, each `python -m pipeline.<name>`.
@@ -39,9 +40,9 @@ CONTRACT_ENTRY_POINTS = {
     "pipeline.train_model", "pipeline.serve_model", "pipeline.score_batch", "pipeline.registry", "pipeline.run_local",
 }
 MAX_ENTRY_POINT_LINES = 300
-# Top-level modules that are not entry points: the entry points' command-line runner, and the
-# log format and the stage argument parser.
-GROUND_MODULES = {"pipeline.cli", "pipeline.utils"}
+# Top-level modules that are not entry points: the entry points' command-line runner, the log
+# format and the stage argument parser, and the settings.
+GROUND_MODULES = {"pipeline.cli", "pipeline.utils", "pipeline.settings"}
 # Test folders that run in their own tox environments, not mirrors of a folder of pipeline/.
 ENVIRONMENT_TEST_FOLDERS = {"bodywork", "image", "cluster"}
 # Tests of the repository as a whole rather than of one module.
@@ -49,7 +50,7 @@ REPOSITORY_TESTS = {"deployment_config", "docs", "imports", "machine_state", "mo
 
 
 def module_name(path: Path) -> str:
-    return ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    return ".".join(path.relative_to(LOCAL.repo_root).with_suffix("").parts)
 
 
 def is_entry_point(path: Path) -> bool:
@@ -74,8 +75,8 @@ def unit(module: str) -> str:
 def modules_loaded_by_importing(module: str) -> Set[str]:
     """Every module in `sys.modules` after a fresh interpreter imports `module`."""
     probe = f"import importlib, json, sys; importlib.import_module({module!r}); print(json.dumps(sorted(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)})
+    result = subprocess.run([sys.executable, "-c", probe], cwd=LOCAL.repo_root, capture_output=True, text=True,
+                            timeout=120, env={"PATH": "/usr/bin:/bin", ENVIRONMENT.python_path: str(LOCAL.repo_root)})
     assert result.returncode == 0, result.stderr
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
@@ -120,7 +121,7 @@ def test_the_top_of_the_package_holds_the_entry_points_and_the_log_format_only()
 
 
 def test_the_entry_points_together_stay_short() -> None:
-    lines = {name: len((REPO_ROOT / (name.replace(".", "/") + ".py")).read_text().splitlines())
+    lines = {name: len((LOCAL.repo_root / (name.replace(".", "/") + ".py")).read_text().splitlines())
              for name in ENTRY_POINTS}
     assert sum(lines.values()) < MAX_ENTRY_POINT_LINES, lines
 
@@ -144,10 +145,10 @@ def test_library_modules_never_name_an_entry_point_in_an_import(path: Path) -> N
     assert sorted(set(imported_names(path.read_text())) & set(ENTRY_POINTS)) == []
 
 
-CONSUMERS = sorted(REPO_ROOT.glob("benchmarks/*.py")) + sorted(REPO_ROOT.glob("notebooks/*.ipynb"))
+CONSUMERS = sorted(LOCAL.repo_root.glob("benchmarks/*.py")) + sorted(LOCAL.repo_root.glob("notebooks/*.ipynb"))
 
 
-@pytest.mark.parametrize("path", CONSUMERS, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+@pytest.mark.parametrize("path", CONSUMERS, ids=lambda p: p.relative_to(LOCAL.repo_root).as_posix())
 def test_benchmarks_and_notebooks_call_the_library_not_an_entry_point(path: Path) -> None:
     source = notebook_source(path) if path.suffix == ".ipynb" else path.read_text()
     assert sorted(set(imported_names(source)) & set(ENTRY_POINTS)) == []
@@ -216,7 +217,7 @@ EDGE = re.compile(r"^\s*(\w+)(?:\[[^\]]*\])?\s*(?:-->|-\.->|-\.[^>]*?\.->)\s*(\w
 
 def diagram_edges() -> Set[str]:
     """The arrows between pipeline's folders and top-level modules in architecture.md's mermaid graph."""
-    text = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    text = (LOCAL.repo_root / "docs" / "architecture.md").read_text()
     block = text.split("```mermaid", 1)[1].split("```", 1)[0]
     units = {unit(module_name(p)) for p in MODULES}
     edges = set()
@@ -267,26 +268,26 @@ def mirrors(test_file: Path, folder: Path) -> bool:
 
 
 def test_the_test_folders_are_the_folders_of_pipeline_and_the_environments() -> None:
-    folders = {p.parent.name for p in (REPO_ROOT / "tests").glob("*/test_*.py")}
+    folders = {p.parent.name for p in (LOCAL.repo_root / "tests").glob("*/test_*.py")}
     assert sorted(folders - ENVIRONMENT_TEST_FOLDERS - set(FOLDERS)) == []
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_each_test_of_a_folder_mirrors_one_of_its_modules(folder: str) -> None:
-    tests = sorted((REPO_ROOT / "tests" / folder).glob("test_*.py"))
+    tests = sorted((LOCAL.repo_root / "tests" / folder).glob("test_*.py"))
     strays = [p.name for p in tests if not mirrors(p, PIPELINE / folder)]
     assert strays == []
 
 
 def test_each_top_level_test_mirrors_a_top_level_module_or_checks_the_repository() -> None:
-    strays = [p.name for p in sorted((REPO_ROOT / "tests").glob("test_*.py"))
+    strays = [p.name for p in sorted((LOCAL.repo_root / "tests").glob("test_*.py"))
               if p.stem[len("test_"):] not in REPOSITORY_TESTS and not mirrors(p, PIPELINE)]
     assert strays == []
 
 
 # --- what the tests share --------------------------------------------------------------------
 
-TESTS = REPO_ROOT / "tests"
+TESTS = LOCAL.repo_root / "tests"
 
 
 def is_test_module(name: str) -> bool:
@@ -315,9 +316,9 @@ def imported_test_modules(source: str, package: str) -> List[str]:
 TEST_SOURCES = sorted(TESTS.rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", TEST_SOURCES, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+@pytest.mark.parametrize("path", TEST_SOURCES, ids=lambda p: p.relative_to(LOCAL.repo_root).as_posix())
 def test_no_test_module_imports_from_another_test_module(path: Path) -> None:
-    package = ".".join(path.parent.relative_to(REPO_ROOT).parts)
+    package = ".".join(path.parent.relative_to(LOCAL.repo_root).parts)
     assert imported_test_modules(path.read_text(), package) == [], "move what is shared to tests/helpers.py"
 
 
@@ -329,7 +330,7 @@ def test_no_test_module_imports_from_another_test_module(path: Path) -> None:
      ["tests.test_deployment_config"]),
     ("from .test_cli import parse_with_bodywork_cli\n", "tests.bodywork", ["tests.bodywork.test_cli"]),
     ("from ..test_docs import slug\n", "tests.bodywork", ["tests.test_docs"]),
-    ("from tests.helpers import REPO_ROOT\nfrom tests.conftest import SIGNING_KEY_ENV\nimport pytest\n", "tests", []),
+    ("from tests.helpers import free_port\nfrom tests.conftest import start\nimport pytest\n", "tests", []),
 ], ids=["from", "import", "from the package", "inside a function", "relative", "relative, up", "helpers and conftest"])
 def test_an_import_from_a_test_module_is_seen(source: str, package: str, expected: List[str]) -> None:
     assert imported_test_modules(source, package) == expected

@@ -21,10 +21,11 @@ from typing import Dict, List, Set
 
 import pytest
 
-from tests.helpers import MACHINE_STATE, REPO_ROOT, machine_state
+from pipeline.settings import LOCAL
+from tests.helpers import MACHINE_STATE, machine_state
 
-RESET = REPO_ROOT / ".ci" / "reset-machine"
-TESTING_DOC = REPO_ROOT / "docs" / "testing.md"
+RESET = LOCAL.repo_root / ".ci" / "reset-machine"
+TESTING_DOC = LOCAL.repo_root / "docs" / "testing.md"
 SECTION = "## Fresh-machine state and the reset"
 # Stand-ins put first on PATH. Each logs its arguments (and DEBIAN_FRONTEND) to $FAKE_LOG.
 FAKE_DPKG_QUERY = """#!/bin/bash

@@ -19,11 +19,11 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
-from pipeline.serve.metrics import METRICS_PATH
-from tests.helpers import MACHINE_STATE, REPO_ROOT, parse_metrics
+from pipeline.serve.api import create_app
+from pipeline.settings import API, LOCAL
+from tests.helpers import MACHINE_STATE, parse_metrics
 
-MONITORING = REPO_ROOT / "deploy" / "monitoring"
+MONITORING = LOCAL.repo_root / "deploy" / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
 ALERTS_TEST = MONITORING / "alerts_test.yml"
 DASHBOARD = MONITORING / "dashboard.json"
@@ -92,10 +92,10 @@ def exposed_metric_names(trained_model_bytes: bytes) -> Iterator[Set[str]]:
     import pickle
 
     client = TestClient(create_app(pickle.loads(trained_model_bytes)))
-    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": 10})
-    client.post(PREDICT_PATH, json={"product_code": "SKU001"})
-    client.post(PREDICT_BATCH_PATH, json=[{"product_code": "SKU002", "orders_placed": 400}])
-    yield set(parse_metrics(client.get(METRICS_PATH).text).names())
+    client.post(API.predict_path, json={"product_code": "SKU001", "orders_placed": 10})
+    client.post(API.predict_path, json={"product_code": "SKU001"})
+    client.post(API.predict_batch_path, json=[{"product_code": "SKU002", "orders_placed": 400}])
+    yield set(parse_metrics(client.get(API.metrics_path).text).names())
 
 
 # --- the alerting rules ----------------------------------------------------------------------

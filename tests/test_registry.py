@@ -11,6 +11,7 @@ import pytest
 from pipeline import registry as registry_cli
 from pipeline.artefact.model import Model
 from pipeline.model_registry.records import list_status_changes
+from pipeline.settings import API, LAYOUT, LOCAL
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.signed_artefacts import get_model
 from tests.helpers import (
@@ -39,8 +40,8 @@ def served_version(start: StartService, bucket: str, env: Dict[str, str]) -> str
     """Start the serve stage, return the model version it serves, stop it."""
     service = start(["-m", "pipeline.serve_model", bucket], env)
     wait_until_listening(service)
-    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
-    conn.request("GET", "/ready")
+    conn = http.client.HTTPConnection(LOCAL.loopback_host, service.port, timeout=10)
+    conn.request("GET", API.ready_path)
     version = json.loads(conn.getresponse().read())["model_version"]
     conn.close()
     assert stop_service(service) == 0
@@ -72,7 +73,7 @@ def test_reject_then_restore_round_trip_and_the_serve_stage_follows(
     s3: Any, s3_env: Dict[str, str], bucket: str, three_models: List[Model], start: StartService
 ) -> None:
     _, second, newest = three_models
-    artefacts_before = s3.list_object_versions(Bucket=bucket, Prefix="models/")["Versions"]
+    artefacts_before = s3.list_object_versions(Bucket=bucket, Prefix=LAYOUT.models_prefix)["Versions"]
 
     rejected = registry(bucket, s3_env, "reject", newest.artefact_id, "--reason", "dispatch times doubled")
     serving_after_reject = served_version(start, bucket, s3_env)
@@ -86,7 +87,7 @@ def test_reject_then_restore_round_trip_and_the_serve_stage_follows(
     history = list_status_changes(bucket)[str(newest.artefact_key)]
     assert [(c.action, c.reason) for c in history] == [("reject", "dispatch times doubled"), ("restore", "restored")]
     assert history[0].who.startswith("arn:aws:")  # the AWS identity, from STS
-    assert s3.list_object_versions(Bucket=bucket, Prefix="models/")["Versions"] == artefacts_before
+    assert s3.list_object_versions(Bucket=bucket, Prefix=LAYOUT.models_prefix)["Versions"] == artefacts_before
 
 
 def test_a_rejected_model_is_listed_as_rejected(s3_env: Dict[str, str], bucket: str, three_models: List[Model]) -> None:
@@ -131,8 +132,8 @@ def test_the_serve_stage_starts_on_a_model_without_a_report_and_answers_404(
     service = start(["-m", "pipeline.serve_model", bucket], s3_env)
     wait_until_listening(service)
 
-    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
-    conn.request("GET", "/api/v0.1/model/report")
+    conn = http.client.HTTPConnection(LOCAL.loopback_host, service.port, timeout=10)
+    conn.request("GET", API.model_report_path)
     response = conn.getresponse()
 
     assert (response.status, json.loads(response.read())) == (

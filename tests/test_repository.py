@@ -22,7 +22,8 @@ from typing import List, Tuple
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from pipeline.settings import LOCAL
+
 
 MARKER_SIZE = 7
 OURS, BASE, THEIRS = "<" * MARKER_SIZE, "|" * MARKER_SIZE, ">" * MARKER_SIZE
@@ -83,12 +84,12 @@ def conflict_markers(root: Path) -> List[str]:
 # --- the repository ----------------------------------------------------------------------
 
 def test_no_tracked_file_has_merge_conflict_markers() -> None:
-    found = conflict_markers(REPO_ROOT)
+    found = conflict_markers(LOCAL.repo_root)
     assert found == [], "merge conflict markers left in the repository:\n" + "\n".join(found)
 
 
 def test_the_repository_has_files_to_check() -> None:
-    names = {path.relative_to(REPO_ROOT).as_posix() for path in repository_files(REPO_ROOT)}
+    names = {path.relative_to(LOCAL.repo_root).as_posix() for path in repository_files(LOCAL.repo_root)}
     assert {"README.md", "tox.ini", "pipeline/storage/layout.py", "tests/test_docs.py"} <= names
 
 

@@ -22,11 +22,11 @@ import pytest
 from pipeline import run_local
 from pipeline.local import run as local_run
 from pipeline.local.processes import port_is_free
-from pipeline.local.run import BATCH_OUTPUT_KEY, DEFAULT_R2_ERROR_THRESHOLD, DEFAULT_WEEKS, LOCAL_BUCKET
 from pipeline.local.synthetic import generate_weeks
-from pipeline.storage.layout import DATASETS_PREFIX, MODELS_PREFIX, REPORTS_PREFIX, dataset_key
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
+from pipeline.storage.layout import dataset_key
 from pipeline.utils import LOG_FORMAT
-from tests.helpers import LOG_LINE, REPO_ROOT, free_port, logged_json
+from tests.helpers import LOG_LINE, free_port, logged_json
 RUN_TIMEOUT_SECONDS = 240
 
 
@@ -41,7 +41,7 @@ class LocalRun(NamedTuple):
 def local_run_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The environment without any AWS settings of the developer's, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
+    env[ENVIRONMENT.python_path] = str(LOCAL.repo_root)
     env.update(extra or {})
     return env
 
@@ -50,7 +50,7 @@ def run_to_completion(args: List[str], env: Dict[str, str]) -> LocalRun:
     port = free_port()
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.run_local", "--in-place", "--port", str(port), *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS,
+        cwd=LOCAL.repo_root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS,
     )
     return LocalRun(result.returncode, (result.stdout + result.stderr).splitlines(), port)
 
@@ -68,7 +68,7 @@ def stage_still_running(pid: int) -> bool:
 
 
 def newest_synthetic_key() -> str:
-    return dataset_key(generate_weeks(DEFAULT_WEEKS)[-1].timestamp)
+    return dataset_key(generate_weeks(LOCAL.default_weeks)[-1].timestamp)
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +99,14 @@ def test_local_run_trains_on_the_newest_synthetic_week(finished_run: LocalRun) -
     key = newest_synthetic_key()
     lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
     assert lineage["dataset"]["key"] == key
-    assert any(f"the train stage will pick the newest dataset: s3://{LOCAL_BUCKET}/{key}" in line
+    assert any(f"the train stage will pick the newest dataset: s3://{LOCAL.bucket}/{key}" in line
                for line in finished_run.lines)
 
 
 @pytest.mark.e2e
 def test_local_run_prints_the_train_stages_metrics(finished_run: LocalRun) -> None:
     metrics = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")["metrics"]
-    assert metrics["r_squared"] >= DEFAULT_R2_ERROR_THRESHOLD
+    assert metrics["r_squared"] >= LOCAL.r2_error_threshold
     expected = f"test metrics: r²={metrics['r_squared']:.4f}, MAE={metrics['mean_absolute_error']:.4f} hours"
     assert any(expected in line for line in finished_run.lines)
 
@@ -114,24 +114,24 @@ def test_local_run_prints_the_train_stages_metrics(finished_run: LocalRun) -> No
 @pytest.mark.e2e
 def test_local_run_prints_where_the_model_went(finished_run: LocalRun) -> None:
     lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
-    assert lineage["artefact_key"].startswith(MODELS_PREFIX)
-    assert any(f"the model artefact is at s3://{LOCAL_BUCKET}/{lineage['artefact_key']}" in line
+    assert lineage["artefact_key"].startswith(LAYOUT.models_prefix)
+    assert any(f"the model artefact is at s3://{LOCAL.bucket}/{lineage['artefact_key']}" in line
                for line in finished_run.lines)
 
 
 @pytest.mark.e2e
 def test_local_run_prints_where_the_model_report_is(finished_run: LocalRun) -> None:
     lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
-    assert lineage["report_key"].startswith(REPORTS_PREFIX)
-    assert any(f"the model report is at s3://{LOCAL_BUCKET}/{lineage['report_key']}" in line
+    assert lineage["report_key"].startswith(LAYOUT.reports_prefix)
+    assert any(f"the model report is at s3://{LOCAL.bucket}/{lineage['report_key']}" in line
                for line in finished_run.lines)
-    assert any(line.endswith(f"model report: http://127.0.0.1:{finished_run.port}/api/v0.1/model/report")
+    assert any(line.endswith(f"model report: http://{LOCAL.loopback_host}:{finished_run.port}{API.model_report_path}")
                for line in finished_run.lines)
 
 
 @pytest.mark.e2e
 def test_local_run_prints_the_api_docs_url(finished_run: LocalRun) -> None:
-    assert any(line.endswith(f"API docs: http://127.0.0.1:{finished_run.port}/docs")
+    assert any(line.endswith(f"API docs: http://{LOCAL.loopback_host}:{finished_run.port}/docs")
                for line in finished_run.lines)
 
 
@@ -144,7 +144,7 @@ def test_local_run_output_is_all_in_the_project_log_format(finished_run: LocalRu
 
 @pytest.mark.e2e
 def test_local_run_leaves_its_port_free(finished_run: LocalRun) -> None:
-    assert port_is_free("127.0.0.1", finished_run.port)
+    assert port_is_free(LOCAL.loopback_host, finished_run.port)
 
 
 @pytest.mark.e2e
@@ -175,7 +175,7 @@ def serving_run(request: pytest.FixtureRequest) -> Iterator["subprocess.Popen[st
     disposition = INHERITED_SIGINT[request.param]
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.run_local", "--in-place", "--port", str(free_port())],
-        cwd=REPO_ROOT, env=local_run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=LOCAL.repo_root, env=local_run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
     )
     yield process
@@ -197,14 +197,14 @@ def test_sigint_while_serving_stops_everything_and_exits_0(serving_run: "subproc
     serving = re.search(r"serving on http://127\.0\.0\.1:(\d+)", seen[-1])
     assert serving is not None, seen[-1]
     port = int(serving.group(1))
-    assert not port_is_free("127.0.0.1", port)
+    assert not port_is_free(LOCAL.loopback_host, port)
 
     serving_run.send_signal(signal.SIGINT)
 
     assert serving_run.wait(timeout=60) == 0
     while (line := lines.get(timeout=10)) is not None:
         seen.append(line)
-    assert port_is_free("127.0.0.1", port)
+    assert port_is_free(LOCAL.loopback_host, port)
     assert [pid for pid in stage_pids(seen) if stage_still_running(pid)] == []
 
 
@@ -212,7 +212,7 @@ def test_sigint_while_serving_stops_everything_and_exits_0(serving_run: "subproc
 
 
 def _dataset_keys(client: Any, bucket: str) -> List[str]:
-    listing = client.list_objects_v2(Bucket=bucket, Prefix=DATASETS_PREFIX)
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.datasets_prefix)
     return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
@@ -221,8 +221,8 @@ def test_existing_bucket_is_used_as_it_is_without_synthetic_data(
     s3: Any, s3_endpoint: str, bucket_with_datasets: str
 ) -> None:
     datasets_before = _dataset_keys(s3, bucket_with_datasets)
-    env = local_run_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                         "AWS_DEFAULT_REGION": "eu-west-2"})
+    env = local_run_env({ENVIRONMENT.aws_access_key_id: "testing", ENVIRONMENT.aws_secret_access_key: "testing",
+                         ENVIRONMENT.aws_default_region: LOCAL.region})
 
     run = run_to_completion(
         ["--exit-after-request", "--bucket", bucket_with_datasets, "--endpoint-url", s3_endpoint], env
@@ -240,17 +240,18 @@ def test_existing_bucket_is_used_as_it_is_without_synthetic_data(
 def test_with_batch_scores_a_synthetic_orders_file_and_prints_where_the_output_is(
     s3: Any, s3_endpoint: str, bucket_with_datasets: str
 ) -> None:
-    env = local_run_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                         "AWS_DEFAULT_REGION": "eu-west-2"})
+    env = local_run_env({ENVIRONMENT.aws_access_key_id: "testing", ENVIRONMENT.aws_secret_access_key: "testing",
+                         ENVIRONMENT.aws_default_region: LOCAL.region})
 
     run = run_to_completion(["--exit-after-request", "--with-batch", "--bucket", bucket_with_datasets,
                              "--endpoint-url", s3_endpoint], env)
 
     assert run.returncode == 0, "\n".join(run.lines)
-    output = f"s3://{bucket_with_datasets}/{BATCH_OUTPUT_KEY}"
-    assert any(f"batch scoring output: {output} (rejects: {output}.rejects.csv)" in line for line in run.lines)
-    scored = s3.get_object(Bucket=bucket_with_datasets, Key=BATCH_OUTPUT_KEY)["Body"].read().decode()
-    rejects = s3.get_object(Bucket=bucket_with_datasets, Key=BATCH_OUTPUT_KEY + ".rejects.csv")
+    output = f"s3://{bucket_with_datasets}/{LOCAL.batch_output_key}"
+    rejects_uri = f"{output}{LAYOUT.rejects_suffix}"
+    assert any(f"batch scoring output: {output} (rejects: {rejects_uri})" in line for line in run.lines)
+    scored = s3.get_object(Bucket=bucket_with_datasets, Key=LOCAL.batch_output_key)["Body"].read().decode()
+    rejects = s3.get_object(Bucket=bucket_with_datasets, Key=LOCAL.batch_output_key + LAYOUT.rejects_suffix)
     assert scored.splitlines()[0] == "order_id,orders_placed,product_code,est_hours_to_dispatch"
     assert len(scored.splitlines()) == 1 + 10_000
     assert len(rejects["Body"].read().decode().splitlines()) == 1 + 3
@@ -262,7 +263,7 @@ def test_with_batch_scores_a_synthetic_orders_file_and_prints_where_the_output_i
 def test_endpoint_url_without_bucket_is_an_invalid_argument() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.run_local", "--endpoint-url", "http://127.0.0.1:9"],
-        cwd=REPO_ROOT, env=local_run_env(), capture_output=True, text=True, timeout=60,
+        cwd=LOCAL.repo_root, env=local_run_env(), capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1
     assert "ERROR" in result.stdout and "Invalid arguments passed to run_local.py" in result.stdout
@@ -285,7 +286,7 @@ def test_run_local_imports_only_the_standard_library() -> None:
         "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
         "print(sorted(new - set(sys.stdlib_module_names) - {'pipeline'}))"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=local_run_env(),
+    result = subprocess.run([sys.executable, "-c", probe], cwd=LOCAL.repo_root, env=local_run_env(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

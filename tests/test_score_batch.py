@@ -11,10 +11,11 @@ from fastapi.testclient import TestClient
 
 from pipeline import score_batch
 from pipeline.artefact.model import Model
-from pipeline.local.synthetic import FIRST_DROP, generate_weeks
+from pipeline.local.synthetic import generate_weeks
 from pipeline.model_registry.live_model import list_models
 from pipeline.model_registry.records import REJECT, StatusChange, put_status_change
-from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
+from pipeline.serve.api import create_app
+from pipeline.settings import API, LAYOUT, LOCAL
 from pipeline.storage.datasets import list_datasets, put_dataset
 from pipeline.storage.layout import predictions_key
 from tests.helpers import csv_text, error_lines, persist_model_copy, run_cli
@@ -42,7 +43,7 @@ def keys(s3: Any, bucket: str, prefix: str = "") -> List[str]:
 
 
 def model_id_of_output(s3: Any, bucket: str, key: str) -> str:
-    return str(s3.head_object(Bucket=bucket, Key=key)["Metadata"]["model-artefact-id"])
+    return str(s3.head_object(Bucket=bucket, Key=key)["Metadata"][LAYOUT.model_id_metadata_key])
 
 
 def october(day: int) -> datetime:
@@ -74,8 +75,8 @@ def test_output_metadata_and_log_name_the_model(
     result = score(bucket_with_model, s3_env, "in/orders.csv", "out/orders.csv")
 
     metadata = s3.head_object(Bucket=bucket_with_model, Key="out/orders.csv")["Metadata"]
-    assert metadata["model-artefact-id"] == trained_model.artefact_id
-    assert metadata["model-version"] == str(trained_model)
+    assert metadata[LAYOUT.model_id_metadata_key] == trained_model.artefact_id
+    assert metadata[LAYOUT.model_version_metadata_key] == str(trained_model)
     assert "3 of 3 rows, 0 rejected (no rejects)" in result.stdout
     assert f"model {trained_model.artefact_id}" in result.stdout
 
@@ -92,8 +93,8 @@ def test_estimates_are_those_the_service_gives_for_the_same_rows(
     scored = [float(row[2]) for row in read_csv(s3, bucket_with_model, "out/week.csv")[1:]]
     client = TestClient(create_app(trained_model))
     requests = [{"product_code": code, "orders_placed": float(orders)} for orders, code in rows]
-    batch = client.post(PREDICT_BATCH_PATH, json=requests).json()
-    singles = [client.post(PREDICT_PATH, json=request).json() for request in requests[:50]]
+    batch = client.post(API.predict_batch_path, json=requests).json()
+    singles = [client.post(API.predict_path, json=request).json() for request in requests[:50]]
     assert scored == [answer["est_hours_to_dispatch"] for answer in batch]
     assert scored[:50] == [answer["est_hours_to_dispatch"] for answer in singles]
 
@@ -108,7 +109,7 @@ def test_unscorable_rows_go_to_the_rejects_object_with_line_and_reason(
     result = score(bucket_with_model, s3_env, "in/orders.csv", "out/orders.csv", "--max-reject-fraction", "0.8")
 
     assert result.returncode == 0, result.stdout
-    assert read_csv(s3, bucket_with_model, "out/orders.csv.rejects.csv") == [
+    assert read_csv(s3, bucket_with_model, "out/orders.csv" + LAYOUT.rejects_suffix) == [
         ["line", "reason", "row"],
         ["5", "orders_placed is negative: '-4'", "B-1,SKU001,n,-4"],
         ["6", "orders_placed is not a number: 'many'", "B-2,SKU001,n,many"],
@@ -241,11 +242,11 @@ def test_main_in_process_with_input_that_is_not_utf8_returns_1_saying_so_and_wri
 
 @pytest.fixture
 def weekly_bucket(s3: Any, bucket: str, trained_model: Model) -> str:
-    """Four weekly datasets from FIRST_DROP; models created before weeks 2 and 3, none before week 1."""
+    """Four weekly datasets from LOCAL.synthetic_first_drop; models created before weeks 2 and 3, none before week 1."""
     for week in generate_weeks(4, rows_per_week=300, seed=7):
         put_dataset(bucket, week.data, week.timestamp, s3)
-    persist_model_copy(bucket, trained_model, FIRST_DROP + timedelta(days=2), "aaaa0001")
-    persist_model_copy(bucket, trained_model, FIRST_DROP + timedelta(days=9), "bbbb0002")
+    persist_model_copy(bucket, trained_model, LOCAL.synthetic_first_drop + timedelta(days=2), "aaaa0001")
+    persist_model_copy(bucket, trained_model, LOCAL.synthetic_first_drop + timedelta(days=9), "bbbb0002")
     return bucket
 
 
@@ -254,7 +255,7 @@ def dataset_keys(bucket: str) -> List[str]:
 
 
 def backtest(s3: Any, bucket: str) -> Dict[str, Any]:
-    return dict(json.loads(s3.get_object(Bucket=bucket, Key="predictions/backtest.json")["Body"].read()))
+    return dict(json.loads(s3.get_object(Bucket=bucket, Key=LAYOUT.backtest_key)["Body"].read()))
 
 
 def test_backfill_scores_each_week_with_the_model_live_when_it_was_dropped(
@@ -294,7 +295,7 @@ def test_backtest_json_has_rows_mae_r2_and_mean_error_by_product_per_week(
     assert week["rows"] == 300 and week["rows_rejected"] == 0
     assert 0.5 < week["mae"] < 1.5 and 0.9 < week["r2"] < 1.0
     assert sorted(week["mean_error_by_product"]) == ["SKU001", "SKU002", "SKU003", "SKU004", "SKU005"]
-    png = s3.get_object(Bucket=weekly_bucket, Key="predictions/backtest_mae.png")["Body"].read()
+    png = s3.get_object(Bucket=weekly_bucket, Key=LAYOUT.backtest_plot_key)["Body"].read()
     assert png.startswith(b"\x89PNG")
 
 
@@ -319,7 +320,7 @@ def test_backfill_rescores_weeks_whose_model_was_rejected_since(
     assert score(weekly_bucket, s3_env, "--backfill").returncode == 0
     (second,) = [m for m in list_models(weekly_bucket) if m.key.endswith("bbbb0002.pkl")]
     put_status_change(weekly_bucket, StatusChange(
-        second.key, REJECT, "bad week", "tester", FIRST_DROP + timedelta(days=30)))
+        second.key, REJECT, "bad week", "tester", LOCAL.synthetic_first_drop + timedelta(days=30)))
 
     result = score(weekly_bucket, s3_env, "--backfill")
 
@@ -331,7 +332,7 @@ def test_backfill_rescores_weeks_whose_model_was_rejected_since(
 def test_backfill_since_and_until_bound_the_weeks_by_date(
     s3: Any, s3_env: Dict[str, str], weekly_bucket: str
 ) -> None:
-    third = FIRST_DROP + timedelta(weeks=2)
+    third = LOCAL.synthetic_first_drop + timedelta(weeks=2)
 
     result = score(weekly_bucket, s3_env, "--backfill", "--since", f"{third:%Y-%m-%d}", "--until", f"{third:%Y-%m-%d}")
 

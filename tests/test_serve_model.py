@@ -18,14 +18,12 @@ import pytest
 from pipeline import serve_model
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
-from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
 from pipeline.serve import start_up
-from pipeline.serve.metrics import METRICS_PATH
-from pipeline.storage.layout import MODELS_PREFIX, latest_object
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
+from pipeline.storage.layout import latest_object
 from pipeline.storage.signed_artefacts import put_model
 from tests.helpers import (
     LOG_LINE,
-    REPO_ROOT,
     START_TIMEOUT,
     Service,
     StartService,
@@ -53,7 +51,7 @@ def start_listening(start: StartService, args: List[str], env: Dict[str, str], c
 
 
 def post(port: int, path: str, body: Any) -> Tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection(LOCAL.loopback_host, port, timeout=10)
     try:
         conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
         response = conn.getresponse()
@@ -63,7 +61,7 @@ def post(port: int, path: str, body: Any) -> Tuple[int, Any]:
 
 
 def get(port: int, path: str) -> Tuple[int, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection(LOCAL.loopback_host, port, timeout=10)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -85,12 +83,12 @@ def test_module_cli_serves_the_newest_model(
     model = get_live_model(bucket_with_model)
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
 
-    status, body = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    status, body = post(service.port, API.predict_path, EXAMPLE_REQUEST)
 
     assert status == 200
     assert body == {"est_hours_to_dispatch": pytest.approx(expected_estimate(model, "SKU001", 112), abs=1e-9),
                     "model_version": str(model)}
-    assert get(service.port, "/ready") == (200, {"status": "ready", "model_version": str(model)})
+    assert get(service.port, API.ready_path) == (200, {"status": "ready", "model_version": str(model)})
     assert stop_service(service) == 0
 
 
@@ -98,9 +96,9 @@ def test_script_run_as_bodywork_runs_it_serves_the_newest_model(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     model = get_live_model(bucket_with_model)
-    service = start_listening(start, ["serve_model.py", bucket_with_model], s3_env, cwd=REPO_ROOT / "pipeline")
+    service = start_listening(start, ["serve_model.py", bucket_with_model], s3_env, cwd=LOCAL.repo_root / "pipeline")
 
-    status, body = post(service.port, PREDICT_PATH, {"product_code": "SKU005", "orders_placed": 250})
+    status, body = post(service.port, API.predict_path, {"product_code": "SKU005", "orders_placed": 250})
 
     assert (status, body["model_version"]) == (200, str(model))
     assert body["est_hours_to_dispatch"] == pytest.approx(expected_estimate(model, "SKU005", 250), abs=1e-9)
@@ -111,28 +109,29 @@ def test_every_log_line_is_in_the_project_format_on_stdout_including_uvicorns(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model, "--access-log"], s3_env)
-    post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    post(service.port, API.predict_path, EXAMPLE_REQUEST)
     stop_service(service)
 
     lines = service.log().splitlines()
     assert [line for line in lines if not LOG_LINE.match(line)] == []
     assert any(" - server._serve - Started server process" in line for line in lines)
-    assert any(f'"POST {PREDICT_PATH} HTTP/1.1" 200 route={PREDICT_PATH} duration_ms=' in line for line in lines)
+    path = API.predict_path
+    assert any(f'"POST {path} HTTP/1.1" 200 route={path} duration_ms=' in line for line in lines)
 
 
 def test_requests_are_not_logged_by_default(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
-    post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    post(service.port, API.predict_path, EXAMPLE_REQUEST)
     stop_service(service)
 
-    assert PREDICT_PATH not in service.log()
+    assert API.predict_path not in service.log()
     assert "serving model time-to-dispatch:" in service.log()
 
 
 def get_text(port: int, path: str) -> Tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection(LOCAL.loopback_host, port, timeout=10)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -146,19 +145,19 @@ def test_metrics_count_what_the_cli_was_sent(
 ) -> None:
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
     for orders in (1, 50, 300):
-        assert post(service.port, PREDICT_PATH, {"product_code": "SKU003", "orders_placed": orders})[0] == 200
-    assert post(service.port, PREDICT_PATH, {"product_code": "SKU003"})[0] == 422
-    assert post(service.port, PREDICT_PATH, {"product_code": "SKU003", "orders_placed": -1})[0] == 422
-    assert post(service.port, PREDICT_BATCH_PATH, [{"product_code": "SKU003", "orders_placed": 7}] * 5)[0] == 200
+        assert post(service.port, API.predict_path, {"product_code": "SKU003", "orders_placed": orders})[0] == 200
+    assert post(service.port, API.predict_path, {"product_code": "SKU003"})[0] == 422
+    assert post(service.port, API.predict_path, {"product_code": "SKU003", "orders_placed": -1})[0] == 422
+    assert post(service.port, API.predict_batch_path, [{"product_code": "SKU003", "orders_placed": 7}] * 5)[0] == 200
 
-    status, text = get_text(service.port, METRICS_PATH)
+    status, text = get_text(service.port, API.metrics_path)
     stop_service(service)
 
     metrics = parse_metrics(text)
     assert status == 200
-    assert metrics.value("time_to_dispatch_http_requests_total", route=PREDICT_PATH, method="POST",
+    assert metrics.value("time_to_dispatch_http_requests_total", route=API.predict_path, method="POST",
                          status="200") == 3
-    assert metrics.value("time_to_dispatch_http_requests_total", route=PREDICT_PATH, method="POST",
+    assert metrics.value("time_to_dispatch_http_requests_total", route=API.predict_path, method="POST",
                          status="422") == 2
     assert metrics.value("time_to_dispatch_predictions_total", product_code="SKU003") == 8
     assert metrics.value("time_to_dispatch_model_info", **metrics.series("time_to_dispatch_model_info")[0][0]) == 1
@@ -170,7 +169,7 @@ def test_the_cli_serves_on_uvloop_and_httptools(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
-    status, _ = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    status, _ = post(service.port, API.predict_path, EXAMPLE_REQUEST)
     stop_service(service)
 
     assert status == 200
@@ -184,10 +183,10 @@ def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_mi
     for module in ("uvloop", "httptools"):
         (tmp_path / "missing" / module).mkdir(parents=True)
         (tmp_path / "missing" / module / "__init__.py").write_text(f"raise ImportError('no {module} here')\n")
-    env = {**s3_env, "PYTHONPATH": f"{tmp_path / 'missing'}:{s3_env['PYTHONPATH']}"}
+    env = {**s3_env, ENVIRONMENT.python_path: f"{tmp_path / 'missing'}:{s3_env['PYTHONPATH']}"}
 
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], env)
-    status, body = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    status, body = post(service.port, API.predict_path, EXAMPLE_REQUEST)
     assert stop_service(service) == 0
 
     assert (status, sorted(body)) == (200, ["est_hours_to_dispatch", "model_version"])
@@ -202,7 +201,7 @@ def test_the_pure_python_stack_can_be_asked_for(
 ) -> None:
     service = start_listening(
         start, ["-m", "pipeline.serve_model", bucket_with_model, "--server-stack", "pure-python"], s3_env)
-    status, _ = post(service.port, PREDICT_PATH, EXAMPLE_REQUEST)
+    status, _ = post(service.port, API.predict_path, EXAMPLE_REQUEST)
     stop_service(service)
 
     assert status == 200
@@ -230,10 +229,10 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
     model = get_live_model(bucket_with_model)
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], s3_env)
     body = json.dumps({"product_code": "SKU002", "orders_placed": 140}).encode()
-    head = (f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    head = (f"POST {API.predict_path} HTTP/1.1\r\nHost: {LOCAL.loopback_host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
 
-    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
+    with socket.create_connection((LOCAL.loopback_host, service.port), timeout=10) as conn:
         conn.sendall(head + body[:10])
         time.sleep(0.5)  # let the service read the headers: the request is now in flight
         service.process.send_signal(signal.SIGTERM)
@@ -268,7 +267,7 @@ def test_sigterm_with_a_drain_period_serves_new_connections_for_it_then_exits_0(
 ) -> None:
     service = sigterm_into_a_drain(start, s3_env, bucket_with_model, 3)
 
-    status_while_draining, _ = post(service.port, PREDICT_PATH, {"product_code": "SKU002", "orders_placed": 140})
+    status_while_draining, _ = post(service.port, API.predict_path, {"product_code": "SKU002", "orders_placed": 140})
     still_running_while_draining = service.process.poll() is None
 
     assert status_while_draining == 200
@@ -295,8 +294,8 @@ def test_sigterm_while_loading_the_model_stops_at_once_with_exit_0(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     # A server that accepts connections and never answers: the service is stuck loading.
-    with socket.create_server(("127.0.0.1", 0)) as silent:
-        env = {**s3_env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+    with socket.create_server((LOCAL.loopback_host, 0)) as silent:
+        env = {**s3_env, ENVIRONMENT.aws_endpoint_url: f"http://{LOCAL.loopback_host}:{silent.getsockname()[1]}"}
         service = start(["-m", "pipeline.serve_model", bucket_with_model], env)
         silent.settimeout(START_TIMEOUT)
         connection, _ = silent.accept()  # the service's first S3 request: it is past start-up's imports
@@ -322,7 +321,7 @@ def test_empty_models_folder_exits_1_without_opening_the_port(
 def test_tampered_artefact_exits_1_without_opening_the_port(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    key = latest_object(bucket_with_model, MODELS_PREFIX, ".pkl", s3).key
+    key = latest_object(bucket_with_model, LAYOUT.models_prefix, ".pkl", s3).key
     stored = s3.get_object(Bucket=bucket_with_model, Key=key)
     body = bytearray(stored["Body"].read())
     body[len(body) // 2] ^= 0xFF
@@ -354,15 +353,15 @@ def test_missing_bucket_exits_1_without_opening_the_port(
 
 def test_port_in_use_exits_1_with_one_error_line(s3_env: Dict[str, str], bucket_with_model: str) -> None:
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind((LOCAL.loopback_host, 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli(["-m", "pipeline.serve_model", bucket_with_model, "--host", "127.0.0.1",
+        result = run_cli(["-m", "pipeline.serve_model", bucket_with_model, "--host", LOCAL.loopback_host,
                           "--port", str(port)], s3_env, timeout=START_TIMEOUT)
 
     assert result.returncode == 1
     [line] = error_lines(result.stdout)
-    assert f"serve_model failed: cannot listen on 127.0.0.1:{port}: " in line
+    assert f"serve_model failed: cannot listen on {LOCAL.loopback_host}:{port}: " in line
     assert "Address already in use" in line
 
 
@@ -383,7 +382,7 @@ def test_module_cli_without_arguments_exits_1_with_the_reason_and_usage(s3_env: 
 
 
 def test_script_with_a_bad_port_exits_1_with_the_reason_and_usage(s3_env: Dict[str, str]) -> None:
-    result = run_cli(["serve_model.py", "bucket-a", "--port", "70000"], s3_env, cwd=REPO_ROOT / "pipeline")
+    result = run_cli(["serve_model.py", "bucket-a", "--port", "70000"], s3_env, cwd=LOCAL.repo_root / "pipeline")
 
     assert result.returncode == 1
     [line] = error_lines(result.stdout)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.artefact.model import Model
+from pipeline.settings import ARTEFACT, ENVIRONMENT, LAYOUT
 from pipeline.storage.layout import model_key
-from pipeline.storage.signed_artefacts import PICKLE_PROTOCOL, put_model
+from pipeline.storage.signed_artefacts import put_model
 from tests.helpers import (
     StartService,
     crafted_model,
@@ -39,7 +40,7 @@ def _nan_values(state: Dict[str, Any]) -> None:
 def _put_signed(s3: Any, bucket: str, model: Model, signing_key: str) -> str:
     key = model_key(model)
     model.artefact_key = key
-    body = pickle.dumps(model, protocol=PICKLE_PROTOCOL)
+    body = pickle.dumps(model, protocol=ARTEFACT.pickle_protocol)
     s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, signing_key))
     return key
 
@@ -76,9 +77,9 @@ def test_an_unsigned_artefact_with_a_matching_checksum_is_refused(
 ) -> None:
     unsigned = craft(trained_model)
     key = model_key(unsigned)
-    body = pickle.dumps(unsigned, protocol=PICKLE_PROTOCOL)
+    body = pickle.dumps(unsigned, protocol=ARTEFACT.pickle_protocol)
     s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body,
-                  Metadata={"sha256": signed_metadata(body)["sha256"]})
+                  Metadata={LAYOUT.sha256_metadata_key: signed_metadata(body)[LAYOUT.sha256_metadata_key]})
 
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
@@ -89,7 +90,7 @@ def test_a_corrupt_artefact_stops_the_service_with_the_command_that_takes_it_out
     s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
 ) -> None:
     key = model_key(trained_model)
-    body = pickle.dumps(trained_model, protocol=PICKLE_PROTOCOL)
+    body = pickle.dumps(trained_model, protocol=ARTEFACT.pickle_protocol)
     s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body[: len(body) // 2],
                   Metadata=signed_metadata(body))
 
@@ -135,7 +136,7 @@ def test_an_artefact_signed_with_a_previous_key_is_served_after_rotation(
     s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
 ) -> None:
     _put_signed(s3, bucket_with_datasets, trained_model, OTHER_KEY)
-    env = {**s3_env, "MODEL_SIGNING_KEY": f"new:{'9' * 64},{OTHER_KEY}"}
+    env = {**s3_env, ENVIRONMENT.signing_key: f"new:{'9' * 64},{OTHER_KEY}"}
 
     service = start(["-m", "pipeline.serve_model", bucket_with_datasets], env)
 
@@ -146,7 +147,7 @@ def test_an_artefact_signed_with_a_previous_key_is_served_after_rotation(
 def test_without_a_signing_key_the_service_says_so_in_its_one_error_line(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
-    env = {name: value for name, value in s3_env.items() if name != "MODEL_SIGNING_KEY"}
+    env = {name: value for name, value in s3_env.items() if name != ENVIRONMENT.signing_key}
 
     line = the_error_of_a_failed_start(bucket_with_model, env, start)
 

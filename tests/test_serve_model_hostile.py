@@ -9,19 +9,10 @@ from typing import Any, Dict, Iterator, Sequence, Tuple
 
 import pytest
 
-from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH
-from pipeline.serve.lifecycle import GRACEFUL_SHUTDOWN_SECONDS
+from pipeline.settings import API, LOCAL, MB, SERVE
 from tests.helpers import LOG_LINE, Service, StartService, stop_service, wait_until_listening
 
 pytestmark = pytest.mark.e2e
-
-# The limits docs/reliability.md promises (pipeline/limits.py), written out rather than
-# imported: these tests hold the real process to the documented values, and they run against
-# any version of the service, including one from before the limits.
-MAX_BODY_BYTES = 2**20
-BODY_TIMEOUT_SECONDS = 10
-# The serve pod's memory request, from bodywork.yaml (MB: 10^6 bytes).
-POD_MEMORY_REQUEST_BYTES = 384 * 10**6
 
 
 @pytest.fixture
@@ -34,7 +25,7 @@ def service(s3_env: Dict[str, str], bucket_with_model: str, start: StartService)
 
 def raw_request(port: int, head: bytes, body_chunks: Sequence[bytes] = (), timeout: float = 30) -> Tuple[int, bytes]:
     """Send a request as raw bytes (stopping early if the server answers); its status and body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with socket.create_connection((LOCAL.loopback_host, port), timeout=timeout) as sock:
         sock.sendall(head)
         for chunk in body_chunks:
             try:
@@ -78,7 +69,7 @@ def resident_bytes(pid: int) -> int:
 
 
 def test_a_100_mb_body_is_refused_413_before_it_is_sent(service: Service) -> None:
-    status, body = raw_request(service.port, post_head(PREDICT_BATCH_PATH, 100 * 2**20), [])
+    status, body = raw_request(service.port, post_head(API.predict_batch_path, 100 * 2**20), [])
 
     assert status == 413
     assert json.loads(body)["detail"].startswith("the request body is larger than")
@@ -87,7 +78,8 @@ def test_a_100_mb_body_is_refused_413_before_it_is_sent(service: Service) -> Non
 def test_a_chunked_body_over_the_limit_is_refused_413_while_it_streams(service: Service) -> None:
     chunk = b"10000\r\n" + b" " * 65536 + b"\r\n"
 
-    status, _ = raw_request(service.port, post_head(PREDICT_BATCH_PATH), [chunk] * (2 * MAX_BODY_BYTES // 65536))
+    chunks = [chunk] * (2 * SERVE.max_body_bytes // 65536)
+    status, _ = raw_request(service.port, post_head(API.predict_batch_path), chunks)
 
     assert status == 413
 
@@ -95,26 +87,27 @@ def test_a_chunked_body_over_the_limit_is_refused_413_while_it_streams(service: 
 def test_a_body_that_stalls_is_answered_408_within_the_body_timeout(service: Service) -> None:
     started = time.monotonic()
 
-    status, body = raw_request(service.port, post_head(PREDICT_PATH, 1000), [b'{"product_code": '])
+    status, body = raw_request(service.port, post_head(API.predict_path, 1000), [b'{"product_code": '])
 
     assert status == 408
-    assert BODY_TIMEOUT_SECONDS <= time.monotonic() - started < BODY_TIMEOUT_SECONDS + 5
+    assert SERVE.body_timeout_seconds <= time.monotonic() - started < SERVE.body_timeout_seconds + 5
 
 
 # The contract's every 4xx for a body, sent to one service (starting one per case would take
 # most of this file's time).
 INVALID_REQUESTS = [
-    ("surrogate", PREDICT_PATH, '{"product_code": "\\ud800", "orders_placed": 1}', 422),
-    ("missing-field", PREDICT_PATH, '{"product_code": "SKU001"}', 422),
-    ("unknown-code", PREDICT_PATH, '{"product_code": "SKU999", "orders_placed": 1}', 422),
-    ("negative", PREDICT_PATH, '{"product_code": "SKU001", "orders_placed": -1}', 422),
-    ("nan", PREDICT_PATH, '{"product_code": "SKU001", "orders_placed": NaN}', 422),
-    ("infinity", PREDICT_PATH, '{"product_code": "SKU001", "orders_placed": Infinity}', 422),
-    ("extra-field", PREDICT_PATH, '{"product_code": "SKU001", "orders_placed": 1, "extra": 1}', 422),
-    ("unparseable", PREDICT_PATH, '{"product_code": ', 422),
-    ("empty-batch", PREDICT_BATCH_PATH, "[]", 422),
-    ("oversized-batch", PREDICT_BATCH_PATH, json.dumps([{"product_code": "SKU001", "orders_placed": 1}] * 1001), 422),
-    ("deep-nesting", PREDICT_BATCH_PATH, "[" * 50_000 + "]" * 50_000, 400),
+    ("surrogate", API.predict_path, '{"product_code": "\\ud800", "orders_placed": 1}', 422),
+    ("missing-field", API.predict_path, '{"product_code": "SKU001"}', 422),
+    ("unknown-code", API.predict_path, '{"product_code": "SKU999", "orders_placed": 1}', 422),
+    ("negative", API.predict_path, '{"product_code": "SKU001", "orders_placed": -1}', 422),
+    ("nan", API.predict_path, '{"product_code": "SKU001", "orders_placed": NaN}', 422),
+    ("infinity", API.predict_path, '{"product_code": "SKU001", "orders_placed": Infinity}', 422),
+    ("extra-field", API.predict_path, '{"product_code": "SKU001", "orders_placed": 1, "extra": 1}', 422),
+    ("unparseable", API.predict_path, '{"product_code": ', 422),
+    ("empty-batch", API.predict_batch_path, "[]", 422),
+    ("oversized-batch", API.predict_batch_path,
+     json.dumps([{"product_code": "SKU001", "orders_placed": 1}] * (SERVE.max_batch_size + 1)), 422),
+    ("deep-nesting", API.predict_batch_path, "[" * 50_000 + "]" * 50_000, 400),
 ]
 
 
@@ -132,18 +125,18 @@ def test_every_invalid_request_is_a_4xx_in_the_documented_shape(service: Service
 
 
 def test_memory_stays_within_the_pods_request_after_a_hostile_sequence(service: Service) -> None:
-    big = json.dumps({"product_code": "X" * (MAX_BODY_BYTES - 100), "orders_placed": 1})
+    big = json.dumps({"product_code": "X" * (SERVE.max_body_bytes - 100), "orders_placed": 1})
     for _ in range(20):
-        assert post_text(service.port, PREDICT_PATH, big)[0] == 422
-        assert raw_request(service.port, post_head(PREDICT_BATCH_PATH, 100 * 2**20), [])[0] == 413
-        assert post_text(service.port, PREDICT_BATCH_PATH, "[" * 50_000 + "]" * 50_000)[0] == 400
+        assert post_text(service.port, API.predict_path, big)[0] == 422
+        assert raw_request(service.port, post_head(API.predict_batch_path, 100 * 2**20), [])[0] == 413
+        assert post_text(service.port, API.predict_batch_path, "[" * 50_000 + "]" * 50_000)[0] == 400
 
-    assert resident_bytes(service.process.pid) < POD_MEMORY_REQUEST_BYTES
+    assert resident_bytes(service.process.pid) < SERVE.memory_request_mb * MB
 
 
 def test_sigterm_with_a_client_stalled_mid_body_ends_cleanly_in_the_log_format(service: Service) -> None:
-    with socket.create_connection(("127.0.0.1", service.port)) as stalled:
-        stalled.sendall(post_head(PREDICT_PATH, 1000) + b'{"product_code": ')
+    with socket.create_connection((LOCAL.loopback_host, service.port)) as stalled:
+        stalled.sendall(post_head(API.predict_path, 1000) + b'{"product_code": ')
         time.sleep(0.5)
         started = time.monotonic()
 
@@ -151,6 +144,6 @@ def test_sigterm_with_a_client_stalled_mid_body_ends_cleanly_in_the_log_format(s
 
     assert code == 0
     # Ended by the body timeout, not by the graceful shutdown giving up (which cancels tasks).
-    assert time.monotonic() - started < GRACEFUL_SHUTDOWN_SECONDS
+    assert time.monotonic() - started < SERVE.graceful_shutdown_seconds
     lines = service.log().splitlines()
     assert lines and all(LOG_LINE.match(line) for line in lines), "\n".join(lines)

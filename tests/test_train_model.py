@@ -10,14 +10,15 @@ from pipeline import train_model
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
 from pipeline.model_registry.live_model import get_live_model, live_model_object
+from pipeline.settings import ENVIRONMENT, LOCAL, S3
 from pipeline.storage.signed_artefacts import put_model
-from tests.helpers import LOG_LINE, REPO_ROOT, error_lines, latest_drop, model_keys, newest_model_key, run_cli
+from tests.helpers import LOG_LINE, error_lines, latest_drop, model_keys, newest_model_key, run_cli
 
 
 def _cli_variants() -> List[Dict[str, Any]]:
     return [
-        {"args": ["-m", "pipeline.train_model"], "cwd": REPO_ROOT},
-        {"args": ["train_model.py"], "cwd": REPO_ROOT / "pipeline"},
+        {"args": ["-m", "pipeline.train_model"], "cwd": LOCAL.repo_root},
+        {"args": ["train_model.py"], "cwd": LOCAL.repo_root / "pipeline"},
     ]
 
 
@@ -54,7 +55,7 @@ def test_cli_with_bad_arguments_exits_1_with_the_usage(s3_env: Dict[str, str], a
 
 @pytest.mark.e2e
 def test_cli_run_as_bodywork_does_with_bad_arguments_exits_1(s3_env: Dict[str, str]) -> None:
-    result = run_cli(["train_model.py", "bucket"], s3_env, cwd=REPO_ROOT / "pipeline")
+    result = run_cli(["train_model.py", "bucket"], s3_env, cwd=LOCAL.repo_root / "pipeline")
 
     assert result.returncode == 1
     assert "Invalid arguments passed to train_model.py" in error_lines(result.stdout)[0]
@@ -129,7 +130,7 @@ def test_cli_without_a_signing_key_exits_1_saying_so_before_reading_data(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str
 ) -> None:
     before = live_model_object(bucket_with_model, client=s3).key
-    env = {name: value for name, value in s3_env.items() if name != "MODEL_SIGNING_KEY"}
+    env = {name: value for name, value in s3_env.items() if name != ENVIRONMENT.signing_key}
 
     result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.95"], env)
 
@@ -159,9 +160,9 @@ def test_cli_with_a_trailing_comma_on_every_row_names_it_not_orders_placed(
 def test_cli_with_a_dataset_over_the_size_limit_refuses_it_unread_and_keeps_the_previous_model(
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str
 ) -> None:
-    # Just over the documented 32 MiB (docs/reliability.md), of rows the validation would
-    # refuse at once if the stage read them: only the size may stop it.
-    limit = 32 * 2**20
+    # Just over the dataset size limit, of rows the validation would refuse at once if the
+    # stage read them: only the size may stop it.
+    limit = S3.max_dataset_bytes
     row = b"1.0,-1,SKU001\n"
     body = b"hours_to_dispatch,orders_placed,product_code\n" + row * (limit // len(row) + 1)
     before = model_keys(s3, bucket_with_model)

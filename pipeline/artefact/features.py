@@ -10,6 +10,7 @@ from typing import Iterable, Sequence, Tuple, Union
 
 import numpy as np
 
+from pipeline.settings import MESSAGES
 from pipeline.utils import quote
 
 LABEL_COLUMN = "hours_to_dispatch"
@@ -17,14 +18,8 @@ ORDERS_COLUMN = "orders_placed"
 PRODUCT_COLUMN = "product_code"
 DATASET_COLUMNS = (LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN)
 FEATURE_NAMES = (ORDERS_COLUMN, PRODUCT_COLUMN)
-# The largest `orders_placed` the service and batch scoring accept. The tree compares features
-# as float32 (largest about 3.4e38, beyond which scikit-learn's predict fails); a day never
-# sees a billion orders, so anything above is an input error.
-MAX_ORDERS_PLACED = 1e9
 
 Numbers = Union[Sequence[float], np.ndarray]
-# How many unknown codes an error names; the rest are counted.
-MAX_CODES_NAMED = 5
 
 
 class UnknownProductCodeError(ValueError):
@@ -113,6 +108,6 @@ def encode_features(
 
 
 def _named(values: Sequence[str]) -> str:
-    named = ", ".join(quote(value) for value in values[:MAX_CODES_NAMED])
-    more = len(values) - MAX_CODES_NAMED
+    named = ", ".join(quote(value) for value in values[:MESSAGES.max_codes_named])
+    more = len(values) - MESSAGES.max_codes_named
     return named + (f" and {more} more" if more > 0 else "")

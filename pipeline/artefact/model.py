@@ -16,12 +16,10 @@ import numpy as np
 from sklearn.tree import DecisionTreeRegressor
 
 from pipeline.artefact.features import Numbers, ProductCodeEncoding, encode_features
+from pipeline.settings import ARTEFACT
 
 MODEL_NAME = "time-to-dispatch"
 N_FEATURES = 2
-# Warm-up walks every half order up to the largest `orders_placed` seen in training; a week
-# has about 320, so a model claiming more than this is not one the train stage made.
-MAX_TRAINED_ORDERS_PLACED = 100_000
 # scikit-learn's marker for "no child": the node is a leaf.
 _LEAF = -1
 
@@ -124,10 +122,10 @@ def check_model_structure(model: "Model") -> None:
     if not isinstance(codes, tuple) or not codes or not all(isinstance(c, str) and c for c in codes):
         raise InvalidModelError("the product-code encoding is not a non-empty tuple of non-empty strings")
     max_orders = getattr(model.monotonicity, "max_orders_placed", None)
-    if not isinstance(max_orders, int) or not 0 <= max_orders <= MAX_TRAINED_ORDERS_PLACED:
+    if not isinstance(max_orders, int) or not 0 <= max_orders <= ARTEFACT.max_trained_orders_placed:
         raise InvalidModelError(
             f"the largest orders_placed seen in training is {max_orders!r}, not an integer in "
-            f"0..{MAX_TRAINED_ORDERS_PLACED}"
+            f"0..{ARTEFACT.max_trained_orders_placed}"
         )
 
 

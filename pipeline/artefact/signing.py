@@ -17,21 +17,16 @@ least 32 characters (`openssl rand -hex 32` makes one of 64).
 """
 import hashlib
 import hmac
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
 
+from pipeline.settings import ARTEFACT, ENVIRONMENT, LAYOUT, environment_value
 from pipeline.utils import quote
 
-SIGNING_KEY_ENV = "MODEL_SIGNING_KEY"
-# The object metadata the signature travels in (S3 stores them as x-amz-meta-*).
-SIGNATURE_METADATA_KEY = "signature"
-KEY_ID_METADATA_KEY = "signing-key-id"
-MIN_SECRET_CHARS = 32
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HOW_TO_SET = (
-    f"set {SIGNING_KEY_ENV} to KEY_ID:SECRET (e.g. "
+    f"set {ENVIRONMENT.signing_key} to KEY_ID:SECRET (e.g. "
     f'"$(date +%Y%m):$(openssl rand -hex 32)"; in production it comes from the model-signing secret)'
 )
 
@@ -52,7 +47,7 @@ class Signature:
     value: str
 
     def metadata(self) -> Dict[str, str]:
-        return {KEY_ID_METADATA_KEY: self.key_id, SIGNATURE_METADATA_KEY: self.value}
+        return {LAYOUT.key_id_metadata_key: self.key_id, LAYOUT.signature_metadata_key: self.value}
 
 
 @dataclass(frozen=True)
@@ -76,8 +71,8 @@ class SigningKeys:
             SignatureError: no signature, a key id not among the keys, or a signature that
                 does not match the bytes.
         """
-        key_id = metadata.get(KEY_ID_METADATA_KEY)
-        value = metadata.get(SIGNATURE_METADATA_KEY)
+        key_id = metadata.get(LAYOUT.key_id_metadata_key)
+        value = metadata.get(LAYOUT.signature_metadata_key)
         if not key_id or not value:
             raise SignatureError(
                 "the artefact is unsigned (no signing key id and signature in its metadata)"
@@ -86,7 +81,7 @@ class SigningKeys:
         if secret is None:
             raise SignatureError(
                 f"the artefact is signed with key id {quote(key_id)}, which is not one of the keys "
-                f"in {SIGNING_KEY_ENV} ({', '.join(sorted(self.secrets))})"
+                f"in {ENVIRONMENT.signing_key} ({', '.join(sorted(self.secrets))})"
             )
         if not hmac.compare_digest(_mac(secret, body), value):
             raise SignatureError(
@@ -106,10 +101,10 @@ def load_signing_keys(environ: Optional[Mapping[str, str]] = None) -> SigningKey
         SigningKeyError: the variable is unset or empty, or an entry is malformed (the
             message never contains a secret).
     """
-    raw = (os.environ if environ is None else environ).get(SIGNING_KEY_ENV, "").strip()
+    raw = environment_value(ENVIRONMENT.signing_key, environ)
     if not raw:
         raise SigningKeyError(
-            f"{SIGNING_KEY_ENV} is not set: model artefacts are signed and verified with it; {_HOW_TO_SET}"
+            f"{ENVIRONMENT.signing_key} is not set: model artefacts are signed and verified with it; {_HOW_TO_SET}"
         )
     secrets: Dict[str, bytes] = {}
     order = []
@@ -117,16 +112,16 @@ def load_signing_keys(environ: Optional[Mapping[str, str]] = None) -> SigningKey
         key_id, separator, secret = entry.partition(":")
         if not separator or not _KEY_ID.fullmatch(key_id):
             raise SigningKeyError(
-                f"{SIGNING_KEY_ENV} entry {position} is not KEY_ID:SECRET with a key id of 1 to 64 "
+                f"{ENVIRONMENT.signing_key} entry {position} is not KEY_ID:SECRET with a key id of 1 to 64 "
                 f"letters, digits, '.', '_' or '-'; {_HOW_TO_SET}"
             )
-        if len(secret) < MIN_SECRET_CHARS:
+        if len(secret) < ARTEFACT.min_secret_chars:
             raise SigningKeyError(
-                f"{SIGNING_KEY_ENV} key {key_id}: the secret has {len(secret)} characters, fewer than "
-                f"{MIN_SECRET_CHARS}; {_HOW_TO_SET}"
+                f"{ENVIRONMENT.signing_key} key {key_id}: the secret has {len(secret)} characters, fewer than "
+                f"{ARTEFACT.min_secret_chars}; {_HOW_TO_SET}"
             )
         if key_id in secrets:
-            raise SigningKeyError(f"{SIGNING_KEY_ENV} lists key id {key_id} twice")
+            raise SigningKeyError(f"{ENVIRONMENT.signing_key} lists key id {key_id} twice")
         secrets[key_id] = secret.encode("utf-8")
         order.append(key_id)
     return SigningKeys(current=order[0], secrets=secrets)

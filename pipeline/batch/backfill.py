@@ -17,22 +17,18 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from pipeline.batch.scoring import (
-    DEFAULT_MAX_REJECT_FRACTION,
-    INPUT_ETAG_METADATA_KEY,
-    MODEL_ID_METADATA_KEY,
     BacktestAccumulator,
     ScoringError,
     score_object,
 )
 from pipeline.model_registry.live_model import list_models, live_model_among
 from pipeline.model_registry.records import rejected_model_keys
+from pipeline.settings import BATCH, LAYOUT
 from pipeline.storage.client import StorageError, get_json_object, object_info, put_object_bytes, s3_client
 from pipeline.storage.datasets import list_datasets
-from pipeline.storage.layout import PREDICTIONS_PREFIX, StoredObject, artefact_id_of_key, predictions_key
+from pipeline.storage.layout import StoredObject, artefact_id_of_key, predictions_key
 from pipeline.storage.signed_artefacts import get_model
 
-BACKTEST_KEY = f"{PREDICTIONS_PREFIX}backtest.json"
-BACKTEST_PLOT_KEY = f"{PREDICTIONS_PREFIX}backtest_mae.png"
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +106,8 @@ def is_already_done(
     return (
         entry.get("model_key") == week.model.key
         and entry.get("dataset_etag") == dataset_etag
-        and predictions_metadata.get(MODEL_ID_METADATA_KEY) == model_id
-        and predictions_metadata.get(INPUT_ETAG_METADATA_KEY) == dataset_etag
+        and predictions_metadata.get(LAYOUT.model_id_metadata_key) == model_id
+        and predictions_metadata.get(LAYOUT.input_etag_metadata_key) == dataset_etag
     )
 
 
@@ -119,7 +115,7 @@ def run_backfill(
     bucket: str,
     since: Optional[datetime] = None,
     until: Optional[datetime] = None,
-    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+    max_reject_fraction: float = BATCH.default_max_reject_fraction,
     client: Any = None,
 ) -> BackfillResult:
     """Score every week in the range with its live model; write backtest.json and the plot.
@@ -134,7 +130,7 @@ def run_backfill(
     models = list_models(bucket, client)
     plan = plan_weeks(list_datasets(bucket, client), models,
                       rejected_model_keys(bucket, client) if models else set(), since, until)
-    earlier = get_json_object(bucket, BACKTEST_KEY, client) or {}
+    earlier = get_json_object(bucket, LAYOUT.backtest_key, client) or {}
     entries = {entry["dataset_key"]: entry for entry in earlier.get("weeks", [])}
     result = BackfillResult()
     loaded: Dict[str, Any] = {}
@@ -162,12 +158,12 @@ def run_backfill(
         "skipped_without_model": result.without_model,
         "failed": [{"dataset_key": key, "error": error} for key, error in result.failed.items()],
     }
-    put_object_bytes(bucket, BACKTEST_KEY, json_bytes(summary), "application/json", client)
-    put_object_bytes(bucket, BACKTEST_PLOT_KEY, png_bytes(plot_weekly_mae(weeks)), "image/png", client)
+    put_object_bytes(bucket, LAYOUT.backtest_key, json_bytes(summary), "application/json", client)
+    put_object_bytes(bucket, LAYOUT.backtest_plot_key, png_bytes(plot_weekly_mae(weeks)), "image/png", client)
     log.info(
         f"backfill of s3://{bucket}: {len(result.scored)} week(s) scored, {len(result.already_done)} "
         f"already done, {len(result.without_model)} without a model, {len(result.failed)} failed; "
-        f"summary s3://{bucket}/{BACKTEST_KEY}, plot s3://{bucket}/{BACKTEST_PLOT_KEY}"
+        f"summary s3://{bucket}/{LAYOUT.backtest_key}, plot s3://{bucket}/{LAYOUT.backtest_plot_key}"
     )
     if result.failed:
         raise BackfillError(

@@ -10,10 +10,10 @@ import math
 from typing import Optional, Sequence
 
 from pipeline.batch.backfill import BackfillResult, parse_date, run_backfill
-from pipeline.batch.scoring import DEFAULT_MAX_REJECT_FRACTION, ScoringSummary, score_object
+from pipeline.batch.scoring import ScoringSummary, score_object
 from pipeline.model_registry.live_model import live_model_object, resolve_model_key
 from pipeline.model_registry.records import rejected_model_keys
-from pipeline.storage.layout import RESERVED_PREFIXES
+from pipeline.settings import BATCH, LAYOUT
 from pipeline.storage.signed_artefacts import get_model
 from pipeline.utils import StageArgumentParser
 
@@ -31,7 +31,7 @@ def score_file(
     input_key: str,
     output_key: str,
     model_name: Optional[str] = None,
-    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+    max_reject_fraction: float = BATCH.default_max_reject_fraction,
 ) -> ScoringSummary:
     """Score one object into another with the live model or the one named.
 
@@ -52,7 +52,7 @@ def backfill_weeks(
     bucket: str,
     since: Optional[str] = None,
     until: Optional[str] = None,
-    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+    max_reject_fraction: float = BATCH.default_max_reject_fraction,
 ) -> BackfillResult:
     """Score every week from `since` to `until` (ISO dates, both included) with its live model.
 
@@ -77,7 +77,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("input_key", nargs="?")
     parser.add_argument("output_key", nargs="?")
     parser.add_argument("--model")
-    parser.add_argument("--max-reject-fraction", type=float, default=DEFAULT_MAX_REJECT_FRACTION)
+    parser.add_argument("--max-reject-fraction", type=float, default=BATCH.default_max_reject_fraction)
     parser.add_argument("--backfill", action="store_true")
     parser.add_argument("--since")
     parser.add_argument("--until")
@@ -99,7 +99,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise ValueError("INPUT_KEY and OUTPUT_KEY are both needed (or --backfill)")
     if args.output_key == args.input_key:
         raise ValueError(f"OUTPUT_KEY is INPUT_KEY ({args.input_key}); the input is never overwritten")
-    if args.output_key.startswith(RESERVED_PREFIXES):
-        raise ValueError(f"OUTPUT_KEY {args.output_key} is under {', '.join(RESERVED_PREFIXES)}, "
+    if args.output_key.startswith(LAYOUT.reserved_prefixes):
+        raise ValueError(f"OUTPUT_KEY {args.output_key} is under {', '.join(LAYOUT.reserved_prefixes)}, "
                          "which hold the pipeline's datasets, models and registry")
     return args

@@ -27,22 +27,14 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Te
 
 import numpy as np
 
-from pipeline.artefact.features import LABEL_COLUMN, MAX_ORDERS_PLACED, ORDERS_COLUMN, PRODUCT_COLUMN
+from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
+from pipeline.settings import ARTEFACT, BATCH, LAYOUT
 from pipeline.storage.client import delete_object
 from pipeline.storage.multipart import MultipartWriter, open_object_stream
 
 ESTIMATE_COLUMN = "est_hours_to_dispatch"
-REJECTS_SUFFIX = ".rejects.csv"
 REJECT_COLUMNS = ("line", "reason", "row")
-DEFAULT_MAX_REJECT_FRACTION = 0.01
-DEFAULT_CHUNK_ROWS = 50_000
-PROGRESS_SECONDS = 5.0
-# Metadata of a scored object: which model made its estimates, from which input.
-MODEL_ID_METADATA_KEY = "model-artefact-id"
-MODEL_VERSION_METADATA_KEY = "model-version"
-INPUT_METADATA_KEY = "input-key"
-INPUT_ETAG_METADATA_KEY = "input-etag"
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +135,7 @@ def read_header(reader: Any) -> CsvHeader:
 def orders_placed_problem(text: str) -> Optional[str]:
     """Why an `orders_placed` value cannot be scored, or None if it can.
 
-    The service accepts a finite number from 0 to MAX_ORDERS_PLACED; so does this.
+    The service accepts a finite number from 0 to ARTEFACT.max_accepted_orders_placed; so does this.
     """
     try:
         value = float(text)
@@ -155,8 +147,8 @@ def orders_placed_problem(text: str) -> Optional[str]:
         return f"orders_placed is not finite: {text!r}"
     if value < 0:
         return f"orders_placed is negative: {text!r}"
-    if value > MAX_ORDERS_PLACED:
-        return f"orders_placed is above {MAX_ORDERS_PLACED:g}: {text!r}"
+    if value > ARTEFACT.max_accepted_orders_placed:
+        return f"orders_placed is above {ARTEFACT.max_accepted_orders_placed:g}: {text!r}"
     return None
 
 
@@ -170,7 +162,7 @@ def product_code_problem(code: str, known: Any) -> Optional[str]:
 
 
 def score_chunks(
-    text: TextIO, model: Model, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    text: TextIO, model: Model, chunk_rows: int = BATCH.default_chunk_rows
 ) -> Iterator[Any]:
     """Parse, validate and score a CSV, a chunk of at most `chunk_rows` records at a time.
 
@@ -224,7 +216,7 @@ def score_records(
     except ValueError:  # some value is not a number: make it NaN, its reason comes below
         orders = np.array([_number(value) for value in orders_text], dtype=np.float64)
     known = np.fromiter(map(lookup.__contains__, codes), dtype=bool, count=len(codes))
-    fine = known & np.isfinite(orders) & (orders >= 0) & (orders <= MAX_ORDERS_PLACED)
+    fine = known & np.isfinite(orders) & (orders >= 0) & (orders <= ARTEFACT.max_accepted_orders_placed)
     if fine.all():
         rows = whole
     else:
@@ -308,7 +300,7 @@ def check_reject_fraction(summary: ScoringSummary, max_fraction: float) -> None:
 class ProgressLog:
     """Logs rows done and rows per second, at most every `seconds`."""
 
-    def __init__(self, what: str, seconds: float = PROGRESS_SECONDS) -> None:
+    def __init__(self, what: str, seconds: float = BATCH.progress_seconds) -> None:
         self.what, self.seconds = what, seconds
         self.started = self._last = time.monotonic()
 
@@ -325,8 +317,8 @@ class ProgressLog:
 def scored_object_metadata(model: Model, input_key: str, input_etag: str) -> Dict[str, str]:
     """The metadata of a scored object: the model's artefact id and version, the input's key
     and ETag."""
-    return {MODEL_ID_METADATA_KEY: model.artefact_id, MODEL_VERSION_METADATA_KEY: str(model),
-            INPUT_METADATA_KEY: input_key, INPUT_ETAG_METADATA_KEY: input_etag}
+    return {LAYOUT.model_id_metadata_key: model.artefact_id, LAYOUT.model_version_metadata_key: str(model),
+            LAYOUT.input_metadata_key: input_key, LAYOUT.input_etag_metadata_key: input_etag}
 
 
 def score_object(
@@ -334,8 +326,8 @@ def score_object(
     input_key: str,
     output_key: str,
     model: Model,
-    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    max_reject_fraction: float = BATCH.default_max_reject_fraction,
+    chunk_rows: int = BATCH.default_chunk_rows,
     on_chunk: Optional[Callable[[CsvHeader, ScoredChunk], None]] = None,
     client: Any = None,
 ) -> ScoringSummary:
@@ -351,7 +343,7 @@ def score_object(
         StorageError: S3 refused or failed.
         UnicodeDecodeError: the input is not UTF-8 text.
     """
-    rejects_key = output_key + REJECTS_SUFFIX
+    rejects_key = output_key + LAYOUT.rejects_suffix
     summary = ScoringSummary()
     progress = ProgressLog(f"scoring s3://{bucket}/{input_key}")
     stream = open_object_stream(bucket, input_key, client)

@@ -16,14 +16,8 @@ import venv
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-VENV_DIR = REPO_ROOT / ".venv"
-REQUIREMENT_FILES = (REPO_ROOT / "requirements_pipe.txt", REPO_ROOT / "requirements_cicd.txt")
-# Written into the virtualenv after a successful install: the digest of the requirement files
-# it was installed from. The same digest next time means there is nothing to install.
-STAMP_FILE_NAME = ".time_to_dispatch_requirements.sha256"
-PIP_LOG_FILE_NAME = "pip-install.log"
-REEXECUTED_VARIABLE = "TIME_TO_DISPATCH_REEXECUTED"
+from pipeline.settings import ENVIRONMENT, LOCAL
+
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +42,14 @@ def requirements_digest(paths: Sequence[Path]) -> str:
 def read_stamp(venv_dir: Path) -> Optional[str]:
     """The digest recorded by the last successful install into `venv_dir`, if any."""
     try:
-        return (venv_dir / STAMP_FILE_NAME).read_text(encoding="utf-8").strip() or None
+        return (venv_dir / LOCAL.stamp_file_name).read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
 
 
 def write_stamp(venv_dir: Path, digest: str) -> None:
     """Record that `venv_dir` holds the requirements with this digest."""
-    (venv_dir / STAMP_FILE_NAME).write_text(digest + "\n", encoding="utf-8")
+    (venv_dir / LOCAL.stamp_file_name).write_text(digest + "\n", encoding="utf-8")
 
 
 def install_needed(venv_dir: Path, digest: str) -> bool:
@@ -77,7 +71,7 @@ def missing_modules(names: Sequence[str]) -> List[str]:
 
 def in_project_venv() -> bool:
     """Whether this interpreter is the one of the project's `.venv`."""
-    return Path(sys.prefix).resolve() == VENV_DIR.resolve()
+    return Path(sys.prefix).resolve() == LOCAL.venv_dir.resolve()
 
 
 def in_other_ready_venv(required: Sequence[str]) -> bool:
@@ -113,9 +107,9 @@ def ensure_project_venv(venv_dir: Path, requirement_files: Sequence[Path]) -> Pa
     for path in requirement_files:
         command += ["-r", str(path)]
     # pip's own output is not in the project's log format: it goes to a file, read on failure.
-    pip_log = venv_dir / PIP_LOG_FILE_NAME
+    pip_log = venv_dir / LOCAL.pip_log_file_name
     with open(pip_log, "w", encoding="utf-8") as output:
-        code = subprocess.call(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
+        code = subprocess.call(command, cwd=LOCAL.repo_root, stdout=output, stderr=subprocess.STDOUT)
     if code != 0:
         raise BootstrapError(f"pip could not install the requirements into {venv_dir} (exit code {code}): "
                              f"{_last_line(pip_log)}; pip's whole output is in {pip_log}")
@@ -157,22 +151,23 @@ def run_in_place_or_reexecute(module: str, argv: Sequence[str], required: Sequen
         log.info(f"running in place with {sys.executable} (--in-place)")
         return
     # Set by the bare interpreter that checked .venv and re-executed this module with it.
-    reexecuted = os.environ.pop(REEXECUTED_VARIABLE, None) is not None
+    reexecuted = os.environ.pop(ENVIRONMENT.reexecuted, None) is not None
     if in_project_venv():
         if not reexecuted:
-            ensure_project_venv(VENV_DIR, REQUIREMENT_FILES)
+            ensure_project_venv(LOCAL.venv_dir, LOCAL.requirement_files)
         return
     if in_other_ready_venv(required):
         log.info(f"running in place with the virtualenv {sys.prefix}: it has the pipeline's requirements")
         return
     if reexecuted:
         raise BootstrapError(f"re-executed with {sys.executable}, which is still not the project's .venv")
-    python = ensure_project_venv(VENV_DIR, REQUIREMENT_FILES)
+    python = ensure_project_venv(LOCAL.venv_dir, LOCAL.requirement_files)
     log.info(f"continuing with {python}")
     sys.stdout.flush()
-    env = {**os.environ, REEXECUTED_VARIABLE: "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    os.chdir(REPO_ROOT)
+    env = {**os.environ, ENVIRONMENT.reexecuted: "1",
+           ENVIRONMENT.python_path: os.pathsep.join(
+               filter(None, [str(LOCAL.repo_root), os.environ.get(ENVIRONMENT.python_path)]))}
+    os.chdir(LOCAL.repo_root)
     # Replacing this process (rather than starting a child) keeps one process for the terminal
     # to signal: Ctrl-C reaches the local run itself.
     os.execve(str(python), [str(python), "-m", module, *argv], env)

@@ -17,22 +17,19 @@ from typing import Any, Dict, List, MutableMapping, Optional
 
 from moto.server import ThreadedMotoServer
 
-from pipeline.local.synthetic import ROWS_PER_WEEK, generate_orders, generate_weeks
+from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.settings import ENVIRONMENT, LOCAL
 from pipeline.storage.client import put_object_bytes, s3_client
 from pipeline.storage.datasets import put_dataset
 
-HOST = "127.0.0.1"
-REGION = "eu-west-2"
 # Dummy credentials: the local server accepts any, and real ones must never reach it.
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# Settings that would send boto3 to a real AWS account instead.
-_AWS_IDENTITY_VARIABLES = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+CREDENTIALS = {ENVIRONMENT.aws_access_key_id: "testing", ENVIRONMENT.aws_secret_access_key: "testing"}
 
 
 class LocalS3:
     """moto's S3 server on a loopback port; a context manager that stops it on exit."""
 
-    def __init__(self, port: int = 0, host: str = HOST) -> None:
+    def __init__(self, port: int = 0, host: str = LOCAL.loopback_host) -> None:
         """`host` is loopback unless a caller needs the server reachable from elsewhere on this
         machine (the cluster test binds it to the pods' bridge address)."""
         self._port = port
@@ -69,12 +66,13 @@ class LocalS3:
 
     def environment(self) -> Dict[str, str]:
         """The standard AWS variables that point boto3 (and any child process) here."""
-        return {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": REGION}
+        return {**CREDENTIALS, ENVIRONMENT.aws_endpoint_url: self.endpoint,
+                ENVIRONMENT.aws_default_region: LOCAL.region}
 
     def point_environment_here(self, environ: Optional[MutableMapping[str, str]] = None) -> None:
         """Set `environment()` in `environ` (this process's by default) and drop AWS identities."""
         target = os.environ if environ is None else environ
-        for name in _AWS_IDENTITY_VARIABLES:
+        for name in ENVIRONMENT.aws_identity_variables:
             target.pop(name, None)
         target.update(self.environment())
         _bypass_proxies_for_loopback(target)
@@ -97,14 +95,14 @@ def create_bucket(client: Any, name: Optional[str] = None, versioned: bool = Tru
         botocore's ClientError: if S3 refuses (e.g. the bucket exists).
     """
     name = name or f"ttd-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
+    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": LOCAL.region})
     if versioned:
         client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     return name
 
 
 def seed_weeks(
-    bucket: str, weeks: int, rows_per_week: int = ROWS_PER_WEEK, seed: int = 42, client: Any = None
+    bucket: str, weeks: int, rows_per_week: int = LOCAL.synthetic_rows_per_week, seed: int = 42, client: Any = None
 ) -> List[str]:
     """Upload `weeks` consecutive synthetic weekly datasets, as data engineering drops them.
 
@@ -146,6 +144,6 @@ def seed_orders_file(bucket: str, key: str, rows: int = 10_000, seed: int = 7, c
 
 def _bypass_proxies_for_loopback(environ: MutableMapping[str, str]) -> None:
     # Loopback traffic must never go through a proxy from the environment.
-    for name in ("NO_PROXY", "no_proxy"):
+    for name in ENVIRONMENT.no_proxy_variables:
         hosts = [h for h in environ.get(name, "").split(",") if h]
-        environ[name] = ",".join(hosts + [h for h in (HOST, "localhost") if h not in hosts])
+        environ[name] = ",".join(hosts + [h for h in (LOCAL.loopback_host, "localhost") if h not in hosts])

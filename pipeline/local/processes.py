@@ -15,11 +15,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import IO, Any, Dict, Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HTTP_TIMEOUT_SECONDS = 30.0
+from pipeline.settings import ENVIRONMENT, LOCAL
+
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class Child:
     @classmethod
     def start(cls, command: Sequence[str], name: str) -> "Child":
         process = subprocess.Popen(
-            list(command), cwd=REPO_ROOT, env=child_environment(), stdin=subprocess.DEVNULL,
+            list(command), cwd=LOCAL.repo_root, env=child_environment(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
             start_new_session=True,
         )
@@ -87,11 +86,12 @@ class Child:
 def child_environment() -> Dict[str, str]:
     """This process's environment (AWS settings included) with the repo root on PYTHONPATH."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env[ENVIRONMENT.python_path] = os.pathsep.join(
+        filter(None, [str(LOCAL.repo_root), env.get(ENVIRONMENT.python_path)]))
     # Lines must reach the terminal as they are logged, not when a pipe buffer fills.
     env["PYTHONUNBUFFERED"] = "1"
-    if not env.get("GIT_COMMIT_HASH"):
-        env["GIT_COMMIT_HASH"] = git_commit()
+    if not env.get(ENVIRONMENT.git_commit):
+        env[ENVIRONMENT.git_commit] = git_commit()
     return env
 
 
@@ -142,7 +142,7 @@ def http_json(method: str, url: str, body: Optional[Dict[str, Any]] = None) -> D
     # Loopback traffic must never go through a proxy from the environment.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
+        with opener.open(request, timeout=LOCAL.http_timeout_seconds) as response:
             answer = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as error:
         detail = error.read().decode("utf-8", "replace")[:500]
@@ -157,7 +157,7 @@ def http_json(method: str, url: str, body: Optional[Dict[str, Any]] = None) -> D
 def git_commit() -> str:
     """The checked-out commit of the repository, or "unknown"."""
     try:
-        result = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+        result = subprocess.run(["git", "-C", str(LOCAL.repo_root), "rev-parse", "HEAD"],
                                 capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"

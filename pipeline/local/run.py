@@ -15,8 +15,8 @@ import sys
 from types import FrameType
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-from pipeline.artefact.signing import SIGNING_KEY_ENV
 from pipeline.local.processes import Child, http_json, port_is_free, signals_ignored, wait_for_port
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, SERVE, environment_value
 
 # What the local run and the two stages import; if all of them are importable the current
 # virtualenv is good enough to run in place.
@@ -24,25 +24,7 @@ RUNTIME_MODULES = ("boto3", "numpy", "pandas", "sklearn", "fastapi", "uvicorn")
 EMBEDDED_S3_MODULES = ("moto", "flask", "werkzeug")
 
 DESCRIPTION = "The whole pipeline on one machine: an embedded S3, the train stage, the serve stage."
-HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-DEFAULT_WEEKS = 4
-LOCAL_BUCKET = "time-to-dispatch-local"
-# r² thresholds for the train stage. The synthetic weeks give a test r² near 0.975, so with a
-# warning threshold above the error threshold both branches are live: below 0.9 nothing is
-# persisted, between 0.9 and 0.95 the model is persisted with a drift warning.
-DEFAULT_R2_ERROR_THRESHOLD = 0.9
-DEFAULT_R2_WARNING_THRESHOLD = 0.95
 EXAMPLE_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
-PREDICT_PATH = "/api/v0.1/time_to_dispatch"
-LINEAGE_PATH = "/api/v0.1/model"
-REPORT_PATH = "/api/v0.1/model/report"
-DOCS_PATH = "/docs"
-SERVE_START_TIMEOUT_SECONDS = 120.0
-BATCH_INPUT_KEY = "batch/orders.csv"
-BATCH_OUTPUT_KEY = "batch/orders_scored.csv"
-BATCH_REJECTS_SUFFIX = ".rejects.csv"  # pipeline.batch.scoring.REJECTS_SUFFIX; this module imports no library
-STOP_TIMEOUT_SECONDS = 15.0
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +78,7 @@ def run_pipeline(settings: Settings) -> None:
     try:
         if settings.embedded_s3:
             s3_server, endpoint = start_embedded_s3(settings.s3_port)
-            bucket = LOCAL_BUCKET
+            bucket = LOCAL.bucket
             create_versioned_bucket(s3_server, bucket)
             log.info(f"embedded S3 at {endpoint}, versioned bucket s3://{bucket}")
         else:
@@ -111,11 +93,11 @@ def run_pipeline(settings: Settings) -> None:
         if settings.with_batch:
             run_batch_scoring(bucket)
         service = start_serve_stage(bucket, settings.port)
-        base_url = f"http://{HOST}:{settings.port}"
-        wait_for_port(HOST, settings.port, service, SERVE_START_TIMEOUT_SECONDS)
+        base_url = f"http://{LOCAL.loopback_host}:{settings.port}"
+        wait_for_port(LOCAL.loopback_host, settings.port, service, LOCAL.serve_start_timeout_seconds)
         report_example(request_example(base_url), bucket)
-        log.info(f"model report: {base_url}{REPORT_PATH}")
-        log.info(f"API docs: {base_url}{DOCS_PATH}")
+        log.info(f"model report: {base_url}{API.model_report_path}")
+        log.info(f"API docs: {base_url}{API.docs_path}")
         if settings.exit_after_request:
             log.info("--exit-after-request: stopping")
             return
@@ -125,7 +107,7 @@ def run_pipeline(settings: Settings) -> None:
     finally:
         with signals_ignored():
             if service is not None:
-                service.stop(STOP_TIMEOUT_SECONDS)
+                service.stop(LOCAL.stop_timeout_seconds)
             if s3_server is not None:
                 s3_server.stop()
                 log.info("embedded S3 stopped")
@@ -146,8 +128,8 @@ def start_embedded_s3(port: int) -> Tuple[Any, str]:
     # Imported here: moto is a development requirement that exists only once .venv is ready.
     from pipeline.local.local_s3 import LocalS3
 
-    if port and not port_is_free(HOST, port):
-        raise LocalRunError(f"cannot start the embedded S3: port {port} on {HOST} is in use; "
+    if port and not port_is_free(LOCAL.loopback_host, port):
+        raise LocalRunError(f"cannot start the embedded S3: port {port} on {LOCAL.loopback_host} is in use; "
                             "pass another --s3-port (0 picks a free one)")
     server = LocalS3(port).start()
     server.point_environment_here()
@@ -160,11 +142,11 @@ def ensure_signing_key() -> None:
     A random key lives only as long as this run: the model it trains is signed with it and
     the service it starts verifies with it; artefacts of earlier runs do not verify with it.
     """
-    if os.environ.get(SIGNING_KEY_ENV, "").strip():
-        log.info(f"signing and verifying model artefacts with the key in {SIGNING_KEY_ENV}")
+    if environment_value(ENVIRONMENT.signing_key):
+        log.info(f"signing and verifying model artefacts with the key in {ENVIRONMENT.signing_key}")
         return
-    os.environ[SIGNING_KEY_ENV] = f"local-{secrets.token_hex(4)}:{secrets.token_hex(32)}"
-    log.info(f"{SIGNING_KEY_ENV} is not set: made a random signing key for this run")
+    os.environ[ENVIRONMENT.signing_key] = f"local-{secrets.token_hex(4)}:{secrets.token_hex(32)}"
+    log.info(f"{ENVIRONMENT.signing_key} is not set: made a random signing key for this run")
 
 
 def create_versioned_bucket(server: Any, bucket: str) -> None:
@@ -184,8 +166,8 @@ def create_versioned_bucket(server: Any, bucket: str) -> None:
 def use_real_bucket(bucket: str, endpoint_url: Optional[str]) -> None:
     """Point this process and its children at an existing bucket; the AWS environment applies."""
     if endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
-    where = os.environ.get("AWS_ENDPOINT_URL") or "AWS (endpoint from the standard AWS configuration)"
+        os.environ[ENVIRONMENT.aws_endpoint_url] = endpoint_url
+    where = environment_value(ENVIRONMENT.aws_endpoint_url) or "AWS (endpoint from the standard AWS configuration)"
     log.info(f"using the existing bucket s3://{bucket} at {where}; no embedded S3 started")
 
 
@@ -234,17 +216,17 @@ def run_batch_scoring(bucket: str) -> None:
     from pipeline.storage.client import StorageError
 
     try:
-        input_key = seed_orders_file(bucket, BATCH_INPUT_KEY)
+        input_key = seed_orders_file(bucket, LOCAL.batch_input_key)
     except StorageError as error:
         raise LocalRunError(f"cannot upload the orders file to score: {error}") from error
     log.info(f"uploaded an orders file to score: s3://{bucket}/{input_key}")
-    command = [sys.executable, "-m", "pipeline.score_batch", bucket, input_key, BATCH_OUTPUT_KEY]
+    command = [sys.executable, "-m", "pipeline.score_batch", bucket, input_key, LOCAL.batch_output_key]
     log.info(f"running batch scoring: {_display(command)}")
     code = run_to_completion(command, "batch scoring")
     if code != 0:
         raise LocalRunError(f"batch scoring exited with code {code}")
-    log.info(f"batch scoring output: s3://{bucket}/{BATCH_OUTPUT_KEY} "
-             f"(rejects: s3://{bucket}/{BATCH_OUTPUT_KEY}{BATCH_REJECTS_SUFFIX})")
+    log.info(f"batch scoring output: s3://{bucket}/{LOCAL.batch_output_key} "
+             f"(rejects: s3://{bucket}/{LOCAL.batch_output_key}{LAYOUT.rejects_suffix})")
 
 
 def start_serve_stage(bucket: str, port: int) -> Child:
@@ -253,9 +235,9 @@ def start_serve_stage(bucket: str, port: int) -> Child:
     Raises:
         LocalRunError: if the port is already in use.
     """
-    if not port_is_free(HOST, port):
-        raise LocalRunError(f"port {port} on {HOST} is in use; pass another --port")
-    command = [sys.executable, "-m", "pipeline.serve_model", bucket, "--host", HOST, "--port", str(port)]
+    if not port_is_free(LOCAL.loopback_host, port):
+        raise LocalRunError(f"port {port} on {LOCAL.loopback_host} is in use; pass another --port")
+    command = [sys.executable, "-m", "pipeline.serve_model", bucket, "--host", LOCAL.loopback_host, "--port", str(port)]
     log.info(f"starting the serve stage: {_display(command)}")
     service = Child.start(command, "serve stage")
     service.forward_in_background()
@@ -268,11 +250,11 @@ def request_example(base_url: str) -> ExampleResult:
     Raises:
         LocalRunError: if either request fails or does not answer JSON.
     """
-    log.info(f"example request: POST {base_url}{PREDICT_PATH} {json.dumps(EXAMPLE_REQUEST)}")
-    prediction = http_json("POST", f"{base_url}{PREDICT_PATH}", EXAMPLE_REQUEST)
+    log.info(f"example request: POST {base_url}{API.predict_path} {json.dumps(EXAMPLE_REQUEST)}")
+    prediction = http_json("POST", f"{base_url}{API.predict_path}", EXAMPLE_REQUEST)
     log.info(f"response: {json.dumps(prediction)}")
-    lineage = http_json("GET", f"{base_url}{LINEAGE_PATH}")
-    log.info(f"model lineage (GET {LINEAGE_PATH}): {json.dumps(lineage, sort_keys=True)}")
+    lineage = http_json("GET", f"{base_url}{API.model_path}")
+    log.info(f"model lineage (GET {API.model_path}): {json.dumps(lineage, sort_keys=True)}")
     return ExampleResult(prediction, lineage)
 
 
@@ -302,7 +284,7 @@ def run_to_completion(command: Sequence[str], name: str) -> int:
         return child.wait_forwarding()
     finally:
         with signals_ignored():
-            child.stop(STOP_TIMEOUT_SECONDS)
+            child.stop(LOCAL.stop_timeout_seconds)
 
 
 def _display(command: Sequence[str]) -> str:
@@ -337,14 +319,14 @@ def parse_args(argv: Sequence[str]) -> Settings:
         ValueError: with the reason, for any bad argument.
     """
     parser = _Parser(prog="python3 -m pipeline.run_local", description=DESCRIPTION)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port of the serve stage on {HOST} (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=int, default=SERVE.default_port,
+                        help=f"port of the serve stage on {LOCAL.loopback_host} (default {SERVE.default_port})")
     parser.add_argument("--s3-port", type=int, default=0,
                         help="port of the embedded S3 server (default 0: any free port)")
-    parser.add_argument("--weeks", type=int, default=DEFAULT_WEEKS,
-                        help=f"synthetic weekly datasets to upload (default {DEFAULT_WEEKS})")
-    parser.add_argument("--r2-error-threshold", type=float, default=DEFAULT_R2_ERROR_THRESHOLD)
-    parser.add_argument("--r2-warning-threshold", type=float, default=DEFAULT_R2_WARNING_THRESHOLD)
+    parser.add_argument("--weeks", type=int, default=LOCAL.default_weeks,
+                        help=f"synthetic weekly datasets to upload (default {LOCAL.default_weeks})")
+    parser.add_argument("--r2-error-threshold", type=float, default=LOCAL.r2_error_threshold)
+    parser.add_argument("--r2-warning-threshold", type=float, default=LOCAL.r2_warning_threshold)
     parser.add_argument("--exit-after-request", action="store_true",
                         help="stop after the example request instead of serving until Ctrl-C")
     parser.add_argument("--bucket", help="use this existing bucket instead of the embedded S3")

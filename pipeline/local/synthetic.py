@@ -6,13 +6,14 @@ noise with sd 1 hour, clipped at 0. `orders_placed` is a skewed count between 0 
 with a mean near 73. Tests, the local run, the notebook and the benchmarks make their data
 here, seeded, so every run sees the same numbers.
 """
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Dict, List, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from pipeline.artefact.features import DATASET_COLUMNS, LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
+from pipeline.settings import LOCAL
 
 PRODUCT_SLOPES: Dict[str, float] = {
     "SKU001": 0.075,
@@ -21,12 +22,6 @@ PRODUCT_SLOPES: Dict[str, float] = {
     "SKU004": 0.150,
     "SKU005": 0.175,
 }
-MEAN_ORDERS_PLACED = 73.0
-MAX_ORDERS_PLACED = 320
-NOISE_SD_HOURS = 1.0
-ROWS_PER_WEEK = 1000
-# Data engineering drops each week's file on Friday at 23:00 UTC.
-FIRST_DROP = datetime(2026, 10, 2, 23, 0, 0, tzinfo=timezone.utc)
 
 
 class WeeklyDataset(NamedTuple):
@@ -37,10 +32,10 @@ class WeeklyDataset(NamedTuple):
 
 
 def generate_orders(
-    n_rows: int = ROWS_PER_WEEK,
+    n_rows: int = LOCAL.synthetic_rows_per_week,
     seed: int = 42,
     product_slopes: Mapping[str, float] = PRODUCT_SLOPES,
-    noise_sd: float = NOISE_SD_HOURS,
+    noise_sd: float = LOCAL.synthetic_noise_sd_hours,
 ) -> pd.DataFrame:
     """Make one week of orders.
 
@@ -66,8 +61,8 @@ def generate_orders(
     slopes = np.array([product_slopes[code] for code in codes])
     product_idx = rng.integers(0, len(codes), size=n_rows)
     # A negative binomial with n=2 is a count skewed like the notebook's: mean 73, long tail.
-    orders = rng.negative_binomial(2, 2.0 / (2.0 + MEAN_ORDERS_PLACED), size=n_rows)
-    orders = np.minimum(orders, MAX_ORDERS_PLACED)
+    orders = rng.negative_binomial(2, 2.0 / (2.0 + LOCAL.synthetic_mean_orders_placed), size=n_rows)
+    orders = np.minimum(orders, LOCAL.synthetic_max_orders_placed)
     hours = slopes[product_idx] * orders + rng.normal(0.0, noise_sd, size=n_rows)
     frame = pd.DataFrame(
         {
@@ -81,9 +76,9 @@ def generate_orders(
 
 def generate_weeks(
     n_weeks: int,
-    rows_per_week: int = ROWS_PER_WEEK,
+    rows_per_week: int = LOCAL.synthetic_rows_per_week,
     seed: int = 42,
-    first_drop: datetime = FIRST_DROP,
+    first_drop: datetime = LOCAL.synthetic_first_drop,
 ) -> List[WeeklyDataset]:
     """Make several consecutive weeks of orders, each stamped with its Friday drop time.
 

@@ -7,9 +7,9 @@ from typing import Any, List, Optional, Set
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.records import rejected_model_keys
+from pipeline.settings import ARTEFACT, LAYOUT
 from pipeline.storage.client import StorageError, s3_client
 from pipeline.storage.layout import (
-    MODELS_PREFIX,
     NoObjectsError,
     StoredObject,
     artefact_id_of_key,
@@ -17,9 +17,6 @@ from pipeline.storage.layout import (
     utc,
 )
 from pipeline.storage.signed_artefacts import get_model
-
-# The shortest start of an artefact id that may name a model.
-MIN_ID_PREFIX = 4
 
 
 class UnknownModelError(StorageError):
@@ -36,7 +33,7 @@ def list_models(bucket: str, client: Any = None) -> List[StoredObject]:
     Raises:
         NoSuchBucketError, AccessDeniedError, StorageError: if the listing fails.
     """
-    models = list(list_timestamped_objects(bucket, MODELS_PREFIX, ".pkl", client))
+    models = list(list_timestamped_objects(bucket, LAYOUT.models_prefix, ".pkl", client))
     return sorted(models, key=lambda item: (item.timestamp, item.key), reverse=True)
 
 
@@ -58,9 +55,9 @@ def live_model_object(bucket: str, before: Optional[datetime] = None, client: An
         return live
     when = f" created before {utc(before).isoformat()}" if before is not None else ""
     if not models:
-        raise NoObjectsError(f"s3://{bucket}/{MODELS_PREFIX}: no .pkl object with a timestamp in its key")
+        raise NoObjectsError(f"s3://{bucket}/{LAYOUT.models_prefix}: no .pkl object with a timestamp in its key")
     raise NoObjectsError(
-        f"s3://{bucket}/{MODELS_PREFIX}: no model{when} that is not rejected "
+        f"s3://{bucket}/{LAYOUT.models_prefix}: no model{when} that is not rejected "
         f"({len(models)} artefact(s), {len(rejected)} rejected)"
     )
 
@@ -92,7 +89,7 @@ def get_live_model(bucket: str, before: Optional[datetime] = None, client: Any =
 def resolve_model_key(bucket: str, model: str, client: Any = None, keys: Optional[List[str]] = None) -> str:
     """The key of the one model artefact that `model` names: its key (with or without
     `s3://BUCKET/`), its artefact id (the lineage's `artefact_id`, the key's last `_xxxxxxxx`
-    part), or a start of its id at least MIN_ID_PREFIX characters long. The registry CLI and
+    part), or a start of its id at least ARTEFACT.min_id_prefix characters long. The registry CLI and
     batch scoring name models this one way. Rejected models resolve too: naming one is a
     deliberate choice.
 
@@ -112,16 +109,16 @@ def resolve_model_key(bucket: str, model: str, client: Any = None, keys: Optiona
     for matches in (
         [k for k in keys if k == key],
         [k for k in keys if artefact_id_of_key(k) == ref],
-        [k for k in keys if len(ref) >= MIN_ID_PREFIX and artefact_id_of_key(k).startswith(ref)],
+        [k for k in keys if len(ref) >= ARTEFACT.min_id_prefix and artefact_id_of_key(k).startswith(ref)],
     ):
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             raise AmbiguousModelError(
-                f"MODEL {model!r} is ambiguous in s3://{bucket}/{MODELS_PREFIX}: it matches "
+                f"MODEL {model!r} is ambiguous in s3://{bucket}/{LAYOUT.models_prefix}: it matches "
                 f"{len(matches)} artefacts ({', '.join(sorted(matches))}); give the full key"
             )
     raise UnknownModelError(
-        f"MODEL {model!r} is not an artefact id or key in s3://{bucket}/{MODELS_PREFIX} "
+        f"MODEL {model!r} is not an artefact id or key in s3://{bucket}/{LAYOUT.models_prefix} "
         f"({len(keys)} model(s); `python -m pipeline.registry {bucket} list` shows them)"
     )

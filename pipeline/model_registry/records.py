@@ -11,8 +11,9 @@ from typing import Any, Dict, List, Optional, Set
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pipeline.settings import LAYOUT
 from pipeline.storage.client import StorageError, get_object_bytes, put_new_object, s3_client
-from pipeline.storage.layout import REGISTRY_PREFIX, artefact_file_stem, list_timestamped_objects, utc
+from pipeline.storage.layout import artefact_file_stem, list_timestamped_objects, utc
 
 REJECT, RESTORE = "reject", "restore"
 STATUS_ACTIONS = (REJECT, RESTORE)
@@ -45,7 +46,7 @@ class StatusChange:
 def status_change_key(change: StatusChange) -> str:
     """Where a status change is recorded: a folder per artefact, a file per change."""
     stem = artefact_file_stem(change.artefact_key)
-    return f"{REGISTRY_PREFIX}{stem}/{utc(change.at):%Y-%m-%dT%H:%M:%S.%f}Z_{change.action}.json"
+    return f"{LAYOUT.registry_prefix}{stem}/{utc(change.at):%Y-%m-%dT%H:%M:%S.%f}Z_{change.action}.json"
 
 
 def put_status_change(bucket: str, change: StatusChange, client: Any = None) -> str:
@@ -72,7 +73,7 @@ def list_status_changes(bucket: str, client: Any = None) -> Dict[str, List[Statu
     """
     client = client or s3_client()
     changes: Dict[str, List[StatusChange]] = {}
-    for item in list_timestamped_objects(bucket, REGISTRY_PREFIX, ".json", client):
+    for item in list_timestamped_objects(bucket, LAYOUT.registry_prefix, ".json", client):
         body, _ = get_object_bytes(client, bucket, item.key)
         try:
             change = StatusChange.from_json(json.loads(body))

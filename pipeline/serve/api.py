@@ -26,23 +26,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from pipeline.artefact.features import MAX_ORDERS_PLACED
 from pipeline.artefact.model import Model
-from pipeline.serve.limits import (
-    BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, ASGIApp, Message, Receive, RequestLimits, Scope, Send,
-)
+from pipeline.serve.limits import ASGIApp, Message, Receive, RequestLimits, Scope, Send
 from pipeline.serve.metrics import ServiceMetrics, instrument
-from pipeline.utils import QUOTE_PREFIX_CHARS
-
-API_VERSION = "0.1"
-API_PREFIX = f"/api/v{API_VERSION}"
-PREDICT_PATH = f"{API_PREFIX}/time_to_dispatch"
-PREDICT_BATCH_PATH = f"{API_PREFIX}/time_to_dispatch/batch"
-MODEL_PATH = f"{API_PREFIX}/model"
-MODEL_REPORT_PATH = f"{API_PREFIX}/model/report"
-HEALTH_PATH = "/health"
-READY_PATH = "/ready"
-MAX_BATCH_SIZE = 1000
+from pipeline.settings import API, ARTEFACT, MESSAGES, SERVE
 
 
 class ErrorMessage(BaseModel):
@@ -54,8 +41,8 @@ class ErrorMessage(BaseModel):
 # The answers every POST route may give besides 200 and 422, as the OpenAPI schema lists them.
 BODY_ERROR_RESPONSES: Dict[Union[int, str], Dict[str, Any]] = {
     400: {"model": ErrorMessage, "description": "The body could not be read as JSON."},
-    408: {"model": ErrorMessage, "description": f"The body did not arrive within {BODY_TIMEOUT_SECONDS:g} s."},
-    413: {"model": ErrorMessage, "description": f"The body is larger than {MAX_BODY_BYTES} bytes."},
+    408: {"model": ErrorMessage, "description": f"The body did not arrive within {SERVE.body_timeout_seconds:g} s."},
+    413: {"model": ErrorMessage, "description": f"The body is larger than {SERVE.max_body_bytes} bytes."},
 }
 
 
@@ -70,7 +57,7 @@ class PredictionRequest(BaseModel):
     """A prediction request; `build_request_model` narrows `product_code` to a model's codes.
 
     `orders_placed` must be a JSON number (not a string or a boolean), finite, from 0 to
-    MAX_ORDERS_PLACED. Unknown fields are rejected, so that a misspelt or unsupported field is
+    ARTEFACT.max_accepted_orders_placed. Unknown fields are rejected, so that a misspelt or unsupported field is
     a 422 naming it rather than silently ignored.
     """
 
@@ -79,7 +66,7 @@ class PredictionRequest(BaseModel):
     product_code: str = Field(description="A product code the model was trained on.")
     orders_placed: float = Field(
         ge=0,
-        le=MAX_ORDERS_PLACED,
+        le=ARTEFACT.max_accepted_orders_placed,
         allow_inf_nan=False,
         strict=True,
         description="Orders already placed today: a finite number from 0 to 1e9.",
@@ -147,7 +134,7 @@ def create_app(
     request_model = build_request_model(model.product_codes)
     app = FastAPI(
         title="time-to-dispatch",
-        version=API_VERSION,
+        version=API.version,
         description=f"Estimated hours until an order is dispatched. Serving model {version}.",
     )
     app.add_exception_handler(RequestValidationError, validation_error_response)
@@ -157,7 +144,7 @@ def create_app(
 
     # `async def` without any awaiting: the tree walk takes microseconds, so running it on the
     # event loop is far cheaper than a hop to the thread pool that FastAPI uses for `def`.
-    @app.post(PREDICT_PATH, response_model=Prediction, summary="Estimate the hours to dispatch",
+    @app.post(API.predict_path, response_model=Prediction, summary="Estimate the hours to dispatch",
               responses=BODY_ERROR_RESPONSES)
     async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
         return answer(cast(PredictionRequest, request))
@@ -169,11 +156,11 @@ def create_app(
 
     # One vectorised call of the estimator for the whole batch; a batch of 1,000 takes well
     # under a millisecond, so it too stays on the event loop.
-    @app.post(PREDICT_BATCH_PATH, response_model=List[Prediction], summary="Estimate for many requests",
+    @app.post(API.predict_batch_path, response_model=List[Prediction], summary="Estimate for many requests",
               responses=BODY_ERROR_RESPONSES)
     async def time_to_dispatch_batch(
         requests: Annotated[  # type: ignore[valid-type]
-            List[request_model], Body(min_length=1, max_length=MAX_BATCH_SIZE)
+            List[request_model], Body(min_length=1, max_length=SERVE.max_batch_size)
         ],
     ) -> List[Prediction]:
         bodies = cast(List[PredictionRequest], requests)
@@ -183,11 +170,11 @@ def create_app(
         observe_predictions(codes, orders)
         return [Prediction(est_hours_to_dispatch=float(e), model_version=version) for e in estimates]
 
-    @app.get(MODEL_PATH, summary="The model's lineage")
+    @app.get(API.model_path, summary="The model's lineage")
     async def model_lineage() -> Dict[str, Any]:
         return cast(Dict[str, Any], lineage)
 
-    @app.get(MODEL_REPORT_PATH, summary="The model's report (HTML)", response_class=HTMLResponse,
+    @app.get(API.model_report_path, summary="The model's report (HTML)", response_class=HTMLResponse,
              responses={404: {"description": "The model has no report (it was made before reports existed)"}})
     async def model_report() -> Any:
         if report_html is None:
@@ -196,20 +183,20 @@ def create_app(
                 "detail": f"model {model.artefact_id} has no report ({where})"})
         return HTMLResponse(report_html)
 
-    @app.get(HEALTH_PATH, summary="Liveness")
+    @app.get(API.health_path, summary="Liveness")
     async def health() -> Dict[str, str]:
         return {"status": "ok"}
 
     # The factory only ever gets a loaded model, and `main` warms it up before the port opens,
     # so whenever this can answer, the service is ready.
-    @app.get(READY_PATH, summary="Readiness: a model is loaded and warmed up")
+    @app.get(API.ready_path, summary="Readiness: a model is loaded and warmed up")
     async def ready() -> Dict[str, str]:
         return {"status": "ready", "model_version": version}
 
     # Middleware, innermost first: the fast path inside the limits (which see its body as they
     # see any), both inside the metrics (which see every answer, the 413s and 408s included).
     if fast_path:
-        [route] = [r for r in app.router.routes if isinstance(r, APIRoute) and r.path == PREDICT_PATH]
+        [route] = [r for r in app.router.routes if isinstance(r, APIRoute) and r.path == API.predict_path]
         app.add_middleware(SinglePredictionFastPath, request_model=request_model, route=route, answer=answer)
     app.add_middleware(RequestLimits)
     instrument(app, service_metrics, access_log)
@@ -217,7 +204,7 @@ def create_app(
 
 
 class SinglePredictionFastPath:
-    """Pure ASGI middleware: answers a valid `POST PREDICT_PATH` itself, with the very status,
+    """Pure ASGI middleware: answers a valid `POST API.predict_path` itself, with the very status,
     headers and bytes FastAPI's route would send (a test compares them), but without FastAPI's
     routing, request object, dependency solving and response checks, which cost more CPU than
     the estimate itself (docs/benchmarks.md).
@@ -243,7 +230,7 @@ class SinglePredictionFastPath:
         self.to_json = TypeAdapter(Prediction).dump_json
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ours = scope["type"] == "http" and scope["path"] == PREDICT_PATH and scope["method"] == "POST"
+        ours = scope["type"] == "http" and scope["path"] == API.predict_path and scope["method"] == "POST"
         if not ours or not _plain_json(scope):
             await self.app(scope, receive, send)
             return
@@ -306,8 +293,8 @@ async def validation_error_response(request: Request, error: Exception) -> JSONR
 
     - NaN and Infinity (Python's JSON parser accepts the literals) are echoed as the strings
       `"NaN"`, `"Infinity"` and `"-Infinity"`; JSON cannot carry them as numbers.
-    - An echoed `input` whose JSON is longer than QUOTE_PREFIX_CHARS characters becomes a
-      string: its first QUOTE_PREFIX_CHARS characters, `...`, and its length. A 100 MB value
+    - An echoed `input` whose JSON is longer than MESSAGES.quote_prefix_chars characters becomes a
+      string: its first MESSAGES.quote_prefix_chars characters, `...`, and its length. A 100 MB value
       is never sent back.
     - Lone surrogates (`"\ud800"`, valid in JSON text, not in UTF-8) in any string of the
       body, field names in `loc` included, are echoed escaped (`\ud800`), since the body could
@@ -327,9 +314,9 @@ async def validation_error_response(request: Request, error: Exception) -> JSONR
 
 def _short_input(value: Any) -> Any:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    if len(text) <= QUOTE_PREFIX_CHARS:
+    if len(text) <= MESSAGES.quote_prefix_chars:
         return value
-    return f"{text[:QUOTE_PREFIX_CHARS]}... ({len(text)} characters)"
+    return f"{text[:MESSAGES.quote_prefix_chars]}... ({len(text)} characters)"
 
 
 def _json_safe(value: Any) -> Any:

@@ -23,29 +23,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from pipeline.artefact.model import Model
-from pipeline.serve.api import MAX_ORDERS_PLACED
+from pipeline.settings import ARTEFACT, SERVE
 
-# Kubernetes waits 30 s by default between SIGTERM and SIGKILL. On SIGTERM the service may
-# first go on serving for a drain period (--drain-seconds, 5 s in bodywork.yaml, at most
-# MAX_DRAIN_SECONDS) while the cluster stops sending it new connections; then requests still
-# running after GRACEFUL_SHUTDOWN_SECONDS are cancelled, so that the process exits cleanly
-# before it is killed: 5 + 20 s, inside the 30.
-GRACEFUL_SHUTDOWN_SECONDS = 20
-MAX_DRAIN_SECONDS = 8
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# uvicorn's default backlog of connections waiting to be accepted.
-LISTEN_BACKLOG = 2048
-# Hostile or broken clients: an idle keep-alive connection is closed after this many seconds;
-# request headers may be at most this large (a request line and a few headers need well
-# under 1 KB); at most this many connections and requests at once, beyond which uvicorn answers
-# 503 at once. Each request may buffer up to limits.MAX_BODY_BYTES (1 MiB), so the connection
-# limit bounds buffered bodies to 64 MiB over the service's 190 MB: inside the pod's 384 MB.
-# A slow body is cut off by limits.BODY_TIMEOUT_SECONDS, well before the graceful shutdown ends.
-KEEP_ALIVE_TIMEOUT_SECONDS = 5
-MAX_HEADER_BYTES = 16 * 1024
-MAX_CONCURRENT_CONNECTIONS = 64
-# Predictions from the exact pure-Python tree walk and from the estimator must agree to this.
-FAST_PATH_TOLERANCE = 1e-9
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +79,11 @@ def warm_up(model: Model) -> None:
     orders = np.arange(0.0, model.monotonicity.max_orders_placed + 1.0, 0.5)
     thresholds = model.estimator.tree_.threshold[model.estimator.tree_.feature == 0]
     orders = np.unique(np.concatenate([orders, thresholds, np.nextafter(thresholds, np.inf)]))
-    orders = orders[(orders >= 0) & (orders <= MAX_ORDERS_PLACED)]
+    orders = orders[(orders >= 0) & (orders <= ARTEFACT.max_accepted_orders_placed)]
     for code in model.product_codes:
         expected = model.predict([code] * len(orders), orders)
         fast = np.array([model.predict_one(code, float(value)) for value in orders])
-        wrong = np.flatnonzero(np.abs(fast - expected) > FAST_PATH_TOLERANCE)
+        wrong = np.flatnonzero(np.abs(fast - expected) > SERVE.fast_path_tolerance)
         if wrong.size:
             first = wrong[0]
             raise ModelCompatibilityError(
@@ -138,7 +118,7 @@ def open_port(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(LISTEN_BACKLOG)
+        sock.listen(SERVE.listen_backlog)
     except OSError as error:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port}: {error}") from error
@@ -180,11 +160,11 @@ def uvicorn_config(app: FastAPI, stack: ServerStack) -> uvicorn.Config:
         http=stack.http,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        timeout_keep_alive=KEEP_ALIVE_TIMEOUT_SECONDS,
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        limit_concurrency=MAX_CONCURRENT_CONNECTIONS,
-        backlog=LISTEN_BACKLOG,
+        timeout_graceful_shutdown=SERVE.graceful_shutdown_seconds,
+        timeout_keep_alive=SERVE.keep_alive_timeout_seconds,
+        h11_max_incomplete_event_size=SERVE.max_header_bytes,
+        limit_concurrency=SERVE.max_concurrent_connections,
+        backlog=SERVE.listen_backlog,
         # The app has no start-up or shutdown handlers (the model is loaded and warmed up
         # before uvicorn starts); without the lifespan task, a stop signal that arrives while
         # uvicorn starts cannot leave that task to be cancelled with a traceback.
@@ -252,14 +232,14 @@ def run_server(
 
     Runs on `stack` as far as it is installed (see `available_stack`), and logs which.
     On SIGTERM it first serves on for `drain_seconds` (see DrainingServer); then uvicorn stops
-    accepting connections, lets requests in flight finish (for up to GRACEFUL_SHUTDOWN_SECONDS)
+    accepting connections, lets requests in flight finish (for up to SERVE.graceful_shutdown_seconds)
     and returns.
 
     Raises:
         StopRequested: the signal arrived before the server was built.
     """
-    if not 0 <= drain_seconds <= MAX_DRAIN_SECONDS:
-        raise ValueError(f"drain_seconds must be in 0..{MAX_DRAIN_SECONDS}, got {drain_seconds}")
+    if not 0 <= drain_seconds <= SERVE.max_drain_seconds:
+        raise ValueError(f"drain_seconds must be in 0..{SERVE.max_drain_seconds}, got {drain_seconds}")
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     stop_on_signals()
     try:

@@ -2,14 +2,14 @@
 
 A pure ASGI middleware, so that it acts on the raw byte stream before anything is parsed:
 
-- a request whose `Content-Length` is over MAX_BODY_BYTES is answered 413 at once, its body
+- a request whose `Content-Length` is over SERVE.max_body_bytes is answered 413 at once, its body
   never read; a body sent without a length (chunked) is counted as it streams and answered
   413 as soon as it passes the limit, so no more than the limit is ever held;
-- a body that has not fully arrived BODY_TIMEOUT_SECONDS after the request started is answered
+- a body that has not fully arrived SERVE.body_timeout_seconds after the request started is answered
   408, and the connection closed: a client that stalls mid-body cannot hold a connection (or
   a shutdown) for longer than that.
 
-The limit is sized from the largest valid request: a batch of MAX_BATCH_SIZE items, each with
+The limit is sized from the largest valid request: a batch of SERVE.max_batch_size items, each with
 the longest product code and the longest number JSON may spell, pretty-printed (see
 docs/reliability.md for the arithmetic).
 """
@@ -17,19 +17,13 @@ import asyncio
 import json
 from typing import Any, Awaitable, Callable, Dict, Optional
 
+from pipeline.settings import SERVE
+
 Scope = Dict[str, Any]
 Message = Dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# The largest valid body, pretty-printed with a 4-space indent, is about 105 KB (1,000 items
-# of about 105 bytes); the limit leaves ten times that.
-MAX_BODY_BYTES = 1_048_576
-# A valid body of at most a megabyte arrives in well under a second on any link the shop's
-# platform uses; ten seconds is generous and still ends a stalled request long before the
-# service's 20 s graceful shutdown gives up on it.
-BODY_TIMEOUT_SECONDS = 10.0
 
 
 class _Abort(Exception):
@@ -44,7 +38,8 @@ class RequestLimits:
     `body_timeout_seconds`; everything else passes to `app` untouched."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int = MAX_BODY_BYTES, body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
+        self, app: ASGIApp, max_body_bytes: int = SERVE.max_body_bytes,
+        body_timeout_seconds: float = SERVE.body_timeout_seconds,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes

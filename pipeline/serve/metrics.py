@@ -43,8 +43,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from pipeline.artefact.model import Model
+from pipeline.settings import API
 
-METRICS_PATH = "/metrics"
 PREFIX = "time_to_dispatch"
 UNMATCHED_ROUTE = "<unmatched>"
 # The service answers in a fraction of a millisecond; the buckets resolve that, and still
@@ -279,7 +279,7 @@ def instrument(app: FastAPI, metrics: Optional[ServiceMetrics], log_requests: bo
     With neither metrics nor the access log, the app is left as it is.
     """
     if metrics is not None:
-        @app.get(METRICS_PATH, include_in_schema=False)
+        @app.get(API.metrics_path, include_in_schema=False)
         async def prometheus_metrics() -> Response:
             return Response(metrics.exposition(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 

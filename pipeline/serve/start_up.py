@@ -14,7 +14,6 @@ from pipeline.artefact.signing import load_signing_keys
 from pipeline.model_registry.live_model import live_model_object
 from pipeline.serve.api import create_app
 from pipeline.serve.lifecycle import (
-    MAX_DRAIN_SECONDS,
     SERVER_STACKS,
     check_library_versions,
     freeze_start_up_objects,
@@ -23,13 +22,12 @@ from pipeline.serve.lifecycle import (
     stop_on_signals,
     warm_up,
 )
+from pipeline.settings import SERVE
 from pipeline.storage.client import StorageError
 from pipeline.storage.report_files import get_report_html
 from pipeline.storage.signed_artefacts import ArtefactError, get_model
 from pipeline.utils import StageArgumentParser
 
-DEFAULT_HOST = "0.0.0.0"
-DEFAULT_PORT = 8000
 USAGE = (
     "usage: python -m pipeline.serve_model S3_BUCKET [--host HOST] [--port PORT] [--access-log] "
     "[--server-stack {auto,pure-python}] [--drain-seconds SECONDS]"
@@ -40,8 +38,8 @@ log = logging.getLogger(__name__)
 
 def serve(
     bucket: str,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str = SERVE.default_host,
+    port: int = SERVE.default_port,
     access_log: bool = False,
     server_stack: str = "auto",
     drain_seconds: float = 0.0,
@@ -124,8 +122,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         ValueError: with the reason, for any bad argument.
     """
     parser = StageArgumentParser(prog="serve_model.py")
-    parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--host", default=SERVE.default_host)
+    parser.add_argument("--port", type=int, default=SERVE.default_port)
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--server-stack", choices=sorted(SERVER_STACKS), default="auto")
     parser.add_argument("--drain-seconds", type=float, default=0.0)
@@ -134,6 +132,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise ValueError("--host is empty")
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    if not 0 <= args.drain_seconds <= MAX_DRAIN_SECONDS:
-        raise ValueError(f"--drain-seconds must be in 0..{MAX_DRAIN_SECONDS}, got {args.drain_seconds:g}")
+    if not 0 <= args.drain_seconds <= SERVE.max_drain_seconds:
+        raise ValueError(f"--drain-seconds must be in 0..{SERVE.max_drain_seconds}, got {args.drain_seconds:g}")
     return args

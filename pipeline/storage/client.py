@@ -2,8 +2,10 @@
 reading and writing one object.
 
 Every S3 call has connect and read timeouts and a bounded number of attempts in botocore's
-standard retry mode (S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS, S3_MAX_ATTEMPTS):
-a hanging S3 fails a stage within its time limit (the arithmetic is in docs/reliability.md).
+standard retry mode (S3.connect_timeout_seconds, S3.read_timeout_seconds, S3.max_attempts):
+a hanging S3 fails a stage within its time limit: the S3 time budget, which
+`pipeline/settings.py` asserts against the serve stage's start-up limit (the arithmetic is in
+docs/reliability.md).
 Every failure becomes a StorageError naming the object and what was being done to it. An
 object is never overwritten where that matters: `put_new_object` writes only where nothing is.
 
@@ -11,28 +13,15 @@ All S3 access is plain boto3; endpoint, region and credentials come from the sta
 environment variables (`AWS_ENDPOINT_URL` selects an S3-compatible server).
 """
 import json
-import os
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Type
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pipeline.settings import ENVIRONMENT, S3, environment_value
 from pipeline.utils import quote
 
-# The S3 time budget: each call waits at most S3_CONNECT_TIMEOUT_SECONDS for a connection and
-# S3_READ_TIMEOUT_SECONDS for each read, S3_MAX_ATTEMPTS times, with botocore's standard
-# retry mode (exponential backoff with jitter: at most 1 + 2 + 4 s between the 4 attempts).
-# One call that never gets an answer fails after at most 4 x (3 + 18) + 7 = 91 s: inside
-# the serve stage's 120 s start-up and the train stage's 180 s. Yet 503 SlowDown three
-# times or a reset connection is retried, and the attempts span 4 x 18 = 72 s, so a 70 s
-# stall is ridden out. docs/reliability.md has the arithmetic; `worst_case_s3_call_seconds`
-# computes it. The environment variables of the same names override them, for tests only.
-S3_CONNECT_TIMEOUT_SECONDS = 3.0
-S3_READ_TIMEOUT_SECONDS = 18.0
-S3_MAX_ATTEMPTS = 4
-# botocore's standard retry mode waits at most 2 ** (n - 1) s, capped at 20 s, before retry n.
-_MAX_BACKOFF_SECONDS = 20.0
 # What S3 answers a conditional write (`If-None-Match: *`) when an object exists at the key.
 _EXISTS_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
@@ -66,28 +55,17 @@ class ObjectInfo(NamedTuple):
 
 def s3_client() -> Any:
     """A boto3 S3 client configured from the standard AWS environment variables, with the
-    pipeline's timeouts and retries (see S3_READ_TIMEOUT_SECONDS)."""
+    pipeline's timeouts and retries (see S3.read_timeout_seconds)."""
     config = Config(
-        connect_timeout=_setting("S3_CONNECT_TIMEOUT_SECONDS", S3_CONNECT_TIMEOUT_SECONDS),
-        read_timeout=_setting("S3_READ_TIMEOUT_SECONDS", S3_READ_TIMEOUT_SECONDS),
-        retries={"mode": "standard", "total_max_attempts": int(_setting("S3_MAX_ATTEMPTS", S3_MAX_ATTEMPTS))},
+        connect_timeout=_setting(ENVIRONMENT.s3_connect_timeout, S3.connect_timeout_seconds),
+        read_timeout=_setting(ENVIRONMENT.s3_read_timeout, S3.read_timeout_seconds),
+        retries={"mode": "standard", "total_max_attempts": int(_setting(ENVIRONMENT.s3_max_attempts, S3.max_attempts))},
     )
     return boto3.client("s3", config=config)
 
 
-def worst_case_s3_call_seconds(
-    connect_timeout: float = S3_CONNECT_TIMEOUT_SECONDS,
-    read_timeout: float = S3_READ_TIMEOUT_SECONDS,
-    attempts: int = S3_MAX_ATTEMPTS,
-) -> float:
-    """The longest one S3 call can take before it fails: every attempt waits out both timeouts
-    (a slow connection, then no answer), with the most backoff between attempts."""
-    backoff = sum(min(2.0 ** (retry - 1), _MAX_BACKOFF_SECONDS) for retry in range(1, attempts))
-    return attempts * (connect_timeout + read_timeout) + backoff
-
-
 def _setting(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
+    raw = environment_value(name)
     if not raw:
         return default
     try:

@@ -1,5 +1,5 @@
 """Weekly datasets: the newest one with its version, one exact version, strict CSV parsing, and
-the size limit. A dataset larger than MAX_DATASET_BYTES is refused before it is read.
+the size limit. A dataset larger than S3.max_dataset_bytes is refused before it is read.
 """
 import csv
 import io
@@ -9,6 +9,7 @@ from typing import Any, List, Optional
 
 import pandas as pd
 
+from pipeline.settings import LAYOUT, S3
 from pipeline.storage.client import (
     ObjectTooLargeError,
     StorageError,
@@ -18,7 +19,6 @@ from pipeline.storage.client import (
     s3_client,
 )
 from pipeline.storage.layout import (
-    DATASETS_PREFIX,
     StoredObject,
     dataset_key,
     latest_object,
@@ -26,10 +26,6 @@ from pipeline.storage.layout import (
     parse_key_timestamp,
 )
 from pipeline.utils import quote
-
-# A usual week's CSV is about 21 KB and the largest benchmarked (100,000 rows) about 2 MB; a
-# file beyond this is not a week of orders, and is refused before it is read into memory.
-MAX_DATASET_BYTES = 32 * 2**20
 
 
 class DatasetReadError(StorageError):
@@ -53,7 +49,7 @@ class Dataset:
 
 
 def get_latest_dataset(
-    bucket: str, prefix: str = DATASETS_PREFIX, client: Any = None, max_bytes: int = MAX_DATASET_BYTES
+    bucket: str, prefix: str = LAYOUT.datasets_prefix, client: Any = None, max_bytes: int = S3.max_dataset_bytes
 ) -> Dataset:
     """Download the newest CSV dataset under `prefix` with its version information.
 
@@ -141,5 +137,5 @@ def list_datasets(bucket: str, client: Any = None) -> List[StoredObject]:
     Raises:
         NoSuchBucketError, AccessDeniedError, StorageError: if the listing fails.
     """
-    datasets = list(list_timestamped_objects(bucket, DATASETS_PREFIX, ".csv", client))
+    datasets = list(list_timestamped_objects(bucket, LAYOUT.datasets_prefix, ".csv", client))
     return sorted(datasets, key=lambda item: (item.timestamp, item.key))

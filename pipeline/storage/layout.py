@@ -15,7 +15,7 @@ Layout of a bucket::
 "Newest" is the newest timestamp in the key, over every object under the prefix (listings
 are paged, 1,000 keys a page). Keys without a timestamp are skipped, keys whose timestamp is
 not a real date (`2026-02-30`) are skipped with a WARNING, and so are keys dated more than
-CLOCK_SKEW_ALLOWANCE in the future: one mistyped `2099` must not stay "newest" for ever. For
+LAYOUT.clock_skew_allowance_hours in the future: one mistyped `2099` must not stay "newest" for ever. For
 models, the one that counts is the *live* model, the newest that is not rejected
 (`pipeline/model_registry/live_model.py`).
 """
@@ -27,19 +27,8 @@ from typing import Any, Iterator, NamedTuple, Optional
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.artefact.model import Model
+from pipeline.settings import LAYOUT
 from pipeline.storage.client import StorageError, s3_client, storage_error
-
-DATASETS_PREFIX = "datasets/"
-MODELS_PREFIX = "models/"
-REGISTRY_PREFIX = "registry/"
-REPORTS_PREFIX = "reports/"
-PREDICTIONS_PREFIX = "predictions/"
-# Prefixes that hold the pipeline's own inputs and artefacts: batch scoring never writes there.
-RESERVED_PREFIXES = (DATASETS_PREFIX, MODELS_PREFIX, REGISTRY_PREFIX)
-DATASET_FILE_STEM = "time_to_dispatch"
-MODEL_FILE_STEM = "time_to_dispatch"
-# Keys dated later than now plus this are ignored: clocks differ a little, never by hours.
-CLOCK_SKEW_ALLOWANCE = timedelta(hours=1)
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +85,13 @@ def parse_key_timestamp(key: str) -> Optional[datetime]:
 
 def dataset_key(timestamp: datetime) -> str:
     """The key data engineering would give a dataset dropped at `timestamp`."""
-    return f"{DATASETS_PREFIX}{DATASET_FILE_STEM}_{utc(timestamp):%Y-%m-%dT%H:%M:%S}.csv"
+    return f"{LAYOUT.datasets_prefix}{LAYOUT.dataset_file_stem}_{utc(timestamp):%Y-%m-%dT%H:%M:%S}.csv"
 
 
 def model_key(model: Model) -> str:
     """The key of a model artefact: creation time to the microsecond plus the artefact id."""
     stamp = f"{utc(model.created_at):%Y-%m-%dT%H:%M:%S.%f}Z"
-    return f"{MODELS_PREFIX}{MODEL_FILE_STEM}_{stamp}_{model.artefact_id}.pkl"
+    return f"{LAYOUT.models_prefix}{LAYOUT.model_file_stem}_{stamp}_{model.artefact_id}.pkl"
 
 
 def artefact_file_stem(key: str) -> str:
@@ -119,13 +108,13 @@ def artefact_id_of_key(key: str) -> str:
 def report_prefix(model: Model) -> str:
     """The folder of a run's report: named after the artefact key the model has or would get,
     so that its name holds the artefact id (the run's id when the model is refused)."""
-    return f"{REPORTS_PREFIX}{artefact_file_stem(model_key(model))}/"
+    return f"{LAYOUT.reports_prefix}{artefact_file_stem(model_key(model))}/"
 
 
 def predictions_key(dataset_key: str) -> str:
     """Where the backfill writes a week's estimates: `predictions/<dataset file stem>.csv`."""
     stem = dataset_key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return f"{PREDICTIONS_PREFIX}{stem}.csv"
+    return f"{LAYOUT.predictions_prefix}{stem}.csv"
 
 
 def list_timestamped_objects(
@@ -136,12 +125,12 @@ def list_timestamped_objects(
     Raises:
         NoSuchBucketError, AccessDeniedError, StorageError: naming the bucket and prefix.
 
-    Keys dated after now + CLOCK_SKEW_ALLOWANCE, and keys whose timestamp is not a real date,
+    Keys dated after now + LAYOUT.clock_skew_allowance_hours, and keys whose timestamp is not a real date,
     are skipped with a WARNING naming them.
     """
     client = client or s3_client()
     paginator = client.get_paginator("list_objects_v2")
-    latest_allowed = datetime.now(timezone.utc) + CLOCK_SKEW_ALLOWANCE
+    latest_allowed = datetime.now(timezone.utc) + timedelta(hours=LAYOUT.clock_skew_allowance_hours)
     try:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
@@ -158,7 +147,7 @@ def list_timestamped_objects(
                 if stamp > latest_allowed:
                     log.warning(
                         f"skipping s3://{bucket}/{key}: dated {stamp.isoformat()}, later than now "
-                        f"plus {CLOCK_SKEW_ALLOWANCE.total_seconds() / 3600:g} h; a mistyped or future date "
+                        f"plus {LAYOUT.clock_skew_allowance_hours:g} h; a mistyped or future date "
                         "must not become the newest"
                     )
                     continue

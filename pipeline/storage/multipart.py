@@ -9,12 +9,9 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pipeline.settings import S3
 from pipeline.storage.client import StorageError, response_version_id, s3_client, storage_error
 
-# S3's smallest part of a multipart upload, except the last one.
-MIN_PART_BYTES = 5 * 2**20
-DEFAULT_PART_BYTES = 8 * 2**20
-DEFAULT_READ_BYTES = 2**20
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +49,7 @@ class _BodyReader(io.RawIOBase):
 
 
 def open_object_stream(
-    bucket: str, key: str, client: Any = None, read_bytes: int = DEFAULT_READ_BYTES
+    bucket: str, key: str, client: Any = None, read_bytes: int = S3.default_read_bytes
 ) -> ObjectStream:
     """Open an object for reading in chunks of at most `read_bytes`: memory does not grow with it.
 
@@ -90,10 +87,10 @@ class MultipartWriter:
         content_type: str = "text/csv",
         metadata: Optional[Dict[str, str]] = None,
         client: Any = None,
-        part_bytes: int = DEFAULT_PART_BYTES,
+        part_bytes: int = S3.default_part_bytes,
     ) -> None:
-        if part_bytes < MIN_PART_BYTES:
-            raise ValueError(f"parts must be at least {MIN_PART_BYTES} bytes, got {part_bytes}")
+        if part_bytes < S3.min_part_bytes:
+            raise ValueError(f"parts must be at least {S3.min_part_bytes} bytes, got {part_bytes}")
         self.bucket, self.key, self.part_bytes = bucket, key, part_bytes
         self.metadata = dict(metadata or {})
         self.bytes_written = 0

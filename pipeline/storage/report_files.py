@@ -7,8 +7,9 @@ from typing import Any, Dict, List, Optional
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.artefact.model import Model
+from pipeline.settings import LAYOUT
 from pipeline.storage.client import StorageError, error_code, get_object_bytes, put_new_object, s3_client, storage_error
-from pipeline.storage.layout import REPORTS_PREFIX, artefact_file_stem
+from pipeline.storage.layout import artefact_file_stem
 
 # What a report's files are served as, by extension; nothing else is written under reports/.
 REPORT_CONTENT_TYPES = {".json": "application/json", ".png": "image/png", ".html": "text/html; charset=utf-8"}
@@ -30,8 +31,8 @@ def put_report(bucket: str, prefix: str, files: Dict[str, bytes], client: Any = 
         ValueError: the prefix is not under reports/ or a file type is not a report's.
         StorageError: S3 refused or failed, or a file already exists at a key.
     """
-    if not prefix.startswith(REPORTS_PREFIX) or not prefix.endswith("/"):
-        raise ValueError(f"a report folder must be under {REPORTS_PREFIX} and end in '/', got {prefix!r}")
+    if not prefix.startswith(LAYOUT.reports_prefix) or not prefix.endswith("/"):
+        raise ValueError(f"a report folder must be under {LAYOUT.reports_prefix} and end in '/', got {prefix!r}")
     client = client or s3_client()
     keys = []
     for name, body in files.items():
@@ -86,7 +87,7 @@ def list_report_keys(bucket: str, artefact_key: str, client: Any = None) -> List
         NoSuchBucketError, AccessDeniedError, StorageError: if the listing fails.
     """
     client = client or s3_client()
-    prefix = f"{REPORTS_PREFIX}{artefact_file_stem(artefact_key)}/"
+    prefix = f"{LAYOUT.reports_prefix}{artefact_file_stem(artefact_key)}/"
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []))

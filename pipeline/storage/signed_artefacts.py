@@ -14,12 +14,11 @@ from typing import Any, Optional
 
 from pipeline.artefact.model import InvalidModelError, Model, check_model_structure
 from pipeline.artefact.signing import SignatureError, SigningKeys, load_signing_keys
+from pipeline.settings import ARTEFACT, LAYOUT
 from pipeline.storage.client import StorageError, get_object_bytes, put_new_object, s3_client
 from pipeline.storage.layout import model_key
 from pipeline.utils import quote
 
-SHA256_METADATA_KEY = "sha256"
-PICKLE_PROTOCOL = 4
 # What a model artefact may be made of: the project's containers, the estimator and the
 # numpy and datetime pieces their pickles name. Anything else is refused before it is built.
 _ALLOWED_GLOBALS = frozenset(
@@ -81,10 +80,10 @@ def put_model(bucket: str, model: Model, client: Any = None, keys: Optional[Sign
     client = client or s3_client()
     key = model_key(model)
     model.artefact_key = key
-    body = pickle.dumps(model, protocol=PICKLE_PROTOCOL)
+    body = pickle.dumps(model, protocol=ARTEFACT.pickle_protocol)
     digest = hashlib.sha256(body).hexdigest()
     put_new_object(client, bucket, key, body, "an artefact", ArtefactError,
-                   Metadata={SHA256_METADATA_KEY: digest, **keys.sign(body).metadata()})
+                   Metadata={LAYOUT.sha256_metadata_key: digest, **keys.sign(body).metadata()})
     return key
 
 
@@ -108,7 +107,7 @@ def get_model(bucket: str, key: str, client: Any = None, keys: Optional[SigningK
     uri = f"s3://{bucket}/{key}"
     body, response = get_object_bytes(client, bucket, key)
     metadata = response.get("Metadata", {})
-    expected = metadata.get(SHA256_METADATA_KEY)
+    expected = metadata.get(LAYOUT.sha256_metadata_key)
     if not expected:
         raise ArtefactError(f"{uri}: no SHA-256 checksum in its metadata; refusing to load it")
     actual = hashlib.sha256(body).hexdigest()

@@ -20,12 +20,6 @@ from pipeline.storage.layout import NoObjectsError
 from pipeline.storage.signed_artefacts import ArtefactError
 from pipeline.train.steps import ModelValidationError
 
-# How much worse than the champion's MAE, relatively, the challenger's may be on the same rows
-# before it is refused: 0.20 means up to 20% worse. Chosen from benchmarks/governance.py (see
-# docs/governance.md): on 40 pairs of healthy weeks of the same process no challenger was
-# refused (the worst was 15.9% worse; 0.10 refused 7.5% of them), and a challenger 25% worse
-# is always refused.
-DEFAULT_CHAMPION_TOLERANCE = 0.20
 
 log = logging.getLogger(__name__)
 

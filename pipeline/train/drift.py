@@ -23,25 +23,8 @@ from scipy.stats import ks_2samp
 
 from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
+from pipeline.settings import DRIFT
 
-PSI_BINS = 10
-# A share never observed counts as this share, so that a bin empty in one week gives a large
-# but finite PSI.
-PSI_FLOOR = 1e-4
-# PSI of orders_placed over the whole week, and for one product's rows (about a fifth of the
-# week, so its PSI is noisier and the threshold higher).
-ORDERS_PSI_THRESHOLD = 0.2
-PRODUCT_ORDERS_PSI_THRESHOLD = 0.3
-# The KS test's p-value below which a distribution counts as changed. Six KS tests run each
-# week (overall and five products), so each uses a strict level.
-KS_P_VALUE_THRESHOLD = 0.001
-# PSI of the product codes' shares.
-PRODUCT_MIX_PSI_THRESHOLD = 0.1
-# The live model's MAE on the new week over its recorded test MAE: overall, and per product.
-PERFORMANCE_MAE_RATIO_THRESHOLD = 1.3
-PRODUCT_PERFORMANCE_MAE_RATIO_THRESHOLD = 1.6
-# A product needs this many rows (in both weeks) for statistics of its own.
-MIN_PRODUCT_ROWS = 50
 
 ORDERS_PLACED, PRODUCT_MIX, PERFORMANCE = "orders_placed", "product mix", "performance"
 
@@ -96,7 +79,7 @@ class DriftReport:
         }
 
 
-def population_stability_index(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:
+def population_stability_index(reference: np.ndarray, current: np.ndarray, bins: int = DRIFT.psi_bins) -> float:
     """PSI of a numeric sample against a reference, over bins cut at the reference's quantiles.
 
     sum over bins of (current share - reference share) * ln(current share / reference share);
@@ -113,7 +96,7 @@ def population_stability_index(reference: np.ndarray, current: np.ndarray, bins:
 
 
 def categorical_psi(reference: Sequence[str], current: Sequence[str]) -> float:
-    """PSI of the categories' shares (codes missing from one sample count as PSI_FLOOR).
+    """PSI of the categories' shares (codes missing from one sample count as DRIFT.psi_floor).
 
     Raises:
         ValueError: if either sample is empty.
@@ -130,11 +113,11 @@ def orders_drift(reference: pd.DataFrame, current: pd.DataFrame) -> List[DriftSt
     """PSI and KS of `orders_placed`, over the whole week and for each product in both weeks."""
     ref_orders, ref_codes = _orders_and_codes(reference)
     cur_orders, cur_codes = _orders_and_codes(current)
-    statistics = _distribution_statistics(None, ref_orders, cur_orders, ORDERS_PSI_THRESHOLD)
+    statistics = _distribution_statistics(None, ref_orders, cur_orders, DRIFT.orders_psi_threshold)
     for code in sorted(set(ref_codes) & set(cur_codes)):
         ref_rows, cur_rows = ref_orders[ref_codes == code], cur_orders[cur_codes == code]
-        if min(len(ref_rows), len(cur_rows)) >= MIN_PRODUCT_ROWS:
-            statistics += _distribution_statistics(code, ref_rows, cur_rows, PRODUCT_ORDERS_PSI_THRESHOLD)
+        if min(len(ref_rows), len(cur_rows)) >= DRIFT.min_product_rows:
+            statistics += _distribution_statistics(code, ref_rows, cur_rows, DRIFT.product_orders_psi_threshold)
     return statistics
 
 
@@ -148,8 +131,8 @@ def product_mix_drift(reference: pd.DataFrame, current: pd.DataFrame) -> List[Dr
     shares = current[PRODUCT_COLUMN].astype(str).str.strip().value_counts(normalize=True)
     return [
         DriftStatistic(
-            PRODUCT_MIX, None, "PSI", psi, PRODUCT_MIX_PSI_THRESHOLD, psi > PRODUCT_MIX_PSI_THRESHOLD,
-            f"PSI of the product codes' shares {psi:.3f} (threshold {PRODUCT_MIX_PSI_THRESHOLD}); "
+            PRODUCT_MIX, None, "PSI", psi, DRIFT.product_mix_psi_threshold, psi > DRIFT.product_mix_psi_threshold,
+            f"PSI of the product codes' shares {psi:.3f} (threshold {DRIFT.product_mix_psi_threshold}); "
             "this week: " + ", ".join(f"{code} {share:.0%}" for code, share in sorted(shares.items())),
         ),
         DriftStatistic(
@@ -165,7 +148,7 @@ def product_mix_drift(reference: pd.DataFrame, current: pd.DataFrame) -> List[Dr
 
 def performance_drift(live: Model, current: pd.DataFrame) -> List[DriftStatistic]:
     """The live model's MAE on the new week's rows (the products it knows), overall and per
-    product with at least MIN_PRODUCT_ROWS rows, as a ratio of the test MAE in its lineage."""
+    product with at least DRIFT.min_product_rows rows, as a ratio of the test MAE in its lineage."""
     orders, codes = _orders_and_codes(current)
     labels = pd.to_numeric(current[LABEL_COLUMN], errors="coerce").to_numpy(dtype=np.float64)
     known = np.isin(codes, live.product_codes) & np.isfinite(orders) & np.isfinite(labels)
@@ -173,12 +156,12 @@ def performance_drift(live: Model, current: pd.DataFrame) -> List[DriftStatistic
         return []
     errors = np.abs(live.predict(list(codes[known]), orders[known]) - labels[known])
     recorded = live.metrics.mean_absolute_error
-    statistics = [_performance_statistic(None, errors, recorded, PERFORMANCE_MAE_RATIO_THRESHOLD, live)]
+    statistics = [_performance_statistic(None, errors, recorded, DRIFT.performance_mae_ratio_threshold, live)]
     for code in sorted(set(codes[known])):
         product_errors = errors[codes[known] == code]
-        if len(product_errors) >= MIN_PRODUCT_ROWS:
+        if len(product_errors) >= DRIFT.min_product_rows:
             statistics.append(_performance_statistic(
-                code, product_errors, recorded, PRODUCT_PERFORMANCE_MAE_RATIO_THRESHOLD, live))
+                code, product_errors, recorded, DRIFT.product_performance_mae_ratio_threshold, live))
     return statistics
 
 
@@ -220,10 +203,10 @@ def _distribution_statistics(
     return [
         DriftStatistic(ORDERS_PLACED, product, "PSI", psi, psi_threshold, psi > psi_threshold,
                        f"PSI {psi:.3f} (threshold {psi_threshold}); {means}; {rows}"),
-        DriftStatistic(ORDERS_PLACED, product, "KS p-value", float(ks.pvalue), KS_P_VALUE_THRESHOLD,
-                       float(ks.pvalue) < KS_P_VALUE_THRESHOLD,
+        DriftStatistic(ORDERS_PLACED, product, "KS p-value", float(ks.pvalue), DRIFT.ks_p_value_threshold,
+                       float(ks.pvalue) < DRIFT.ks_p_value_threshold,
                        f"KS statistic {float(ks.statistic):.3f}, p-value {float(ks.pvalue):.2g} "
-                       f"(threshold {KS_P_VALUE_THRESHOLD}); {means}; {rows}"),
+                       f"(threshold {DRIFT.ks_p_value_threshold}); {means}; {rows}"),
     ]
 
 
@@ -252,6 +235,6 @@ def _shares(bin_index: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 def _psi(reference: np.ndarray, current: np.ndarray) -> float:
-    ref = np.clip(reference, PSI_FLOOR, None)
-    cur = np.clip(current, PSI_FLOOR, None)
+    ref = np.clip(reference, DRIFT.psi_floor, None)
+    cur = np.clip(current, DRIFT.psi_floor, None)
     return float(np.sum((cur - ref) * np.log(cur / ref)))

@@ -13,12 +13,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from pipeline.artefact.model import Model
 from pipeline.artefact.signing import load_signing_keys
+from pipeline.settings import TRAIN
 from pipeline.storage.datasets import get_latest_dataset
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.report_files import put_report
 from pipeline.storage.signed_artefacts import put_model
 from pipeline.train.champion import (
-    DEFAULT_CHAMPION_TOLERANCE,
     apply_decision,
     check_tolerance_valid,
     compare_with_champion,
@@ -42,7 +42,7 @@ from pipeline.utils import StageArgumentParser
 USAGE = (
     "usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_THRESHOLD "
     "[--n-jobs N] [--champion-tolerance T] (thresholds are numbers in (0, 1]; T a number >= 0, "
-    f"default {DEFAULT_CHAMPION_TOLERANCE}: how much worse than the live model's MAE, relatively)"
+    f"default {TRAIN.default_champion_tolerance}: how much worse than the live model's MAE, relatively)"
 )
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def train(
     warning_threshold: float,
     hyperparam_grid: Optional[Dict[str, List[Any]]] = None,
     n_jobs: Optional[int] = None,
-    champion_tolerance: float = DEFAULT_CHAMPION_TOLERANCE,
+    champion_tolerance: float = TRAIN.default_champion_tolerance,
 ) -> Model:
     """Train on the newest dataset, judge the model, report, and persist it if every gate passes.
 
@@ -106,7 +106,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("error_threshold", type=float)
     parser.add_argument("warning_threshold", type=float)
     parser.add_argument("--n-jobs", type=int, default=None)
-    parser.add_argument("--champion-tolerance", type=float, default=DEFAULT_CHAMPION_TOLERANCE)
+    parser.add_argument("--champion-tolerance", type=float, default=TRAIN.default_champion_tolerance)
     args = parser.parse_stage_args(argv)
     for name in ("error_threshold", "warning_threshold"):
         value = getattr(args, name)

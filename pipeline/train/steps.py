@@ -5,7 +5,6 @@ grid search lives in `tuning.py`.
 """
 import logging
 import math
-import os
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -29,17 +28,10 @@ from pipeline.artefact.model import (
     ProductMonotonicity,
     TaskMetrics,
 )
+from pipeline.settings import ENVIRONMENT, TRAIN, environment_value
 from pipeline.storage.datasets import Dataset
 from pipeline.utils import quote
 
-TEST_SIZE = 0.2
-RANDOM_STATE = 42
-# Each product needs enough rows for a stratified 80/20 split that leaves every fold of the
-# 5-fold search some of its rows to learn from.
-MIN_ROWS_PER_PRODUCT = 10
-# The logic checks: estimates must rise from 100 to 150 orders, and stay within reason.
-CHECK_ORDERS_LOW, CHECK_ORDERS_HIGH = 100, 150
-MAX_ESTIMATE_TO_LABEL_RATIO = 1.25
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +80,7 @@ def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
     Raises:
         DatasetError: missing columns, non-numeric, negative or missing `orders_placed`,
             missing or non-numeric labels, missing product codes, or a product with fewer
-            than MIN_ROWS_PER_PRODUCT rows.
+            than TRAIN.min_rows_per_product rows.
     """
     missing = [column for column in DATASET_COLUMNS if column not in data.columns]
     if missing:
@@ -117,12 +109,12 @@ def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
     if not problems:
         warn_about_lookalike_codes(codes.astype(str))
         counts = codes.astype(str).str.strip().value_counts().to_dict()
-        few = {code: n for code, n in counts.items() if n < MIN_ROWS_PER_PRODUCT}
+        few = {code: n for code, n in counts.items() if n < TRAIN.min_rows_per_product}
         if few:
             problems.append(
                 "too few rows for product(s) "
                 + ", ".join(f"{code} ({n})" for code, n in sorted(few.items()))
-                + f"; each product needs at least {MIN_ROWS_PER_PRODUCT}"
+                + f"; each product needs at least {TRAIN.min_rows_per_product}"
             )
     if problems:
         raise DatasetError("; ".join(problems))
@@ -167,9 +159,9 @@ def prepare_data(raw: pd.DataFrame) -> PreparedData:
     X_train, X_test, y_train, y_test = train_test_split(
         features,
         data[LABEL_COLUMN].to_numpy(),
-        test_size=TEST_SIZE,
+        test_size=TRAIN.test_size,
         stratify=data[PRODUCT_COLUMN],
-        random_state=RANDOM_STATE,
+        random_state=TRAIN.random_state,
     )
     return PreparedData(
         X_train, X_test, y_train, y_test, encoding, rows_per_product,
@@ -207,13 +199,13 @@ def logic_check_failures(estimator: DecisionTreeRegressor, data: PreparedData) -
     """
     failures: List[str] = []
     codes = list(data.encoding.codes)
-    low = estimator.predict(encode_features([CHECK_ORDERS_LOW] * len(codes), codes, data.encoding))
-    high = estimator.predict(encode_features([CHECK_ORDERS_HIGH] * len(codes), codes, data.encoding))
+    low = estimator.predict(encode_features([TRAIN.check_orders_low] * len(codes), codes, data.encoding))
+    high = estimator.predict(encode_features([TRAIN.check_orders_high] * len(codes), codes, data.encoding))
     for code, at_low, at_high in zip(codes, low, high):
         if not at_high > at_low:
             failures.append(
-                f"{code}: estimate at {CHECK_ORDERS_HIGH} orders ({at_high:.3f}h) is not above "
-                f"the estimate at {CHECK_ORDERS_LOW} orders ({at_low:.3f}h)"
+                f"{code}: estimate at {TRAIN.check_orders_high} orders ({at_high:.3f}h) is not above "
+                f"the estimate at {TRAIN.check_orders_low} orders ({at_low:.3f}h)"
             )
     test_predictions = estimator.predict(data.X_test)
     negative = int((test_predictions < 0).sum())
@@ -221,11 +213,11 @@ def logic_check_failures(estimator: DecisionTreeRegressor, data: PreparedData) -
         failures.append(
             f"{negative} negative estimate(s) on the test set (lowest {test_predictions.min():.3f}h)"
         )
-    ceiling = MAX_ESTIMATE_TO_LABEL_RATIO * float(np.max(data.y_test))
+    ceiling = TRAIN.max_estimate_to_label_ratio * float(np.max(data.y_test))
     too_high = int((test_predictions > ceiling).sum())
     if too_high:
         failures.append(
-            f"{too_high} estimate(s) on the test set above {MAX_ESTIMATE_TO_LABEL_RATIO} x the "
+            f"{too_high} estimate(s) on the test set above {TRAIN.max_estimate_to_label_ratio} x the "
             f"largest test label ({ceiling:.3f}h; highest estimate {test_predictions.max():.3f}h)"
         )
     if not failures:
@@ -311,7 +303,7 @@ def build_model(
         metrics=metrics,
         hyperparameters=dict(hyperparameters),
         monotonicity=measure_monotonicity(estimator, data),
-        git_commit=os.environ.get("GIT_COMMIT_HASH", "unknown"),
+        git_commit=environment_value(ENVIRONMENT.git_commit) or "unknown",
     )
 
 

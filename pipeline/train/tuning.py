@@ -15,21 +15,14 @@ from sklearn.model_selection import KFold, ParameterGrid
 from sklearn.tree import DecisionTreeRegressor
 from sklearn.utils.parallel import Parallel, delayed
 
+from pipeline.settings import TRAIN
+
 HYPERPARAM_GRID: Dict[str, List[Any]] = {
     "criterion": ["squared_error", "absolute_error"],
     "max_depth": [2, 4, 6, 8, 10, None],
     "min_samples_split": [2, 4, 6, 8, 10],
     "min_samples_leaf": [2, 4, 6, 8, 10],
 }
-RANDOM_STATE = 42
-CV_FOLDS = 5
-# Below this many training rows a pool of worker processes costs more to start than it
-# saves; from it on, use every core. The value is the measured crossover on the production
-# machine size (2 cores): docs/benchmarks.md, "Parallelism crossover", gives the figures and
-# the command that measures them.
-PARALLEL_MIN_TRAIN_ROWS = 3200
-# A long search logs how many of its fits are done at most this often.
-PROGRESS_INTERVAL_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +42,7 @@ def choose_n_jobs(n_train_rows: int, n_jobs: Optional[int] = None) -> int:
         if n_jobs == 0 or n_jobs < -1:
             raise ValueError(f"n_jobs must be a positive number of processes or -1, got {n_jobs}")
         return n_jobs
-    return -1 if n_train_rows >= PARALLEL_MIN_TRAIN_ROWS else 1
+    return -1 if n_train_rows >= TRAIN.parallel_min_train_rows else 1
 
 
 def tune_hyperparameters(
@@ -67,7 +60,7 @@ def tune_hyperparameters(
     in `ParameterGrid` order with the best mean score, which is how `GridSearchCV` breaks ties.
     Each fit is made as `GridSearchCV` makes it (same unshuffled folds, same seed, r² on the
     held-out fold), in the same order, by a pool of `n_jobs` processes; a long search logs how
-    many fits are done, at most every `PROGRESS_INTERVAL_S` seconds.
+    many fits are done, at most every `TRAIN.progress_interval_seconds` seconds.
 
     Raises:
         ValueError: if the grid is empty or malformed, or the tree rejects one of its values.
@@ -85,11 +78,11 @@ def tune_hyperparameters(
     workers = choose_n_jobs(len(y_train), n_jobs)
     log.info(
         f"grid search: {len(candidates)} candidates, {len(representatives)} distinct trees, "
-        f"{CV_FOLDS}-fold CV on {len(y_train)} rows, n_jobs={workers}"
+        f"{TRAIN.cv_folds}-fold CV on {len(y_train)} rows, n_jobs={workers}"
     )
     started = time.perf_counter()
-    splits = list(KFold(n_splits=CV_FOLDS).split(X_train))
-    fold_scores = np.empty((len(representatives), CV_FOLDS))
+    splits = list(KFold(n_splits=TRAIN.cv_folds).split(X_train))
+    fold_scores = np.empty((len(representatives), TRAIN.cv_folds))
     fits = Parallel(n_jobs=workers, return_as="generator_unordered")(
         delayed(_fit_and_score)(tree, fold, params, X_train, y_train, train, test)
         for tree, params in enumerate(representatives)
@@ -100,7 +93,7 @@ def tune_hyperparameters(
     for done, (tree, fold, score) in enumerate(fits, start=1):
         fold_scores[tree, fold] = score
         now = time.perf_counter()
-        if done < total and now - last_report >= PROGRESS_INTERVAL_S:
+        if done < total and now - last_report >= TRAIN.progress_interval_seconds:
             log.info(f"grid search: {done} of {total} fits done ({100 * done // total}%), {now - started:.0f}s so far")
             last_report = now
     mean_scores = np.empty(len(candidates))
@@ -108,7 +101,7 @@ def tune_hyperparameters(
         mean_scores[members] = score
     best_index = int(np.flatnonzero(mean_scores == np.nanmax(mean_scores))[0])
     best_params = candidates[best_index]
-    estimator = DecisionTreeRegressor(random_state=RANDOM_STATE, **best_params).fit(X_train, y_train)
+    estimator = DecisionTreeRegressor(random_state=TRAIN.random_state, **best_params).fit(X_train, y_train)
     log.info(
         f"grid search done in {time.perf_counter() - started:.1f}s; best parameters {best_params} "
         f"(mean CV r² {mean_scores[best_index]:.4f})"
@@ -126,7 +119,7 @@ def _fit_and_score(
 ) -> Tuple[int, int, float]:
     """One fit of the search, as `GridSearchCV` makes it: the fold's r² of a tree with `params`."""
     try:
-        estimator = DecisionTreeRegressor(random_state=RANDOM_STATE, **params).fit(X[train], y[train])
+        estimator = DecisionTreeRegressor(random_state=TRAIN.random_state, **params).fit(X[train], y[train])
     except (TypeError, ValueError) as error:
         raise ValueError(f"invalid hyper-parameters {params}: {error}") from None
     return tree, fold, float(r2_score(y[test], estimator.predict(X[test])))

@@ -2,12 +2,11 @@
 import pytest
 
 from pipeline.artefact.signing import (
-    KEY_ID_METADATA_KEY,
-    SIGNATURE_METADATA_KEY,
     SignatureError,
     SigningKeyError,
     load_signing_keys,
 )
+from pipeline.settings import ENVIRONMENT, LAYOUT
 
 SECRET_A = "a" * 64
 SECRET_B = "b" * 64
@@ -15,18 +14,18 @@ BODY = b"the pickled artefact"
 
 
 def test_the_first_key_signs_and_its_id_goes_into_the_metadata() -> None:
-    keys = load_signing_keys({"MODEL_SIGNING_KEY": f"new:{SECRET_B},old:{SECRET_A}"})
+    keys = load_signing_keys({ENVIRONMENT.signing_key: f"new:{SECRET_B},old:{SECRET_A}"})
 
     metadata = keys.sign(BODY).metadata()
 
-    assert metadata[KEY_ID_METADATA_KEY] == "new"
-    assert len(metadata[SIGNATURE_METADATA_KEY]) == 64
+    assert metadata[LAYOUT.key_id_metadata_key] == "new"
+    assert len(metadata[LAYOUT.signature_metadata_key]) == 64
 
 
 def test_an_artefact_signed_with_an_older_key_still_verifies_until_the_key_is_retired() -> None:
-    signed_before = load_signing_keys({"MODEL_SIGNING_KEY": f"old:{SECRET_A}"}).sign(BODY).metadata()
-    rotated = load_signing_keys({"MODEL_SIGNING_KEY": f"new:{SECRET_B},old:{SECRET_A}"})
-    retired = load_signing_keys({"MODEL_SIGNING_KEY": f"new:{SECRET_B}"})
+    signed_before = load_signing_keys({ENVIRONMENT.signing_key: f"old:{SECRET_A}"}).sign(BODY).metadata()
+    rotated = load_signing_keys({ENVIRONMENT.signing_key: f"new:{SECRET_B},old:{SECRET_A}"})
+    retired = load_signing_keys({ENVIRONMENT.signing_key: f"new:{SECRET_B}"})
 
     assert rotated.verify(BODY, signed_before) == "old"
     with pytest.raises(SignatureError, match="signed with key id 'old', which is not one of the keys in "
@@ -35,7 +34,7 @@ def test_an_artefact_signed_with_an_older_key_still_verifies_until_the_key_is_re
 
 
 def test_a_changed_body_does_not_verify() -> None:
-    keys = load_signing_keys({"MODEL_SIGNING_KEY": f"k1:{SECRET_A}"})
+    keys = load_signing_keys({ENVIRONMENT.signing_key: f"k1:{SECRET_A}"})
     metadata = keys.sign(BODY).metadata()
 
     with pytest.raises(SignatureError, match="signature does not match its bytes under key id 'k1'"):
@@ -43,24 +42,24 @@ def test_a_changed_body_does_not_verify() -> None:
 
 
 def test_a_signature_made_with_another_secret_under_the_same_key_id_does_not_verify() -> None:
-    forged = load_signing_keys({"MODEL_SIGNING_KEY": f"k1:{SECRET_B}"}).sign(BODY).metadata()
+    forged = load_signing_keys({ENVIRONMENT.signing_key: f"k1:{SECRET_B}"}).sign(BODY).metadata()
 
     with pytest.raises(SignatureError, match="does not match"):
-        load_signing_keys({"MODEL_SIGNING_KEY": f"k1:{SECRET_A}"}).verify(BODY, forged)
+        load_signing_keys({ENVIRONMENT.signing_key: f"k1:{SECRET_A}"}).verify(BODY, forged)
 
 
 def test_an_unsigned_artefact_does_not_verify() -> None:
-    keys = load_signing_keys({"MODEL_SIGNING_KEY": f"k1:{SECRET_A}"})
+    keys = load_signing_keys({ENVIRONMENT.signing_key: f"k1:{SECRET_A}"})
 
     with pytest.raises(SignatureError, match="the artefact is unsigned"):
-        keys.verify(BODY, {"sha256": "0" * 64})
+        keys.verify(BODY, {LAYOUT.sha256_metadata_key: "0" * 64})
 
 
 def test_an_unknown_key_id_is_quoted_cut_to_a_short_prefix() -> None:
-    keys = load_signing_keys({"MODEL_SIGNING_KEY": f"k1:{SECRET_A}"})
+    keys = load_signing_keys({ENVIRONMENT.signing_key: f"k1:{SECRET_A}"})
 
     with pytest.raises(SignatureError) as raised:
-        keys.verify(BODY, {KEY_ID_METADATA_KEY: "x" * 5000, SIGNATURE_METADATA_KEY: "00"})
+        keys.verify(BODY, {LAYOUT.key_id_metadata_key: "x" * 5000, LAYOUT.signature_metadata_key: "00"})
 
     assert "(5000 characters)" in str(raised.value) and len(str(raised.value)) < 400
 
@@ -82,12 +81,12 @@ def test_a_missing_key_says_which_variable_to_set_and_how_to_make_a_key() -> Non
 )
 def test_a_malformed_key_is_refused_without_showing_the_secret(value: str, message: str) -> None:
     with pytest.raises(SigningKeyError, match=message) as raised:
-        load_signing_keys({"MODEL_SIGNING_KEY": value})
+        load_signing_keys({ENVIRONMENT.signing_key: value})
 
     assert SECRET_A not in str(raised.value) and "short" not in str(raised.value)
 
 
 def test_the_keys_repr_shows_ids_but_no_secret() -> None:
-    keys = load_signing_keys({"MODEL_SIGNING_KEY": f"new:{SECRET_B},old:{SECRET_A}"})
+    keys = load_signing_keys({ENVIRONMENT.signing_key: f"new:{SECRET_B},old:{SECRET_A}"})
 
     assert "new" in repr(keys) and SECRET_A not in repr(keys) and SECRET_B not in repr(keys)

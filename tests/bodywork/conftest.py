@@ -12,7 +12,8 @@ from typing import Iterator
 import pytest
 from bodywork.config import BodyworkConfig
 
-from tests.helpers import REPO_ROOT, make_stage_repo
+from pipeline.settings import LOCAL
+from tests.helpers import make_stage_repo
 
 BRANCH = "master"
 
@@ -20,7 +21,7 @@ BRANCH = "master"
 @pytest.fixture(scope="session")
 def bodywork_config() -> BodyworkConfig:
     """bodywork.yaml parsed and validated by Bodywork, with the stage modules checked to exist."""
-    return BodyworkConfig(REPO_ROOT / "bodywork.yaml", check_py_modules_exist=True)
+    return BodyworkConfig(LOCAL.repo_root / "bodywork.yaml", check_py_modules_exist=True)
 
 
 @pytest.fixture(scope="session")
@@ -29,5 +30,5 @@ def stage_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     repo = tmp_path_factory.mktemp("repo")
     # The one change from production: the service listens on loopback only (see
     # test_stage_runner.py); its port and everything else stay as configured.
-    make_stage_repo(repo, ["--host", "127.0.0.1"], BRANCH)
+    make_stage_repo(repo, ["--host", LOCAL.loopback_host], BRANCH)
     yield repo

@@ -12,6 +12,7 @@ from bodywork.cli.workflow_jobs import _is_valid_cron_schedule
 from bodywork.config import BodyworkConfig
 from bodywork.k8s import ingress_route, make_valid_k8s_name
 
+from pipeline.settings import API
 from tests.helpers import (
     deployment_command,
     deployment_commands,
@@ -76,4 +77,4 @@ def test_deployment_cronjob_redeploys_what_ci_deploys() -> None:
 
 def test_deployment_curl_targets_the_ingress_route_of_the_serve_stage(bodywork_config: BodyworkConfig) -> None:
     route = ingress_route(bodywork_config.pipeline.namespace, make_valid_k8s_name("serve_model"))
-    assert f"{route}/api/v0.1/time_to_dispatch" in deployment_text()
+    assert f"{route}{API.predict_path}" in deployment_text()

@@ -4,11 +4,12 @@ from bodywork.config import BatchStageConfig, BodyworkConfig, ServiceStageConfig
 from bodywork.constants import BODYWORK_CONFIG_VERSION
 
 from image.tag import image_tag
-from tests.helpers import REPO_ROOT
 
-AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
+from pipeline.settings import ENVIRONMENT, LOCAL
+
+AWS_VARIABLES = [ENVIRONMENT.aws_access_key_id, ENVIRONMENT.aws_secret_access_key, ENVIRONMENT.aws_default_region]
 AWS_SECRET = "aws-credentials"
-SIGNING_SECRET = ("model-signing", "MODEL_SIGNING_KEY")
+SIGNING_SECRET = ("model-signing", ENVIRONMENT.signing_key)
 
 
 def test_config_is_written_for_this_bodywork_config_version() -> None:
@@ -38,7 +39,7 @@ def test_pipeline_takes_its_secrets_from_a_group(bodywork_config: BodyworkConfig
 def test_train_stage_is_a_batch_job_running_the_train_module(bodywork_config: BodyworkConfig) -> None:
     stage = bodywork_config.stages["train_model"]
     assert isinstance(stage, BatchStageConfig)
-    assert stage.executable_module_path == REPO_ROOT / "pipeline" / "train_model.py"
+    assert stage.executable_module_path == LOCAL.repo_root / "pipeline" / "train_model.py"
     assert stage.args == ["time-to-dispatch", "0.9", "0.95"]
 
 
@@ -51,7 +52,7 @@ def test_train_stage_retries_a_failed_run(bodywork_config: BodyworkConfig) -> No
 def test_serve_stage_is_a_service_running_the_serve_module(bodywork_config: BodyworkConfig) -> None:
     stage = bodywork_config.stages["serve_model"]
     assert isinstance(stage, ServiceStageConfig)
-    assert stage.executable_module_path == REPO_ROOT / "pipeline" / "serve_model.py"
+    assert stage.executable_module_path == LOCAL.repo_root / "pipeline" / "serve_model.py"
     assert stage.args == ["time-to-dispatch", "--drain-seconds", "5"]
 
 

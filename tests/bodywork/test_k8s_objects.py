@@ -42,10 +42,10 @@ from bodywork.constants import (
 )
 from kubernetes import client
 
+from pipeline.settings import API, ENVIRONMENT, LOCAL
 from tests.helpers import (
     BATCH_JOB,
     CRONJOB_V1,
-    REPO_ROOT,
     SCRAPE_CONFIG,
     SERVICEMONITOR,
     deploy_yaml,
@@ -58,11 +58,11 @@ KUBERNETES_VERSIONS = ("1.22.0", "1.31.0")
 # The last Kubernetes version serving batch/v1beta1 CronJobs, which Bodywork 3.0 creates.
 LAST_VERSION_WITH_V1BETA1_CRONJOB = "1.24.0"
 COMMIT = "0123abc"
-AWS_VARIABLES = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
+AWS_VARIABLES = [ENVIRONMENT.aws_access_key_id, ENVIRONMENT.aws_secret_access_key, ENVIRONMENT.aws_default_region]
 # What each stage's container reads from secrets: name -> (secret, key).
 SECRET_ENV = {
     **{name: ("aws-credentials", name) for name in AWS_VARIABLES},
-    "MODEL_SIGNING_KEY": ("model-signing", "MODEL_SIGNING_KEY"),
+    ENVIRONMENT.signing_key: ("model-signing", ENVIRONMENT.signing_key),
 }
 
 
@@ -122,11 +122,11 @@ def cluster_api(bodywork_config: BodyworkConfig) -> Iterator[str]:
             },
         } for secret in secrets]
     }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SecretsApi)
+    server = ThreadingHTTPServer((LOCAL.loopback_host, 0), _SecretsApi)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     configuration = client.Configuration()
-    configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
+    configuration.host = f"http://{LOCAL.loopback_host}:{server.server_address[1]}"
     client.Configuration.set_default(configuration)
     try:
         yield configuration.host
@@ -390,7 +390,7 @@ def test_deploy_batch_v1_cronjob_is_bodyworks_cronjob_with_the_api_version_chang
 
 # --- score_batch: the Kubernetes Job of deploy/kubernetes/batch-job.yaml -------------------
 
-BATCH_BENCHMARK = REPO_ROOT / "benchmarks" / "results" / "batch.json"
+BATCH_BENCHMARK = LOCAL.repo_root / "benchmarks" / "results" / "batch.json"
 
 
 @pytest.fixture(scope="module")
@@ -473,7 +473,7 @@ def test_deploy_servicemonitor_selects_the_serve_service(serve_service: Dict[str
     assert spec["selector"]["matchLabels"].items() <= serve_service["metadata"]["labels"].items()
     # The port has no name and the pods declare none: naming a port would match no target.
     assert [set(endpoint) & {"port", "targetPort"} for endpoint in spec["endpoints"]] == [set()]
-    assert spec["endpoints"][0]["path"] == "/metrics"
+    assert spec["endpoints"][0]["path"] == API.metrics_path
 
 
 def test_deploy_scrape_job_keeps_the_serve_service(serve_service: Dict[str, Any]) -> None:
@@ -482,7 +482,7 @@ def test_deploy_scrape_job_keeps_the_serve_service(serve_service: Dict[str, Any]
     keep = [rule for rule in job["relabel_configs"] if rule.get("action") == "keep"]
 
     assert discovery["role"] == "endpoints"
-    assert job["metrics_path"] == "/metrics"
+    assert job["metrics_path"] == API.metrics_path
     assert serve_service["metadata"]["namespace"] in discovery["namespaces"]["names"]
     assert [rule["source_labels"] for rule in keep] == [["__meta_kubernetes_service_name"]]
     assert re.fullmatch(keep[0]["regex"], serve_service["metadata"]["name"])

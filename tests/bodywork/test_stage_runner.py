@@ -36,11 +36,11 @@ from bodywork.git import get_git_commit_hash
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
-from pipeline.storage.layout import DATASETS_PREFIX, latest_object
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
+from pipeline.storage.layout import latest_object
 from tests.bodywork.conftest import BRANCH
-from tests.helpers import REGION, TEST_SIGNING_KEY, bucket_with_weeks
+from tests.helpers import TEST_SIGNING_KEY, bucket_with_weeks
 
-LOOPBACK = "127.0.0.1"
 PREDICTION_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
 # How long the service may take to stop after SIGTERM (serve_model's graceful shutdown
 # serves on for its 5 s drain, then gives requests in flight up to 20 s; none are in flight here).
@@ -69,12 +69,12 @@ def pod_environment(s3_endpoint: str, commit: str) -> Dict[str, str]:
     """The stage container's environment: the secrets' AWS variables and signing key, Bodywork's
     GIT_COMMIT_HASH, and this environment's tools first on PATH (the image's `python` and
     `pip`). Nothing of this checkout leaks in: no PYTHONPATH, no other AWS settings."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("AWS_")}
+    env = {k: v for k, v in os.environ.items() if k != ENVIRONMENT.python_path and not k.startswith("AWS_")}
     env.update(
         AWS_ENDPOINT_URL=s3_endpoint,
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION=REGION,
+        AWS_DEFAULT_REGION=LOCAL.region,
         GIT_COMMIT_HASH=commit,
         MODEL_SIGNING_KEY=TEST_SIGNING_KEY,
         PIP_NO_INDEX="1",
@@ -86,7 +86,7 @@ def pod_environment(s3_endpoint: str, commit: str) -> Dict[str, str]:
 @pytest.fixture(scope="module")
 def s3_client(s3_endpoint: str) -> Any:
     return boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name=REGION,
+        "s3", endpoint_url=s3_endpoint, region_name=LOCAL.region,
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )
 
@@ -135,7 +135,7 @@ def test_train_stage_run_by_bodywork_persists_a_model_of_the_newest_week(
     train_run: StageRun, production_bucket: str, s3_client: Any, commit: str
 ) -> None:
     model = get_live_model(production_bucket, client=s3_client)
-    newest = latest_object(production_bucket, DATASETS_PREFIX, ".csv", s3_client)
+    newest = latest_object(production_bucket, LAYOUT.datasets_prefix, ".csv", s3_client)
     assert (model.dataset.key, model.git_commit) == (newest.key, commit), train_run.tail()
 
 
@@ -152,7 +152,7 @@ class ServiceRun:
 def port_is_open(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
-        return probe.connect_ex((LOOPBACK, port)) == 0
+        return probe.connect_ex((LOCAL.loopback_host, port)) == 0
 
 
 def child_pids(pid: int) -> List[int]:
@@ -189,7 +189,7 @@ def service_run(
     assert isinstance(stage, ServiceStageConfig)
     assert train_run.exit_code == 0, "the service needs the model the train stage persists"
     if port_is_open(stage.port):
-        pytest.fail(f"port {stage.port} on {LOOPBACK} is already in use: cannot start the service there")
+        pytest.fail(f"port {stage.port} on {LOCAL.loopback_host} is already in use: cannot start the service there")
     deployment = k8s.configure_service_stage_deployment(
         bodywork_config.pipeline.namespace, stage.name, bodywork_config.pipeline.name,
         stage_repo.as_uri(), commit, BRANCH, replicas=stage.replicas, port=stage.port,
@@ -210,7 +210,7 @@ def service_run(
                 pytest.fail(f"the service never opened port {stage.port}:\n{log_path.read_text()[-LOG_TAIL:]}")
             time.sleep(0.2)
         response = httpx.post(
-            f"http://{LOOPBACK}:{stage.port}/api/v0.1/time_to_dispatch", json=PREDICTION_REQUEST, timeout=10
+            f"http://{LOCAL.loopback_host}:{stage.port}{API.predict_path}", json=PREDICTION_REQUEST, timeout=10
         )
         services = [
             pid for pid in child_pids(runner.pid)

@@ -21,10 +21,11 @@ import yaml
 
 from pipeline.local.local_s3 import LocalS3, create_bucket
 from pipeline.local.synthetic import generate_orders, generate_weeks
+from pipeline.settings import ENVIRONMENT, LOCAL
 from pipeline.storage.client import s3_client
 from pipeline.storage.datasets import put_dataset
 from tests.cluster.servers import DockerHubProxy, GitServer, make_certificates, publish
-from tests.helpers import REPO_ROOT, TEST_WEEK_SEED, copy_working_tree, machine_state
+from tests.helpers import TEST_WEEK_SEED, copy_working_tree, machine_state
 
 HERE = Path(__file__).resolve().parent
 CLUSTER_SH = HERE / "cluster.sh"
@@ -184,7 +185,7 @@ def run(cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clu
         ).strip().splitlines()[-1]
         env = _cli_environment(cluster, s3, certificates.ca, hub.url, work)
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_") or k.lower() == "no_proxy"})
-        config = yaml.safe_load((REPO_ROOT / "bodywork.yaml").read_text())
+        config = yaml.safe_load((LOCAL.repo_root / "bodywork.yaml").read_text())
         bucket = config["stages"]["train_model"]["args"][0]
         create_bucket(s3_client(), bucket)
         for week in range(WEEKS_BEFORE_FIRST_DEPLOYMENT):
@@ -211,7 +212,7 @@ def _cli_environment(cluster_log: Path, s3: LocalS3, ca: Path, proxy_url: str, w
     the bridge and loopback addresses bypassing it, and the S3 server's AWS variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k.lower() not in (
         "https_proxy", "http_proxy", "no_proxy", "requests_ca_bundle", "git_ssl_cainfo")}
-    direct = f"{GATEWAY},127.0.0.1,localhost"
+    direct = f"{GATEWAY},{LOCAL.loopback_host},localhost"
     env.update({
         "KUBECONFIG": str(STATE / "kubeconfig"),
         "PATH": f"{_cluster_bin()}:{env.get('PATH', '')}",
@@ -236,14 +237,14 @@ def _copy_working_tree(target: Path, image: str) -> None:
     config["pipeline"]["docker_image"] = image
     for stage in config["stages"].values():
         secrets = stage.setdefault("secrets", {})
-        secrets["AWS_ENDPOINT_URL"] = secrets["AWS_ACCESS_KEY_ID"]
+        secrets[ENVIRONMENT.aws_endpoint_url] = secrets[ENVIRONMENT.aws_access_key_id]
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def signing_key_secret(config: Dict[str, Any]) -> str:
     """The secret bodywork.yaml takes MODEL_SIGNING_KEY from, if a stage takes it."""
     for stage in config["stages"].values():
-        name: Optional[str] = (stage.get("secrets") or {}).get("MODEL_SIGNING_KEY")
+        name: Optional[str] = (stage.get("secrets") or {}).get(ENVIRONMENT.signing_key)
         if name:
             return name
     return SIGNING_KEY_SECRET

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import yaml
 
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
 from pipeline.storage.client import s3_client
 from tests.cluster.conftest import (
     BODYWORK_NAMESPACE, PIPELINE_NAMESPACE, WEEKS_BEFORE_FIRST_DEPLOYMENT, ClusterRun, add_week,
@@ -26,7 +27,6 @@ from tests.helpers import free_port
 
 SERVICE = "serve-model"
 REQUEST = {"product_code": "SKU001", "orders_placed": 112}
-PATH = "/api/v0.1/time_to_dispatch"
 SIGNING_KEY = "cluster-test:" + "0123456789abcdef" * 4  # KEY_ID:SECRET, as docs/deployment.md makes it
 ROLLOUT_TIMEOUT = 600
 
@@ -41,7 +41,7 @@ def post(url: str, timeout: float = 10) -> Tuple[int, Dict[str, Any]]:
 
 
 def model_keys(bucket: str) -> List[str]:
-    listed = s3_client().list_objects_v2(Bucket=bucket, Prefix="models/")
+    listed = s3_client().list_objects_v2(Bucket=bucket, Prefix=LAYOUT.models_prefix)
     return sorted(item["Key"] for item in listed.get("Contents", []))
 
 
@@ -76,8 +76,9 @@ def test_configure_cluster_creates_bodyworks_namespace(run: ClusterRun) -> None:
 def test_documented_secrets_and_the_signing_key_are_created_in_the_prod_group(run: ClusterRun) -> None:
     config = yaml.safe_load((run.work_tree / "bodywork.yaml").read_text())
     group = config["pipeline"]["secrets_group"]
-    variables = {k: run.env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    variables["MODEL_SIGNING_KEY"] = SIGNING_KEY
+    variables = {k: run.env[k] for k in (
+        ENVIRONMENT.aws_access_key_id, ENVIRONMENT.aws_secret_access_key, ENVIRONMENT.aws_default_region)}
+    variables[ENVIRONMENT.signing_key] = SIGNING_KEY
     commands = [[string.Template(w).substitute(variables) for w in c] for c in documented_secret_commands()]
     aws = [c for c in commands if any(w.startswith("AWS_ACCESS_KEY_ID=") for w in c)]
     assert len(aws) == 1, f"docs/deployment.md should create the AWS secret once: {commands}"
@@ -133,7 +134,7 @@ def test_prediction_through_kubectl_port_forward_answers_200(run: ClusterRun) ->
         deadline, answer = time.monotonic() + 60, None
         while answer is None and time.monotonic() < deadline:
             try:
-                answer = post(f"http://127.0.0.1:{port}{PATH}")
+                answer = post(f"http://{LOCAL.loopback_host}:{port}{API.predict_path}")
             except OSError:
                 time.sleep(0.5)
     finally:
@@ -189,7 +190,7 @@ class Poller:
             else:
                 address = random.choice(addresses)
                 try:
-                    status, body = post(f"http://{address}:8000{PATH}", timeout=10)
+                    status, body = post(f"http://{address}:8000{API.predict_path}", timeout=10)
                     self.ok += 1
                     if not self.versions or self.versions[-1] != body["model_version"]:
                         self.versions.append(body["model_version"])

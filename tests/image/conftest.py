@@ -21,11 +21,12 @@ from typing import Dict, List, NamedTuple
 
 import pytest
 
-from tests.helpers import REPO_ROOT, free_port, make_stage_repo
+from pipeline.settings import LOCAL
+from tests.helpers import free_port, make_stage_repo
 
-SETUP_ENGINE = REPO_ROOT / "image" / "setup_engine.sh"
-MAKE_BASE = REPO_ROOT / "image" / "make_base.sh"
-BUILD = REPO_ROOT / "image" / "build.sh"
+SETUP_ENGINE = LOCAL.repo_root / "image" / "setup_engine.sh"
+MAKE_BASE = LOCAL.repo_root / "image" / "make_base.sh"
+BUILD = LOCAL.repo_root / "image" / "build.sh"
 LOCAL_BASE = "localhost/bookworm-python:3.11"
 # Set (e.g. to the official python:3.11-slim-bookworm, fully qualified) where a registry can
 # be reached: the base is pulled instead of made with mmdebstrap.
@@ -98,7 +99,7 @@ class StageRepo(NamedTuple):
 def stage_repo(tmp_path_factory: pytest.TempPathFactory, serve_port: int) -> StageRepo:
     """A git repository of the working tree whose service listens on 127.0.0.1:serve_port."""
     repo = tmp_path_factory.mktemp("repo")
-    commit = make_stage_repo(repo, ["--host", "127.0.0.1", "--port", str(serve_port)])
+    commit = make_stage_repo(repo, ["--host", LOCAL.loopback_host, "--port", str(serve_port)])
     # git refuses to clone a local repository owned by another user ("dubious ownership"), so
     # it is handed to the image's user (a clone over https, as in a pod, never asks).
     subprocess.run(["chown", "-R", f"{IMAGE_USER}:{IMAGE_USER}", str(repo)], check=True)

@@ -20,8 +20,9 @@ import yaml
 from pipeline.artefact.model import Model
 from pipeline.local.local_s3 import LocalS3
 from pipeline.model_registry.live_model import get_live_model
-from pipeline.storage.layout import DATASETS_PREFIX, latest_object
-from tests.helpers import REGION, REPO_ROOT, TEST_SIGNING_KEY, bucket_with_weeks, port_accepts
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
+from pipeline.storage.layout import latest_object
+from tests.helpers import TEST_SIGNING_KEY, bucket_with_weeks, port_accepts
 from tests.image.conftest import REPO_MOUNT, StageRepo, podman
 
 REPO_URL = f"file://{REPO_MOUNT}"
@@ -34,7 +35,7 @@ LOG_TAIL = 4000
 
 
 def bodywork_config() -> Dict[str, Any]:
-    config = yaml.safe_load((REPO_ROOT / "bodywork.yaml").read_text())
+    config = yaml.safe_load((LOCAL.repo_root / "bodywork.yaml").read_text())
     assert isinstance(config, dict)
     return config
 
@@ -46,7 +47,7 @@ def environment_options(variables: Dict[str, str]) -> List[str]:
 @pytest.fixture(scope="module")
 def s3_client(local_s3: LocalS3) -> Any:
     return boto3.client(
-        "s3", endpoint_url=local_s3.endpoint, region_name=REGION,
+        "s3", endpoint_url=local_s3.endpoint, region_name=LOCAL.region,
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )
 
@@ -71,8 +72,8 @@ def stage_environment(local_s3: LocalS3, stage_repo: StageRepo) -> List[str]:
     signing key, Bodywork's GIT_COMMIT_HASH), pip with no index, the repository's mount."""
     variables = {
         **local_s3.environment(),
-        "MODEL_SIGNING_KEY": TEST_SIGNING_KEY,
-        "GIT_COMMIT_HASH": stage_repo.commit,
+        ENVIRONMENT.signing_key: TEST_SIGNING_KEY,
+        ENVIRONMENT.git_commit: stage_repo.commit,
         "PIP_NO_INDEX": "1",
     }
     return ["--network", "host", *environment_options(variables), *stage_repo.mount()]
@@ -177,7 +178,7 @@ def test_train_stage_in_the_image_persists_a_model_of_the_newest_week(
     direct_train_run: StageRun, own_bucket: str, s3_client: Any
 ) -> None:
     model = get_live_model(own_bucket, client=s3_client)
-    newest = latest_object(own_bucket, DATASETS_PREFIX, ".csv", s3_client)
+    newest = latest_object(own_bucket, LAYOUT.datasets_prefix, ".csv", s3_client)
     assert model.dataset.key == newest.key, direct_train_run.log[-LOG_TAIL:]
 
 
@@ -203,7 +204,8 @@ def run_service(image: str, name: str, options: List[str], command: List[str], p
             if running != "true" or time.monotonic() > deadline:
                 pytest.fail(f"the service never opened port {port}:\n{podman('logs', name).stdout[-LOG_TAIL:]}")
             time.sleep(0.2)
-        response = httpx.post(f"http://127.0.0.1:{port}/api/v0.1/time_to_dispatch", json=PREDICTION_REQUEST, timeout=10)
+        url = f"http://{LOCAL.loopback_host}:{port}{API.predict_path}"
+        response = httpx.post(url, json=PREDICTION_REQUEST, timeout=10)
         signalled = time.monotonic()
         podman("stop", "--time", str(STOP_GRACE_SECONDS), name, timeout=STOP_GRACE_SECONDS + 60)
         stop_seconds = time.monotonic() - signalled
@@ -229,7 +231,7 @@ def test_serve_stage_in_the_image_answers_a_prediction_on_the_host_port(
     assert direct_train_run.exit_code == 0, "the service needs the model the train stage persists"
     run = run_service(
         runtime_image, "ttd-test-serve", stage_module_options(stage_environment),
-        ["python", "serve_model.py", own_bucket, "--host", "127.0.0.1", "--port", str(serve_port)], serve_port,
+        ["python", "serve_model.py", own_bucket, "--host", LOCAL.loopback_host, "--port", str(serve_port)], serve_port,
     )
     model = get_live_model(own_bucket, client=s3_client)
     assert (run.response.status_code, run.response.json()) == (200, expected_answer(model)), run.log[-LOG_TAIL:]
@@ -259,7 +261,7 @@ def test_train_stage_run_by_bodywork_in_the_image_persists_a_model_of_this_commi
     train_run: StageRun, production_bucket: str, s3_client: Any, stage_repo: StageRepo,
 ) -> None:
     model = get_live_model(production_bucket, client=s3_client)
-    newest = latest_object(production_bucket, DATASETS_PREFIX, ".csv", s3_client)
+    newest = latest_object(production_bucket, LAYOUT.datasets_prefix, ".csv", s3_client)
     assert (model.dataset.key, model.git_commit) == (newest.key, stage_repo.commit), train_run.log[-LOG_TAIL:]
 
 

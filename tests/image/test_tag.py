@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from image.tag import build_inputs, configured_image, image_tag
-from tests.helpers import REPO_ROOT
 
-TAG_SCRIPT = REPO_ROOT / "image" / "tag.py"
+from pipeline.settings import LOCAL
+
+TAG_SCRIPT = LOCAL.repo_root / "image" / "tag.py"
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def checkout(tmp_path: Path) -> Path:
     """A copy of the build inputs, bodywork.yaml and image/tag.py, as a checkout would have them."""
     for name in [*build_inputs(), "bodywork.yaml", "image/tag.py", "README.md"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO_ROOT / name, tmp_path / name)
+        shutil.copy2(LOCAL.repo_root / name, tmp_path / name)
     return tmp_path
 
 
@@ -60,7 +61,7 @@ def test_tag_ignores_files_the_image_is_not_built_from(checkout: Path, name: str
 
 def test_build_inputs_are_the_dockerfile_and_every_file_it_copies_from_the_context() -> None:
     copied = set()
-    for line in (REPO_ROOT / "Dockerfile").read_text().splitlines():
+    for line in (LOCAL.repo_root / "Dockerfile").read_text().splitlines():
         words = line.split()
         if words[:1] == ["COPY"] and not any(w.startswith("--from=") for w in words):
             copied.update(words[1:-1])
@@ -70,12 +71,12 @@ def test_build_inputs_are_the_dockerfile_and_every_file_it_copies_from_the_conte
 def test_check_accepts_the_repository_bodywork_yaml_names_with_this_commits_tag() -> None:
     image = configured_image()
     assert image is not None
-    result = check(REPO_ROOT, image.rsplit(":", 1)[0])
+    result = check(LOCAL.repo_root, image.rsplit(":", 1)[0])
     assert (result.returncode, result.stdout.strip()) == (0, image), result.stderr
 
 
 def test_check_refuses_another_repository_and_says_what_to_put_in_bodywork_yaml() -> None:
-    result = check(REPO_ROOT, "210987654321.dkr.ecr.us-east-1.amazonaws.com/other")
+    result = check(LOCAL.repo_root, "210987654321.dkr.ecr.us-east-1.amazonaws.com/other")
     expected = f"put `docker_image: 210987654321.dkr.ecr.us-east-1.amazonaws.com/other:{image_tag()}` in bodywork.yaml"
     assert (result.returncode, expected in result.stderr) == (1, True), result.stderr
 

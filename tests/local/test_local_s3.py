@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.local.local_s3 import LocalS3, create_bucket, seed_weeks
 from pipeline.local.synthetic import generate_weeks
+from pipeline.settings import ENVIRONMENT, LOCAL
 from pipeline.storage.datasets import get_latest_dataset
 from pipeline.storage.layout import dataset_key
 
@@ -14,7 +15,7 @@ from pipeline.storage.layout import dataset_key
 def test_local_s3_listens_on_loopback_and_stops(tmp_path: Any) -> None:
     with LocalS3() as server:
         host, port = server.endpoint.removeprefix("http://").split(":")
-        assert host == "127.0.0.1"
+        assert host == LOCAL.loopback_host
         socket.create_connection((host, int(port)), timeout=2).close()
 
     with pytest.raises(OSError):
@@ -24,8 +25,8 @@ def test_local_s3_listens_on_loopback_and_stops(tmp_path: Any) -> None:
 def test_environment_points_boto3_at_the_server_with_dummy_credentials(local_s3: LocalS3) -> None:
     environment = local_s3.environment()
 
-    assert environment["AWS_ENDPOINT_URL"] == local_s3.endpoint
-    assert environment["AWS_ACCESS_KEY_ID"] == environment["AWS_SECRET_ACCESS_KEY"] == "testing"
+    assert environment[ENVIRONMENT.aws_endpoint_url] == local_s3.endpoint
+    assert environment[ENVIRONMENT.aws_access_key_id] == environment[ENVIRONMENT.aws_secret_access_key] == "testing"
 
 
 def test_point_environment_here_drops_aws_identities_and_bypasses_proxies(local_s3: LocalS3) -> None:
@@ -34,8 +35,8 @@ def test_point_environment_here_drops_aws_identities_and_bypasses_proxies(local_
     local_s3.point_environment_here(environ)
 
     assert "AWS_PROFILE" not in environ and "AWS_SESSION_TOKEN" not in environ
-    assert environ["AWS_ENDPOINT_URL"] == local_s3.endpoint
-    assert environ["NO_PROXY"].split(",") == ["example", "127.0.0.1", "localhost"]
+    assert environ[ENVIRONMENT.aws_endpoint_url] == local_s3.endpoint
+    assert environ["NO_PROXY"].split(",") == ["example", LOCAL.loopback_host, "localhost"]
     assert "AWS_PROFILE" not in os.environ or os.environ["AWS_PROFILE"] != "production"
 
 

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import pytest
 
 from pipeline.local.processes import Child, LocalProcessError, http_json, port_is_free, wait_for_port
+from pipeline.settings import LOCAL
 from tests.helpers import free_port
 
 
@@ -28,22 +29,22 @@ def json_server() -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.HTTPServer((LOCAL.loopback_host, 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    yield f"http://{LOCAL.loopback_host}:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 
 
 def test_port_is_free_until_something_listens() -> None:
     port = free_port()
-    assert port_is_free("127.0.0.1", port)
+    assert port_is_free(LOCAL.loopback_host, port)
 
     with socket.socket() as listener:
-        listener.bind(("127.0.0.1", port))
+        listener.bind((LOCAL.loopback_host, port))
         listener.listen()
-        assert not port_is_free("127.0.0.1", port)
+        assert not port_is_free(LOCAL.loopback_host, port)
 
 
 def test_http_json_returns_the_object_answered(json_server: str) -> None:
@@ -77,6 +78,6 @@ def test_wait_for_port_fails_naming_the_child_that_exited_first() -> None:
     child = Child.start([sys.executable, "-c", "raise SystemExit(2)"], "quitter")
     try:
         with pytest.raises(LocalProcessError, match="the quitter exited with code 2 before opening port"):
-            wait_for_port("127.0.0.1", free_port(), child, timeout=30)
+            wait_for_port(LOCAL.loopback_host, free_port(), child, timeout=30)
     finally:
         child.stop(5)

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.records import REJECT, list_status_changes, put_status_change
+from pipeline.settings import LAYOUT
 from pipeline.storage.client import StorageError
 from tests.helpers import models_created, status_change
 
@@ -16,7 +17,8 @@ def test_status_changes_never_touch_the_models_folder_nor_overwrite(s3: Any, buc
     key = put_status_change(bucket, status_change(only, REJECT))
 
     assert key.startswith("registry/time_to_dispatch_2026-10-01T12:00:00.000000Z_00000001/")
-    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="models/")["Contents"]] == [only.artefact_key]
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.models_prefix)
+    assert [o["Key"] for o in listing["Contents"]] == [only.artefact_key]
     with pytest.raises(StorageError, match="a status change already exists at this key"):
         put_status_change(bucket, status_change(only, REJECT))
 

@@ -15,20 +15,15 @@ from fastapi.testclient import TestClient
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
 from pipeline.serve.api import (
-    MAX_BATCH_SIZE,
-    MAX_ORDERS_PLACED,
     Prediction,
     SinglePredictionFastPath,
     build_request_model,
     create_app,
 )
-from pipeline.serve.metrics import METRICS_PATH
+from pipeline.settings import API, ARTEFACT, LOCAL, SERVE
 from pipeline.storage.datasets import Dataset
 from pipeline.train import steps, tuning
 from tests.helpers import parse_metrics
-
-PREDICT = "/api/v0.1/time_to_dispatch"
-PREDICT_BATCH = "/api/v0.1/time_to_dispatch/batch"
 
 
 def estimator_predictions(model: Model, product_code: str, orders_placed: List[float]) -> np.ndarray:
@@ -49,9 +44,9 @@ def orders_to_check(model: Model) -> List[float]:
         np.arange(0, model.monotonicity.max_orders_placed + 30),
         thresholds,
         np.nextafter(thresholds, np.inf),
-        [0.25, 72.5, 1e4, 123456.789, MAX_ORDERS_PLACED],
+        [0.25, 72.5, 1e4, 123456.789, ARTEFACT.max_accepted_orders_placed],
     ])
-    return sorted({float(v) for v in values if 0 <= v <= MAX_ORDERS_PLACED})
+    return sorted({float(v) for v in values if 0 <= v <= ARTEFACT.max_accepted_orders_placed})
 
 
 def post_json(client: TestClient, path: str, body: Any) -> Any:
@@ -65,7 +60,7 @@ def post_raw(client: TestClient, path: str, text: str) -> Any:
 # --- POST /api/v0.1/time_to_dispatch ----------------------------------------------------------
 
 def test_prediction_answers_the_estimate_and_the_model_version(client: TestClient, served_model: Model) -> None:
-    response = post_json(client, PREDICT, {"product_code": "SKU001", "orders_placed": 112})
+    response = post_json(client, API.predict_path, {"product_code": "SKU001", "orders_placed": 112})
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
@@ -76,7 +71,8 @@ def test_prediction_answers_the_estimate_and_the_model_version(client: TestClien
 
 
 def test_model_version_names_the_artefact_hash_dataset_and_commit(client: TestClient, served_model: Model) -> None:
-    version = post_json(client, PREDICT, {"product_code": "SKU003", "orders_placed": 40}).json()["model_version"]
+    answer = post_json(client, API.predict_path, {"product_code": "SKU003", "orders_placed": 40})
+    version = answer.json()["model_version"]
 
     assert served_model.artefact_id in version
     assert f"sha256={served_model.model_hash[:12]}" in version
@@ -92,7 +88,7 @@ def test_predictions_equal_the_estimators_for_every_product_code_and_many_orders
     for code in served_model.product_codes:
         expected = estimator_predictions(served_model, code, orders)
         for value, want in zip(orders, expected):
-            got = post_json(client, PREDICT, {"product_code": code, "orders_placed": value}).json()
+            got = post_json(client, API.predict_path, {"product_code": code, "orders_placed": value}).json()
             if abs(got["est_hours_to_dispatch"] - want) > 1e-9:
                 mismatches.append((code, value, got["est_hours_to_dispatch"], want))
 
@@ -101,7 +97,7 @@ def test_predictions_equal_the_estimators_for_every_product_code_and_many_orders
 
 
 def test_fractional_orders_placed_is_accepted(client: TestClient, served_model: Model) -> None:
-    response = post_json(client, PREDICT, {"product_code": "SKU002", "orders_placed": 112.5})
+    response = post_json(client, API.predict_path, {"product_code": "SKU002", "orders_placed": 112.5})
 
     assert response.status_code == 200
     assert response.json()["est_hours_to_dispatch"] == pytest.approx(
@@ -119,7 +115,8 @@ def test_fractional_orders_placed_is_accepted(client: TestClient, served_model: 
         ({"product_code": "SKU001", "orders_placed": -1}, "orders_placed", "greater_than_equal"),
         ({"product_code": "SKU001", "orders_placed": -0.001}, "orders_placed", "greater_than_equal"),
         ({"product_code": "SKU001", "orders_placed": 1e39}, "orders_placed", "less_than_equal"),
-        ({"product_code": "SKU001", "orders_placed": MAX_ORDERS_PLACED * 1.01}, "orders_placed", "less_than_equal"),
+        ({"product_code": "SKU001", "orders_placed": ARTEFACT.max_accepted_orders_placed * 1.01}, "orders_placed",
+         "less_than_equal"),
         ({"product_code": "SKU001", "orders_placed": "112"}, "orders_placed", "float_type"),
         ({"product_code": "SKU001", "orders_placed": True}, "orders_placed", "float_type"),
         ({"product_code": "SKU001", "orders_placed": None}, "orders_placed", "float_type"),
@@ -129,7 +126,7 @@ def test_fractional_orders_placed_is_accepted(client: TestClient, served_model: 
 def test_invalid_request_is_a_422_naming_the_field(
     client: TestClient, body: Dict[str, Any], field: str, error_type: str
 ) -> None:
-    response = post_json(client, PREDICT, body)
+    response = post_json(client, API.predict_path, body)
 
     assert response.status_code == 422
     assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body", field], error_type)]
@@ -138,7 +135,7 @@ def test_invalid_request_is_a_422_naming_the_field(
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_orders_placed_is_a_422_with_a_valid_json_body(client: TestClient, literal: str) -> None:
     # Python's JSON parser accepts these literals, so they reach validation.
-    response = post_raw(client, PREDICT, f'{{"product_code": "SKU001", "orders_placed": {literal}}}')
+    response = post_raw(client, API.predict_path, f'{{"product_code": "SKU001", "orders_placed": {literal}}}')
 
     assert response.status_code == 422
     assert response.json()["detail"] == [
@@ -152,7 +149,7 @@ def test_non_finite_orders_placed_is_a_422_with_a_valid_json_body(client: TestCl
 
 
 def test_body_that_is_not_json_is_a_422(client: TestClient) -> None:
-    response = post_raw(client, PREDICT, '{"product_code": "SKU001", "orders_placed": ')
+    response = post_raw(client, API.predict_path, '{"product_code": "SKU001", "orders_placed": ')
 
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
@@ -168,7 +165,7 @@ def test_batch_answers_each_request_in_order(client: TestClient, served_model: M
         for i, o in zip(rng.integers(0, len(codes), 200), rng.uniform(0, 330, 200))
     ]
 
-    response = post_json(client, PREDICT_BATCH, requests)
+    response = post_json(client, API.predict_batch_path, requests)
 
     assert response.status_code == 200
     expected = [estimator_predictions(served_model, r["product_code"], [r["orders_placed"]])[0] for r in requests]
@@ -181,38 +178,38 @@ def test_batch_equals_the_single_endpoint(client: TestClient, served_model: Mode
     requests = [{"product_code": code, "orders_placed": o}
                 for code in served_model.product_codes for o in (0, 99.5, 100, 150, 320)]
 
-    batch = post_json(client, PREDICT_BATCH, requests).json()
+    batch = post_json(client, API.predict_batch_path, requests).json()
 
-    assert batch == [post_json(client, PREDICT, r).json() for r in requests]
+    assert batch == [post_json(client, API.predict_path, r).json() for r in requests]
 
 
 def test_batch_of_the_maximum_size_is_answered(client: TestClient) -> None:
-    requests = [{"product_code": "SKU004", "orders_placed": i % 300} for i in range(MAX_BATCH_SIZE)]
+    requests = [{"product_code": "SKU004", "orders_placed": i % 300} for i in range(SERVE.max_batch_size)]
 
-    response = post_json(client, PREDICT_BATCH, requests)
+    response = post_json(client, API.predict_batch_path, requests)
 
     assert response.status_code == 200
-    assert len(response.json()) == MAX_BATCH_SIZE
+    assert len(response.json()) == SERVE.max_batch_size
 
 
 def test_batch_over_the_maximum_size_is_a_422(client: TestClient) -> None:
-    requests = [{"product_code": "SKU004", "orders_placed": 1}] * (MAX_BATCH_SIZE + 1)
+    requests = [{"product_code": "SKU004", "orders_placed": 1}] * (SERVE.max_batch_size + 1)
 
-    response = post_json(client, PREDICT_BATCH, requests)
+    response = post_json(client, API.predict_batch_path, requests)
 
     assert response.status_code == 422
     assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body"], "too_long")]
 
 
 def test_empty_batch_is_a_422(client: TestClient) -> None:
-    response = post_json(client, PREDICT_BATCH, [])
+    response = post_json(client, API.predict_batch_path, [])
 
     assert response.status_code == 422
     assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body"], "too_short")]
 
 
 def test_batch_that_is_not_a_list_is_a_422(client: TestClient) -> None:
-    response = post_json(client, PREDICT_BATCH, {"product_code": "SKU001", "orders_placed": 1})
+    response = post_json(client, API.predict_batch_path, {"product_code": "SKU001", "orders_placed": 1})
 
     assert response.status_code == 422
     assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [(["body"], "list_type")]
@@ -225,7 +222,7 @@ def test_invalid_item_in_a_batch_is_a_422_naming_its_index_and_field(client: Tes
         {"product_code": "SKU404", "orders_placed": 1},
     ]
 
-    response = post_json(client, PREDICT_BATCH, requests)
+    response = post_json(client, API.predict_batch_path, requests)
 
     assert response.status_code == 422
     assert [(e["loc"], e["type"]) for e in response.json()["detail"]] == [
@@ -237,7 +234,7 @@ def test_invalid_item_in_a_batch_is_a_422_naming_its_index_and_field(client: Tes
 # --- the rest of the API ------------------------------------------------------------------------
 
 def test_model_endpoint_returns_the_lineage(client: TestClient, served_model: Model) -> None:
-    lineage = client.get("/api/v0.1/model").json()
+    lineage = client.get(API.model_path).json()
 
     assert lineage["model_version"] == str(served_model)
     assert lineage["artefact_key"] == served_model.artefact_key
@@ -255,7 +252,7 @@ def test_model_endpoint_returns_the_lineage(client: TestClient, served_model: Mo
 def test_model_report_serves_the_report_html_it_was_given(served_model: Model) -> None:
     page = b"<!DOCTYPE html><html><body><h1>Model report</h1></body></html>"
 
-    response = TestClient(create_app(served_model, page)).get("/api/v0.1/model/report")
+    response = TestClient(create_app(served_model, page)).get(API.model_report_path)
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
@@ -265,7 +262,7 @@ def test_model_report_serves_the_report_html_it_was_given(served_model: Model) -
 def test_model_report_of_a_model_made_before_reports_is_a_404_naming_the_model(served_model: Model) -> None:
     served_model.report_key = None
 
-    response = TestClient(create_app(served_model)).get("/api/v0.1/model/report")
+    response = TestClient(create_app(served_model)).get(API.model_report_path)
 
     assert response.status_code == 404
     assert response.json() == {
@@ -273,13 +270,13 @@ def test_model_report_of_a_model_made_before_reports_is_a_404_naming_the_model(s
 
 
 def test_health_is_ok(client: TestClient) -> None:
-    response = client.get("/health")
+    response = client.get(API.health_path)
 
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
 def test_ready_names_the_loaded_model(client: TestClient, served_model: Model) -> None:
-    response = client.get("/ready")
+    response = client.get(API.ready_path)
 
     assert (response.status_code, response.json()) == (200, {"status": "ready", "model_version": str(served_model)})
 
@@ -290,20 +287,23 @@ def test_openapi_shows_the_models_product_codes_as_an_enum(client: TestClient, s
     request_schema = schema["components"]["schemas"]["PredictionRequest"]
     assert request_schema["properties"]["product_code"]["enum"] == list(served_model.product_codes)
     assert request_schema["properties"]["orders_placed"]["minimum"] == 0
-    assert request_schema["properties"]["orders_placed"]["maximum"] == MAX_ORDERS_PLACED
+    assert request_schema["properties"]["orders_placed"]["maximum"] == ARTEFACT.max_accepted_orders_placed
     assert request_schema["additionalProperties"] is False
 
 
 def test_openapi_documents_every_endpoint(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
 
-    assert set(paths) == {PREDICT, PREDICT_BATCH, "/api/v0.1/model", "/api/v0.1/model/report", "/health", "/ready"}
-    batch_body = paths[PREDICT_BATCH]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert (batch_body["minItems"], batch_body["maxItems"]) == (1, MAX_BATCH_SIZE)
+    assert set(paths) == {
+        API.predict_path, API.predict_batch_path, API.model_path, API.model_report_path, API.health_path,
+        API.ready_path,
+    }
+    batch_body = paths[API.predict_batch_path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert (batch_body["minItems"], batch_body["maxItems"]) == (1, SERVE.max_batch_size)
 
 
 def test_docs_page_is_served(client: TestClient) -> None:
-    response = client.get("/docs")
+    response = client.get(API.docs_path)
 
     assert response.status_code == 200
     assert "/openapi.json" in response.text
@@ -319,8 +319,8 @@ def test_service_accepts_exactly_the_codes_its_model_was_trained_on() -> None:
     model = steps.build_model(search.estimator, search.best_params, data, metrics, dataset)
     client = TestClient(create_app(model))
 
-    new_code = post_json(client, PREDICT, {"product_code": "SKU006", "orders_placed": 50})
-    dropped_code = post_json(client, PREDICT, {"product_code": "SKU003", "orders_placed": 50})
+    new_code = post_json(client, API.predict_path, {"product_code": "SKU006", "orders_placed": 50})
+    dropped_code = post_json(client, API.predict_path, {"product_code": "SKU003", "orders_placed": 50})
 
     assert new_code.status_code == 200
     assert new_code.json()["est_hours_to_dispatch"] == pytest.approx(
@@ -345,7 +345,7 @@ def test_request_model_needs_product_codes() -> None:
     ids=["product_code", "orders_placed", "field-name"],
 )
 def test_a_lone_surrogate_in_any_string_is_a_422_in_the_documented_shape(client: TestClient, text: str) -> None:
-    response = post_raw(client, PREDICT, text)
+    response = post_raw(client, API.predict_path, text)
 
     assert response.status_code == 422
     [error] = response.json()["detail"]
@@ -354,7 +354,7 @@ def test_a_lone_surrogate_in_any_string_is_a_422_in_the_documented_shape(client:
 
 
 def test_a_huge_invalid_value_is_echoed_as_a_short_prefix_with_its_length(client: TestClient) -> None:
-    response = post_json(client, PREDICT, {"product_code": "X" * 500_000, "orders_placed": 1})
+    response = post_json(client, API.predict_path, {"product_code": "X" * 500_000, "orders_placed": 1})
 
     assert response.status_code == 422
     [error] = response.json()["detail"]
@@ -364,7 +364,7 @@ def test_a_huge_invalid_value_is_echoed_as_a_short_prefix_with_its_length(client
 
 
 def test_a_body_missing_a_field_echoes_the_object_cut_short(client: TestClient) -> None:
-    response = post_json(client, PREDICT, {"product_code": "SKU001", "note": "n" * 10_000})
+    response = post_json(client, API.predict_path, {"product_code": "SKU001", "note": "n" * 10_000})
 
     assert response.status_code == 422
     assert len(response.content) < 2000
@@ -372,7 +372,7 @@ def test_a_body_missing_a_field_echoes_the_object_cut_short(client: TestClient) 
 
 
 def test_deeply_nested_json_is_a_client_error(client: TestClient) -> None:
-    response = post_raw(client, PREDICT_BATCH, "[" * 100_000 + "]" * 100_000)
+    response = post_raw(client, API.predict_batch_path, "[" * 100_000 + "]" * 100_000)
 
     assert response.status_code in (400, 422)
 
@@ -380,7 +380,7 @@ def test_deeply_nested_json_is_a_client_error(client: TestClient) -> None:
 def test_openapi_documents_the_400_408_and_413_of_every_post_route(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
 
-    for path in (PREDICT, PREDICT_BATCH):
+    for path in (API.predict_path, API.predict_batch_path):
         assert {"200", "400", "408", "413", "422"} <= set(paths[path]["post"]["responses"]), path
 
 
@@ -390,7 +390,7 @@ Answer = Tuple[int, List[Tuple[bytes, bytes]], bytes]
 
 
 def asgi_post(app: Any, body: bytes, content_type: Optional[bytes] = b"application/json", chunks: int = 1) -> Answer:
-    """POST the body to PREDICT on the ASGI app as a server would, in `chunks` messages:
+    """POST the body to API.predict_path on the ASGI app as a server would, in `chunks` messages:
     the status, the raw headers and the body of the answer."""
     size = max(1, -(-len(body) // chunks))
     parts = [body[i:i + size] for i in range(0, len(body), size)] or [b""]
@@ -399,8 +399,9 @@ def asgi_post(app: Any, body: bytes, content_type: Optional[bytes] = b"applicati
     if content_type is not None:
         headers.append((b"content-type", content_type))
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": PREDICT, "raw_path": PREDICT.encode(), "root_path": "", "query_string": b"", "headers": headers,
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+             "path": API.predict_path, "raw_path": API.predict_path.encode(), "root_path": "", "query_string": b"",
+             "headers": headers,
+             "client": (LOCAL.loopback_host, 50000), "server": (LOCAL.loopback_host, 8000)}
     sent: List[Dict[str, Any]] = []
 
     async def receive() -> Dict[str, Any]:
@@ -419,7 +420,7 @@ def asgi_post(app: Any, body: bytes, content_type: Optional[bytes] = b"applicati
 
 def fast_path_bodies(model: Model) -> List[bytes]:
     return [json.dumps({"product_code": code, "orders_placed": orders}).encode()
-            for code in model.product_codes for orders in (0, 1, 112, 137.5, 0.25, MAX_ORDERS_PLACED)]
+            for code in model.product_codes for orders in (0, 1, 112, 137.5, 0.25, ARTEFACT.max_accepted_orders_placed)]
 
 
 INVALID_BODIES = [
@@ -510,8 +511,9 @@ def test_fast_path_reads_a_body_sent_in_several_parts(served_model: Model) -> No
 
 def test_fast_path_requests_are_counted_under_the_routes_template(client: TestClient) -> None:
     for orders in (10, 20, 30):
-        post_json(client, PREDICT, {"product_code": "SKU003", "orders_placed": orders})
+        post_json(client, API.predict_path, {"product_code": "SKU003", "orders_placed": orders})
 
-    scrape = parse_metrics(client.get(METRICS_PATH).text)
-    assert scrape.value("time_to_dispatch_http_requests_total", route=PREDICT, method="POST", status="200") == 3
+    scrape = parse_metrics(client.get(API.metrics_path).text)
+    total = "time_to_dispatch_http_requests_total"
+    assert scrape.value(total, route=API.predict_path, method="POST", status="200") == 3
     assert scrape.value("time_to_dispatch_predictions_total", product_code="SKU003") == 3

@@ -20,6 +20,7 @@ from pipeline.serve.lifecycle import (
     uvicorn_config,
     warm_up,
 )
+from pipeline.settings import LOCAL
 from tests.helpers import free_port
 
 
@@ -58,7 +59,7 @@ def test_warm_up_accepts_a_faithful_model(served_model: Model) -> None:
 
 def test_connections_to_the_service_port_have_nagles_algorithm_off() -> None:
     # With Nagle on, each response waits for the client's delayed ACK: about 40 ms a request.
-    sock = open_port("127.0.0.1", free_port())
+    sock = open_port(LOCAL.loopback_host, free_port())
 
     async def nodelay_of_an_accepted_connection() -> int:
         accepted: "asyncio.Future[int]" = asyncio.get_running_loop().create_future()

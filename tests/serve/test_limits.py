@@ -6,8 +6,8 @@ from typing import Any, Dict, Iterator, List
 from fastapi.testclient import TestClient
 
 from pipeline.artefact.model import Model
-from pipeline.serve.api import MAX_BATCH_SIZE, PREDICT_BATCH_PATH
-from pipeline.serve.limits import MAX_BODY_BYTES, RequestLimits
+from pipeline.serve.limits import RequestLimits
+from pipeline.settings import API, SERVE
 
 Message = Dict[str, Any]
 
@@ -16,24 +16,24 @@ def largest_valid_batch(model: Model) -> bytes:
     """1,000 items of the longest product code and a 24-character number, pretty-printed."""
     code = max(model.product_codes, key=len)
     item = {"product_code": code, "orders_placed": 1.2345678901234567e-05}
-    return json.dumps([item] * MAX_BATCH_SIZE, indent=4).encode()
+    return json.dumps([item] * SERVE.max_batch_size, indent=4).encode()
 
 
 def test_the_largest_valid_batch_is_well_under_the_limit_and_answered(client: TestClient, served_model: Model) -> None:
     body = largest_valid_batch(served_model)
 
-    response = client.post(PREDICT_BATCH_PATH, content=body, headers={"Content-Type": "application/json"})
+    response = client.post(API.predict_batch_path, content=body, headers={"Content-Type": "application/json"})
 
     assert response.status_code == 200
-    assert len(body) * 5 < MAX_BODY_BYTES
+    assert len(body) * 5 < SERVE.max_body_bytes
 
 
 def test_a_body_declared_over_the_limit_is_refused_413_without_reading_it(client: TestClient) -> None:
-    response = client.post(PREDICT_BATCH_PATH, content=b"[" + b" " * MAX_BODY_BYTES + b"]",
+    response = client.post(API.predict_batch_path, content=b"[" + b" " * SERVE.max_body_bytes + b"]",
                            headers={"Content-Type": "application/json"})
 
     assert response.status_code == 413
-    assert response.json() == {"detail": f"the request body is larger than {MAX_BODY_BYTES} bytes, the limit"}
+    assert response.json() == {"detail": f"the request body is larger than {SERVE.max_body_bytes} bytes, the limit"}
 
 
 def test_a_streamed_body_without_a_length_is_counted_and_refused_413(client: TestClient) -> None:
@@ -43,7 +43,7 @@ def test_a_streamed_body_without_a_length_is_counted_and_refused_413(client: Tes
         for _ in range(20):
             yield b" " * 65536
 
-    response = client.post(PREDICT_BATCH_PATH, content=chunks(), headers={"Content-Type": "application/json"})
+    response = client.post(API.predict_batch_path, content=chunks(), headers={"Content-Type": "application/json"})
 
     assert response.request.headers.get("content-length") is None
     assert response.status_code == 413

@@ -14,14 +14,14 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.artefact.model import Model
-from pipeline.serve.api import PREDICT_BATCH_PATH, PREDICT_PATH, create_app
+from pipeline.serve.api import create_app
 from pipeline.serve.metrics import (
     LATENCY_BUCKETS_SECONDS,
-    METRICS_PATH,
     ORDERS_PLACED_BUCKETS,
     UNMATCHED_ROUTE,
     ServiceMetrics,
 )
+from pipeline.settings import API
 from tests.helpers import LOG_LINE, Scrape, parse_metrics
 
 REQUESTS = "time_to_dispatch_http_requests_total"
@@ -31,7 +31,7 @@ ORDERS = "time_to_dispatch_requested_orders_placed"
 
 
 def scrape(client: TestClient) -> Scrape:
-    response = client.get(METRICS_PATH)
+    response = client.get(API.metrics_path)
     assert response.status_code == 200
     return parse_metrics(response.text)
 
@@ -43,7 +43,7 @@ def requests_counted(metrics: Scrape, route: str, status: int, method: str = "PO
 # --- GET /metrics ---------------------------------------------------------------------------
 
 def test_metrics_are_served_by_default_in_the_prometheus_text_format(client: TestClient) -> None:
-    response = client.get(METRICS_PATH)
+    response = client.get(API.metrics_path)
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -56,27 +56,27 @@ def test_metrics_are_served_by_default_in_the_prometheus_text_format(client: Tes
 def test_metrics_can_be_turned_off(served_model: Model) -> None:
     client = TestClient(create_app(served_model, metrics=False))
 
-    assert client.get(METRICS_PATH).status_code == 404
+    assert client.get(API.metrics_path).status_code == 404
 
 
 def test_the_metrics_endpoint_is_not_in_the_api_docs(client: TestClient) -> None:
-    assert METRICS_PATH not in client.get("/openapi.json").json()["paths"]
+    assert API.metrics_path not in client.get("/openapi.json").json()["paths"]
 
 
 # --- requests --------------------------------------------------------------------------------
 
 def test_requests_are_counted_by_route_template_method_and_status(client: TestClient) -> None:
     for orders in (0, 12, 112):
-        client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": orders})
-    client.post(PREDICT_BATCH_PATH, json=[{"product_code": "SKU002", "orders_placed": 5}] * 4)
-    client.get("/health")
-    client.get("/health")
+        client.post(API.predict_path, json={"product_code": "SKU001", "orders_placed": orders})
+    client.post(API.predict_batch_path, json=[{"product_code": "SKU002", "orders_placed": 5}] * 4)
+    client.get(API.health_path)
+    client.get(API.health_path)
 
     metrics = scrape(client)
 
-    assert requests_counted(metrics, PREDICT_PATH, 200) == 3
-    assert requests_counted(metrics, PREDICT_BATCH_PATH, 200) == 1
-    assert requests_counted(metrics, "/health", 200, method="GET") == 2
+    assert requests_counted(metrics, API.predict_path, 200) == 3
+    assert requests_counted(metrics, API.predict_batch_path, 200) == 1
+    assert requests_counted(metrics, API.health_path, 200, method="GET") == 2
 
 
 def test_every_kind_of_422_is_counted_exactly(client: TestClient) -> None:
@@ -88,21 +88,22 @@ def test_every_kind_of_422_is_counted_exactly(client: TestClient) -> None:
         {"product_code": "SKU001", "orders_placed": 10, "extra": 1},
     ]
     for body in invalid:
-        assert client.post(PREDICT_PATH, json=body).status_code == 422
+        assert client.post(API.predict_path, json=body).status_code == 422
     for text in ('{"product_code": "SKU001", "orders_placed": NaN}', "not json"):
-        assert client.post(PREDICT_PATH, content=text, headers={"Content-Type": "application/json"}).status_code == 422
-    assert client.post(PREDICT_BATCH_PATH, json=[]).status_code == 422
-    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": 10})
+        response = client.post(API.predict_path, content=text, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422
+    assert client.post(API.predict_batch_path, json=[]).status_code == 422
+    client.post(API.predict_path, json={"product_code": "SKU001", "orders_placed": 10})
 
     metrics = scrape(client)
 
-    assert requests_counted(metrics, PREDICT_PATH, 422) == 7
-    assert requests_counted(metrics, PREDICT_BATCH_PATH, 422) == 1
-    assert requests_counted(metrics, PREDICT_PATH, 200) == 1
+    assert requests_counted(metrics, API.predict_path, 422) == 7
+    assert requests_counted(metrics, API.predict_batch_path, 422) == 1
+    assert requests_counted(metrics, API.predict_path, 200) == 1
 
 
 def test_unmatched_paths_are_counted_under_one_label_not_their_raw_path(client: TestClient) -> None:
-    for path in ("/wp-admin", "/api/v0.1/nothing/1", "/api/v0.1/nothing/2", "/.env"):
+    for path in ("/wp-admin", f"{API.predict_path}/nothing/1", f"{API.predict_path}/nothing/2", "/.env"):
         assert client.get(path).status_code == 404
 
     metrics = scrape(client)
@@ -112,19 +113,19 @@ def test_unmatched_paths_are_counted_under_one_label_not_their_raw_path(client: 
 
 
 def test_a_wrong_method_on_a_route_is_counted_under_the_routes_template(client: TestClient) -> None:
-    assert client.get(PREDICT_PATH).status_code == 405
+    assert client.get(API.predict_path).status_code == 405
 
-    assert requests_counted(scrape(client), PREDICT_PATH, 405, method="GET") == 1
+    assert requests_counted(scrape(client), API.predict_path, 405, method="GET") == 1
 
 
 def test_the_docs_routes_are_counted_under_their_own_paths(client: TestClient) -> None:
     client.get("/openapi.json")
-    client.get("/docs")
+    client.get(API.docs_path)
 
     metrics = scrape(client)
 
     assert requests_counted(metrics, "/openapi.json", 200, method="GET") == 1
-    assert requests_counted(metrics, "/docs", 200, method="GET") == 1
+    assert requests_counted(metrics, API.docs_path, 200, method="GET") == 1
 
 
 def test_an_unhandled_exception_is_counted_as_a_500(served_model: Model) -> None:
@@ -143,32 +144,32 @@ def test_an_unhandled_exception_is_counted_as_a_500(served_model: Model) -> None
 def test_scrapes_are_counted_too(client: TestClient) -> None:
     scrape(client)
 
-    assert requests_counted(scrape(client), METRICS_PATH, 200, method="GET") == 1
+    assert requests_counted(scrape(client), API.metrics_path, 200, method="GET") == 1
 
 
 def test_latency_is_a_histogram_per_route_with_sub_millisecond_buckets(client: TestClient) -> None:
     for _ in range(5):
-        client.post(PREDICT_PATH, json={"product_code": "SKU003", "orders_placed": 50})
-    client.get("/health")
+        client.post(API.predict_path, json={"product_code": "SKU003", "orders_placed": 50})
+    client.get(API.health_path)
 
     metrics = scrape(client)
 
-    assert metrics.value(f"{LATENCY}_count", route=PREDICT_PATH) == 5
-    assert metrics.value(f"{LATENCY}_count", route="/health") == 1
-    bounds = [float(labels["le"]) for labels, _ in metrics.series(f"{LATENCY}_bucket", route=PREDICT_PATH)]
+    assert metrics.value(f"{LATENCY}_count", route=API.predict_path) == 5
+    assert metrics.value(f"{LATENCY}_count", route=API.health_path) == 1
+    bounds = [float(labels["le"]) for labels, _ in metrics.series(f"{LATENCY}_bucket", route=API.predict_path)]
     assert bounds == [*LATENCY_BUCKETS_SECONDS, math.inf]
     assert sum(1 for bound in bounds if bound < 0.001) >= 3
-    assert metrics.value(f"{LATENCY}_bucket", route=PREDICT_PATH, le="+Inf") == 5
-    assert 0 < metrics.value(f"{LATENCY}_sum", route=PREDICT_PATH) < 5
+    assert metrics.value(f"{LATENCY}_bucket", route=API.predict_path, le="+Inf") == 5
+    assert 0 < metrics.value(f"{LATENCY}_sum", route=API.predict_path) < 5
 
 
 # --- predictions -----------------------------------------------------------------------------
 
 def test_predictions_are_counted_per_product_code_batch_items_singly(client: TestClient, served_model: Model) -> None:
-    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": 10})
-    client.post(PREDICT_PATH, json={"product_code": "SKU002", "orders_placed": 10})
+    client.post(API.predict_path, json={"product_code": "SKU001", "orders_placed": 10})
+    client.post(API.predict_path, json={"product_code": "SKU002", "orders_placed": 10})
     batch = [{"product_code": "SKU001", "orders_placed": 20}] * 7 + [{"product_code": "SKU005", "orders_placed": 1}] * 3
-    client.post(PREDICT_BATCH_PATH, json=batch)
+    client.post(API.predict_batch_path, json=batch)
 
     metrics = scrape(client)
 
@@ -177,16 +178,16 @@ def test_predictions_are_counted_per_product_code_batch_items_singly(client: Tes
 
 
 def test_rejected_requests_count_no_prediction(client: TestClient) -> None:
-    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": -5})
-    client.post(PREDICT_BATCH_PATH, json=[{"product_code": "SKU001", "orders_placed": 5}, {"product_code": "X"}])
+    client.post(API.predict_path, json={"product_code": "SKU001", "orders_placed": -5})
+    client.post(API.predict_batch_path, json=[{"product_code": "SKU001", "orders_placed": 5}, {"product_code": "X"}])
 
     assert scrape(client).value(PREDICTIONS, product_code="SKU001") == 0
 
 
 def test_requested_orders_placed_is_a_histogram_per_product_code(client: TestClient) -> None:
-    client.post(PREDICT_PATH, json={"product_code": "SKU004", "orders_placed": 10})
-    client.post(PREDICT_BATCH_PATH, json=[{"product_code": "SKU004", "orders_placed": v} for v in (60, 400, 10)])
-    client.post(PREDICT_PATH, json={"product_code": "SKU002", "orders_placed": 3000})
+    client.post(API.predict_path, json={"product_code": "SKU004", "orders_placed": 10})
+    client.post(API.predict_batch_path, json=[{"product_code": "SKU004", "orders_placed": v} for v in (60, 400, 10)])
+    client.post(API.predict_path, json={"product_code": "SKU002", "orders_placed": 3000})
 
     metrics = scrape(client)
 
@@ -268,14 +269,15 @@ def test_access_log_is_one_line_per_request_with_route_status_and_duration(
     client = TestClient(create_app(served_model, access_log=True))
     caplog.set_level(logging.INFO)
 
-    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": 10})
-    client.post(PREDICT_PATH, json={"product_code": "SKU001"})
+    client.post(API.predict_path, json={"product_code": "SKU001", "orders_placed": 10})
+    client.post(API.predict_path, json={"product_code": "SKU001"})
     client.get("/no/such/path")
 
     messages = [record.getMessage() for record in logged_requests(caplog)]
     assert len(messages) == 3
-    assert messages[0].startswith(f'testclient "POST {PREDICT_PATH} HTTP/1.1" 200 route={PREDICT_PATH} duration_ms=')
-    assert f'"POST {PREDICT_PATH} HTTP/1.1" 422 route={PREDICT_PATH} ' in messages[1]
+    path = API.predict_path
+    assert messages[0].startswith(f'testclient "POST {path} HTTP/1.1" 200 route={path} duration_ms=')
+    assert f'"POST {API.predict_path} HTTP/1.1" 422 route={API.predict_path} ' in messages[1]
     assert f'"GET /no/such/path HTTP/1.1" 404 route={UNMATCHED_ROUTE} ' in messages[2]
     assert all(float(message.rsplit("duration_ms=", 1)[1]) > 0 for message in messages)
 
@@ -289,7 +291,7 @@ def test_access_log_lines_are_in_the_project_format(served_model: Model, capsys:
     handlers, level, showwarning = list(root.handlers), root.level, warnings.showwarning
     try:
         configure_logger()
-        TestClient(create_app(served_model, access_log=True)).get("/health")
+        TestClient(create_app(served_model, access_log=True)).get(API.health_path)
     finally:  # leave logging as the other tests expect it
         root.handlers[:] = handlers
         root.setLevel(level)
@@ -303,7 +305,7 @@ def test_access_log_lines_are_in_the_project_format(served_model: Model, capsys:
 def test_requests_are_not_logged_without_the_access_log(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
 
-    client.post(PREDICT_PATH, json={"product_code": "SKU001", "orders_placed": 10})
+    client.post(API.predict_path, json={"product_code": "SKU001", "orders_placed": 10})
 
     assert logged_requests(caplog) == []
 
@@ -312,6 +314,6 @@ def test_the_access_log_works_with_metrics_off(served_model: Model, caplog: pyte
     client = TestClient(create_app(served_model, metrics=False, access_log=True))
     caplog.set_level(logging.INFO)
 
-    client.get("/health")
+    client.get(API.health_path)
 
-    assert [r.getMessage().split(" route=")[1].split()[0] for r in logged_requests(caplog)] == ["/health"]
+    assert [r.getMessage().split(" route=")[1].split()[0] for r in logged_requests(caplog)] == [API.health_path]

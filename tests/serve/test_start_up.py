@@ -3,7 +3,8 @@ from typing import List
 
 import pytest
 
-from pipeline.serve.start_up import DEFAULT_HOST, DEFAULT_PORT, parse_args
+from pipeline.serve.start_up import parse_args
+from pipeline.settings import SERVE
 
 
 @pytest.mark.parametrize(
@@ -35,5 +36,6 @@ def test_bad_arguments_are_refused_with_the_reason(args: List[str], reason: str)
 def test_listens_on_all_interfaces_port_8000_by_default() -> None:
     args = parse_args(["bucket-a"])
 
-    assert (args.host, args.port, args.access_log, args.server_stack) == (DEFAULT_HOST, DEFAULT_PORT, False, "auto")
-    assert (DEFAULT_HOST, DEFAULT_PORT) == ("0.0.0.0", 8000)
+    assert (args.host, args.port, args.access_log, args.server_stack) == (
+        SERVE.default_host, SERVE.default_port, False, "auto")
+    assert (SERVE.default_host, SERVE.default_port) == ("0.0.0.0", 8000)

@@ -5,10 +5,8 @@ from typing import Any, Dict
 
 import pytest
 
+from pipeline.settings import S3
 from pipeline.storage.client import (
-    S3_CONNECT_TIMEOUT_SECONDS,
-    S3_MAX_ATTEMPTS,
-    S3_READ_TIMEOUT_SECONDS,
     ObjectTooLargeError,
     StorageError,
     get_object_bytes,
@@ -23,9 +21,9 @@ def test_the_s3_client_has_the_pipelines_timeouts_and_standard_retries(s3_env: D
     config = s3_client().meta.config
 
     assert (config.connect_timeout, config.read_timeout) == (
-        S3_CONNECT_TIMEOUT_SECONDS, S3_READ_TIMEOUT_SECONDS
+        S3.connect_timeout_seconds, S3.read_timeout_seconds
     )
-    assert config.retries == {"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS}
+    assert config.retries == {"mode": "standard", "total_max_attempts": S3.max_attempts}
 
 
 def test_object_info_of_a_missing_object_is_none(s3: Any, bucket: str) -> None:

@@ -20,17 +20,19 @@ import pytest
 import yaml
 
 from pipeline.model_registry.live_model import list_models
-from pipeline.storage.client import S3_MAX_ATTEMPTS, S3_READ_TIMEOUT_SECONDS, worst_case_s3_call_seconds
+from pipeline.settings import ENVIRONMENT, LOCAL, S3
 from pipeline.storage.signed_artefacts import get_model
-from tests.helpers import REPO_ROOT, StartService, error_lines, free_port, run_cli, stop_service, wait_until_listening
+from tests.helpers import StartService, error_lines, free_port, run_cli, stop_service, wait_until_listening
 
 pytestmark = pytest.mark.e2e
 
-LIMITS = yaml.safe_load((REPO_ROOT / "bodywork.yaml").read_text())["stages"]
+LIMITS = yaml.safe_load((LOCAL.repo_root / "bodywork.yaml").read_text())["stages"]
 TRAIN_LIMIT = float(LIMITS["train_model"]["batch"]["max_completion_time_seconds"])
 SERVE_LIMIT = float(LIMITS["serve_model"]["service"]["max_startup_time_seconds"])
 # Scaled-down timeouts for the slow cases: the same arithmetic, ten times faster.
-FAST_TIMEOUTS = {"S3_CONNECT_TIMEOUT_SECONDS": "1", "S3_READ_TIMEOUT_SECONDS": "2", "S3_MAX_ATTEMPTS": "4"}
+FAST_TIMEOUTS = {
+    ENVIRONMENT.s3_connect_timeout: "1", ENVIRONMENT.s3_read_timeout: "2", ENVIRONMENT.s3_max_attempts: "4",
+}
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message><RequestId>fault</RequestId></Error>"
@@ -52,7 +54,7 @@ class FaultProxy(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
     def __init__(self, upstream: Tuple[str, int]) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        super().__init__((LOCAL.loopback_host, 0), _ProxyHandler)
         self.upstream = upstream
         self.slow_down = 0
         self.reset_puts = 0
@@ -65,7 +67,7 @@ class FaultProxy(socketserver.ThreadingTCPServer):
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{LOCAL.loopback_host}:{self.server_address[1]}"
 
     def take(self, fault: str) -> bool:
         """Use up one of a counted fault, if any is left."""
@@ -184,7 +186,7 @@ def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
 
 
 def through(env: Dict[str, str], endpoint: str, **settings: str) -> Dict[str, str]:
-    return {**env, "AWS_ENDPOINT_URL": endpoint, **settings}
+    return {**env, ENVIRONMENT.aws_endpoint_url: endpoint, **settings}
 
 
 def models_in(s3: Any, bucket: str) -> List[str]:
@@ -207,13 +209,13 @@ def serve_until_exit(start: StartService, env: Dict[str, str], bucket: str, limi
 # --- the budget --------------------------------------------------------------------------------
 
 def test_the_s3_budget_fits_each_stage_and_rides_out_a_70_s_stall() -> None:
-    worst = worst_case_s3_call_seconds()
+    worst = S3.worst_case_call_seconds()
 
     assert worst < SERVE_LIMIT - 20 and worst < TRAIN_LIMIT - 60
     # The attempts span at least 70 s: some attempt is still waiting when a 70 s stall ends.
-    assert S3_MAX_ATTEMPTS * S3_READ_TIMEOUT_SECONDS >= 70
+    assert S3.max_attempts * S3.read_timeout_seconds >= 70
     # 503 SlowDown three times is retried: a fourth attempt is allowed.
-    assert S3_MAX_ATTEMPTS >= 4
+    assert S3.max_attempts >= 4
 
 
 # --- the train stage ------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def test_train_with_s3_refusing_connections_fails_with_one_error_line_and_persis
 ) -> None:
     before = models_in(s3, bucket_with_model)
 
-    result, elapsed = train(through(s3_env, f"http://127.0.0.1:{free_port()}"), bucket_with_model)
+    result, elapsed = train(through(s3_env, f"http://{LOCAL.loopback_host}:{free_port()}"), bucket_with_model)
 
     assert result.returncode == 1
     [line] = error_lines(result.stdout)
@@ -288,7 +290,7 @@ def test_serve_with_s3_refusing_connections_exits_1_with_one_error_line(
     s3_env: Dict[str, str], bucket_with_model: str, start: StartService
 ) -> None:
     service, elapsed = serve_until_exit(
-        start, through(s3_env, f"http://127.0.0.1:{free_port()}"), bucket_with_model, SERVE_LIMIT
+        start, through(s3_env, f"http://{LOCAL.loopback_host}:{free_port()}"), bucket_with_model, SERVE_LIMIT
     )
 
     assert service.process.returncode == 1
@@ -323,5 +325,5 @@ def test_serve_with_s3_never_answering_exits_1_within_its_start_up_limit_with_pr
     assert service.process.returncode == 1
     [line] = error_lines(service.log())
     assert f"serve_model failed: s3://{bucket_with_model}/models/: cannot list it: Read timeout" in line
-    assert len(proxy.seen) == S3_MAX_ATTEMPTS
-    assert S3_MAX_ATTEMPTS * S3_READ_TIMEOUT_SECONDS <= elapsed < SERVE_LIMIT
+    assert len(proxy.seen) == S3.max_attempts
+    assert S3.max_attempts * S3.read_timeout_seconds <= elapsed < SERVE_LIMIT

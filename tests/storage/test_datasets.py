@@ -15,9 +15,10 @@ import pytest
 
 from pipeline.local.local_s3 import create_bucket
 from pipeline.local.synthetic import generate_orders
+from pipeline.settings import ENVIRONMENT, LOCAL, S3
 from pipeline.storage.client import AccessDeniedError, NoSuchBucketError
-from pipeline.storage.datasets import MAX_DATASET_BYTES, DatasetReadError, get_latest_dataset, put_dataset
-from tests.helpers import REGION, free_port, put_csv
+from pipeline.storage.datasets import DatasetReadError, get_latest_dataset, put_dataset
+from tests.helpers import free_port, put_csv
 
 
 def test_get_latest_dataset_records_etag_and_version_id(s3: Any, bucket: str) -> None:
@@ -79,20 +80,20 @@ def s3_with_auth_endpoint() -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "moto.server", "-H", LOCAL.loopback_host, "-p", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                socket.create_connection((LOCAL.loopback_host, port), timeout=0.5).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError("the S3 server with authentication did not start")
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{LOCAL.loopback_host}:{port}"
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -101,10 +102,10 @@ def s3_with_auth_endpoint() -> Iterator[str]:
 def test_get_latest_dataset_with_rejected_credentials_says_access_denied(
     s3_with_auth_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_with_auth_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOTAKNOWNKEY0000")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv(ENVIRONMENT.aws_endpoint_url, s3_with_auth_endpoint)
+    monkeypatch.setenv(ENVIRONMENT.aws_access_key_id, "AKIANOTAKNOWNKEY0000")
+    monkeypatch.setenv(ENVIRONMENT.aws_secret_access_key, "not-a-secret")
+    monkeypatch.setenv(ENVIRONMENT.aws_default_region, LOCAL.region)
 
     with pytest.raises(AccessDeniedError, match="s3://ttd-locked/datasets/: access denied"):
         get_latest_dataset("ttd-locked")
@@ -122,7 +123,7 @@ def test_a_dataset_over_the_size_limit_is_refused_before_it_is_read(s3: Any, buc
 def test_the_dataset_size_limit_is_far_above_a_hundred_usual_weeks() -> None:
     usual_week = len(generate_orders(1000, seed=1).to_csv(index=False).encode())
 
-    assert MAX_DATASET_BYTES >= 10 * 100 * usual_week
+    assert S3.max_dataset_bytes >= 10 * 100 * usual_week
 
 
 @pytest.mark.parametrize(

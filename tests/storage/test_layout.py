@@ -1,16 +1,16 @@
 """The bucket's layout against a real S3 API: timestamps in keys, the keys' formats, and
 "newest" over every page of a listing, skipping keys dated in the future or on no real date.
 """
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pandas as pd
 import pytest
 
 from pipeline.local.synthetic import generate_orders
+from pipeline.settings import LAYOUT
 from pipeline.storage.datasets import get_latest_dataset, put_dataset
 from pipeline.storage.layout import (
-    CLOCK_SKEW_ALLOWANCE,
     NoObjectsError,
     dataset_key,
     parse_key_timestamp,
@@ -101,7 +101,7 @@ def test_get_latest_dataset_over_1000_keys_orders_by_time_not_by_listing_order(s
                       Body=body)
     newest = "datasets/time_to_dispatch_2021-07-01T16:59:59.csv"
     s3.put_object(Bucket=bucket, Key=newest, Body=body)
-    first_page = s3.list_objects_v2(Bucket=bucket, Prefix="datasets/")
+    first_page = s3.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.datasets_prefix)
     assert first_page["IsTruncated"] is True
     assert first_page["Contents"][0]["Key"] == newest
 
@@ -115,7 +115,8 @@ def test_get_latest_dataset_finds_the_newest_on_the_second_page_of_the_listing(s
                       Body=body)
     newest = "datasets/time_to_dispatch_2021-06-01T00:00:00.csv"
     s3.put_object(Bucket=bucket, Key=newest, Body=body)
-    assert all(item["Key"] != newest for item in s3.list_objects_v2(Bucket=bucket, Prefix="datasets/")["Contents"])
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.datasets_prefix)
+    assert all(item["Key"] != newest for item in listing["Contents"])
 
     assert get_latest_dataset(bucket).key == newest
 
@@ -143,7 +144,7 @@ def test_a_future_dated_dataset_is_ignored_with_a_warning(
 
 
 def test_a_key_dated_within_the_clock_skew_allowance_counts(s3: Any, bucket: str) -> None:
-    soon = datetime.now(timezone.utc) + CLOCK_SKEW_ALLOWANCE / 2
+    soon = datetime.now(timezone.utc) + timedelta(hours=LAYOUT.clock_skew_allowance_hours / 2)
     key = put_dataset(bucket, generate_orders(5, seed=1), soon, s3)
 
     assert get_latest_dataset(bucket).key == key

@@ -5,6 +5,7 @@ from typing import Any, Dict
 
 import pytest
 
+from pipeline.settings import LAYOUT
 from pipeline.storage.client import StorageError
 from pipeline.storage.multipart import MultipartWriter, open_object_stream
 
@@ -39,7 +40,7 @@ def test_object_stream_of_a_missing_object_is_a_storage_error_naming_it(s3: Any,
 
 def test_multipart_writer_writes_parts_and_the_object_appears_on_complete(s3: Any, bucket: str) -> None:
     data = b"x" * (11 * MIB + 123)
-    with MultipartWriter(bucket, "out.csv", metadata={"model-artefact-id": "abc"},
+    with MultipartWriter(bucket, "out.csv", metadata={LAYOUT.model_id_metadata_key: "abc"},
                                  part_bytes=5 * MIB) as out:
         for start in range(0, len(data), MIB):
             out.write(data[start:start + MIB])
@@ -48,7 +49,7 @@ def test_multipart_writer_writes_parts_and_the_object_appears_on_complete(s3: An
 
     whole = s3.get_object(Bucket=bucket, Key="out.csv")
     assert whole["Body"].read() == data
-    assert whole["Metadata"] == {"model-artefact-id": "abc"}
+    assert whole["Metadata"] == {LAYOUT.model_id_metadata_key: "abc"}
     assert whole["ETag"].strip('"').endswith("-3")  # a multipart object's ETag counts its parts
 
 

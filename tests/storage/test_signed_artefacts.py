@@ -15,9 +15,10 @@ import pytest
 from pipeline.artefact import features, model as model_module
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
+from pipeline.settings import ARTEFACT, LAYOUT
 from pipeline.storage.client import NoSuchBucketError
 from pipeline.storage.layout import model_key
-from pipeline.storage.signed_artefacts import PICKLE_PROTOCOL, ArtefactError, get_model, put_model
+from pipeline.storage.signed_artefacts import ArtefactError, get_model, put_model
 from tests.helpers import signed_metadata
 
 # Where the artefact's classes were before `pipeline/` had folders, as such artefacts name them.
@@ -48,7 +49,7 @@ def test_put_model_stores_the_sha256_of_the_artefact_in_its_metadata(
 
     stored = s3.get_object(Bucket=bucket, Key=key)
 
-    assert stored["Metadata"]["sha256"] == hashlib.sha256(stored["Body"].read()).hexdigest()
+    assert stored["Metadata"][LAYOUT.sha256_metadata_key] == hashlib.sha256(stored["Body"].read()).hexdigest()
 
 
 def test_put_model_never_overwrites_an_existing_artefact(s3: Any, bucket: str, trained_model: Model) -> None:
@@ -70,7 +71,7 @@ def test_two_models_created_in_the_same_second_get_different_keys(
     keys = {put_model(bucket, trained_model), put_model(bucket, twin)}
 
     assert len(keys) == 2
-    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="models/")["Contents"]) == 2
+    assert len(s3.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.models_prefix)["Contents"]) == 2
 
 
 def test_get_live_model_refuses_an_artefact_whose_bytes_changed(
@@ -155,7 +156,7 @@ def pickled_under_the_former_paths(model: Any) -> bytes:
                 setattr(module, name, cls)
                 patch.setattr(cls, "__module__", former)
             patch.setitem(sys.modules, former, module)
-        return pickle.dumps(model, protocol=PICKLE_PROTOCOL)
+        return pickle.dumps(model, protocol=ARTEFACT.pickle_protocol)
 
 
 def test_an_artefact_pickled_under_the_former_module_paths_loads_verified_as_todays_classes(

@@ -10,6 +10,7 @@ import pytest
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
 from pipeline.model_registry.live_model import get_live_model
+from pipeline.settings import LAYOUT, TRAIN
 from pipeline.storage.datasets import put_dataset
 from pipeline.train import champion, stage
 from tests.helpers import error_lines, latest_drop, run_cli
@@ -69,7 +70,7 @@ def test_decide_lists_every_failed_gate() -> None:
 
 
 def test_the_default_tolerance_refuses_a_challenger_25_percent_worse() -> None:
-    worse = champion.ChampionComparison("abcd1234", None, 1.0, 1.25, 200, 0, (), champion.DEFAULT_CHAMPION_TOLERANCE)
+    worse = champion.ChampionComparison("abcd1234", None, 1.0, 1.25, 200, 0, (), TRAIN.default_champion_tolerance)
 
     assert worse.refused
 
@@ -86,7 +87,7 @@ def test_the_first_model_goes_live_on_the_other_gates_alone(
     with caplog.at_level(logging.INFO):
         model = stage.train(bucket_with_datasets, 0.9, 0.95)
 
-    assert keys(s3, bucket_with_datasets, "models/") == [model.artefact_key]
+    assert keys(s3, bucket_with_datasets, LAYOUT.models_prefix) == [model.artefact_key]
     assert "no live model to compare with" in caplog.text
 
 
@@ -100,9 +101,9 @@ def test_main_refuses_a_model_worse_than_the_live_one_and_still_writes_the_repor
                                                          f"{live.artefact_id}'s MAE"):
         stage.train(bucket_with_model, 0.5, 0.6)
 
-    assert keys(s3, bucket_with_model, "models/") == [live.artefact_key]
+    assert keys(s3, bucket_with_model, LAYOUT.models_prefix) == [live.artefact_key]
     assert get_live_model(bucket_with_model).artefact_id == live.artefact_id
-    [report_json] = [k for k in keys(s3, bucket_with_model, "reports/") if k.endswith("report.json")]
+    [report_json] = [k for k in keys(s3, bucket_with_model, LAYOUT.reports_prefix) if k.endswith("report.json")]
     report = json.loads(s3.get_object(Bucket=bucket_with_model, Key=report_json)["Body"].read())
     assert report["decision"]["accepted"] is False
     assert report["champion"]["artefact_id"] == live.artefact_id
@@ -120,13 +121,13 @@ def test_cli_refusing_a_worse_model_exits_1_with_one_error_naming_the_live_model
 
     assert result.returncode == 1
     [line] = error_lines(result.stdout)
-    [report_json] = [k for k in keys(s3, bucket_with_model, "reports/") if k.endswith("report.json")]
+    [report_json] = [k for k in keys(s3, bucket_with_model, LAYOUT.reports_prefix) if k.endswith("report.json")]
     comparison = json.loads(s3.get_object(Bucket=bucket_with_model, Key=report_json)["Body"].read())[
         "champion"]["comparison"]
     assert (f"new model's MAE {comparison['challenger_mae']:.4f} hours against live model {live.artefact_id}'s "
             f"MAE {comparison['champion_mae']:.4f} hours") in line
     assert "no model persisted" in line and report_json.rsplit("/", 1)[0] in line
-    assert keys(s3, bucket_with_model, "models/") == [live.artefact_key]
+    assert keys(s3, bucket_with_model, LAYOUT.models_prefix) == [live.artefact_key]
 
 
 @pytest.mark.e2e
@@ -139,4 +140,4 @@ def test_cli_with_a_generous_tolerance_persists_the_same_model(
                       "--champion-tolerance", "5"], s3_env)
 
     assert result.returncode == 0, result.stdout
-    assert len(keys(s3, bucket_with_model, "models/")) == 2
+    assert len(keys(s3, bucket_with_model, LAYOUT.models_prefix)) == 2

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import PRODUCT_SLOPES, generate_orders
+from pipeline.settings import DRIFT
 from pipeline.train import drift
 
 REFERENCE_SEED, HEALTHY_SEED = 4, 77
@@ -35,7 +36,7 @@ def test_psi_grows_with_the_shift() -> None:
     small = drift.population_stability_index(reference, rng.normal(0.1, 1, 5000))
     large = drift.population_stability_index(reference, rng.normal(1.0, 1, 5000))
 
-    assert small < 0.05 < drift.ORDERS_PSI_THRESHOLD < large
+    assert small < 0.05 < DRIFT.orders_psi_threshold < large
 
 
 def test_categorical_psi_counts_a_vanished_code_as_a_large_change() -> None:
@@ -116,7 +117,7 @@ def test_every_product_slower_is_performance_drift_of_the_live_model(trained_mod
     [overall, *_] = drift.performance_drift(trained_model, week)
 
     assert overall.drifted
-    assert overall.value > drift.PERFORMANCE_MAE_RATIO_THRESHOLD
+    assert overall.value > DRIFT.performance_mae_ratio_threshold
     assert overall.warning().startswith("performance drift: the live model ")
 
 

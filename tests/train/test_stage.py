@@ -10,6 +10,7 @@ import sklearn
 
 from pipeline.local.synthetic import generate_orders
 from pipeline.model_registry.live_model import get_live_model
+from pipeline.settings import ENVIRONMENT
 from pipeline.storage.datasets import get_latest_dataset, put_dataset
 from pipeline.train import stage, steps
 from tests.helpers import latest_drop, model_keys, newest_model_key
@@ -31,7 +32,7 @@ def test_train_persists_a_model_good_enough_for_the_notebooks_bar(
 def test_train_records_the_lineage_of_the_model(
     s3: Any, bucket_with_datasets: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GIT_COMMIT_HASH", "3f2a9c1d0b7e")
+    monkeypatch.setenv(ENVIRONMENT.git_commit, "3f2a9c1d0b7e")
     dataset = get_latest_dataset(bucket_with_datasets)
 
     model = stage.train(bucket_with_datasets, 0.9, 0.95)

@@ -1,5 +1,6 @@
 """The grid search: the same choice as a plain GridSearchCV, cheaper, with progress lines."""
 import logging
+from dataclasses import replace
 from typing import Any, Dict, List
 
 import numpy as np
@@ -8,6 +9,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid
 from sklearn.tree import DecisionTreeRegressor
 
 from pipeline.local.synthetic import generate_orders
+from pipeline.settings import TRAIN
 from pipeline.train import steps, tuning
 
 
@@ -58,7 +60,7 @@ def test_a_long_search_logs_its_progress_in_fits_done(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     data = steps.prepare_data(generate_orders(400, seed=11))
-    monkeypatch.setattr(tuning, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(tuning, "TRAIN", replace(TRAIN, progress_interval_seconds=0.0))
 
     with caplog.at_level(logging.INFO, logger=tuning.log.name):
         tuning.tune_hyperparameters(data.X_train, data.y_train, SMALL_GRID, n_jobs=2)
@@ -66,7 +68,7 @@ def test_a_long_search_logs_its_progress_in_fits_done(
     messages = [record.getMessage() for record in caplog.records]
     progress = [m for m in messages if "fits done" in m]
     distinct_trees = len({tuning._equivalence_key(p) for p in ParameterGrid(SMALL_GRID)})
-    total = distinct_trees * tuning.CV_FOLDS
+    total = distinct_trees * TRAIN.cv_folds
     assert progress == [
         f"grid search: {done} of {total} fits done ({100 * done // total}%), {m.rsplit(', ', 1)[1]}"
         for done, m in zip(range(1, total), progress)
@@ -112,7 +114,7 @@ def test_tune_hyperparameters_rejects_a_grid_with_an_empty_list_naming_it() -> N
         tuning.tune_hyperparameters(np.zeros((10, 2)), np.zeros(10), {"max_depth": []})
 
 
-@pytest.mark.parametrize("rows, expected", [(800, 1), (tuning.PARALLEL_MIN_TRAIN_ROWS, -1), (80_000, -1)])
+@pytest.mark.parametrize("rows, expected", [(800, 1), (TRAIN.parallel_min_train_rows, -1), (80_000, -1)])
 def test_choose_n_jobs_by_training_rows(rows: int, expected: int) -> None:
     assert tuning.choose_n_jobs(rows) == expected
 
