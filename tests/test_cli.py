@@ -19,7 +19,8 @@ from pipeline.cli import CommandLine, Failures
 from pipeline.model_registry.operations import USAGE as REGISTRY_USAGE
 from pipeline.serve.start_up import USAGE as SERVE_USAGE
 from pipeline.train.stage import USAGE as TRAIN_USAGE
-from tests.helpers import REPO_ROOT, run_cli
+from pipeline.settings import ENVIRONMENT, LOCAL
+from tests.helpers import run_cli
 
 CliOutput = Callable[[], List[str]]
 USAGE = "usage: python -m pipeline.entry THING"
@@ -251,7 +252,8 @@ def test_entry_point_in_process_with_bad_arguments_returns_1_with_one_error_line
 def test_entry_point_with_bad_arguments_prints_the_one_error_line_naming_the_entry_module(
     name: str, main: Callable[[List[str]], int], argv: List[str], why: str
 ) -> None:
-    result = run_cli(["-m", f"pipeline.{name}", *argv], {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)})
+    env = {"PATH": "/usr/bin:/bin", ENVIRONMENT.python_path: str(LOCAL.repo_root)}
+    result = run_cli(["-m", f"pipeline.{name}", *argv], env)
 
     assert result.returncode == 1
     assert result.stderr == ""

@@ -88,7 +88,7 @@ def test_local_run_exits_0_after_the_example_request(finished_run: LocalRun) -> 
 @pytest.mark.e2e
 def test_local_run_prints_the_estimate_for_the_example_request(finished_run: LocalRun) -> None:
     response = logged_json(finished_run.lines, "response: ")
-    lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
+    lineage = logged_json(finished_run.lines, f"model lineage (GET {API.model_path}): ")
     # SKU001 takes about 0.075 hours per order: about 8.4 hours at 112 orders, noise sd 1 hour.
     assert 5.0 < response["est_hours_to_dispatch"] < 12.0
     assert response["model_version"] == lineage["model_version"]
@@ -97,7 +97,7 @@ def test_local_run_prints_the_estimate_for_the_example_request(finished_run: Loc
 @pytest.mark.e2e
 def test_local_run_trains_on_the_newest_synthetic_week(finished_run: LocalRun) -> None:
     key = newest_synthetic_key()
-    lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
+    lineage = logged_json(finished_run.lines, f"model lineage (GET {API.model_path}): ")
     assert lineage["dataset"]["key"] == key
     assert any(f"the train stage will pick the newest dataset: s3://{LOCAL.bucket}/{key}" in line
                for line in finished_run.lines)
@@ -105,7 +105,7 @@ def test_local_run_trains_on_the_newest_synthetic_week(finished_run: LocalRun) -
 
 @pytest.mark.e2e
 def test_local_run_prints_the_train_stages_metrics(finished_run: LocalRun) -> None:
-    metrics = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")["metrics"]
+    metrics = logged_json(finished_run.lines, f"model lineage (GET {API.model_path}): ")["metrics"]
     assert metrics["r_squared"] >= LOCAL.r2_error_threshold
     expected = f"test metrics: r²={metrics['r_squared']:.4f}, MAE={metrics['mean_absolute_error']:.4f} hours"
     assert any(expected in line for line in finished_run.lines)
@@ -113,7 +113,7 @@ def test_local_run_prints_the_train_stages_metrics(finished_run: LocalRun) -> No
 
 @pytest.mark.e2e
 def test_local_run_prints_where_the_model_went(finished_run: LocalRun) -> None:
-    lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
+    lineage = logged_json(finished_run.lines, f"model lineage (GET {API.model_path}): ")
     assert lineage["artefact_key"].startswith(LAYOUT.models_prefix)
     assert any(f"the model artefact is at s3://{LOCAL.bucket}/{lineage['artefact_key']}" in line
                for line in finished_run.lines)
@@ -121,7 +121,7 @@ def test_local_run_prints_where_the_model_went(finished_run: LocalRun) -> None:
 
 @pytest.mark.e2e
 def test_local_run_prints_where_the_model_report_is(finished_run: LocalRun) -> None:
-    lineage = logged_json(finished_run.lines, "model lineage (GET /api/v0.1/model): ")
+    lineage = logged_json(finished_run.lines, f"model lineage (GET {API.model_path}): ")
     assert lineage["report_key"].startswith(LAYOUT.reports_prefix)
     assert any(f"the model report is at s3://{LOCAL.bucket}/{lineage['report_key']}" in line
                for line in finished_run.lines)
@@ -230,7 +230,7 @@ def test_existing_bucket_is_used_as_it_is_without_synthetic_data(
 
     assert run.returncode == 0, "\n".join(run.lines)
     assert _dataset_keys(s3, bucket_with_datasets) == datasets_before
-    lineage = logged_json(run.lines, "model lineage (GET /api/v0.1/model): ")
+    lineage = logged_json(run.lines, f"model lineage (GET {API.model_path}): ")
     assert lineage["dataset"]["bucket"] == bucket_with_datasets
     assert lineage["dataset"]["key"] == datasets_before[-1]
     assert not any("embedded S3 at" in line for line in run.lines)
@@ -262,7 +262,7 @@ def test_with_batch_scores_a_synthetic_orders_file_and_prints_where_the_output_i
 
 def test_endpoint_url_without_bucket_is_an_invalid_argument() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.run_local", "--endpoint-url", "http://127.0.0.1:9"],
+        [sys.executable, "-m", "pipeline.run_local", "--endpoint-url", f"http://{LOCAL.loopback_host}:9"],
         cwd=LOCAL.repo_root, env=local_run_env(), capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1
@@ -272,7 +272,7 @@ def test_endpoint_url_without_bucket_is_an_invalid_argument() -> None:
 def test_cli_in_process_with_bad_arguments_returns_1_with_the_line_without_usage(
     cli_output: Callable[[], List[str]]
 ) -> None:
-    assert run_local.cli(["--endpoint-url", "http://127.0.0.1:9"]) == 1
+    assert run_local.cli(["--endpoint-url", f"http://{LOCAL.loopback_host}:9"]) == 1
 
     [line] = cli_output()
     assert re.fullmatch(r"\S+ \S+ - ERROR - run_local\.cli - Invalid arguments passed to run_local\.py: "
@@ -306,6 +306,6 @@ def test_a_stop_signal_during_a_log_line_is_not_swallowed_by_logging() -> None:
     logger.addHandler(handler)
     try:
         with pytest.raises(local_run.Stop, match="SIGINT"):
-            logger.warning("serving on http://127.0.0.1:8000 until Ctrl-C")
+            logger.warning(f"serving on http://{LOCAL.loopback_host}:8000 until Ctrl-C")
     finally:
         logger.removeHandler(handler)

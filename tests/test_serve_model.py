@@ -408,7 +408,7 @@ def test_main_in_process_with_an_empty_models_folder_returns_1_with_the_one_erro
 ) -> None:
     port = free_port()
 
-    assert serve_model.CLI.main([bucket_with_datasets, "--host", "127.0.0.1", "--port", str(port)]) == 1
+    assert serve_model.CLI.main([bucket_with_datasets, "--host", LOCAL.loopback_host, "--port", str(port)]) == 1
 
     [line] = error_lines("\n".join(cli_output()))
     assert f" - serve_model failed: s3://{bucket_with_datasets}/models/: no .pkl object with a timestamp" in line
@@ -426,7 +426,7 @@ def test_main_in_process_stopped_while_loading_the_model_returns_0_with_one_info
 
     monkeypatch.setattr(start_up, "load_model", load_model_and_get_stopped)
 
-    assert serve_model.CLI.main([bucket_with_model, "--host", "127.0.0.1", "--port", str(free_port())]) == 0
+    assert serve_model.CLI.main([bucket_with_model, "--host", LOCAL.loopback_host, "--port", str(free_port())]) == 0
 
     lines = cli_output()
     assert error_lines("\n".join(lines)) == []

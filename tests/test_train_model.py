@@ -197,7 +197,7 @@ def test_main_in_process_without_a_signing_key_returns_1_with_the_one_error_line
     s3: Any, s3_env: Dict[str, str], bucket_with_model: str, cli_output: Callable[[], List[str]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv("MODEL_SIGNING_KEY")
+    monkeypatch.delenv(ENVIRONMENT.signing_key)
     before = model_keys(s3, bucket_with_model)
 
     assert train_model.CLI.main([bucket_with_model, "0.9", "0.95"]) == 1
