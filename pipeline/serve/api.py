@@ -312,11 +312,15 @@ async def validation_error_response(request: Request, error: Exception) -> JSONR
     - Lone surrogates (`"\ud800"`, valid in JSON text, not in UTF-8) in any string of the
       body, field names in `loc` included, are echoed escaped (`\ud800`), since the body could
       not be encoded otherwise.
+    - A body sent with a content type other than JSON is echoed as text; bytes that are not
+      UTF-8 (e.g. a UTF-16 body) are echoed escaped (`\xff`), where FastAPI's encoder would fail.
     """
     errors = cast(RequestValidationError, error).errors()
     detail = []
     for item in errors:
         item = dict(item)
+        if isinstance(item.get("input"), bytes):
+            item["input"] = item["input"].decode("utf-8", "backslashreplace")
         if "input" in item:
             item["input"] = _short_input(_json_safe(jsonable_encoder(item["input"])))
         if "loc" in item:  # a field name that is not in the schema is the client's text too

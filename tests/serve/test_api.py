@@ -384,6 +384,19 @@ def test_a_body_missing_a_field_echoes_the_object_cut_short(client: TestClient) 
     assert all(len(json.dumps(error["input"])) < 200 for error in response.json()["detail"])
 
 
+@pytest.mark.parametrize("path", [PREDICT, PREDICT_BATCH])
+def test_a_body_that_is_not_utf_8_in_another_content_type_is_a_422_echoing_it_escaped(
+    client: TestClient, path: str
+) -> None:
+    body = '{"product_code": "SKU001"}'.encode("utf-16")
+
+    response = client.post(path, content=body, headers={"Content-Type": "text/plain"})
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["input"] == body.decode("utf-8", "backslashreplace")
+
+
 def test_deeply_nested_json_is_a_client_error(client: TestClient) -> None:
     response = post_raw(client, PREDICT_BATCH, "[" * 100_000 + "]" * 100_000)
 
