@@ -12,25 +12,25 @@
 `create_app` is the app factory: production (`start_up.serve`) and the tests build the app
 the same way, with a loaded model passed in. docs/api.md documents the contract. Bodies over
 the size limit (413) or too slow to arrive (408) are stopped by `limits.RequestLimits` before
-anything parses them. A valid single prediction is answered by `SinglePredictionFastPath`
-without FastAPI's per-request machinery, with the bytes the route would send.
+anything parses them. The routes are `hot_path.HotPathRoute`s: a valid single prediction is
+answered on the hot path, without FastAPI's per-request machinery, with the bytes the stock
+route would send.
 """
 import json
 import math
-from typing import Annotated, Any, Awaitable, Callable, Dict, List, Literal, Optional, Sequence, Type, Union, cast
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, Union, cast
 
 from fastapi import Body, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.artefact.features import MAX_ORDERS_PLACED
 from pipeline.artefact.model import Model
-from pipeline.serve.limits import (
-    BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, ASGIApp, Message, Receive, RequestLimits, Scope, Send,
-)
+from pipeline.serve.hot_path import HotPathRoute
+from pipeline.serve.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, RequestLimits
 from pipeline.serve.metrics import ServiceMetrics, instrument
 from pipeline.utils import QUOTE_PREFIX_CHARS
 
@@ -122,7 +122,7 @@ def create_app(
     report_html: Optional[bytes] = None,
     metrics: bool = True,
     access_log: bool = False,
-    fast_path: bool = True,
+    hot_path: bool = True,
 ) -> FastAPI:
     """The service's app, answering with `model`.
 
@@ -133,8 +133,9 @@ def create_app(
         report_html: the model's report page, or None if it has none.
         metrics: serve `GET /metrics` and count every request and prediction.
         access_log: log one line per request (route, status, duration).
-        fast_path: answer valid single predictions with `SinglePredictionFastPath`; without
-            it they go through FastAPI's route like every other request (same answers).
+        hot_path: build the routes as `HotPathRoute`s, so that valid single predictions are
+            answered on the hot path; without it every route is FastAPI's stock `APIRoute`
+            (same answers, more CPU per request).
 
     Returns:
         The FastAPI app.
@@ -150,6 +151,7 @@ def create_app(
         version=API_VERSION,
         description=f"Estimated hours until an order is dispatched. Serving model {version}.",
     )
+    app.router.route_class = HotPathRoute if hot_path else APIRoute
     app.add_exception_handler(RequestValidationError, validation_error_response)
     service_metrics = ServiceMetrics(model) if metrics else None
     observe_prediction = service_metrics.observe_prediction if service_metrics else _ignore_prediction
@@ -160,9 +162,7 @@ def create_app(
     @app.post(PREDICT_PATH, response_model=Prediction, summary="Estimate the hours to dispatch",
               responses=BODY_ERROR_RESPONSES)
     async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
-        return answer(cast(PredictionRequest, request))
-
-    def answer(body: PredictionRequest) -> Prediction:
+        body = cast(PredictionRequest, request)
         estimate = model.predict_one(body.product_code, body.orders_placed)
         observe_prediction(body.product_code, body.orders_placed)
         return Prediction(est_hours_to_dispatch=estimate, model_version=version)
@@ -206,91 +206,11 @@ def create_app(
     async def ready() -> Dict[str, str]:
         return {"status": "ready", "model_version": version}
 
-    # Middleware, innermost first: the fast path inside the limits (which see its body as they
-    # see any), both inside the metrics (which see every answer, the 413s and 408s included).
-    if fast_path:
-        [route] = [r for r in app.router.routes if isinstance(r, APIRoute) and r.path == PREDICT_PATH]
-        app.add_middleware(SinglePredictionFastPath, request_model=request_model, route=route, answer=answer)
+    # Middleware, innermost first: the limits before any route reads a body, inside the metrics
+    # (which see every answer, the 413s and 408s included).
     app.add_middleware(RequestLimits)
     instrument(app, service_metrics, access_log)
     return app
-
-
-class SinglePredictionFastPath:
-    """Pure ASGI middleware: answers a valid `POST PREDICT_PATH` itself, with the very status,
-    headers and bytes FastAPI's route would send (a test compares them), but without FastAPI's
-    routing, request object, dependency solving and response checks, which cost more CPU than
-    the estimate itself (docs/benchmarks.md).
-
-    Everything else goes on to the app untouched, the body it read replayed: other routes and
-    methods, a `Content-Type` other than exactly `application/json`, and every body the request
-    model does not accept, so that each error is FastAPI's own 422 (or 400) as documented.
-
-    Args:
-        app: the ASGI app to wrap.
-        request_model: the route's request model (`build_request_model`).
-        route: the route it answers for; put in the scope as FastAPI does, so that the metrics
-            count its requests under the route's template.
-        answer: what the route's endpoint does with a valid request.
-    """
-
-    def __init__(self, app: ASGIApp, request_model: Type[PredictionRequest], route: APIRoute,
-                 answer: Callable[[PredictionRequest], Prediction]) -> None:
-        self.app = app
-        self.request_model = request_model
-        self.route = route
-        self.answer = answer
-        self.to_json = TypeAdapter(Prediction).dump_json
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ours = scope["type"] == "http" and scope["path"] == PREDICT_PATH and scope["method"] == "POST"
-        if not ours or not _plain_json(scope):
-            await self.app(scope, receive, send)
-            return
-        messages: List[Message] = []
-        chunks: List[bytes] = []
-        complete = False
-        while not complete:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break  # the client went away: the app sees that as it would have
-            chunks.append(message.get("body", b""))
-            complete = not message.get("more_body", False)
-        if complete:
-            try:
-                request = self.request_model.model_validate_json(b"".join(chunks))
-            except ValidationError:
-                pass  # FastAPI answers it, with its own 422 or 400
-            else:
-                content = self.to_json(self.answer(request))
-                scope["route"] = self.route
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-length", str(len(content)).encode("latin-1")),
-                    (b"content-type", b"application/json"),
-                ]})
-                await send({"type": "http.response.body", "body": content})
-                return
-        await self.app(scope, _replaying(messages, receive), send)
-
-
-def _plain_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return bool(value == b"application/json")
-    return False
-
-
-def _replaying(messages: List[Message], receive: Receive) -> Callable[[], Awaitable[Message]]:
-    """A `receive` that hands out `messages` first, then whatever `receive` gives."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
 
 
 def _ignore_prediction(product_code: str, orders_placed: float) -> None:
