@@ -12,9 +12,8 @@
 `create_app` is the app factory: production (`start_up.serve`) and the tests build the app
 the same way, with a loaded model passed in. docs/api.md documents the contract. Bodies over
 the size limit (413) or too slow to arrive (408) are stopped by `limits.RequestLimits` before
-anything parses them. The routes are `hot_path.HotPathRoute`s: a valid single prediction is
-answered on the hot path, without FastAPI's per-request machinery, with the bytes the stock
-route would send.
+anything parses them. A valid single prediction is answered on the hot path (`hot_path.py`),
+without FastAPI's per-request machinery, with the bytes the stock route would send.
 """
 import json
 import math
@@ -29,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.artefact.features import MAX_ORDERS_PLACED
 from pipeline.artefact.model import Model
-from pipeline.serve.hot_path import HotPathRoute
+from pipeline.serve.hot_path import HotPathMiddleware, HotPathRoute
 from pipeline.serve.limits import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, RequestLimits
 from pipeline.serve.metrics import ServiceMetrics, instrument
 from pipeline.utils import QUOTE_PREFIX_CHARS
@@ -133,9 +132,9 @@ def create_app(
         report_html: the model's report page, or None if it has none.
         metrics: serve `GET /metrics` and count every request and prediction.
         access_log: log one line per request (route, status, duration).
-        hot_path: build the routes as `HotPathRoute`s, so that valid single predictions are
-            answered on the hot path; without it every route is FastAPI's stock `APIRoute`
-            (same answers, more CPU per request).
+        hot_path: answer valid single predictions on the hot path (`HotPathRoute` and
+            `HotPathMiddleware`); without it every route is FastAPI's stock `APIRoute` and
+            every request goes through FastAPI (same answers, more CPU per request).
 
     Returns:
         The FastAPI app.
@@ -150,6 +149,9 @@ def create_app(
         title="time-to-dispatch",
         version=API_VERSION,
         description=f"Estimated hours until an order is dispatched. Serving model {version}.",
+        # The service exports no OpenTelemetry (its metrics are `metrics.py`'s); left on, FastAPI's
+        # native telemetry looks up the global providers on every request (docs/benchmarks.md).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.router.route_class = HotPathRoute if hot_path else APIRoute
     app.add_exception_handler(RequestValidationError, validation_error_response)
@@ -206,8 +208,10 @@ def create_app(
     async def ready() -> Dict[str, str]:
         return {"status": "ready", "model_version": version}
 
-    # Middleware, innermost first: the limits before any route reads a body, inside the metrics
-    # (which see every answer, the 413s and 408s included).
+    # Middleware, innermost first: the hot path inside the limits (which see its body as they
+    # see any), both inside the metrics (which see every answer, the 413s and 408s included).
+    if hot_path:
+        app.add_middleware(HotPathMiddleware, routes=app.router.routes)
     app.add_middleware(RequestLimits)
     instrument(app, service_metrics, access_log)
     return app

@@ -1,5 +1,5 @@
-"""The hot path (`HotPathRoute`): the same answer as FastAPI's stock route for every body, byte
-for byte, with valid single predictions answered without the stock handler.
+"""The hot path (`HotPathRoute` and `HotPathMiddleware`): the same answer as FastAPI's stock
+route for every body, byte for byte, with valid single predictions answered without it.
 
 Each app is called as an ASGI server calls it, so that the raw status, headers and body bytes
 can be compared; the model is the one the real train stage produced for the session (conftest).
@@ -7,7 +7,7 @@ can be compared; the model is the one the real train stage produced for the sess
 import asyncio
 import json
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Coroutine, Dict, List, Optional, Tuple
 
 import pytest
 from fastapi import FastAPI, Request, Response
@@ -22,7 +22,7 @@ from pipeline.serve.api import (
     MAX_ORDERS_PLACED, PREDICT_PATH, Prediction, PredictionRequest, build_request_model, create_app,
     validation_error_response,
 )
-from pipeline.serve.hot_path import Handler, HotPathRoute
+from pipeline.serve.hot_path import HotPathMiddleware, HotPathRoute
 from pipeline.serve.limits import MAX_BODY_BYTES
 from pipeline.serve.metrics import METRICS_PATH
 from tests.helpers import parse_metrics
@@ -34,7 +34,7 @@ PROPERTY_EXAMPLES = 300
 
 
 def asgi_post(app: Any, body: bytes, content_type: Optional[bytes] = b"application/json", chunks: int = 1,
-              path: str = PREDICT_PATH) -> Answer:
+              path: str = PREDICT_PATH, method: str = "POST") -> Answer:
     """POST the body to `path` on the ASGI app as a server would, in `chunks` messages:
     the status, the raw headers and the body of the answer."""
     size = max(1, -(-len(body) // chunks))
@@ -43,7 +43,7 @@ def asgi_post(app: Any, body: bytes, content_type: Optional[bytes] = b"applicati
     headers = [(b"host", b"testserver"), (b"content-length", str(len(body)).encode())]
     if content_type is not None:
         headers.append((b"content-type", content_type))
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
              "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
     sent: List[Dict[str, Any]] = []
@@ -88,7 +88,7 @@ class StockCalls(APIRoute):
 
     calls: List[bytes] = []
 
-    def get_route_handler(self) -> Handler:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         stock = super().get_route_handler()
 
         async def handler(request: Request) -> Response:
@@ -99,7 +99,7 @@ class StockCalls(APIRoute):
 
 
 class RecordedHotPathRoute(HotPathRoute, StockCalls):
-    """The hot path over the recording stock route."""
+    """A hot-path route whose stock handler records what reaches it."""
 
 
 @pytest.fixture
@@ -117,11 +117,12 @@ async def tenth_of_the_orders(request: Request3) -> Prediction:  # type: ignore[
 
 
 def recorded_app() -> FastAPI:
-    """An app whose single-prediction route is on the hot path over the recording stock route."""
+    """An app whose single-prediction route is on the hot path, recording what reaches its stock handler."""
     app = FastAPI()
     app.router.route_class = RecordedHotPathRoute
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.post(PREDICT_PATH, response_model=Prediction)(tenth_of_the_orders)
+    app.add_middleware(HotPathMiddleware, routes=app.router.routes)
     return app
 
 
@@ -136,13 +137,14 @@ def test_only_the_single_prediction_route_is_on_the_hot_path(trained_model: Mode
     assert all(isinstance(route, HotPathRoute) for route in app.router.routes if isinstance(route, APIRoute))
 
 
-def test_without_the_hot_path_every_route_is_the_stock_route(trained_model: Model) -> None:
+def test_without_the_hot_path_every_route_is_the_stock_route_and_no_middleware_answers(trained_model: Model) -> None:
     app = create_app(trained_model, hot_path=False)
 
     assert not any(isinstance(route, HotPathRoute) for route in app.router.routes)
+    assert HotPathMiddleware not in [middleware.cls for middleware in app.user_middleware]
 
 
-def test_a_route_whose_endpoint_does_not_take_one_body_model_keeps_the_stock_handler() -> None:
+def test_a_route_whose_endpoint_does_not_take_one_body_model_is_not_on_the_hot_path() -> None:
     async def two_arguments(request: PredictionRequest, rush: bool = False) -> Prediction:
         raise AssertionError("not called")
 
@@ -195,6 +197,15 @@ def test_another_content_type_goes_to_the_stock_handler(
     asgi_post(recorded_app(), body, content_type)
 
     assert stock_calls == [body]
+
+
+@pytest.mark.parametrize("method, path", [("GET", PREDICT_PATH), ("PUT", PREDICT_PATH), ("POST", "/elsewhere")])
+def test_other_methods_and_paths_go_to_the_app(stock_calls: List[bytes], method: str, path: str) -> None:
+    status, _, _ = asgi_post(recorded_app(), b'{"product_code": "SKU001", "orders_placed": 15}', path=path,
+                             method=method)
+
+    assert status == (405 if path == PREDICT_PATH else 404)
+    assert stock_calls == []
 
 
 @pytest.mark.parametrize("body", INVALID_BODIES)
