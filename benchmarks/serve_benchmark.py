@@ -83,10 +83,10 @@ from pipeline.utils import configure_logger
 
 KINDS = ("ours", "ours_no_metrics", "ours_access_log", "ours_instrumentator", "floor", "floor_pure_python",
          "straightforward")
-# The issue's targets for ours (metrics on): against the floor on the same (fast) stack, and
-# against the floor on the pure-Python stack.
-TARGET_THROUGHPUT_VS_FLOOR = 0.9
-TARGET_THROUGHPUT_VS_PURE_PYTHON_FLOOR = 1.3
+# The floor the hot path keeps for ours (metrics on): against the floor on the same (fast)
+# stack, and against the floor on the pure-Python stack.
+TARGET_THROUGHPUT_VS_FLOOR = 1.3
+TARGET_THROUGHPUT_VS_PURE_PYTHON_FLOOR = 2.5
 TARGET_P99_VS_PURE_PYTHON_FLOOR = 1.0
 # Seven servers importing their libraries at once on a busy 2-core machine can take minutes.
 START_TIMEOUT = 240.0
@@ -386,7 +386,7 @@ def measured_kinds() -> List[str]:
 
 
 def targets_met(load: Dict[str, Any]) -> Dict[str, bool]:
-    """The issue's speed targets for ours, with metrics on."""
+    """The speed targets for ours, with metrics on."""
     ours = load["ours"]
     return {
         f"throughput >= {TARGET_THROUGHPUT_VS_FLOOR}x the floor's (same stack)":

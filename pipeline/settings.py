@@ -184,7 +184,7 @@ class ServeSettings:
         8, "s", "The most --drain-seconds may ask for (bodywork.yaml gives 5): how long the service goes on "
         "serving after SIGTERM while the cluster stops sending it new connections; with the graceful "
         "shutdown it must end inside Kubernetes' 30 s grace period.")
-    fast_path_tolerance: float = setting(
+    tree_walk_tolerance: float = setting(
         1e-9, "h", "Predictions from the exact pure-Python tree walk and from the estimator must agree to "
         "this, or the model is not served.")
     max_startup_time_seconds: int = setting(

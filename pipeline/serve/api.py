@@ -12,22 +12,23 @@
 `create_app` is the app factory: production (`start_up.serve`) and the tests build the app
 the same way, with a loaded model passed in. docs/api.md documents the contract. Bodies over
 the size limit (413) or too slow to arrive (408) are stopped by `limits.RequestLimits` before
-anything parses them. A valid single prediction is answered by `SinglePredictionFastPath`
-without FastAPI's per-request machinery, with the bytes the route would send.
+anything parses them. A valid single prediction is answered on the hot path (`hot_path.py`),
+without FastAPI's per-request machinery, with the bytes the stock route would send.
 """
 import json
 import math
-from typing import Annotated, Any, Awaitable, Callable, Dict, List, Literal, Optional, Sequence, Type, Union, cast
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, Union, cast
 
 from fastapi import Body, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.artefact.model import Model
-from pipeline.serve.limits import ASGIApp, Message, Receive, RequestLimits, Scope, Send
+from pipeline.serve.hot_path import HotPathMiddleware, HotPathRoute
+from pipeline.serve.limits import RequestLimits
 from pipeline.serve.metrics import ServiceMetrics, instrument
 from pipeline.settings import API, ARTEFACT, MESSAGES, SERVE
 
@@ -109,7 +110,7 @@ def create_app(
     report_html: Optional[bytes] = None,
     metrics: bool = True,
     access_log: bool = False,
-    fast_path: bool = True,
+    hot_path: bool = True,
 ) -> FastAPI:
     """The service's app, answering with `model`.
 
@@ -120,8 +121,9 @@ def create_app(
         report_html: the model's report page, or None if it has none.
         metrics: serve `GET /metrics` and count every request and prediction.
         access_log: log one line per request (route, status, duration).
-        fast_path: answer valid single predictions with `SinglePredictionFastPath`; without
-            it they go through FastAPI's route like every other request (same answers).
+        hot_path: answer valid single predictions on the hot path (`HotPathRoute` and
+            `HotPathMiddleware`); without it every route is FastAPI's stock `APIRoute` and
+            every request goes through FastAPI (same answers, more CPU per request).
 
     Returns:
         The FastAPI app.
@@ -136,7 +138,11 @@ def create_app(
         title="time-to-dispatch",
         version=API.version,
         description=f"Estimated hours until an order is dispatched. Serving model {version}.",
+        # The service exports no OpenTelemetry (its metrics are `metrics.py`'s); left on, FastAPI's
+        # native telemetry looks up the global providers on every request (docs/benchmarks.md).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.router.route_class = HotPathRoute if hot_path else APIRoute
     app.add_exception_handler(RequestValidationError, validation_error_response)
     service_metrics = ServiceMetrics(model) if metrics else None
     observe_prediction = service_metrics.observe_prediction if service_metrics else _ignore_prediction
@@ -147,9 +153,7 @@ def create_app(
     @app.post(API.predict_path, response_model=Prediction, summary="Estimate the hours to dispatch",
               responses=BODY_ERROR_RESPONSES)
     async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
-        return answer(cast(PredictionRequest, request))
-
-    def answer(body: PredictionRequest) -> Prediction:
+        body = cast(PredictionRequest, request)
         estimate = model.predict_one(body.product_code, body.orders_placed)
         observe_prediction(body.product_code, body.orders_placed)
         return Prediction(est_hours_to_dispatch=estimate, model_version=version)
@@ -193,91 +197,13 @@ def create_app(
     async def ready() -> Dict[str, str]:
         return {"status": "ready", "model_version": version}
 
-    # Middleware, innermost first: the fast path inside the limits (which see its body as they
+    # Middleware, innermost first: the hot path inside the limits (which see its body as they
     # see any), both inside the metrics (which see every answer, the 413s and 408s included).
-    if fast_path:
-        [route] = [r for r in app.router.routes if isinstance(r, APIRoute) and r.path == API.predict_path]
-        app.add_middleware(SinglePredictionFastPath, request_model=request_model, route=route, answer=answer)
+    if hot_path:
+        app.add_middleware(HotPathMiddleware, routes=app.router.routes)
     app.add_middleware(RequestLimits)
     instrument(app, service_metrics, access_log)
     return app
-
-
-class SinglePredictionFastPath:
-    """Pure ASGI middleware: answers a valid `POST API.predict_path` itself, with the very status,
-    headers and bytes FastAPI's route would send (a test compares them), but without FastAPI's
-    routing, request object, dependency solving and response checks, which cost more CPU than
-    the estimate itself (docs/benchmarks.md).
-
-    Everything else goes on to the app untouched, the body it read replayed: other routes and
-    methods, a `Content-Type` other than exactly `application/json`, and every body the request
-    model does not accept, so that each error is FastAPI's own 422 (or 400) as documented.
-
-    Args:
-        app: the ASGI app to wrap.
-        request_model: the route's request model (`build_request_model`).
-        route: the route it answers for; put in the scope as FastAPI does, so that the metrics
-            count its requests under the route's template.
-        answer: what the route's endpoint does with a valid request.
-    """
-
-    def __init__(self, app: ASGIApp, request_model: Type[PredictionRequest], route: APIRoute,
-                 answer: Callable[[PredictionRequest], Prediction]) -> None:
-        self.app = app
-        self.request_model = request_model
-        self.route = route
-        self.answer = answer
-        self.to_json = TypeAdapter(Prediction).dump_json
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ours = scope["type"] == "http" and scope["path"] == API.predict_path and scope["method"] == "POST"
-        if not ours or not _plain_json(scope):
-            await self.app(scope, receive, send)
-            return
-        messages: List[Message] = []
-        chunks: List[bytes] = []
-        complete = False
-        while not complete:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break  # the client went away: the app sees that as it would have
-            chunks.append(message.get("body", b""))
-            complete = not message.get("more_body", False)
-        if complete:
-            try:
-                request = self.request_model.model_validate_json(b"".join(chunks))
-            except ValidationError:
-                pass  # FastAPI answers it, with its own 422 or 400
-            else:
-                content = self.to_json(self.answer(request))
-                scope["route"] = self.route
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-length", str(len(content)).encode("latin-1")),
-                    (b"content-type", b"application/json"),
-                ]})
-                await send({"type": "http.response.body", "body": content})
-                return
-        await self.app(scope, _replaying(messages, receive), send)
-
-
-def _plain_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return bool(value == b"application/json")
-    return False
-
-
-def _replaying(messages: List[Message], receive: Receive) -> Callable[[], Awaitable[Message]]:
-    """A `receive` that hands out `messages` first, then whatever `receive` gives."""
-    pending = list(messages)
-
-    async def replayed() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replayed
 
 
 def _ignore_prediction(product_code: str, orders_placed: float) -> None:
@@ -299,11 +225,15 @@ async def validation_error_response(request: Request, error: Exception) -> JSONR
     - Lone surrogates (`"\ud800"`, valid in JSON text, not in UTF-8) in any string of the
       body, field names in `loc` included, are echoed escaped (`\ud800`), since the body could
       not be encoded otherwise.
+    - A body sent with a content type other than JSON is echoed as text; bytes that are not
+      UTF-8 (e.g. a UTF-16 body) are echoed escaped (`\xff`), where FastAPI's encoder would fail.
     """
     errors = cast(RequestValidationError, error).errors()
     detail = []
     for item in errors:
         item = dict(item)
+        if isinstance(item.get("input"), bytes):
+            item["input"] = item["input"].decode("utf-8", "backslashreplace")
         if "input" in item:
             item["input"] = _short_input(_json_safe(jsonable_encoder(item["input"])))
         if "loc" in item:  # a field name that is not in the schema is the client's text too

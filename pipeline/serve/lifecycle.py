@@ -1,7 +1,7 @@
 """The service process's life: model checks before serving, the port, uvicorn, the stop.
 
 The serve stage loads a model, refuses one that this code cannot serve faithfully (another
-scikit-learn version, a fast path that disagrees with the estimator), then opens its port
+scikit-learn version, a tree walk that disagrees with the estimator), then opens its port
 and runs uvicorn on it until SIGTERM or SIGINT, when it stops gracefully.
 
 uvicorn runs on the fastest stack installed: the uvloop event loop and the httptools HTTP
@@ -69,12 +69,13 @@ def check_library_versions(model: Model, installed: str = sklearn.__version__) -
 def warm_up(model: Model) -> None:
     """Exercise both prediction paths for every product code and check they agree.
 
-    Builds the fast path's tables before the first request, and compares it with the
-    estimator at every half order from 0 to the largest `orders_placed` seen in training
-    and at every split threshold of the tree.
+    Builds the tables of the tree walk (`Model.predict_one`, what the single endpoint uses)
+    before the first request, and compares it with the estimator (what the batch endpoint
+    uses) at every half order from 0 to the largest `orders_placed` seen in training and at
+    every split threshold of the tree.
 
     Raises:
-        ModelCompatibilityError: if the fast path and the estimator disagree anywhere.
+        ModelCompatibilityError: if the tree walk and the estimator disagree anywhere.
     """
     orders = np.arange(0.0, model.monotonicity.max_orders_placed + 1.0, 0.5)
     thresholds = model.estimator.tree_.threshold[model.estimator.tree_.feature == 0]
@@ -82,13 +83,13 @@ def warm_up(model: Model) -> None:
     orders = orders[(orders >= 0) & (orders <= ARTEFACT.max_accepted_orders_placed)]
     for code in model.product_codes:
         expected = model.predict([code] * len(orders), orders)
-        fast = np.array([model.predict_one(code, float(value)) for value in orders])
-        wrong = np.flatnonzero(np.abs(fast - expected) > SERVE.fast_path_tolerance)
+        walked = np.array([model.predict_one(code, float(value)) for value in orders])
+        wrong = np.flatnonzero(np.abs(walked - expected) > SERVE.tree_walk_tolerance)
         if wrong.size:
             first = wrong[0]
             raise ModelCompatibilityError(
                 f"the fast prediction path disagrees with the estimator for {code} at "
-                f"{wrong.size} point(s), e.g. orders_placed={orders[first]}: {fast[first]} vs "
+                f"{wrong.size} point(s), e.g. orders_placed={orders[first]}: {walked[first]} vs "
                 f"{expected[first]}; refusing to serve model {model}"
             )
     log.info(f"warmed up: both prediction paths agree for {len(model.product_codes)} product codes")

@@ -60,7 +60,7 @@ def serve(
         SigningKeyError: MODEL_SIGNING_KEY is unset or malformed.
         StorageError: no model artefact, or it is unsigned, tampered with, corrupt or unreadable.
         ModelCompatibilityError: the artefact was trained with another scikit-learn version,
-            or its fast path disagrees with its estimator.
+            or its tree walk disagrees with its estimator.
         OSError: the port cannot be opened.
         StopRequested: SIGTERM or SIGINT arrived before the service started serving.
     """

@@ -3,10 +3,9 @@
 The model is the one the real train stage produced for the session (see conftest), stored in
 and loaded back from the local S3 server, exactly as the service gets it at start-up.
 """
-import asyncio
 import json
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List
 
 import numpy as np
 import pytest
@@ -14,16 +13,10 @@ from fastapi.testclient import TestClient
 
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
-from pipeline.serve.api import (
-    Prediction,
-    SinglePredictionFastPath,
-    build_request_model,
-    create_app,
-)
-from pipeline.settings import API, ARTEFACT, LOCAL, SERVE
+from pipeline.serve.api import build_request_model, create_app
+from pipeline.settings import API, ARTEFACT, SERVE
 from pipeline.storage.datasets import Dataset
 from pipeline.train import steps, tuning
-from tests.helpers import parse_metrics
 
 
 def estimator_predictions(model: Model, product_code: str, orders_placed: List[float]) -> np.ndarray:
@@ -371,6 +364,19 @@ def test_a_body_missing_a_field_echoes_the_object_cut_short(client: TestClient) 
     assert all(len(json.dumps(error["input"])) < 200 for error in response.json()["detail"])
 
 
+@pytest.mark.parametrize("path", [API.predict_path, API.predict_batch_path])
+def test_a_body_that_is_not_utf_8_in_another_content_type_is_a_422_echoing_it_escaped(
+    client: TestClient, path: str
+) -> None:
+    body = '{"product_code": "SKU001"}'.encode("utf-16")
+
+    response = client.post(path, content=body, headers={"Content-Type": "text/plain"})
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["input"] == body.decode("utf-8", "backslashreplace")
+
+
 def test_deeply_nested_json_is_a_client_error(client: TestClient) -> None:
     response = post_raw(client, API.predict_batch_path, "[" * 100_000 + "]" * 100_000)
 
@@ -382,138 +388,3 @@ def test_openapi_documents_the_400_408_and_413_of_every_post_route(client: TestC
 
     for path in (API.predict_path, API.predict_batch_path):
         assert {"200", "400", "408", "413", "422"} <= set(paths[path]["post"]["responses"]), path
-
-
-# --- the fast path for single predictions -----------------------------------------------------
-
-Answer = Tuple[int, List[Tuple[bytes, bytes]], bytes]
-
-
-def asgi_post(app: Any, body: bytes, content_type: Optional[bytes] = b"application/json", chunks: int = 1) -> Answer:
-    """POST the body to API.predict_path on the ASGI app as a server would, in `chunks` messages:
-    the status, the raw headers and the body of the answer."""
-    size = max(1, -(-len(body) // chunks))
-    parts = [body[i:i + size] for i in range(0, len(body), size)] or [b""]
-    messages = [{"type": "http.request", "body": part, "more_body": i < len(parts) - 1} for i, part in enumerate(parts)]
-    headers = [(b"host", b"testserver"), (b"content-length", str(len(body)).encode())]
-    if content_type is not None:
-        headers.append((b"content-type", content_type))
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": API.predict_path, "raw_path": API.predict_path.encode(), "root_path": "", "query_string": b"",
-             "headers": headers,
-             "client": (LOCAL.loopback_host, 50000), "server": (LOCAL.loopback_host, 8000)}
-    sent: List[Dict[str, Any]] = []
-
-    async def receive() -> Dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await asyncio.sleep(3600)  # a client that waits for its answer
-        raise AssertionError("unreachable")
-
-    async def send(message: Dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    return start["status"], list(start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
-
-
-def fast_path_bodies(model: Model) -> List[bytes]:
-    return [json.dumps({"product_code": code, "orders_placed": orders}).encode()
-            for code in model.product_codes for orders in (0, 1, 112, 137.5, 0.25, ARTEFACT.max_accepted_orders_placed)]
-
-
-INVALID_BODIES = [
-    b'{"product_code": "SKU999", "orders_placed": 112}',
-    b'{"product_code": "SKU001", "orders_placed": -1}',
-    b'{"product_code": "SKU001", "orders_placed": "112"}',
-    b'{"product_code": "SKU001", "orders_placed": true}',
-    b'{"product_code": "SKU001", "orders_placed": NaN}',
-    b'{"product_code": "SKU001", "orders_placed": 1e400}',
-    b'{"product_code": "SKU001", "orders_placed": 112, "rush": true}',
-    b'{"product_code": "SKU001"}',
-    b'{"product_code": "\\ud800", "orders_placed": 112}',
-    b'{"product_code": "SKU001", "orders_placed": 112',
-    b'[{"product_code": "SKU001", "orders_placed": 112}]',
-    b"",
-]
-
-
-def test_fast_path_answers_valid_requests_with_the_routes_exact_status_headers_and_bytes(
-    served_model: Model,
-) -> None:
-    fast, route_only = create_app(served_model), create_app(served_model, fast_path=False)
-
-    for body in fast_path_bodies(served_model):
-        assert asgi_post(fast, body) == asgi_post(route_only, body), body
-
-
-def test_fast_path_answers_valid_requests_without_calling_the_app(served_model: Model) -> None:
-    called = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        called.append(scope["path"])
-
-    fast = SinglePredictionFastPath(app, build_request_model(served_model.product_codes), route=None,
-                                    answer=lambda request: Prediction(est_hours_to_dispatch=1.5, model_version="v"))
-    status, _, content = asgi_post(fast, b'{"product_code": "SKU001", "orders_placed": 112}')
-
-    assert (status, json.loads(content)) == (200, {"est_hours_to_dispatch": 1.5, "model_version": "v"})
-    assert called == []
-
-
-@pytest.mark.parametrize("body", INVALID_BODIES)
-def test_fast_path_hands_an_invalid_body_to_the_app_replayed_whole(served_model: Model, body: bytes) -> None:
-    seen = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            chunks.append(message["body"])
-            more = message["more_body"]
-        seen.append(b"".join(chunks))
-        await send({"type": "http.response.start", "status": 422, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    fast = SinglePredictionFastPath(app, build_request_model(served_model.product_codes), route=None,
-                                    answer=lambda request: pytest.fail("an invalid request was answered"))
-    asgi_post(fast, body, chunks=3)
-
-    assert seen == [body]
-
-
-@pytest.mark.parametrize("body", INVALID_BODIES)
-def test_invalid_bodies_get_the_same_answer_with_the_fast_path_as_without(served_model: Model, body: bytes) -> None:
-    answer = asgi_post(create_app(served_model), body)
-
-    assert answer == asgi_post(create_app(served_model, fast_path=False), body)
-    assert answer[0] in (400, 422)
-
-
-@pytest.mark.parametrize("content_type", [b"application/json; charset=utf-8", b"APPLICATION/JSON", b"text/plain", None])
-def test_other_content_types_get_the_same_answer_with_the_fast_path_as_without(
-    served_model: Model, content_type: Optional[bytes]
-) -> None:
-    body = b'{"product_code": "SKU001", "orders_placed": 112}'
-
-    assert (asgi_post(create_app(served_model), body, content_type)
-            == asgi_post(create_app(served_model, fast_path=False), body, content_type))
-
-
-def test_fast_path_reads_a_body_sent_in_several_parts(served_model: Model) -> None:
-    body = b'{"product_code": "SKU002", "orders_placed": 140}'
-
-    in_parts = asgi_post(create_app(served_model), body, chunks=4)
-
-    assert in_parts == asgi_post(create_app(served_model, fast_path=False), body)
-
-
-def test_fast_path_requests_are_counted_under_the_routes_template(client: TestClient) -> None:
-    for orders in (10, 20, 30):
-        post_json(client, API.predict_path, {"product_code": "SKU003", "orders_placed": orders})
-
-    scrape = parse_metrics(client.get(API.metrics_path).text)
-    total = "time_to_dispatch_http_requests_total"
-    assert scrape.value(total, route=API.predict_path, method="POST", status="200") == 3
-    assert scrape.value("time_to_dispatch_predictions_total", product_code="SKU003") == 3

@@ -39,8 +39,8 @@ def test_model_from_the_installed_scikit_learn_version_is_accepted(served_model:
     check_library_versions(served_model)  # raises if refused
 
 
-def test_warm_up_refuses_a_model_whose_fast_path_disagrees_with_its_estimator(served_model: Model) -> None:
-    served_model.predict_one("SKU001", 0.0)  # builds the fast path's tables
+def test_warm_up_refuses_a_model_whose_tree_walk_disagrees_with_its_estimator(served_model: Model) -> None:
+    served_model.predict_one("SKU001", 0.0)  # builds the tree walk's tables
     walker = served_model._walker
     assert walker is not None
     walker.value = [v + 0.5 for v in walker.value]
