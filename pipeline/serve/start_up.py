@@ -22,7 +22,7 @@ from pipeline.serve.lifecycle import (
     stop_on_signals,
     warm_up,
 )
-from pipeline.settings import SERVE
+from pipeline.settings import API, SERVE
 from pipeline.storage.client import StorageError
 from pipeline.storage.report_files import get_report_html
 from pipeline.storage.signed_artefacts import ArtefactError, get_model
@@ -109,7 +109,7 @@ def load_report(bucket: str, model: Model) -> Optional[bytes]:
         log.warning(f"cannot read the report of model {model.artefact_id}; serving without it: {error}")
         return None
     if html is None:
-        log.info(f"model {model.artefact_id} has no report: GET /api/v0.1/model/report answers 404")
+        log.info(f"model {model.artefact_id} has no report: GET {API.model_report_path} answers 404")
     else:
         log.info(f"serving the model's report from s3://{bucket}/{model.report_key}")
     return html

@@ -297,7 +297,7 @@ def test_access_log_lines_are_in_the_project_format(served_model: Model, capsys:
         root.setLevel(level)
         warnings.showwarning = showwarning
 
-    [line] = [line for line in capsys.readouterr().out.splitlines() if "route=/health" in line]
+    [line] = [line for line in capsys.readouterr().out.splitlines() if f"route={API.health_path}" in line]
     assert LOG_LINE.match(line)
     assert " - INFO - metrics.log_request - " in line
 
