@@ -32,7 +32,7 @@ from typing import Any, Dict, List
 import numpy as np
 import pandas as pd
 
-from pipeline.settings import LOCAL
+from pipeline.settings import ENVIRONMENT, LOCAL
 from benchmarks import use_throwaway_signing_key
 from pipeline.local.local_s3 import LocalS3
 from pipeline.local.synthetic import generate_orders, generate_weeks
@@ -129,7 +129,7 @@ def main(sizes: List[int], json_path: str, text_path: str) -> None:
         s3.point_environment_here()
         bucket = s3.create_bucket("batch-benchmark")
         model_id = train_model(bucket)
-        env = {**os.environ, "PYTHONPATH": str(LOCAL.repo_root)}
+        env = {**os.environ, ENVIRONMENT.python_path: str(LOCAL.repo_root)}
         for rows in sizes:
             key = f"in/orders_{rows}.csv"
             size = upload_orders(bucket, key, rows)

@@ -77,7 +77,7 @@ from pipeline.serve.api import (
 from pipeline.serve.lifecycle import (
     FAST_STACK, PURE_PYTHON_STACK, ServerStack, freeze_start_up_objects, open_port, run_server,
 )
-from pipeline.settings import API, LOCAL
+from pipeline.settings import API, ENVIRONMENT, LOCAL
 from pipeline.storage.datasets import put_dataset
 from pipeline.utils import configure_logger
 
@@ -282,7 +282,7 @@ class BenchmarkS3:
         use_throwaway_signing_key()
         self.server = LocalS3().start()
         self.server.point_environment_here()
-        self.env = {**os.environ, "PYTHONPATH": str(LOCAL.repo_root)}
+        self.env = {**os.environ, ENVIRONMENT.python_path: str(LOCAL.repo_root)}
         self.bucket = self.server.create_bucket("ttd-serve-benchmark")
         put_dataset(self.bucket, generate_orders(1000, seed=4), generate_weeks(1)[0].timestamp)
         subprocess.run([sys.executable, "-m", "pipeline.train_model", self.bucket, "0.9", "0.95"],

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from pipeline.settings import API, LOCAL
+from pipeline.settings import API, ENVIRONMENT, LOCAL
 from benchmarks import use_throwaway_signing_key
 from pipeline.local.local_s3 import LocalS3, seed_weeks
 from pipeline.train.stage import train
@@ -51,7 +51,7 @@ def free_port() -> int:
 
 
 def start_service(bucket: str, port: int) -> "subprocess.Popen[bytes]":
-    env = {**os.environ, "PYTHONPATH": str(LOCAL.repo_root)}
+    env = {**os.environ, ENVIRONMENT.python_path: str(LOCAL.repo_root)}
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.serve_model", bucket, "--host", LOCAL.loopback_host, "--port", str(port)],
         env=env, cwd=LOCAL.repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

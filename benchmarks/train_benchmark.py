@@ -51,7 +51,7 @@ from sklearn.tree import DecisionTreeRegressor
 
 from benchmarks import use_throwaway_signing_key
 from pipeline.local.synthetic import generate_orders
-from pipeline.settings import LOCAL, TRAIN
+from pipeline.settings import ENVIRONMENT, LOCAL, TRAIN
 from pipeline.train.steps import prepare_data
 from pipeline.train.tuning import (
     HYPERPARAM_GRID,
@@ -254,7 +254,7 @@ def measure_train_stage(rows: int, seed: int) -> Dict[str, Any]:
         bucket = server.create_bucket(f"ttd-bench-{rows}")
         put_dataset(bucket, generate_orders(rows, seed), LOCAL.synthetic_first_drop, client)
         stage = ["train_model.py", bucket, *STAGE_THRESHOLDS]
-        env = {**os.environ, **aws, "PYTHONPATH": str(LOCAL.repo_root)}
+        env = {**os.environ, **aws, ENVIRONMENT.python_path: str(LOCAL.repo_root)}
         load_before = _load_average()
         with tempfile.TemporaryFile(mode="w+") as output:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -31,7 +31,7 @@ SEPARATOR = "=" * MARKER_SIZE
 # Larger files are data, not text anyone merges by hand; they are not read.
 MAX_BYTES = 4 * 1024 * 1024
 # Folders of tools, never the project's own files, left out when there is no git to ask.
-NOT_WALKED = {".git", ".tox", ".venv", "__pycache__", ".mypy_cache", ".pytest_cache"}
+NOT_WALKED = {".git", ".tox", LOCAL.venv_dir_name, "__pycache__", ".mypy_cache", ".pytest_cache"}
 
 
 def repository_files(root: Path) -> List[Path]:
@@ -144,7 +144,7 @@ def test_the_check_ignores_a_heading_underline_and_markers_mid_line(tmp_path: Pa
 def test_the_check_skips_binary_large_and_tool_files(tmp_path: Path) -> None:
     (tmp_path / "image.png").write_bytes(b"\x89PNG\0\n" + CONFLICT.encode())
     (tmp_path / "data.csv").write_text(CONFLICT + "x" * MAX_BYTES)
-    for folder in (".tox", ".venv", "__pycache__"):
+    for folder in (".tox", LOCAL.venv_dir_name, "__pycache__"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "planted.py").write_text(CONFLICT)
     assert conflict_markers(tmp_path) == []

@@ -131,7 +131,7 @@ def test_local_run_prints_where_the_model_report_is(finished_run: LocalRun) -> N
 
 @pytest.mark.e2e
 def test_local_run_prints_the_api_docs_url(finished_run: LocalRun) -> None:
-    assert any(line.endswith(f"API docs: http://{LOCAL.loopback_host}:{finished_run.port}/docs")
+    assert any(line.endswith(f"API docs: http://{LOCAL.loopback_host}:{finished_run.port}{API.docs_path}")
                for line in finished_run.lines)
 
 

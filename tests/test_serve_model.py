@@ -183,7 +183,7 @@ def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_mi
     for module in ("uvloop", "httptools"):
         (tmp_path / "missing" / module).mkdir(parents=True)
         (tmp_path / "missing" / module / "__init__.py").write_text(f"raise ImportError('no {module} here')\n")
-    env = {**s3_env, ENVIRONMENT.python_path: f"{tmp_path / 'missing'}:{s3_env['PYTHONPATH']}"}
+    env = {**s3_env, ENVIRONMENT.python_path: f"{tmp_path / 'missing'}:{s3_env[ENVIRONMENT.python_path]}"}
 
     service = start_listening(start, ["-m", "pipeline.serve_model", bucket_with_model], env)
     status, body = post(service.port, API.predict_path, EXAMPLE_REQUEST)

@@ -1,17 +1,21 @@
 """The settings module: every value with a unit and a reason, the budgets that depend on each
-other asserted together, bodywork.yaml's serve limits mirrored exactly, and docs/settings.md
-rendered from it."""
+other asserted together, bodywork.yaml's serve limits mirrored exactly, docs/settings.md
+rendered from it, and no path, limit or variable name of it written out again elsewhere."""
+import ast
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import pytest
 import yaml
 
 from pipeline.settings import (
     ENVIRONMENT,
+    LAYOUT,
     LOCAL,
     MB,
     SERVE,
@@ -24,6 +28,20 @@ from pipeline.settings import (
 
 SETTINGS_DOC = LOCAL.repo_root / "docs" / "settings.md"
 BODYWORK_YAML = LOCAL.repo_root / "bodywork.yaml"
+SETTINGS_MODULE = LOCAL.repo_root / "pipeline" / "settings.py"
+# The folders whose Python files import a setting rather than spell its value out again.
+SCANNED_FOLDERS = ("pipeline", "tests", "benchmarks")
+# Shorter strings ("0.1", "", single letters) are equal to a setting too often by chance.
+MIN_LITERAL_CHARS = 4
+# Literals equal to a setting's value that are written out on purpose: (file, value).
+ALLOWED_LITERALS = {
+    # Pins the default host the product brief names: a change of the setting must fail a test.
+    ("tests/serve/test_start_up.py", SERVE.default_host),
+    # The Prometheus metrics' name prefix, equal to the S3 files' stem by coincidence.
+    ("pipeline/serve/metrics.py", LAYOUT.model_file_stem),
+    # The OCI image layout's digest algorithm (blobs/sha256/, "sha256:<hex>"), not an S3 metadata key.
+    ("tests/cluster/mkimage.py", LAYOUT.sha256_metadata_key),
+}
 
 
 def with_setting(group: str, **changes: Any) -> Settings:
@@ -145,3 +163,85 @@ def test_the_settings_doc_has_a_row_per_setting() -> None:
     doc = render_markdown()
     missing = [item.name for item in every_field() if f"| `{item.name}` |" not in doc]
     assert missing == []
+
+
+class Literal(NamedTuple):
+    """A string literal in a Python file that is equal to a setting's value."""
+
+    file: str
+    line: int
+    value: str
+    settings: Tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.value!r} is {' or '.join(self.settings)}"
+
+
+def string_settings(settings: Settings = SETTINGS) -> Dict[str, List[str]]:
+    """Every string value of the settings, and every string in a tuple value, of at least
+    MIN_LITERAL_CHARS characters, with the names of the settings that hold it."""
+    names: Dict[str, List[str]] = {}
+    for group in dataclasses.fields(settings):
+        values = getattr(settings, group.name)
+        for item in dataclasses.fields(values):
+            value, name = getattr(values, item.name), f"{group.name.upper()}.{item.name}"
+            parts = [(f"{name}[{i}]", part) for i, part in enumerate(value)] if isinstance(value, tuple) \
+                else [(name, value)]
+            for part_name, part in parts:
+                if isinstance(part, str) and len(part) >= MIN_LITERAL_CHARS:
+                    names.setdefault(part, []).append(part_name)
+    return names
+
+
+def settings_literals(source: str, file: str, values: Optional[Mapping[str, List[str]]] = None) -> List[Literal]:
+    """The string literals of `source` (every `ast.Constant`, f-strings' literal parts included)
+    that are exactly a setting's value; a value inside a longer string or a comment is not one."""
+    values = string_settings() if values is None else values
+    found = [Literal(file, node.lineno, node.value, tuple(values[node.value]))
+             for node in ast.walk(ast.parse(source, file))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in values]
+    return sorted(found)
+
+
+@functools.lru_cache(maxsize=None)
+def repeated_literals() -> Tuple[Literal, ...]:
+    """The settings' values written out as literals in the scanned folders' Python files."""
+    values = string_settings()
+    files = sorted(path for folder in SCANNED_FOLDERS for path in (LOCAL.repo_root / folder).rglob("*.py")
+                   if path != SETTINGS_MODULE)
+    return tuple(literal for path in files
+                 for literal in settings_literals(path.read_text(), relative(path), values))
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(LOCAL.repo_root).as_posix()
+
+
+def test_no_settings_value_is_written_out_again_as_a_literal() -> None:
+    repeated = [str(literal) for literal in repeated_literals()
+                if (literal.file, literal.value) not in ALLOWED_LITERALS]
+    assert repeated == [], (
+        "import these from pipeline.settings (or, where the literal is deliberate, add it to ALLOWED_LITERALS "
+        "with the reason):\n" + "\n".join(repeated))
+
+
+def test_every_allowed_literal_is_still_written_out() -> None:
+    found = {(literal.file, literal.value) for literal in repeated_literals()}
+    assert sorted(ALLOWED_LITERALS - found) == []
+
+
+def test_the_literal_check_finds_a_settings_value_written_out() -> None:
+    found = settings_literals('x = "MODEL_SIGNING_KEY"\n', "planted.py")
+
+    assert found == [Literal("planted.py", 1, ENVIRONMENT.signing_key, ("ENVIRONMENT.signing_key",))]
+    assert str(found[0]).startswith("planted.py:1: ") and str(found[0]).endswith(" is ENVIRONMENT.signing_key")
+
+
+def test_the_literal_check_finds_an_f_strings_part_and_a_tuples_item_not_a_longer_string_or_a_comment() -> None:
+    planted = ('# MODEL_SIGNING_KEY\n'
+               'x = "set MODEL_SIGNING_KEY"\n'
+               'y = f"{x}no_proxy"\n')
+
+    found = settings_literals(planted, "planted.py")
+
+    assert [(literal.line, literal.settings) for literal in found] == [(3, ("ENVIRONMENT.no_proxy_variables[1]",))]

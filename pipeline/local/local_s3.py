@@ -8,7 +8,7 @@ production's, on this machine" is made in one way everywhere. It is the only mod
         s3.point_environment_here()       # AWS_ENDPOINT_URL and dummy credentials
         bucket = s3.create_bucket("name") # versioned, as production's is
         seed_weeks(bucket, 4)             # data engineering's weekly files
-        seed_orders_file(bucket, "batch/orders.csv")  # a file of orders to score in batch
+        seed_orders_file(bucket, LOCAL.batch_input_key)  # a file of orders to score in batch
 """
 import logging
 import os

@@ -35,6 +35,8 @@ REGISTRY = os.environ.get("TTD_K8S_REGISTRY", "127.0.0.1:5000")
 # cluster.sh's state folder, as .ci/machine-state.sh defines it (TTD_K8S_STATE moves it).
 STATE = Path(machine_state()["TTD_K8S_STATE"])
 GIT_PORT, PROXY_PORT = 8443, 8444
+# The no-proxy variable's names lower-cased: the proxy variables are matched whatever their case.
+NO_PROXY_NAMES = {name.lower() for name in ENVIRONMENT.no_proxy_variables}
 # The branch docs/deployment.md deploys; the served repository has only this one.
 BRANCH = "master"
 PIPELINE_NAMESPACE = "pipelines"
@@ -184,7 +186,7 @@ def run(cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clu
             cluster, IMAGE_TIMEOUT, "tests/cluster/image.sh",
         ).strip().splitlines()[-1]
         env = _cli_environment(cluster, s3, certificates.ca, hub.url, work)
-        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_") or k.lower() == "no_proxy"})
+        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_") or k.lower() in NO_PROXY_NAMES})
         config = yaml.safe_load((LOCAL.repo_root / "bodywork.yaml").read_text())
         bucket = config["stages"]["train_model"]["args"][0]
         create_bucket(s3_client(), bucket)
@@ -211,14 +213,14 @@ def _cli_environment(cluster_log: Path, s3: LocalS3, ca: Path, proxy_url: str, w
     git (the git server) and requests (the Docker Hub stand-in), the stand-in as HTTPS proxy,
     the bridge and loopback addresses bypassing it, and the S3 server's AWS variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k.lower() not in (
-        "https_proxy", "http_proxy", "no_proxy", "requests_ca_bundle", "git_ssl_cainfo")}
+        "https_proxy", "http_proxy", *NO_PROXY_NAMES, "requests_ca_bundle", "git_ssl_cainfo")}
     direct = f"{GATEWAY},{LOCAL.loopback_host},localhost"
     env.update({
         "KUBECONFIG": str(STATE / "kubeconfig"),
         "PATH": f"{_cluster_bin()}:{env.get('PATH', '')}",
         "HOME": str(work),
         "HTTPS_PROXY": proxy_url, "https_proxy": proxy_url,
-        "NO_PROXY": direct, "no_proxy": direct,
+        **{name: direct for name in ENVIRONMENT.no_proxy_variables},
         "REQUESTS_CA_BUNDLE": str(ca),
         "GIT_SSL_CAINFO": str(ca),
         **s3.environment(),

@@ -83,7 +83,7 @@ def test_documented_secrets_and_the_signing_key_are_created_in_the_prod_group(ru
     aws = [c for c in commands if any(w.startswith("AWS_ACCESS_KEY_ID=") for w in c)]
     assert len(aws) == 1, f"docs/deployment.md should create the AWS secret once: {commands}"
     # The one addition on this machine: the S3 server's endpoint, which production does not set.
-    aws[0] += ["--data", f"AWS_ENDPOINT_URL={run.env['AWS_ENDPOINT_URL']}"]
+    aws[0] += ["--data", f"{ENVIRONMENT.aws_endpoint_url}={run.env[ENVIRONMENT.aws_endpoint_url]}"]
     if not any(any(w.startswith("MODEL_SIGNING_KEY=") for w in c) for c in commands):
         commands.append(["bodywork", "create", "secret", signing_key_secret(config), "--group", group,
                          "--data", f"MODEL_SIGNING_KEY={SIGNING_KEY}"])

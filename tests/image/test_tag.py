@@ -13,6 +13,8 @@ from image.tag import build_inputs, configured_image, image_tag
 from pipeline.settings import LOCAL
 
 TAG_SCRIPT = LOCAL.repo_root / "image" / "tag.py"
+# The pipeline's pinned requirements, which the image installs.
+PIPELINE_REQUIREMENTS = LOCAL.requirement_file_names[0]
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def test_tag_is_the_same_for_a_copy_of_the_same_inputs(checkout: Path) -> None:
 
 
 def test_tag_changes_when_the_requirements_lock_changes(checkout: Path) -> None:
-    append(checkout / "requirements_pipe.txt", "tomli==2.3.0\n")
+    append(checkout / PIPELINE_REQUIREMENTS, "tomli==2.3.0\n")
     assert image_tag(checkout) != image_tag()
 
 
@@ -84,6 +86,6 @@ def test_check_refuses_another_repository_and_says_what_to_put_in_bodywork_yaml(
 def test_check_refuses_a_tag_older_than_the_requirements(checkout: Path) -> None:
     image = configured_image(checkout)
     assert image is not None
-    append(checkout / "requirements_pipe.txt", "tomli==2.3.0\n")
+    append(checkout / PIPELINE_REQUIREMENTS, "tomli==2.3.0\n")
     result = check(checkout, image.rsplit(":", 1)[0])
     assert (result.returncode, f":{image_tag(checkout)}` in bodywork.yaml" in result.stderr) == (1, True)

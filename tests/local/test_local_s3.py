@@ -30,14 +30,16 @@ def test_environment_points_boto3_at_the_server_with_dummy_credentials(local_s3:
 
 
 def test_point_environment_here_drops_aws_identities_and_bypasses_proxies(local_s3: LocalS3) -> None:
-    environ: Dict[str, str] = {"AWS_PROFILE": "production", "AWS_SESSION_TOKEN": "token", "NO_PROXY": "example"}
+    profile, session_token = ENVIRONMENT.aws_identity_variables[:2]
+    no_proxy = ENVIRONMENT.no_proxy_variables[0]
+    environ: Dict[str, str] = {profile: "production", session_token: "token", no_proxy: "example"}
 
     local_s3.point_environment_here(environ)
 
-    assert "AWS_PROFILE" not in environ and "AWS_SESSION_TOKEN" not in environ
+    assert profile not in environ and session_token not in environ
     assert environ[ENVIRONMENT.aws_endpoint_url] == local_s3.endpoint
-    assert environ["NO_PROXY"].split(",") == ["example", LOCAL.loopback_host, "localhost"]
-    assert "AWS_PROFILE" not in os.environ or os.environ["AWS_PROFILE"] != "production"
+    assert environ[no_proxy].split(",") == ["example", LOCAL.loopback_host, "localhost"]
+    assert profile not in os.environ or os.environ[profile] != "production"
 
 
 def test_create_bucket_makes_a_versioned_bucket_by_default(s3: Any) -> None:

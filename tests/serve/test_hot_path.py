@@ -23,7 +23,7 @@ from pipeline.serve.api import (
     validation_error_response,
 )
 from pipeline.serve.hot_path import HotPathMiddleware, HotPathRoute
-from pipeline.settings import API, ARTEFACT, SERVE
+from pipeline.settings import API, ARTEFACT, LOCAL, SERVE
 from tests.helpers import parse_metrics
 
 Answer = Tuple[int, List[Tuple[bytes, bytes]], bytes]
@@ -45,7 +45,7 @@ def asgi_post(app: Any, body: bytes, content_type: Optional[bytes] = b"applicati
         headers.append((b"content-type", content_type))
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"", "headers": headers,
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+             "client": (LOCAL.loopback_host, 50000), "server": (LOCAL.loopback_host, 8000)}
     sent: List[Dict[str, Any]] = []
 
     async def receive() -> Dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import list_models
+from pipeline.settings import LAYOUT
 from pipeline.storage.client import StorageError
 from pipeline.storage.report_files import put_report
 from pipeline.train import report, stage
@@ -39,7 +40,8 @@ def test_every_run_writes_its_report_under_reports_in_a_folder_named_after_the_a
 ) -> None:
     model: Model = persisted["model"]
 
-    assert persisted["folder"] == f"reports/{model.artefact_key[len('models/'):-len('.pkl')]}/"
+    artefact_name = model.artefact_key[len(LAYOUT.models_prefix):-len('.pkl')]
+    assert persisted["folder"] == f"{LAYOUT.reports_prefix}{artefact_name}/"
     assert model.artefact_id in persisted["folder"]
     assert model.report_key == persisted["folder"] + "report.html"
     assert sorted(persisted["files"]) == sorted(["report.json", "report.html", *report.PLOT_FILES.values()])
