@@ -248,6 +248,14 @@ class TrainSettings:
         3200, "rows", "Below this many training rows a pool of worker processes costs more to start than it "
         "saves; from it on, use every core. The measured crossover on the production machine size (2 cores): "
         "docs/benchmarks.md, \"Parallelism crossover\".")
+    max_product_code_chars: int = setting(
+        64, "characters", "A product code (spaces around it trimmed) may be at most this long, or the week is "
+        "refused: the shop's codes are like SKU001, and every code a model holds is in its OpenAPI schema, "
+        "its metrics' labels and the 422 of an unknown code, so a 130,000-character one must never go live.")
+    product_code_pattern: str = setting(
+        "[A-Za-z0-9._/-]+", "regex", "The characters a product code may hold (ASCII letters, digits, `.`, "
+        "`_`, `-`, `/`), or the week is refused: codes end up in URLs, metric labels, log lines and HTML "
+        "reports, where markup, spaces or control characters would need escaping or mislead.")
     progress_interval_seconds: float = setting(
         30.0, "s", "A long search logs how many of its fits are done at most this often.")
     default_champion_tolerance: float = setting(
