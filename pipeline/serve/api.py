@@ -15,6 +15,7 @@ the size limit (413) or too slow to arrive (408) are stopped by `limits.RequestL
 anything parses them. A valid single prediction is answered on the hot path (`hot_path.py`),
 without FastAPI's per-request machinery, with the bytes the stock route would send.
 """
+import itertools
 import json
 import math
 from typing import Annotated, Any, Callable, Dict, FrozenSet, List, Literal, Optional, Sequence, Type, Union, cast
@@ -298,10 +299,16 @@ async def validation_error_response(request: Request, error: Exception) -> JSONR
 
 
 def _echoed(value: Any) -> Any:
-    # An object or array of more items than the echo keeps characters is cut on its JSON text
-    # at once: encoding each of its items first would take longer than the whole request.
-    if isinstance(value, (dict, list)) and len(value) > MESSAGES.quote_prefix_chars:
-        return _json_safe(_short_input(json.dumps(value, ensure_ascii=False, default=str)))
+    # An object or array of more items than the echo keeps characters is cut on the JSON text of
+    # its first items, and counted in items: encoding all of them would take longer than the
+    # whole request (90,000 fields: 150 ms).
+    limit = MESSAGES.quote_prefix_chars
+    if isinstance(value, dict) and len(value) > limit:
+        head = json.dumps(dict(itertools.islice(value.items(), limit)), ensure_ascii=False, default=str)
+        return _json_safe(f"{head[:limit]}... ({len(value)} fields)")
+    if isinstance(value, list) and len(value) > limit:
+        head = json.dumps(value[:limit], ensure_ascii=False, default=str)
+        return _json_safe(f"{head[:limit]}... ({len(value)} items)")
     return _short_input(_json_safe(jsonable_encoder(value)))
 
 
