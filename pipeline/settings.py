@@ -171,6 +171,11 @@ class ServeSettings:
     max_header_bytes: int = setting(
         16 * KIB, "B", "Request headers may be at most this large (h11's incomplete-event limit): a request "
         "line and a few headers need well under 1 KB.")
+    max_errors_reported: int = setting(
+        20, "errors", "A 422 lists at most this many validation errors, then one that counts the rest: a "
+        "1 MB body of 90,000 unknown fields once made a 9 MB answer that took the event loop seconds. An "
+        "object with more fields than this over the request's own is refused as a whole, before each field "
+        "is checked.")
     max_concurrent_connections: int = setting(
         64, "connections", "At most this many connections and requests at once, beyond which uvicorn answers "
         "503. Each may buffer up to max_body_bytes, so this bounds buffered bodies to 64 MiB over the "
@@ -248,6 +253,14 @@ class TrainSettings:
         3200, "rows", "Below this many training rows a pool of worker processes costs more to start than it "
         "saves; from it on, use every core. The measured crossover on the production machine size (2 cores): "
         "docs/benchmarks.md, \"Parallelism crossover\".")
+    max_product_code_chars: int = setting(
+        64, "characters", "A product code (spaces around it trimmed) may be at most this long, or the week is "
+        "refused: the shop's codes are like SKU001, and every code a model holds is in its OpenAPI schema, "
+        "its metrics' labels and the 422 of an unknown code, so a 130,000-character one must never go live.")
+    product_code_pattern: str = setting(
+        "[A-Za-z0-9._/-]+", "regex", "The characters a product code may hold (ASCII letters, digits, `.`, "
+        "`_`, `-`, `/`), or the week is refused: codes end up in URLs, metric labels, log lines and HTML "
+        "reports, where markup, spaces or control characters would need escaping or mislead.")
     progress_interval_seconds: float = setting(
         30.0, "s", "A long search logs how many of its fits are done at most this often.")
     default_champion_tolerance: float = setting(

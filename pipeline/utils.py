@@ -77,6 +77,24 @@ def quote(value: Any, limit: int = MESSAGES.quote_prefix_chars) -> str:
     return shown.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def listed(items: Sequence[str], total: Optional[int] = None, limit: int = MESSAGES.max_codes_named) -> str:
+    """Items as a log line or an error lists a set that may be large: the first `limit`, then
+    how many more.
+
+    Args:
+        items: the items, each already as it should be shown (e.g. through `quote`); only the
+            first `limit` are read, so a caller may pass just those.
+        total: how many items there are, when `items` holds only the first ones.
+        limit: the most items named.
+
+    Returns:
+        For example `'SKU001', 'SKU002'` or `P01, P02, P03, P04, P05 and 59995 more`.
+    """
+    named = list(items[:limit])
+    more = (len(items) if total is None else total) - len(named)
+    return ", ".join(named) + (f" and {more} more" if more > 0 else "")
+
+
 class StageArgumentParser(argparse.ArgumentParser):
     """The parser of a stage's CLI: the S3 bucket first, then the stage's own arguments.
 

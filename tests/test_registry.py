@@ -199,3 +199,31 @@ def test_main_in_process_with_an_unknown_model_returns_1_with_one_error_line_nam
 
     [line] = error_lines("\n".join(cli_output()))
     assert " - registry show failed: " in line and "feedbeef" in line
+
+
+# --- a long argument is quoted cut short, in every line ---------------------------------------
+
+def test_a_100_kb_model_argument_is_quoted_cut_short_in_the_error_line(
+    s3_env: Dict[str, str], bucket: str, three_models: List[Model]
+) -> None:
+    result = registry(bucket, s3_env, "show", "m" * 100_000)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert "MODEL 'mmmm" in line and "... (100000 characters) is not an artefact id or key" in line
+    assert len(line) < 2_000
+
+
+def test_a_100_kb_reason_is_quoted_cut_short_in_every_log_line(
+    s3_env: Dict[str, str], bucket: str, three_models: List[Model]
+) -> None:
+    reason = "r" * 100_000
+    rejected = registry(bucket, s3_env, "reject", "00000015", "--reason", reason)
+    again = registry(bucket, s3_env, "reject", "00000015", "--reason", reason)
+
+    assert (rejected.returncode, again.returncode) == (0, 1)
+    assert "... (100000 characters)" in rejected.stdout
+    [line] = error_lines(again.stdout)
+    assert "model 00000015 is already rejected ('rrrr" in line
+    assert max(len(line) for line in (rejected.stdout + again.stdout).splitlines()) < 2_000
+    assert [c.reason for c in list_status_changes(bucket)[str(three_models[-1].artefact_key)]] == [reason]

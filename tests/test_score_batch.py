@@ -338,3 +338,24 @@ def test_backfill_since_and_until_bound_the_weeks_by_date(
 
     assert result.returncode == 0, result.stdout
     assert [w["dataset_key"] for w in backtest(s3, weekly_bucket)["weeks"]] == [dataset_keys(weekly_bucket)[2]]
+
+
+# --- a header a file controls is quoted cut short -----------------------------------------------
+
+@pytest.mark.parametrize("header, named", [
+    (["x" * 130_000], f"its header is {'x' * 100!r}... (130000 characters)"),
+    ([f"column_{i}" for i in range(100_000)], "its header is 'column_0', 'column_1', 'column_2', 'column_3', "
+                                              "'column_4' and 99995 more"),
+], ids=["a 130,000-character name", "100,000 columns"])
+def test_a_header_without_the_features_is_named_cut_short_in_one_error_line(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str, header: List[str], named: str
+) -> None:
+    put_csv(s3, bucket_with_model, "in/orders.csv", [header, ["1"] * len(header)])
+
+    result = score(bucket_with_model, s3_env, "in/orders.csv", "out/orders.csv")
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert f"the input has no column orders_placed or product_code; {named}" in line
+    assert len(line) < 2_000
+    assert keys(s3, bucket_with_model, "out/") == []

@@ -10,7 +10,7 @@ from pipeline import train_model
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
 from pipeline.model_registry.live_model import get_live_model, live_model_object
-from pipeline.settings import ENVIRONMENT, LOCAL, S3
+from pipeline.settings import ARTEFACT, ENVIRONMENT, LOCAL, MESSAGES, S3, TRAIN
 from pipeline.storage.signed_artefacts import put_model
 from tests.helpers import LOG_LINE, error_lines, latest_drop, model_keys, newest_model_key, run_cli
 
@@ -206,3 +206,82 @@ def test_main_in_process_without_a_signing_key_returns_1_with_the_one_error_line
     assert (" - ERROR - test_train_model.test_main_in_process_without_a_signing_key_returns_1_with_the_one_error_line"
             " - train_model failed: MODEL_SIGNING_KEY is not set: ") in line
     assert model_keys(s3, bucket_with_model) == before
+
+
+# --- bad data that must not reach a model: refused at validation, in one short ERROR line ------
+
+def _week_in(s3: Any, bucket: str, frame: Any) -> str:
+    key = f"datasets/time_to_dispatch_{latest_drop():%Y-%m-%dT%H|%M|%S}.csv"
+    s3.put_object(Bucket=bucket, Key=key, Body=frame.to_csv(index=False).encode())
+    return key
+
+
+def test_cli_with_an_overlong_product_code_refuses_the_week_in_one_short_error_line(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str
+) -> None:
+    long_code = "X" * 130_000
+    week = generate_orders(1000, seed=3)
+    week.loc[week.index[:12], "product_code"] = long_code
+    _week_in(s3, bucket_with_model, week)
+    before = model_keys(s3, bucket_with_model)
+
+    result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.8"], s3_env)
+
+    assert result.returncode == 1, result.stdout[-2000:]
+    [line] = error_lines(result.stdout)
+    assert f"product_code longer than {TRAIN.max_product_code_chars} characters" in line
+    assert "(130000 characters)" in line
+    assert max(map(len, result.stdout.splitlines())) < 2_000
+    assert model_keys(s3, bucket_with_model) == before
+
+
+def test_cli_with_a_product_code_outside_the_character_set_refuses_the_week(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str
+) -> None:
+    week = generate_orders(1000, seed=3)
+    week.loc[week.index[:12], "product_code"] = "SKU<script>"
+    _week_in(s3, bucket_with_model, week)
+    before = model_keys(s3, bucket_with_model)
+
+    result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.8"], s3_env)
+
+    assert result.returncode == 1, result.stdout[-2000:]
+    [line] = error_lines(result.stdout)
+    assert "12 row(s) with product_code outside the allowed characters" in line
+    assert "'SKU<script>'" in line
+    assert model_keys(s3, bucket_with_model) == before
+
+
+def test_cli_with_60000_distinct_codes_names_a_few_and_counts_the_rest(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str
+) -> None:
+    week = generate_orders(60_000, seed=4)
+    week["product_code"] = [f"P{i:06d}" for i in range(len(week))]
+    _week_in(s3, bucket_with_model, week)
+
+    result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.8"], s3_env)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert "too few rows for product(s) P000000 (1), P000001 (1)" in line
+    assert f"and {60_000 - MESSAGES.max_codes_named} more" in line
+    assert max(map(len, result.stdout.splitlines())) < 2_000
+
+
+def test_cli_with_a_row_above_the_trained_orders_limit_refuses_the_week_and_persists_nothing(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str
+) -> None:
+    week = generate_orders(1000, seed=5)
+    week.loc[week.index[7], "orders_placed"] = 150_000
+    _week_in(s3, bucket_with_model, week)
+    before = model_keys(s3, bucket_with_model)
+    reports_before = s3.list_objects_v2(Bucket=bucket_with_model, Prefix="reports/").get("KeyCount", 0)
+
+    result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.8"], s3_env)
+
+    assert result.returncode == 1, result.stdout[-2000:]
+    [line] = error_lines(result.stdout)
+    assert (f"1 row(s) with orders_placed above {ARTEFACT.max_trained_orders_placed:,} (e.g. 150000) "
+            "at CSV line(s) 9") in line
+    assert model_keys(s3, bucket_with_model) == before
+    assert s3.list_objects_v2(Bucket=bucket_with_model, Prefix="reports/").get("KeyCount", 0) == reports_before

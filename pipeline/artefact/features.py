@@ -11,7 +11,7 @@ from typing import Iterable, Sequence, Tuple, Union
 import numpy as np
 
 from pipeline.settings import MESSAGES
-from pipeline.utils import quote
+from pipeline.utils import listed, quote
 
 LABEL_COLUMN = "hours_to_dispatch"
 ORDERS_COLUMN = "orders_placed"
@@ -57,7 +57,7 @@ class ProductCodeEncoding:
             return self.codes.index(product_code)
         except ValueError:
             raise UnknownProductCodeError(
-                f"unknown product code {quote(product_code)}; known codes: {', '.join(self.codes)}"
+                f"unknown product code {quote(product_code)}; known codes: {_named(self.codes)}"
             ) from None
 
     def encode(self, product_codes: Sequence[str]) -> np.ndarray:
@@ -75,8 +75,7 @@ class ProductCodeEncoding:
         except KeyError:
             unknown = sorted({str(code) for code in product_codes if code not in lookup})
             raise UnknownProductCodeError(
-                f"unknown product code(s) {_named(unknown)}; "
-                f"known codes: {', '.join(self.codes)}"
+                f"unknown product code(s) {_named(unknown)}; known codes: {_named(self.codes)}"
             ) from None
 
 
@@ -108,6 +107,4 @@ def encode_features(
 
 
 def _named(values: Sequence[str]) -> str:
-    named = ", ".join(quote(value) for value in values[:MESSAGES.max_codes_named])
-    more = len(values) - MESSAGES.max_codes_named
-    return named + (f" and {more} more" if more > 0 else "")
+    return listed([quote(value) for value in values[:MESSAGES.max_codes_named]], total=len(values))

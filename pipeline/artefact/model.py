@@ -17,6 +17,7 @@ from sklearn.tree import DecisionTreeRegressor
 
 from pipeline.artefact.features import Numbers, ProductCodeEncoding, encode_features
 from pipeline.settings import ARTEFACT
+from pipeline.utils import quote
 
 MODEL_NAME = "time-to-dispatch"
 N_FEATURES = 2
@@ -124,7 +125,7 @@ def check_model_structure(model: "Model") -> None:
     max_orders = getattr(model.monotonicity, "max_orders_placed", None)
     if not isinstance(max_orders, int) or not 0 <= max_orders <= ARTEFACT.max_trained_orders_placed:
         raise InvalidModelError(
-            f"the largest orders_placed seen in training is {max_orders!r}, not an integer in "
+            f"the largest orders_placed seen in training is {quote(max_orders)}, not an integer in "
             f"0..{ARTEFACT.max_trained_orders_placed}"
         )
 

@@ -28,6 +28,7 @@ from pipeline.storage.client import StorageError, get_json_object, object_info, 
 from pipeline.storage.datasets import list_datasets
 from pipeline.storage.layout import StoredObject, artefact_id_of_key, predictions_key
 from pipeline.storage.signed_artefacts import get_model
+from pipeline.utils import quote
 
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def parse_date(text: str, end_of_day: bool = False) -> datetime:
     try:
         stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"not an ISO-8601 date or date-time: {text!r}") from None
+        raise ValueError(f"not an ISO-8601 date or date-time: {quote(text)}") from None
     stamp = stamp.replace(tzinfo=timezone.utc) if stamp.tzinfo is None else stamp.astimezone(timezone.utc)
     if end_of_day and len(text.strip()) == 10:
         stamp += timedelta(days=1)

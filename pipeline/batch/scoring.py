@@ -29,9 +29,10 @@ import numpy as np
 
 from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
-from pipeline.settings import ARTEFACT, BATCH, LAYOUT
+from pipeline.settings import ARTEFACT, BATCH, LAYOUT, MESSAGES
 from pipeline.storage.client import delete_object
 from pipeline.storage.multipart import MultipartWriter, open_object_stream
+from pipeline.utils import listed, quote
 
 ESTIMATE_COLUMN = "est_hours_to_dispatch"
 REJECT_COLUMNS = ("line", "reason", "row")
@@ -122,7 +123,8 @@ def read_header(reader: Any) -> CsvHeader:
         raise ScoringError("the input is empty: expected a CSV header with orders_placed and product_code")
     missing = [name for name in (ORDERS_COLUMN, PRODUCT_COLUMN) if name not in columns]
     if missing:
-        raise ScoringError(f"the input has no column {' or '.join(missing)}; its header is {columns}")
+        header = listed([quote(name) for name in columns[:MESSAGES.max_codes_named]], total=len(columns))
+        raise ScoringError(f"the input has no column {' or '.join(missing)}; its header is {header}")
     repeated = sorted({name for name in (ORDERS_COLUMN, PRODUCT_COLUMN, ESTIMATE_COLUMN)
                        if columns.count(name) > 1})
     if repeated:
@@ -142,13 +144,13 @@ def orders_placed_problem(text: str) -> Optional[str]:
     except ValueError:
         if not text.strip():
             return "orders_placed is missing"
-        return f"orders_placed is not a number: {text!r}"
+        return f"orders_placed is not a number: {quote(text)}"
     if not math.isfinite(value):
-        return f"orders_placed is not finite: {text!r}"
+        return f"orders_placed is not finite: {quote(text)}"
     if value < 0:
-        return f"orders_placed is negative: {text!r}"
+        return f"orders_placed is negative: {quote(text)}"
     if value > ARTEFACT.max_accepted_orders_placed:
-        return f"orders_placed is above {ARTEFACT.max_accepted_orders_placed:g}: {text!r}"
+        return f"orders_placed is above {ARTEFACT.max_accepted_orders_placed:g}: {quote(text)}"
     return None
 
 
@@ -158,7 +160,7 @@ def product_code_problem(code: str, known: Any) -> Optional[str]:
         return None
     if not code.strip():
         return "product_code is missing"
-    return f"unknown product code: {code!r}"
+    return f"unknown product code: {quote(code)}"
 
 
 def score_chunks(

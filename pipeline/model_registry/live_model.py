@@ -17,6 +17,7 @@ from pipeline.storage.layout import (
     utc,
 )
 from pipeline.storage.signed_artefacts import get_model
+from pipeline.utils import listed, quote
 
 
 class UnknownModelError(StorageError):
@@ -115,10 +116,10 @@ def resolve_model_key(bucket: str, model: str, client: Any = None, keys: Optiona
             return matches[0]
         if len(matches) > 1:
             raise AmbiguousModelError(
-                f"MODEL {model!r} is ambiguous in s3://{bucket}/{LAYOUT.models_prefix}: it matches "
-                f"{len(matches)} artefacts ({', '.join(sorted(matches))}); give the full key"
+                f"MODEL {quote(model)} is ambiguous in s3://{bucket}/{LAYOUT.models_prefix}: it matches "
+                f"{len(matches)} artefacts ({listed(sorted(matches))}); give the full key"
             )
     raise UnknownModelError(
-        f"MODEL {model!r} is not an artefact id or key in s3://{bucket}/{LAYOUT.models_prefix} "
+        f"MODEL {quote(model)} is not an artefact id or key in s3://{bucket}/{LAYOUT.models_prefix} "
         f"({len(keys)} model(s); `python -m pipeline.registry {bucket} list` shows them)"
     )

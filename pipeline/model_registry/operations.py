@@ -33,7 +33,7 @@ from pipeline.model_registry.records import (
 from pipeline.storage.layout import NoObjectsError, StoredObject, artefact_id_of_key
 from pipeline.storage.report_files import list_report_keys
 from pipeline.storage.signed_artefacts import ArtefactError, get_model
-from pipeline.utils import StageArgumentParser
+from pipeline.utils import StageArgumentParser, quote
 
 LIVE, REJECTED, SUPERSEDED = "live", "rejected", "superseded"
 COMMANDS = ("list", "show", REJECT, RESTORE)
@@ -159,13 +159,13 @@ def change_status(bucket: str, reference: str, action: str, reason: str, who: Op
         raise RegistryError("--reason is empty: say why")
     entry = resolve_model(bucket, model_entries(bucket), reference)
     if action == REJECT and entry.status == REJECTED:
-        raise RegistryError(f"model {entry.artefact_id} is already rejected ({entry.history[-1].reason})")
+        raise RegistryError(f"model {entry.artefact_id} is already rejected ({quote(entry.history[-1].reason)})")
     if action == RESTORE and entry.status != REJECTED:
         raise RegistryError(f"model {entry.artefact_id} is not rejected (it is {entry.status}); nothing to restore")
     change = StatusChange(entry.key, action, reason.strip(), who or current_identity(), datetime.now(timezone.utc))
     key = put_status_change(bucket, change)
     log.info(f"{action} of model {entry.artefact_id} recorded at s3://{bucket}/{key} "
-             f"(by {change.who}: {change.reason})")
+             f"(by {quote(change.who)}: {quote(change.reason)})")
     return change
 
 

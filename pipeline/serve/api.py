@@ -15,22 +15,25 @@ the size limit (413) or too slow to arrive (408) are stopped by `limits.RequestL
 anything parses them. A valid single prediction is answered on the hot path (`hot_path.py`),
 without FastAPI's per-request machinery, with the bytes the stock route would send.
 """
+import itertools
 import json
 import math
-from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence, Type, Union, cast
+from typing import Annotated, Any, Callable, Dict, FrozenSet, List, Literal, Optional, Sequence, Type, Union, cast
 
 from fastapi import Body, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
 from pipeline.artefact.model import Model
 from pipeline.serve.hot_path import HotPathMiddleware, HotPathRoute
 from pipeline.serve.limits import RequestLimits
 from pipeline.serve.metrics import ServiceMetrics, instrument
 from pipeline.settings import API, ARTEFACT, MESSAGES, SERVE
+from pipeline.utils import quote
 
 
 class ErrorMessage(BaseModel):
@@ -59,7 +62,8 @@ class PredictionRequest(BaseModel):
 
     `orders_placed` must be a JSON number (not a string or a boolean), finite, from 0 to
     ARTEFACT.max_accepted_orders_placed. Unknown fields are rejected, so that a misspelt or unsupported field is
-    a 422 naming it rather than silently ignored.
+    a 422 naming it rather than silently ignored; an object with more than
+    SERVE.max_errors_reported fields besides its own is one `too_many_fields` error.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -73,6 +77,17 @@ class PredictionRequest(BaseModel):
         description="Orders already placed today: a finite number from 0 to 1e9.",
         examples=[112],
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_many_fields(cls, data: Any) -> Any:
+        # Each unknown field is an error of its own: refused as a whole past the number of errors
+        # a 422 lists, before pydantic checks (and reports) each of 90,000 fields one by one.
+        if isinstance(data, dict) and len(data) > len(cls.model_fields) + SERVE.max_errors_reported:
+            raise PydanticCustomError(
+                "too_many_fields", "Input should be an object with the fields {fields} only; it has {count} fields",
+                {"fields": " and ".join(cls.model_fields), "count": len(data)})
+        return data
 
 
 def build_request_model(product_codes: Sequence[str]) -> Type[PredictionRequest]:
@@ -93,16 +108,45 @@ def build_request_model(product_codes: Sequence[str]) -> Type[PredictionRequest]
     codes = tuple(product_codes)
     if not codes:
         raise ValueError("a request model needs at least one product code")
+    expected = expected_codes(codes)
+    # pydantic's Literal names every code in each error it makes (a 1,000-item batch of a model
+    # with a long code or many codes made hundreds of megabytes before any handler could cut
+    # them); past what a message names, the same check with the same error, naming a few.
+    code_type: Any = cast(Any, Literal)[codes] if expected is None else Annotated[
+        str, PlainValidator(_known_code(frozenset(codes), expected)),
+        WithJsonSchema({"enum": list(codes), "type": "string"}),
+    ]
     return create_model(
         "PredictionRequest",
         __base__=PredictionRequest,
         __doc__="Estimate the hours to dispatch an order for a product, given today's orders so far.",
         product_code=(
-            cast(Any, Literal)[codes],
+            code_type,
             Field(description="A product code the model was trained on.",
                   json_schema_extra={"examples": [codes[0]]}),
         ),
     )
+
+
+def expected_codes(codes: Sequence[str]) -> Optional[str]:
+    """What a 422 for an unknown product code says is expected, when pydantic's own wording
+    (every code, in full) would be too long: at most MESSAGES.max_codes_named codes, each cut
+    short (`quote`), then how many more; None when pydantic's wording is short enough."""
+    limit = MESSAGES.max_codes_named
+    if len(codes) <= limit and all(len(code) <= MESSAGES.quote_prefix_chars for code in codes):
+        return None
+    named = [quote(code) for code in codes[:limit]]
+    if len(codes) > limit:
+        return f"{', '.join(named)} or one of {len(codes) - limit} more"
+    return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
+
+
+def _known_code(codes: FrozenSet[str], expected: str) -> Callable[[Any], str]:
+    def known_code(value: Any) -> str:
+        if isinstance(value, str) and value in codes:
+            return value
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+    return known_code
 
 
 def create_app(
@@ -215,7 +259,12 @@ def _ignore_predictions(product_codes: Sequence[str], orders_placed: Sequence[fl
 
 
 async def validation_error_response(request: Request, error: Exception) -> JSONResponse:
-    """FastAPI's standard 422 body, safe to render whatever the request held.
+    """FastAPI's standard 422 body, safe to render whatever the request held, and bounded.
+
+    - At most SERVE.max_errors_reported errors are listed, then one of type `too_many_errors`
+      that counts the rest (an object with too many fields is refused whole before this, as one
+      `too_many_fields` error; an unknown product code names at most MESSAGES.max_codes_named
+      codes, `expected_codes`).
 
     - NaN and Infinity (Python's JSON parser accepts the literals) are echoed as the strings
       `"NaN"`, `"Infinity"` and `"-Infinity"`; JSON cannot carry them as numbers.
@@ -230,16 +279,37 @@ async def validation_error_response(request: Request, error: Exception) -> JSONR
     """
     errors = cast(RequestValidationError, error).errors()
     detail = []
-    for item in errors:
+    for item in errors[:SERVE.max_errors_reported]:
         item = dict(item)
         if isinstance(item.get("input"), bytes):
             item["input"] = item["input"].decode("utf-8", "backslashreplace")
         if "input" in item:
-            item["input"] = _short_input(_json_safe(jsonable_encoder(item["input"])))
+            item["input"] = _echoed(item["input"])
         if "loc" in item:  # a field name that is not in the schema is the client's text too
             item["loc"] = [_short_input(part) if isinstance(part, str) else part for part in item["loc"]]
         detail.append(_json_safe(jsonable_encoder(item)))
+    if len(errors) > SERVE.max_errors_reported:
+        detail.append({
+            "type": "too_many_errors", "loc": ["body"],
+            "msg": f"{len(errors) - SERVE.max_errors_reported} more error(s) not listed; the first "
+                   f"{SERVE.max_errors_reported} are",
+            "input": None,
+        })
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def _echoed(value: Any) -> Any:
+    # An object or array of more items than the echo keeps characters is cut on the JSON text of
+    # its first items, and counted in items: encoding all of them would take longer than the
+    # whole request (90,000 fields: 150 ms).
+    limit = MESSAGES.quote_prefix_chars
+    if isinstance(value, dict) and len(value) > limit:
+        head = json.dumps(dict(itertools.islice(value.items(), limit)), ensure_ascii=False, default=str)
+        return _json_safe(f"{head[:limit]}... ({len(value)} fields)")
+    if isinstance(value, list) and len(value) > limit:
+        head = json.dumps(value[:limit], ensure_ascii=False, default=str)
+        return _json_safe(f"{head[:limit]}... ({len(value)} items)")
+    return _short_input(_json_safe(jsonable_encoder(value)))
 
 
 def _short_input(value: Any) -> Any:

@@ -14,11 +14,13 @@ import numpy as np
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
+from pipeline.settings import MESSAGES
 from pipeline.storage.client import StorageError
 from pipeline.storage.datasets import Dataset, get_dataset_version
 from pipeline.storage.layout import NoObjectsError
 from pipeline.storage.signed_artefacts import ArtefactError
 from pipeline.train.steps import ModelValidationError
+from pipeline.utils import listed, quote
 
 
 log = logging.getLogger(__name__)
@@ -121,7 +123,8 @@ def compare_with_champion(
     if left_out:
         log.info(
             f"champion comparison leaves out {int((~known).sum())} held-out row(s) of product(s) "
-            f"{', '.join(left_out)}, unknown to live model {champion.artefact_id}"
+            f"{listed([quote(code) if len(code) > MESSAGES.quote_prefix_chars else code for code in left_out])}, "
+            f"unknown to live model {champion.artefact_id}"
         )
     if not known.any():
         log.info(f"no champion comparison: live model {champion.artefact_id} knows none of the products")

@@ -23,7 +23,8 @@ from scipy.stats import ks_2samp
 
 from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
-from pipeline.settings import DRIFT
+from pipeline.settings import DRIFT, MESSAGES
+from pipeline.utils import listed, quote
 
 
 ORDERS_PLACED, PRODUCT_MIX, PERFORMANCE = "orders_placed", "product mix", "performance"
@@ -133,17 +134,26 @@ def product_mix_drift(reference: pd.DataFrame, current: pd.DataFrame) -> List[Dr
         DriftStatistic(
             PRODUCT_MIX, None, "PSI", psi, DRIFT.product_mix_psi_threshold, psi > DRIFT.product_mix_psi_threshold,
             f"PSI of the product codes' shares {psi:.3f} (threshold {DRIFT.product_mix_psi_threshold}); "
-            "this week: " + ", ".join(f"{code} {share:.0%}" for code, share in sorted(shares.items())),
+            "this week: " + listed([f"{_code(str(code))} {share:.0%}" for code, share in sorted(shares.items())]),
         ),
         DriftStatistic(
             PRODUCT_MIX, None, "new codes", float(len(new)), 0.0, bool(new),
-            f"{len(new)} product code(s) the reference week did not have: {', '.join(new) or 'none'}",
+            f"{len(new)} product code(s) the reference week did not have: {_codes(new) or 'none'}",
         ),
         DriftStatistic(
             PRODUCT_MIX, None, "vanished codes", float(len(vanished)), 0.0, bool(vanished),
-            f"{len(vanished)} product code(s) of the reference week missing this week: {', '.join(vanished) or 'none'}",
+            f"{len(vanished)} product code(s) of the reference week missing this week: {_codes(vanished) or 'none'}",
         ),
     ]
+
+
+def _code(code: str) -> str:
+    # A reference week from before the product-code rule may hold any code: one too long is cut.
+    return code if len(code) <= MESSAGES.quote_prefix_chars else quote(code)
+
+
+def _codes(codes: List[str]) -> str:
+    return listed([_code(code) for code in codes[:MESSAGES.max_codes_named]], total=len(codes))
 
 
 def performance_drift(live: Model, current: pd.DataFrame) -> List[DriftStatistic]:

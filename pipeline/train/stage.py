@@ -62,6 +62,7 @@ def train(
         SigningKeyError: MODEL_SIGNING_KEY is unset or malformed (checked before any work).
         StorageError: S3 failed or holds no usable dataset.
         DatasetError: the dataset cannot be trained on.
+        InvalidModelError: the model fails the serve stage's structure check (nothing is persisted).
         ModelRefusedError: one or more gates failed (all are named); the report is written.
     """
     check_thresholds_valid(error_threshold, warning_threshold)

@@ -27,13 +27,17 @@ from pipeline.artefact.model import (
     MonotonicityReport,
     ProductMonotonicity,
     TaskMetrics,
+    check_model_structure,
 )
-from pipeline.settings import ENVIRONMENT, TRAIN, environment_value
+from pipeline.settings import ARTEFACT, ENVIRONMENT, MESSAGES, TRAIN, environment_value
 from pipeline.storage.datasets import Dataset
-from pipeline.utils import quote
+from pipeline.utils import listed, quote
 
 
 log = logging.getLogger(__name__)
+
+# TRAIN.product_code_pattern in words, for the error that refuses a code outside it.
+PRODUCT_CODE_CHARACTERS = "ASCII letters, digits, '.', '_', '-', '/'"
 
 
 class DatasetError(ValueError):
@@ -80,13 +84,19 @@ def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
     Raises:
         DatasetError: missing columns, non-numeric, negative or missing `orders_placed`,
             missing or non-numeric labels, missing product codes, or a product with fewer
-            than TRAIN.min_rows_per_product rows.
+            than TRAIN.min_rows_per_product rows; `orders_placed` above
+            ARTEFACT.max_trained_orders_placed (a model trained on it could never be served), or a
+            product code longer than TRAIN.max_product_code_chars or with a character outside
+            TRAIN.product_code_pattern (spaces around a code are trimmed first). A message names
+            at most MESSAGES.max_codes_named codes or columns and counts the rest; each value it
+            quotes is cut short (`quote`).
     """
     missing = [column for column in DATASET_COLUMNS if column not in data.columns]
     if missing:
+        got = listed([quote(str(column)) for column in data.columns[:MESSAGES.max_codes_named]],
+                     total=len(data.columns))
         raise DatasetError(
-            f"missing column(s) {', '.join(missing)}; expected {', '.join(DATASET_COLUMNS)}, "
-            f"got {', '.join(map(str, data.columns)) or 'none'}"
+            f"missing column(s) {', '.join(missing)}; expected {', '.join(DATASET_COLUMNS)}, got {got or 'none'}"
         )
     if data.empty:
         raise DatasetError("the dataset has no rows")
@@ -99,6 +109,9 @@ def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
     _report(problems, data[ORDERS_COLUMN].isna(), f"missing {ORDERS_COLUMN}")
     _report(problems, np.isinf(orders), f"infinite {ORDERS_COLUMN}", orders)
     _report(problems, orders < 0, f"negative {ORDERS_COLUMN}", orders)
+    _report(problems, orders > ARTEFACT.max_trained_orders_placed,
+            f"{ORDERS_COLUMN} above {ARTEFACT.max_trained_orders_placed:,}",
+            orders)
     _report(problems, data[LABEL_COLUMN].notna() & labels.isna(), f"non-numeric {LABEL_COLUMN}",
             data[LABEL_COLUMN])
     _report(problems, data[LABEL_COLUMN].isna(), f"missing {LABEL_COLUMN} (label)")
@@ -106,14 +119,19 @@ def validate_dataset(data: pd.DataFrame) -> pd.DataFrame:
     _report(problems, labels < 0, f"negative {LABEL_COLUMN}", labels)
     blank_codes = codes.isna() | (codes.astype(str).str.strip() == "")
     _report(problems, blank_codes, f"missing {PRODUCT_COLUMN}")
+    trimmed = codes.astype(str).str.strip()
+    too_long = ~blank_codes & (trimmed.str.len() > TRAIN.max_product_code_chars)
+    _report(problems, too_long, f"{PRODUCT_COLUMN} longer than {TRAIN.max_product_code_chars} characters", trimmed)
+    _report(problems, ~blank_codes & ~too_long & ~trimmed.str.fullmatch(TRAIN.product_code_pattern).astype(bool),
+            f"{PRODUCT_COLUMN} outside the allowed characters ({PRODUCT_CODE_CHARACTERS})", trimmed)
     if not problems:
         warn_about_lookalike_codes(codes.astype(str))
-        counts = codes.astype(str).str.strip().value_counts().to_dict()
-        few = {code: n for code, n in counts.items() if n < TRAIN.min_rows_per_product}
+        counts = trimmed.value_counts().to_dict()
+        few = sorted((code, n) for code, n in counts.items() if n < TRAIN.min_rows_per_product)
         if few:
             problems.append(
                 "too few rows for product(s) "
-                + ", ".join(f"{code} ({n})" for code, n in sorted(few.items()))
+                + listed([f"{code} ({n})" for code, n in few[:MESSAGES.max_codes_named]], total=len(few))
                 + f"; each product needs at least {TRAIN.min_rows_per_product}"
             )
     if problems:
@@ -153,7 +171,7 @@ def prepare_data(raw: pd.DataFrame) -> PreparedData:
     """
     data = validate_dataset(raw)
     rows_per_product = {str(k): int(v) for k, v in sorted(data[PRODUCT_COLUMN].value_counts().items())}
-    log.info(f"{len(data)} rows; rows per product: {rows_per_product}")
+    log.info(f"{len(data)} rows; rows per product: {_some_products(rows_per_product)}")
     encoding = ProductCodeEncoding.fit(data[PRODUCT_COLUMN])
     features = encode_features(data[ORDERS_COLUMN].to_numpy(), data[PRODUCT_COLUMN].tolist(), encoding)
     X_train, X_test, y_train, y_test = train_test_split(
@@ -201,12 +219,15 @@ def logic_check_failures(estimator: DecisionTreeRegressor, data: PreparedData) -
     codes = list(data.encoding.codes)
     low = estimator.predict(encode_features([TRAIN.check_orders_low] * len(codes), codes, data.encoding))
     high = estimator.predict(encode_features([TRAIN.check_orders_high] * len(codes), codes, data.encoding))
-    for code, at_low, at_high in zip(codes, low, high):
-        if not at_high > at_low:
-            failures.append(
-                f"{code}: estimate at {TRAIN.check_orders_high} orders ({at_high:.3f}h) is not above "
-                f"the estimate at {TRAIN.check_orders_low} orders ({at_low:.3f}h)"
-            )
+    not_rising = [
+        f"{code}: estimate at {TRAIN.check_orders_high} orders ({at_high:.3f}h) is not above "
+        f"the estimate at {TRAIN.check_orders_low} orders ({at_low:.3f}h)"
+        for code, at_low, at_high in zip(codes, low, high) if not at_high > at_low
+    ]
+    failures += not_rising[:MESSAGES.max_codes_named]
+    if len(not_rising) > MESSAGES.max_codes_named:
+        failures.append(f"and {len(not_rising) - MESSAGES.max_codes_named} more product(s) whose estimate is not "
+                        f"above it at {TRAIN.check_orders_high} orders")
     test_predictions = estimator.predict(data.X_test)
     negative = int((test_predictions < 0).sum())
     if negative:
@@ -281,7 +302,8 @@ def measure_monotonicity(estimator: DecisionTreeRegressor, data: PreparedData) -
     log.info(
         f"monotonicity over 0..{data.max_orders_placed} orders: {report.total_decreasing_steps} "
         f"decreasing step(s), largest drop {report.largest_drop_hours:.3f}h; per product "
-        + ", ".join(f"{c}: {p.decreasing_steps}" for c, p in per_product.items())
+        + listed([f"{c}: {p.decreasing_steps}" for c, p in list(per_product.items())[:MESSAGES.max_codes_named]],
+                 total=len(per_product))
     )
     return report
 
@@ -293,8 +315,14 @@ def build_model(
     metrics: TaskMetrics,
     dataset: Dataset,
 ) -> Model:
-    """Wrap the tuned estimator with its lineage (the commit from `GIT_COMMIT_HASH`)."""
-    return Model(
+    """Wrap the tuned estimator with its lineage (the commit from `GIT_COMMIT_HASH`), and check it
+    as every reader will: the train stage never persists a model the serve stage would refuse.
+
+    Raises:
+        InvalidModelError: the model fails `check_model_structure` (the same check, with the
+            same limits, that the serve stage and batch scoring apply when they load it).
+    """
+    model = Model(
         estimator=estimator,
         encoding=data.encoding,
         dataset=DatasetLineage(
@@ -305,6 +333,16 @@ def build_model(
         monotonicity=measure_monotonicity(estimator, data),
         git_commit=environment_value(ENVIRONMENT.git_commit) or "unknown",
     )
+    check_model_structure(model)
+    return model
+
+
+def _some_products(counts: Dict[str, int]) -> str:
+    """A per-product mapping as a log line shows it: all of it, or its first products and how many more."""
+    if len(counts) <= MESSAGES.max_codes_named:
+        return str(counts)
+    first = dict(list(counts.items())[:MESSAGES.max_codes_named])
+    return f"{first} and {len(counts) - MESSAGES.max_codes_named} more"
 
 
 def _report(
@@ -314,6 +352,9 @@ def _report(
     count = int(mask.sum())
     if count:
         rows = ", ".join(str(i + 2) for i in np.flatnonzero(mask.to_numpy())[:5])
-        example = f" (e.g. {quote(values[mask].iloc[0])})" if values is not None else ""
+        first = values[mask].iloc[0] if values is not None else None
+        # numpy's scalars are quoted as the numbers they are (150000, not np.int64(150000))
+        example = f" (e.g. {quote(first.item() if isinstance(first, np.generic) else first)})" \
+            if values is not None else ""
         more = "..." if count > 5 else ""
         problems.append(f"{count} row(s) with {what}{example} at CSV line(s) {rows}{more}")

@@ -21,7 +21,7 @@ def test_encoding_refuses_to_learn_from_no_or_blank_codes(codes: list) -> None:
 def test_encode_names_every_unknown_code_and_the_known_ones() -> None:
     encoding = ProductCodeEncoding(("SKU001", "SKU002"))
 
-    with pytest.raises(UnknownProductCodeError, match="'SKU007', 'sku001'; known codes: SKU001, SKU002"):
+    with pytest.raises(UnknownProductCodeError, match="'SKU007', 'sku001'; known codes: 'SKU001', 'SKU002'"):
         encoding.encode(["SKU001", "sku001", "SKU007"])
 
 
@@ -45,7 +45,7 @@ def test_an_unknown_code_is_quoted_cut_to_a_short_prefix() -> None:
     with pytest.raises(UnknownProductCodeError) as raised:
         encoding.index("Z" * 1_000_000)
 
-    assert f"unknown product code {'Z' * 100!r}... (1000000 characters); known codes: SKU001" == str(raised.value)
+    assert f"unknown product code {'Z' * 100!r}... (1000000 characters); known codes: 'SKU001'" == str(raised.value)
 
 
 def test_many_unknown_codes_name_five_and_count_the_rest() -> None:
@@ -53,3 +53,25 @@ def test_many_unknown_codes_name_five_and_count_the_rest() -> None:
 
     with pytest.raises(UnknownProductCodeError, match=r"'X0', 'X1', 'X2', 'X3', 'X4' and 5 more; known"):
         encoding.encode([f"X{i}" for i in range(10)])
+
+
+def test_an_unknown_code_names_five_known_codes_and_counts_the_rest() -> None:
+    encoding = ProductCodeEncoding(tuple(f"SKU{i:05d}" for i in range(60_000)))
+
+    with pytest.raises(UnknownProductCodeError) as single:
+        encoding.index("SKU404")
+    with pytest.raises(UnknownProductCodeError) as many:
+        encoding.encode(["SKU404"])
+
+    known = "known codes: 'SKU00000', 'SKU00001', 'SKU00002', 'SKU00003', 'SKU00004' and 59995 more"
+    assert str(single.value) == f"unknown product code 'SKU404'; {known}"
+    assert str(many.value) == f"unknown product code(s) 'SKU404'; {known}"
+
+
+def test_a_huge_known_code_is_quoted_cut_short() -> None:
+    encoding = ProductCodeEncoding(("X" * 130_000,))
+
+    with pytest.raises(UnknownProductCodeError) as raised:
+        encoding.index("SKU404")
+
+    assert str(raised.value) == f"unknown product code 'SKU404'; known codes: {'X' * 100!r}... (130000 characters)"

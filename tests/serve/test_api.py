@@ -388,3 +388,68 @@ def test_openapi_documents_the_400_408_and_413_of_every_post_route(client: TestC
 
     for path in (API.predict_path, API.predict_batch_path):
         assert {"200", "400", "408", "413", "422"} <= set(paths[path]["post"]["responses"]), path
+
+
+# --- bounded 422s: a body cannot make the answer, or the work, grow with it ----------------------
+
+def test_a_body_of_90000_unknown_fields_is_a_short_422_listing_a_few_errors_and_counting_the_rest(
+    client: TestClient
+) -> None:
+    text = "{" + ",".join(f'"k{i}":0' for i in range(90_000)) + "}"
+    assert len(text) < SERVE.max_body_bytes
+
+    response = post_raw(client, API.predict_path, text)
+
+    assert response.status_code == 422
+    assert len(response.content) < 5_000
+    detail = response.json()["detail"]
+    assert len(detail) <= SERVE.max_errors_reported + 1
+    assert detail[0]["type"] == "too_many_fields"
+    assert "90000 fields" in detail[0]["msg"]
+
+
+def test_a_batch_of_many_invalid_items_lists_the_first_errors_and_counts_the_rest(client: TestClient) -> None:
+    requests = [{"product_code": "SKU404", "orders_placed": -1}] * SERVE.max_batch_size
+
+    response = post_json(client, API.predict_batch_path, requests)
+
+    assert response.status_code == 422
+    assert len(response.content) < 20_000
+    detail = response.json()["detail"]
+    assert len(detail) == SERVE.max_errors_reported + 1
+    assert [e["loc"] for e in detail[:2]] == [["body", 0, "product_code"], ["body", 0, "orders_placed"]]
+    assert detail[-1]["type"] == "too_many_errors"
+    assert detail[-1]["msg"] == (f"{2 * SERVE.max_batch_size - SERVE.max_errors_reported} more error(s) not "
+                                 f"listed; the first {SERVE.max_errors_reported} are")
+
+
+def test_an_unknown_code_names_a_few_known_codes_and_counts_the_rest() -> None:
+    slopes = {f"SKU{i:03d}": 0.05 + i / 100 for i in range(1, 9)}
+    data = steps.prepare_data(generate_orders(800, seed=12, product_slopes=slopes))
+    search = tuning.tune_hyperparameters(data.X_train, data.y_train, {"max_depth": [6]})
+    dataset = Dataset(generate_orders(1), "bucket", "datasets/time_to_dispatch_2026-10-02T23:00:00.csv",
+                      datetime(2026, 10, 2, 23, tzinfo=timezone.utc), "etag", None)
+    model = steps.build_model(search.estimator, search.best_params, data, steps.evaluate(search.estimator, data),
+                              dataset)
+    client = TestClient(create_app(model))
+
+    response = post_json(client, API.predict_path, {"product_code": "SKU404", "orders_placed": 1})
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    expected = "'SKU001', 'SKU002', 'SKU003', 'SKU004', 'SKU005' or one of 3 more"
+    assert (error["type"], error["msg"]) == ("literal_error", f"Input should be {expected}")
+    assert error["ctx"] == {"expected": expected}
+
+
+def test_a_model_with_a_huge_code_answers_an_unknown_code_with_a_short_422(served_model: Model) -> None:
+    # A model made before product codes had a length limit may still hold one.
+    codes = ("X" * 130_000, *served_model.encoding.codes[1:])
+    served_model.encoding = type(served_model.encoding)(codes=codes)
+    client = TestClient(create_app(served_model))
+
+    response = post_json(client, API.predict_batch_path, [{"product_code": "SKU404", "orders_placed": 1}] * 4)
+
+    assert response.status_code == 422
+    assert len(response.content) < 5_000
+    assert "... (130000 characters)" in response.json()["detail"][0]["msg"]

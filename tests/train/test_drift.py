@@ -141,3 +141,18 @@ def test_log_findings_logs_one_warning_per_finding_with_the_word_drift(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == len(report.findings) > 0
     assert all(" drift" in w for w in warnings)
+
+
+def test_product_mix_drift_names_a_few_codes_cut_short_and_counts_the_rest() -> None:
+    # A reference week from before the product-code rule may hold thousands of codes, or a long one.
+    reference = generate_orders(3000, seed=REFERENCE_SEED)
+    reference["product_code"] = ["X" * 130_000] + [f"P{i:04d}" for i in range(1, len(reference))]
+    week = generate_orders(1000, seed=HEALTHY_SEED)
+
+    findings = drift.product_mix_drift(reference, week)
+
+    assert all(len(finding.warning()) < 1_000 for finding in findings)
+    vanished = findings[2].warning()
+    assert vanished.startswith("product mix drift: 3000 product code(s) of the reference week missing this week: "
+                               "P0001, P0002, P0003, P0004, P0005 and 2995 more")
+    assert "'" + "X" * 100 + "'... (130000 characters)" in drift._codes(["X" * 130_000])

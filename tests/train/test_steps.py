@@ -1,5 +1,6 @@
 """The train stage's steps: validation, split, evaluation, logic checks, thresholds, monotonicity."""
 import logging
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -9,8 +10,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeRegressor
 
 from pipeline.artefact.features import ProductCodeEncoding, encode_features
-from pipeline.artefact.model import TaskMetrics
+from pipeline.artefact.model import InvalidModelError, TaskMetrics
 from pipeline.local.synthetic import generate_orders
+from pipeline.settings import ARTEFACT, TRAIN
+from pipeline.storage.datasets import Dataset
 from pipeline.train import steps
 from pipeline.train.steps import DatasetError, ModelValidationError, PreparedData
 
@@ -273,3 +276,67 @@ def test_product_codes_differing_only_in_case_or_spaces_are_named_in_one_warning
                               "'SKU002' (")
     assert "'sku002' (20 rows); spaces are trimmed and case is kept, so they train as 2 distinct code(s)" in warning
     assert {"sku002", "SKU002"} <= set(validated[steps.PRODUCT_COLUMN])
+
+
+# --- product codes and orders_placed within what a model may hold -----------------------------
+
+def test_validate_dataset_refuses_a_product_code_over_the_length_limit_quoting_it_cut_short() -> None:
+    frame = generate_orders(200, seed=6)
+    frame.loc[frame.index[:10], "product_code"] = "X" * 130_000
+
+    with pytest.raises(DatasetError) as raised:
+        steps.validate_dataset(frame)
+
+    message = str(raised.value)
+    assert message.startswith(f"10 row(s) with product_code longer than {TRAIN.max_product_code_chars} characters "
+                              f"(e.g. {'X' * 100!r}... (130000 characters)) at CSV line(s) 2, 3, 4, 5, 6...")
+    assert len(message) < 1_000
+
+
+@pytest.mark.parametrize("code", ["SKU 001", "SKU<1>", "SKÜ001", "SKU\t1"])
+def test_validate_dataset_refuses_a_product_code_outside_the_character_set(code: str) -> None:
+    frame = generate_orders(200, seed=6)
+    frame.loc[frame.index[:10], "product_code"] = code
+
+    with pytest.raises(DatasetError, match="10 row\\(s\\) with product_code outside the allowed characters"):
+        steps.validate_dataset(frame)
+
+
+@pytest.mark.parametrize("code", ["SKU001", "A", "sku-001_b.2/x", "Z" * 64])
+def test_validate_dataset_accepts_product_codes_within_the_rule(code: str) -> None:
+    frame = generate_orders(200, seed=6)
+    frame.loc[frame.index[:20], "product_code"] = code
+
+    assert code in set(steps.validate_dataset(frame)["product_code"])
+
+
+def test_validate_dataset_refuses_orders_placed_above_what_a_model_may_be_trained_on() -> None:
+    frame = generate_orders(200, seed=6)
+    frame.loc[frame.index[3], "orders_placed"] = ARTEFACT.max_trained_orders_placed + 1
+
+    with pytest.raises(DatasetError, match=(
+            f"1 row\\(s\\) with orders_placed above {ARTEFACT.max_trained_orders_placed:,} "
+            f"\\(e.g. {ARTEFACT.max_trained_orders_placed + 1}\\) at CSV line\\(s\\) 5")):
+        steps.validate_dataset(frame)
+
+
+def test_validate_dataset_names_five_products_with_too_few_rows_and_counts_the_rest() -> None:
+    frame = generate_orders(600, seed=6)
+    frame["product_code"] = [f"P{i:04d}" for i in range(len(frame))]
+
+    with pytest.raises(DatasetError) as raised:
+        steps.validate_dataset(frame)
+
+    assert str(raised.value) == (
+        "too few rows for product(s) P0000 (1), P0001 (1), P0002 (1), P0003 (1), P0004 (1) and 595 more; "
+        f"each product needs at least {TRAIN.min_rows_per_product}")
+
+
+def test_build_model_refuses_a_model_the_serve_stage_would_refuse(prepared: PreparedData,
+                                                                  good_tree: DecisionTreeRegressor) -> None:
+    beyond = prepared._replace(max_orders_placed=ARTEFACT.max_trained_orders_placed + 1)
+    dataset = Dataset(generate_orders(1), "bucket", "datasets/time_to_dispatch_2026-10-02T23:00:00.csv",
+                      datetime(2026, 10, 2, 23, tzinfo=timezone.utc), "etag", None)
+
+    with pytest.raises(InvalidModelError, match="the largest orders_placed seen in training is 100001"):
+        steps.build_model(good_tree, {}, beyond, steps.evaluate(good_tree, beyond), dataset)
