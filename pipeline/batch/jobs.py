@@ -10,7 +10,7 @@ import math
 from typing import Optional, Sequence
 
 from pipeline.batch.backfill import BackfillResult, parse_date, run_backfill
-from pipeline.batch.scoring import ScoringSummary, score_object
+from pipeline.batch.scoring import ScoringError, ScoringSummary, check_keys_apart, score_object
 from pipeline.model_registry.live_model import live_model_object, resolve_model_key
 from pipeline.model_registry.records import rejected_model_keys
 from pipeline.settings import BATCH, LAYOUT
@@ -99,6 +99,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise ValueError("INPUT_KEY and OUTPUT_KEY are both needed (or --backfill)")
     if args.output_key == args.input_key:
         raise ValueError(f"OUTPUT_KEY is INPUT_KEY ({args.input_key}); the input is never overwritten")
+    try:
+        check_keys_apart(args.input_key, args.output_key)
+    except ScoringError as error:
+        raise ValueError(str(error)) from None
     if args.output_key.startswith(LAYOUT.reserved_prefixes):
         raise ValueError(f"OUTPUT_KEY {args.output_key} is under {', '.join(LAYOUT.reserved_prefixes)}, "
                          "which hold the pipeline's datasets, models and registry")
