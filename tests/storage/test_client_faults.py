@@ -29,6 +29,8 @@ pytestmark = pytest.mark.e2e
 LIMITS = yaml.safe_load((LOCAL.repo_root / "bodywork.yaml").read_text())["stages"]
 TRAIN_LIMIT = float(LIMITS["train_model"]["batch"]["max_completion_time_seconds"])
 SERVE_LIMIT = float(LIMITS["serve_model"]["service"]["max_startup_time_seconds"])
+# The S3 deadline the trickle cases give both stages: short, to keep them within seconds.
+TRICKLE_DEADLINE = 6.0
 # Scaled-down timeouts for the slow cases: the same arithmetic, ten times faster.
 FAST_TIMEOUTS = {
     ENVIRONMENT.s3_connect_timeout: "1", ENVIRONMENT.s3_read_timeout: "2", ENVIRONMENT.s3_max_attempts: "4",
@@ -47,7 +49,9 @@ class FaultProxy(socketserver.ThreadingTCPServer):
       reset_puts: reset this many PUT connections halfway through their body;
       stall_for: from the first request on, hold every request for this many seconds after
         that first one arrived, then forward (a stall: S3 silent, then back);
-      never_answer: read every request and never answer it.
+      never_answer: read every request and never answer it;
+      trickle_seconds: send every answer one byte at a time, this many seconds apart (each
+        byte well inside the read timeout, so no per-read timeout ever fires).
     """
 
     daemon_threads = True
@@ -61,6 +65,7 @@ class FaultProxy(socketserver.ThreadingTCPServer):
         self.stall_for = 0.0
         self.stall_until = 0.0
         self.never_answer = False
+        self.trickle_seconds = 0.0
         self.stopping = threading.Event()
         self.seen: List[Tuple[str, str, str]] = []  # (method, path, what the proxy did)
         self.lock = threading.Lock()
@@ -118,7 +123,15 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
                     self._log(method, path, f"stalled {wait:.1f}s")
                     if self.server.stopping.wait(wait):
                         return
-                client.sendall(self._forward(raw_head, body))
+                response = self._forward(raw_head, body)
+                if self.server.trickle_seconds:
+                    self._log(method, path, "trickled")
+                    for byte in response:
+                        client.sendall(bytes([byte]))
+                        if self.server.stopping.wait(self.server.trickle_seconds):
+                            return
+                    continue
+                client.sendall(response)
                 self._log(method, path, "forwarded")
         except OSError:
             return
@@ -193,9 +206,9 @@ def models_in(s3: Any, bucket: str) -> List[str]:
     return sorted(item.key for item in list_models(bucket, s3))
 
 
-def train(env: Dict[str, str], bucket: str) -> Tuple[Any, float]:
+def train(env: Dict[str, str], bucket: str, timeout: float = TRAIN_LIMIT + 30) -> Tuple[Any, float]:
     started = time.monotonic()
-    result = run_cli(["-m", "pipeline.train_model", bucket, "0.9", "0.95"], env, timeout=TRAIN_LIMIT + 30)
+    result = run_cli(["-m", "pipeline.train_model", bucket, "0.9", "0.95"], env, timeout=timeout)
     return result, time.monotonic() - started
 
 
@@ -284,6 +297,23 @@ def test_train_with_s3_never_answering_fails_with_one_error_line_within_the_budg
     assert models_in(s3, bucket_with_model) == before
 
 
+def test_train_with_s3_trickling_fails_with_one_error_line_naming_its_s3_deadline(
+    s3_env: Dict[str, str], s3: Any, bucket_with_model: str, proxy: FaultProxy
+) -> None:
+    # A byte every 0.5 s never trips a 2 s read timeout: only the stage's deadline ends it.
+    before = models_in(s3, bucket_with_model)
+    proxy.trickle_seconds = 0.5
+    env = through(s3_env, proxy.endpoint, **FAST_TIMEOUTS, **{ENVIRONMENT.s3_deadline: str(TRICKLE_DEADLINE)})
+
+    result, elapsed = train(env, bucket_with_model, timeout=TRICKLE_DEADLINE + 30)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert f"train_model failed: the train stage's S3 deadline of {TRICKLE_DEADLINE:g} s passed while " in line
+    assert elapsed < TRICKLE_DEADLINE + 20
+    assert models_in(s3, bucket_with_model) == before
+
+
 # --- the serve stage ------------------------------------------------------------------------
 
 def test_serve_with_s3_refusing_connections_exits_1_with_one_error_line(
@@ -327,3 +357,18 @@ def test_serve_with_s3_never_answering_exits_1_within_its_start_up_limit_with_pr
     assert f"serve_model failed: s3://{bucket_with_model}/models/: cannot list it: Read timeout" in line
     assert len(proxy.seen) == S3.max_attempts
     assert S3.max_attempts * S3.read_timeout_seconds <= elapsed < SERVE_LIMIT
+
+
+def test_serve_with_s3_trickling_exits_1_naming_its_s3_deadline_and_never_opens_the_port(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService, proxy: FaultProxy
+) -> None:
+    proxy.trickle_seconds = 0.5
+    env = through(s3_env, proxy.endpoint, **FAST_TIMEOUTS, **{ENVIRONMENT.s3_deadline: str(TRICKLE_DEADLINE)})
+
+    service, elapsed = serve_until_exit(start, env, bucket_with_model, TRICKLE_DEADLINE)
+
+    assert service.process.returncode == 1
+    [line] = error_lines(service.log())
+    assert f"serve_model failed: the serve stage's S3 deadline of {TRICKLE_DEADLINE:g} s passed while " in line
+    assert "serving model" not in service.log()
+    assert elapsed < TRICKLE_DEADLINE + 20
