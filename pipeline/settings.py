@@ -74,6 +74,14 @@ class S3Settings:
         5 * MIB, "B", "S3's smallest part of a multipart upload, except the last one.")
     default_part_bytes: int = setting(
         8 * MIB, "B", "The part size batch scoring writes its output in, above S3's minimum part size.")
+    abort_retry_seconds: float = setting(
+        120.0, "s", "A multipart upload that failed is aborted, the abort retried for up to this long: the "
+        "S3 that failed a part (a minute of 503 SlowDown) may fail the abort's first attempts too. Far "
+        "inside the batch Job's deadline (deploy/kubernetes/batch-job.yaml); what is left after it, the "
+        "bucket's lifecycle rule removes (docs/deployment.md).")
+    abort_after_stop_seconds: float = setting(
+        10.0, "s", "After SIGTERM, each of batch scoring's two uploads (output and rejects) is aborted, "
+        "retried for up to this long: both inside Kubernetes' grace period before SIGKILL.")
     default_read_bytes: int = setting(
         1 * MIB, "B", "The chunk batch scoring reads its input in: memory does not grow with the file.")
 
@@ -450,6 +458,7 @@ def check_budgets(settings: Settings) -> None:
     - each stage's one overall S3 deadline is at least the worst case of one call and ends
       inside the stage's limit (the serve stage's 20 s before its start-up limit, for the
       clone, the pip step and the warm-up; the train stage's 60 s before its job limit);
+    - batch scoring's two aborts after SIGTERM fit Kubernetes' grace period, with 5 s to spare;
     - the drain plus the graceful stop fit Kubernetes' grace period: the service exits cleanly
       before SIGKILL;
     - every connection buffering the largest body and head, plus the service's own memory,
@@ -473,6 +482,11 @@ def check_budgets(settings: Settings) -> None:
             raise BudgetError(
                 f"the {stage} stage's S3 deadline, {deadline:g} s, must be at least the S3 time budget of one call "
                 f"({worst_s3:g} s) and at most its limit of {limit} s less {room} s")
+    aborts = 2 * s3.abort_after_stop_seconds
+    if aborts > serve.termination_grace_seconds - 5:
+        raise BudgetError(
+            f"the two aborts after SIGTERM, 2 x {s3.abort_after_stop_seconds:g} s, do not fit Kubernetes' grace "
+            f"period of {serve.termination_grace_seconds} s with 5 s to spare")
     stop = serve.max_drain_seconds + serve.graceful_shutdown_seconds
     if stop > serve.termination_grace_seconds:
         raise BudgetError(

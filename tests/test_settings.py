@@ -100,6 +100,11 @@ def test_an_s3_deadline_outside_its_stage_limit_or_below_one_call_fails(
         check_budgets(with_setting(group, **changes))
 
 
+def test_batch_scorings_two_aborts_after_sigterm_past_kubernetes_grace_period_fail() -> None:
+    with pytest.raises(BudgetError, match=r"2 x 13 s, do not fit Kubernetes' grace period of 30 s"):
+        check_budgets(with_setting("s3", abort_after_stop_seconds=13.0))
+
+
 def test_the_train_job_limit_is_bodywork_yamls() -> None:
     train_stage = yaml.safe_load(BODYWORK_YAML.read_text())["stages"]["train_model"]
     assert train_stage["batch"]["max_completion_time_seconds"] == SETTINGS.train.max_completion_time_seconds
