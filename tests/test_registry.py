@@ -4,6 +4,8 @@ report, and the serve stage picking the right model on its next start. The same 
 is also called in-process (`registry.CLI.main`), which returns the exit code."""
 import http.client
 import json
+import subprocess
+import sys
 from typing import Any, Callable, Dict, List
 
 import pytest
@@ -199,3 +201,19 @@ def test_main_in_process_with_an_unknown_model_returns_1_with_one_error_line_nam
 
     [line] = error_lines("\n".join(cli_output()))
     assert " - registry show failed: " in line and "feedbeef" in line
+
+
+def test_eight_concurrent_rejects_record_one_change_and_the_others_exit_1_with_one_error_line(
+    s3: Any, s3_env: Dict[str, str], bucket: str, trained_model: Model
+) -> None:
+    [model] = models_created(bucket, trained_model, [1])
+    key = model.artefact_key
+    command = [sys.executable, "-m", "pipeline.registry", bucket, "reject", model.artefact_id, "--reason", "r"]
+    processes = [subprocess.Popen(command, env=s3_env, cwd=LOCAL.repo_root, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(8)]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+
+    assert len(list_status_changes(bucket)[key]) == 1
+    assert sorted(process.returncode for process in processes) == [0] + [1] * 7, outputs
+    for process, output in zip(processes, outputs):
+        assert len(error_lines(output)) == (process.returncode == 1)
