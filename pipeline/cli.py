@@ -14,7 +14,8 @@ with exit code 1:
 - a check after parsing that says the command cannot run here: its own sentence;
 - a documented failure: `WHAT failed: WHY` (WHAT is the name, or e.g. `registry list`);
 - anything else: `WHAT failed unexpectedly: REPR`, so the unforeseen also ends in one line;
-- a stop asked for (a signal, Ctrl-C): an INFO line, exit code 0.
+- a stop asked for (a signal, Ctrl-C): an INFO line, exit code 0; or, where a stop leaves the
+  work undone (batch scoring), an ERROR line and the command's stop exit code.
 
 The line is logged with the caller's frame (`stacklevel`), so that its `%(module)s.%(funcName)s`
 names the entry point, not this module: `train_model.<module>` when `main` is called from the
@@ -63,8 +64,11 @@ class CommandLine(Generic[Arguments]):
         run: runs the command with the parsed arguments; what it returns is ignored.
         usage: appended to the bad-arguments line after `; `; None for no usage.
         failures: the documented failures, checked in order; the first that matches explains.
-        stops: exceptions that mean "stop as asked" (a signal, Ctrl-C): exit code 0.
-        stopped: the INFO line of a stop, from the exception.
+        stops: exceptions that mean "stop as asked" (a signal, Ctrl-C): exit code `stop_exit_code`.
+        stopped: the line of a stop, from the exception: INFO with exit code 0, else ERROR.
+        stop_exit_code: the exit code of a stop: 0 where stopping is how the command ends (a
+            service), 143 (128 + SIGTERM) where a stop leaves the work undone (batch scoring),
+            so that Kubernetes counts the run as failed.
         check: called after parsing and before running: why the command cannot run here (the
             ERROR line, exit code 1), or None.
         what: the failing thing as the ERROR line names it, from the arguments (`registry list`).
@@ -80,6 +84,7 @@ class CommandLine(Generic[Arguments]):
         failures: Sequence[Failures] = (),
         stops: Tuple[Type[BaseException], ...] = (),
         stopped: Callable[[BaseException], str] = str,
+        stop_exit_code: int = 0,
         check: Optional[Callable[[Arguments], Optional[str]]] = None,
         what: Optional[Callable[[Arguments], str]] = None,
         done: Optional[str] = None,
@@ -91,6 +96,7 @@ class CommandLine(Generic[Arguments]):
         self.failures = tuple(failures)
         self.stops = stops
         self.stopped = stopped
+        self.stop_exit_code = stop_exit_code
         self.check = check
         self.what = what
         self.done = done
@@ -104,7 +110,8 @@ class CommandLine(Generic[Arguments]):
                 process does; a test that captures the records itself may leave it out.
 
         Returns:
-            0 when the command ran or was stopped as asked; 1 on bad arguments or any failure.
+            0 when the command ran or was stopped as asked (`stop_exit_code` for a stop); 1 on
+            bad arguments or any failure.
 
         Raises:
             BaseException: what is neither an Exception nor one of `stops` (SystemExit,
@@ -137,7 +144,8 @@ class CommandLine(Generic[Arguments]):
         try:
             self.run(arguments)
         except self.stops as stop:
-            return Outcome(0, logging.INFO, self.stopped(stop))
+            level = logging.INFO if self.stop_exit_code == 0 else logging.ERROR
+            return Outcome(self.stop_exit_code, level, self.stopped(stop))
         except Exception as error:  # the one ERROR line must also cover the unforeseen
             what = self.what(arguments) if self.what is not None else self.name
             for failure in self.failures:

@@ -56,6 +56,17 @@ class S3Settings:
     max_backoff_seconds: float = setting(
         20.0, "s", "botocore's standard retry mode waits at most 2 ** (n - 1) s, capped at this, before "
         "retry n (botocore's value, mirrored to compute the worst case).")
+    serve_deadline_seconds: float = setting(
+        100.0, "s", "All of the serve stage's S3 work (listing, reading the model and its report) must end "
+        "this long after the stage starts, or the stage fails with one ERROR line naming this deadline: "
+        "per-read timeouts do not bound an S3 that answers a byte every few seconds. At least one call's "
+        "worst case, so that the retries can still ride out a stall, and 20 s inside the start-up limit "
+        "for the clone, Bodywork's pip step, the imports and the warm-up.")
+    train_deadline_seconds: float = setting(
+        440.0, "s", "All of the train stage's S3 work must end this long after the stage starts (training "
+        "included: the 100,000-row week trained in 90 s, docs/benchmarks.md), or the stage fails with one "
+        "ERROR line naming this deadline; 60 s inside the stage's job limit, so the line is written before "
+        "Kubernetes ends the job.")
     max_dataset_bytes: int = setting(
         32 * MIB, "B", "A usual week's CSV is about 21 KB and the largest benchmarked (100,000 rows) about "
         "2 MB; a file beyond this is not a week of orders, and is refused before it is read into memory.")
@@ -63,6 +74,14 @@ class S3Settings:
         5 * MIB, "B", "S3's smallest part of a multipart upload, except the last one.")
     default_part_bytes: int = setting(
         8 * MIB, "B", "The part size batch scoring writes its output in, above S3's minimum part size.")
+    abort_retry_seconds: float = setting(
+        120.0, "s", "A multipart upload that failed is aborted, the abort retried for up to this long: the "
+        "S3 that failed a part (a minute of 503 SlowDown) may fail the abort's first attempts too. Far "
+        "inside the batch Job's deadline (deploy/kubernetes/batch-job.yaml); what is left after it, the "
+        "bucket's lifecycle rule removes (docs/deployment.md).")
+    abort_after_stop_seconds: float = setting(
+        10.0, "s", "After SIGTERM, each of batch scoring's two uploads (output and rejects) is aborted, "
+        "retried for up to this long: both inside Kubernetes' grace period before SIGKILL.")
     default_read_bytes: int = setting(
         1 * MIB, "B", "The chunk batch scoring reads its input in: memory does not grow with the file.")
 
@@ -263,6 +282,9 @@ class TrainSettings:
         "reports, where markup, spaces or control characters would need escaping or mislead.")
     progress_interval_seconds: float = setting(
         30.0, "s", "A long search logs how many of its fits are done at most this often.")
+    max_completion_time_seconds: int = setting(
+        500, "s", "bodywork.yaml's train_model.batch.max_completion_time_seconds, mirrored (a test checks they "
+        "are equal): the train stage's job limit; its S3 deadline must fit inside it.")
     default_champion_tolerance: float = setting(
         0.20, "ratio", "How much worse than the champion's MAE, relatively, the challenger's may be on the same "
         "rows before it is refused. From benchmarks/governance.py: on 40 pairs of healthy weeks no challenger "
@@ -406,6 +428,9 @@ class EnvironmentSettings:
         "S3_READ_TIMEOUT_SECONDS", "", "Overrides S3.read_timeout_seconds, for tests only.")
     s3_max_attempts: str = setting(
         "S3_MAX_ATTEMPTS", "", "Overrides S3.max_attempts, for tests only.")
+    s3_deadline: str = setting(
+        "S3_DEADLINE_SECONDS", "", "Overrides S3.serve_deadline_seconds and S3.train_deadline_seconds, for tests "
+        "only.")
     reexecuted: str = setting(
         "TIME_TO_DISPATCH_REEXECUTED", "", "Set by the local run when it re-executes itself in its virtualenv, "
         "so that it does not do so twice.")
@@ -443,6 +468,10 @@ def check_budgets(settings: Settings) -> None:
     - the S3 client's worst case for one call (every attempt waits out both timeouts, plus the
       largest backoff) fits the serve stage's start-up limit: a hanging S3 fails the stage with
       an ERROR line instead of Kubernetes killing it silently;
+    - each stage's one overall S3 deadline is at least the worst case of one call and ends
+      inside the stage's limit (the serve stage's 20 s before its start-up limit, for the
+      clone, the pip step and the warm-up; the train stage's 60 s before its job limit);
+    - batch scoring's two aborts after SIGTERM fit Kubernetes' grace period, with 5 s to spare;
     - the drain plus the graceful stop fit Kubernetes' grace period: the service exits cleanly
       before SIGKILL;
     - every connection buffering the largest body and head, plus the service's own memory,
@@ -458,6 +487,19 @@ def check_budgets(settings: Settings) -> None:
             f"the S3 time budget, {worst_s3:g} s for one call ({s3.max_attempts} x ({s3.connect_timeout_seconds:g} + "
             f"{s3.read_timeout_seconds:g}) s + backoff), is over the serve stage's start-up limit of "
             f"{serve.max_startup_time_seconds} s")
+    for stage, deadline, limit, room in (
+        ("serve", s3.serve_deadline_seconds, serve.max_startup_time_seconds, 20),
+        ("train", s3.train_deadline_seconds, settings.train.max_completion_time_seconds, 60),
+    ):
+        if not worst_s3 <= deadline <= limit - room:
+            raise BudgetError(
+                f"the {stage} stage's S3 deadline, {deadline:g} s, must be at least the S3 time budget of one call "
+                f"({worst_s3:g} s) and at most its limit of {limit} s less {room} s")
+    aborts = 2 * s3.abort_after_stop_seconds
+    if aborts > serve.termination_grace_seconds - 5:
+        raise BudgetError(
+            f"the two aborts after SIGTERM, 2 x {s3.abort_after_stop_seconds:g} s, do not fit Kubernetes' grace "
+            f"period of {serve.termination_grace_seconds} s with 5 s to spare")
     stop = serve.max_drain_seconds + serve.graceful_shutdown_seconds
     if stop > serve.termination_grace_seconds:
         raise BudgetError(

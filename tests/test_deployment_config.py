@@ -621,3 +621,32 @@ def test_deploy_path_pattern_finds_paths_as_the_docs_write_them() -> None:
     assert DEPLOY_PATH.findall(text) == [
         "deploy/kubernetes/batch-job.yaml", "deploy/prometheus/scrape-config.yaml", "deploy/monitoring/", "deploy/",
     ]
+
+
+# --- the bucket's lifecycle rule -----------------------------------------------------------
+
+LIFECYCLE = DEPLOY / "s3" / "lifecycle.json"
+
+
+def test_the_bucket_lifecycle_rule_aborts_incomplete_multipart_uploads_in_the_whole_bucket_within_a_day() -> None:
+    rules = json.loads(LIFECYCLE.read_text())["Rules"]
+
+    [rule] = [rule for rule in rules if "AbortIncompleteMultipartUpload" in rule]
+    assert rule["Status"] == "Enabled"
+    assert rule["Filter"] in ({}, {"Prefix": ""})  # every key: batch output may go anywhere it is allowed
+    days = rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]
+    # Older than any run can be (the batch Job's deadline), and gone within a day.
+    assert days == 1 and days * 86400 > yaml.safe_load(BATCH_JOB.read_text())["spec"]["activeDeadlineSeconds"]
+    assert set(rule) <= {"ID", "Status", "Filter", "AbortIncompleteMultipartUpload"}  # it expires nothing else
+
+
+def test_the_local_s3_accepts_the_bucket_lifecycle_rule_as_written(s3: Any, bucket: str) -> None:
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=json.loads(LIFECYCLE.read_text()))
+
+    [rule] = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+
+
+def test_the_batch_docs_and_the_deployment_docs_link_the_lifecycle_rule() -> None:
+    for doc in ("batch-scoring.md", "deployment.md"):
+        assert "](../deploy/s3/lifecycle.json)" in (LOCAL.repo_root / "docs" / doc).read_text(), doc

@@ -4,6 +4,8 @@ report, and the serve stage picking the right model on its next start. The same 
 is also called in-process (`registry.CLI.main`), which returns the exit code."""
 import http.client
 import json
+import subprocess
+import sys
 from typing import Any, Callable, Dict, List
 
 import pytest
@@ -227,3 +229,19 @@ def test_a_100_kb_reason_is_quoted_cut_short_in_every_log_line(
     assert "model 00000015 is already rejected ('rrrr" in line
     assert max(len(line) for line in (rejected.stdout + again.stdout).splitlines()) < 2_000
     assert [c.reason for c in list_status_changes(bucket)[str(three_models[-1].artefact_key)]] == [reason]
+
+
+def test_eight_concurrent_rejects_record_one_change_and_the_others_exit_1_with_one_error_line(
+    s3: Any, s3_env: Dict[str, str], bucket: str, trained_model: Model
+) -> None:
+    [model] = models_created(bucket, trained_model, [1])
+    key = model.artefact_key
+    command = [sys.executable, "-m", "pipeline.registry", bucket, "reject", model.artefact_id, "--reason", "r"]
+    processes = [subprocess.Popen(command, env=s3_env, cwd=LOCAL.repo_root, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(8)]
+    outputs = [process.communicate(timeout=120)[0] for process in processes]
+
+    assert len(list_status_changes(bucket)[key]) == 1
+    assert sorted(process.returncode for process in processes) == [0] + [1] * 7, outputs
+    for process, output in zip(processes, outputs):
+        assert len(error_lines(output)) == (process.returncode == 1)

@@ -139,6 +139,24 @@ def test_too_many_rejects_exit_1_with_one_error_line_and_write_nothing(
     assert s3.list_multipart_uploads(Bucket=bucket_with_model).get("Uploads", []) == []
 
 
+def test_rejects_that_would_overwrite_the_input_exit_1_with_one_error_line_and_write_nothing(
+    s3: Any, s3_env: Dict[str, str], bucket_with_model: str
+) -> None:
+    # The rejects go to OUTPUT_KEY + .rejects.csv: here that is the input itself.
+    put_csv(s3, bucket_with_model, "in/x.csv.rejects.csv", [COLUMNS] + ROWS + [["B-1", "SKU9", "n", "1"]])
+    before = s3.get_object(Bucket=bucket_with_model, Key="in/x.csv.rejects.csv")["Body"].read()
+
+    result = score(bucket_with_model, s3_env, "in/x.csv.rejects.csv", "in/x.csv", "--max-reject-fraction", "1")
+
+    assert result.returncode == 1
+    (error,) = error_lines(result.stdout)
+    assert "Invalid arguments passed to score_batch.py" in error
+    assert "the rejects would go to OUTPUT_KEY + .rejects.csv, which is INPUT_KEY ('in/x.csv.rejects.csv')" in error
+    assert s3.get_object(Bucket=bucket_with_model, Key="in/x.csv.rejects.csv")["Body"].read() == before
+    assert keys(s3, bucket_with_model, "in/") == ["in/x.csv.rejects.csv"]
+    assert s3.list_multipart_uploads(Bucket=bucket_with_model).get("Uploads", []) == []
+
+
 def test_a_named_model_is_used_instead_of_the_live_one(
     s3: Any, s3_env: Dict[str, str], bucket: str, trained_model: Model
 ) -> None:
@@ -359,3 +377,20 @@ def test_a_header_without_the_features_is_named_cut_short_in_one_error_line(
     assert f"the input has no column orders_placed or product_code; {named}" in line
     assert len(line) < 2_000
     assert keys(s3, bucket_with_model, "out/") == []
+
+
+def test_backfill_refuses_two_weeks_writing_one_key_and_writes_nothing(
+    s3: Any, s3_env: Dict[str, str], weekly_bucket: str
+) -> None:
+    # A dataset named like another week's rejects: its predictions would overwrite them.
+    first = dataset_keys(weekly_bucket)[-1]
+    twin = first + LAYOUT.rejects_suffix
+    s3.copy_object(Bucket=weekly_bucket, Key=twin, CopySource={"Bucket": weekly_bucket, "Key": first})
+    assert twin in dataset_keys(weekly_bucket)
+
+    result = score(weekly_bucket, s3_env, "--backfill")
+
+    assert result.returncode == 1
+    (error,) = error_lines(result.stdout)
+    assert f"would both be written to '{predictions_key(twin)}'; nothing was written" in error
+    assert keys(s3, weekly_bucket, LAYOUT.predictions_prefix) == []

@@ -105,6 +105,29 @@ def test_the_s3_worst_case_is_every_attempt_timing_out_plus_the_backoff() -> Non
     assert SETTINGS.s3.worst_case_call_seconds() == 4 * (3 + 18) + 1 + 2 + 4
 
 
+@pytest.mark.parametrize("group, changes, message", [
+    ("s3", {"serve_deadline_seconds": 90.0}, r"serve stage's S3 deadline, 90 s, must be at least .* \(91 s\)"),
+    ("s3", {"serve_deadline_seconds": 101.0}, r"serve stage's S3 deadline, 101 s, .* limit of 120 s less 20 s"),
+    ("s3", {"train_deadline_seconds": 450.0}, r"train stage's S3 deadline, 450 s, .* limit of 500 s less 60 s"),
+    ("train", {"max_completion_time_seconds": 480}, r"train stage's S3 deadline, 440 s, .* limit of 480 s"),
+])
+def test_an_s3_deadline_outside_its_stage_limit_or_below_one_call_fails(
+    group: str, changes: Dict[str, Any], message: str
+) -> None:
+    with pytest.raises(BudgetError, match=message):
+        check_budgets(with_setting(group, **changes))
+
+
+def test_batch_scorings_two_aborts_after_sigterm_past_kubernetes_grace_period_fail() -> None:
+    with pytest.raises(BudgetError, match=r"2 x 13 s, do not fit Kubernetes' grace period of 30 s"):
+        check_budgets(with_setting("s3", abort_after_stop_seconds=13.0))
+
+
+def test_the_train_job_limit_is_bodywork_yamls() -> None:
+    train_stage = yaml.safe_load(BODYWORK_YAML.read_text())["stages"]["train_model"]
+    assert train_stage["batch"]["max_completion_time_seconds"] == SETTINGS.train.max_completion_time_seconds
+
+
 @pytest.mark.parametrize("changes", [{"max_drain_seconds": 11}, {"graceful_shutdown_seconds": 23}])
 def test_a_drain_and_graceful_stop_past_kubernetes_grace_period_fail(changes: Dict[str, Any]) -> None:
     settings = with_setting("serve", **changes)

@@ -20,6 +20,7 @@ from pipeline.batch.scoring import (
     BacktestAccumulator,
     ScoringError,
     score_object,
+    written_keys,
 )
 from pipeline.model_registry.live_model import list_models, live_model_among
 from pipeline.model_registry.records import rejected_model_keys
@@ -96,6 +97,29 @@ def plan_weeks(
     ]
 
 
+def check_weeks_write_apart(plan: List[PlannedWeek]) -> None:
+    """Refuse a backfill in which two writes would land on one key.
+
+    A week's predictions key comes from its dataset's file name alone, so two datasets with
+    the same name in different folders, or one named like another's rejects
+    (`time_to_dispatch_<timestamp>.csv.rejects.csv`), would overwrite each other's output.
+
+    Raises:
+        BackfillError: naming the key and both datasets; checked before anything is written.
+    """
+    writers: Dict[str, str] = {LAYOUT.backtest_key: "the backtest summary",
+                               LAYOUT.backtest_plot_key: "the backtest plot"}
+    for week in plan:
+        if week.model is None:
+            continue
+        for key in written_keys(predictions_key(week.dataset.key)):
+            if key in writers:
+                raise BackfillError(
+                    f"{quote(week.dataset.key)} and {quote(writers[key])} would both be written to "
+                    f"{quote(key)}; nothing was written: rename or remove one of the datasets")
+            writers[key] = week.dataset.key
+
+
 def is_already_done(
     week: PlannedWeek, entry: Optional[Dict[str, Any]], predictions_metadata: Optional[Dict[str, str]],
     dataset_etag: str,
@@ -124,13 +148,15 @@ def run_backfill(
     backtest.json keeps the entries of weeks outside this run's range from earlier runs.
 
     Raises:
-        BackfillError: some weeks failed (each logged as a WARNING); the rest were written.
+        BackfillError: some weeks failed (each logged as a WARNING); the rest were written. Or
+            two weeks would write to one key (`check_weeks_write_apart`): nothing was written.
         StorageError: listing the bucket or writing the summary failed.
     """
     client = client or s3_client()
     models = list_models(bucket, client)
     plan = plan_weeks(list_datasets(bucket, client), models,
                       rejected_model_keys(bucket, client) if models else set(), since, until)
+    check_weeks_write_apart(plan)
     earlier = get_json_object(bucket, LAYOUT.backtest_key, client) or {}
     entries = {entry["dataset_key"]: entry for entry in earlier.get("weeks", [])}
     result = BackfillResult()

@@ -7,10 +7,12 @@ failures to the exit code.
 import argparse
 import logging
 import math
+import signal
+from types import FrameType
 from typing import Optional, Sequence
 
 from pipeline.batch.backfill import BackfillResult, parse_date, run_backfill
-from pipeline.batch.scoring import ScoringSummary, score_object
+from pipeline.batch.scoring import ScoringError, ScoringSummary, check_keys_apart, score_object
 from pipeline.model_registry.live_model import live_model_object, resolve_model_key
 from pipeline.model_registry.records import rejected_model_keys
 from pipeline.settings import BATCH, LAYOUT
@@ -23,7 +25,33 @@ USAGE = (
     "[--since DATE] [--until DATE] [--max-reject-fraction F] (F in [0, 1], DATE ISO-8601)"
 )
 
+# The exit code of a run stopped by SIGTERM: the shell's 128 + 15, as when the signal killed
+# the process before; non-zero, so that Kubernetes counts the run as failed and retries it.
+STOP_EXIT_CODE = 128 + signal.SIGTERM
+
 log = logging.getLogger(__name__)
+
+
+class StopRequested(BaseException):
+    """SIGTERM arrived: raised in the main thread by the handler `stop_on_sigterm` installs, so
+    that the multipart uploads are aborted on the way out (a BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way, botocore's retries included,
+    swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} before it finished: the uploads were "
+                         "aborted and nothing was written")
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM raises StopRequested in the main thread; a second SIGTERM is ignored,
+    so that it cannot interrupt the aborts the first one started."""
+    signal.signal(signal.SIGTERM, _raise_stop_requested)
+
+
+def _raise_stop_requested(signum: int, frame: Optional[FrameType]) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise StopRequested(signum)
 
 
 def score_file(
@@ -99,6 +127,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise ValueError("INPUT_KEY and OUTPUT_KEY are both needed (or --backfill)")
     if args.output_key == args.input_key:
         raise ValueError(f"OUTPUT_KEY is INPUT_KEY ({args.input_key}); the input is never overwritten")
+    try:
+        check_keys_apart(args.input_key, args.output_key)
+    except ScoringError as error:
+        raise ValueError(str(error)) from None
     if args.output_key.startswith(LAYOUT.reserved_prefixes):
         raise ValueError(f"OUTPUT_KEY {args.output_key} is under {', '.join(LAYOUT.reserved_prefixes)}, "
                          "which hold the pipeline's datasets, models and registry")

@@ -23,7 +23,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, TextIO
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, TextIO, Tuple
 
 import numpy as np
 
@@ -316,6 +316,29 @@ class ProgressLog:
         return rows / max(time.monotonic() - self.started, 1e-9)
 
 
+def written_keys(output_key: str) -> Tuple[str, str]:
+    """The two objects scoring into `output_key` writes: the output and its rejects."""
+    return output_key, output_key + LAYOUT.rejects_suffix
+
+
+def check_keys_apart(input_key: str, output_key: str) -> None:
+    """Refuse a run that would write over the object it reads.
+
+    The rejects go to `output_key` + `.rejects.csv`, so an output key that differs from the
+    input can still overwrite it (`x.csv.rejects.csv` scored into `x.csv`).
+
+    Raises:
+        ScoringError: the output or the rejects key is the input key, naming which.
+    """
+    output, rejects = written_keys(output_key)
+    if input_key == output:
+        raise ScoringError(f"OUTPUT_KEY is INPUT_KEY ({quote(input_key)}); the input is never overwritten")
+    if input_key == rejects:
+        raise ScoringError(
+            f"the rejects would go to OUTPUT_KEY + {LAYOUT.rejects_suffix}, which is INPUT_KEY "
+            f"({quote(input_key)}); the input is never overwritten: choose another OUTPUT_KEY")
+
+
 def scored_object_metadata(model: Model, input_key: str, input_etag: str) -> Dict[str, str]:
     """The metadata of a scored object: the model's artefact id and version, the input's key
     and ETag."""
@@ -341,11 +364,13 @@ def score_object(
     `on_chunk` sees every chunk before it is written (the backfill measures the estimates).
 
     Raises:
-        ScoringError: unusable header, or too many rejects (RejectFractionError).
+        ScoringError: the output or the rejects key is the input key (nothing is read or
+            written), unusable header, or too many rejects (RejectFractionError).
         StorageError: S3 refused or failed.
         UnicodeDecodeError: the input is not UTF-8 text.
     """
-    rejects_key = output_key + LAYOUT.rejects_suffix
+    check_keys_apart(input_key, output_key)
+    _, rejects_key = written_keys(output_key)
     summary = ScoringSummary()
     progress = ProgressLog(f"scoring s3://{bucket}/{input_key}")
     stream = open_object_stream(bucket, input_key, client)

@@ -25,6 +25,7 @@ from pipeline.model_registry.live_model import list_models, live_model_object, r
 from pipeline.model_registry.records import (
     REJECT,
     RESTORE,
+    ConcurrentChangeError,
     StatusChange,
     aws_identity,
     list_status_changes,
@@ -149,8 +150,9 @@ def change_status(bucket: str, reference: str, action: str, reason: str, who: Op
         who: who does it; by default the AWS identity (STS) or, failing that, the OS user.
 
     Raises:
-        RegistryError: MODEL names no model or several, the reason is empty, or the model is
-            already rejected (reject) or is not rejected (restore).
+        RegistryError: MODEL names no model or several, the reason is empty, the model is
+            already rejected (reject) or is not rejected (restore), or another change of it
+            was recorded between the check and the write (nothing is recorded then).
         NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed.
     """
     if action not in (REJECT, RESTORE):
@@ -163,7 +165,12 @@ def change_status(bucket: str, reference: str, action: str, reason: str, who: Op
     if action == RESTORE and entry.status != REJECTED:
         raise RegistryError(f"model {entry.artefact_id} is not rejected (it is {entry.status}); nothing to restore")
     change = StatusChange(entry.key, action, reason.strip(), who or current_identity(), datetime.now(timezone.utc))
-    key = put_status_change(bucket, change)
+    try:
+        key = put_status_change(bucket, change, number=len(entry.history) + 1)
+    except ConcurrentChangeError as error:
+        raise RegistryError(
+            f"model {entry.artefact_id} was changed by another registry command at the same time; this "
+            f"{action} was not recorded: run `show` to see its status ({error})") from error
     log.info(f"{action} of model {entry.artefact_id} recorded at s3://{bucket}/{key} "
              f"(by {quote(change.who)}: {quote(change.reason)})")
     return change

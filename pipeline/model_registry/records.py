@@ -2,6 +2,13 @@
 
 Each status change is a new JSON object under `registry/<artefact file stem>/`; nothing is ever
 deleted or overwritten. A model is rejected when its latest status change is a rejection.
+
+A change is the model's n-th, and its key says so (`<n>_<artefact file stem>.json`, zero-padded;
+the file stem gives the key the model's timestamp): it is written with a conditional write that
+succeeds only where nothing is, so of two changes made at once from the same history (both
+the n-th) exactly one is recorded, and the other fails with ConcurrentChangeError instead of
+applying a check that no longer holds. Records from before this numbering
+(`<UTC timestamp>_<action>.json`) are read as before and counted.
 """
 import json
 from dataclasses import dataclass
@@ -43,25 +50,38 @@ class StatusChange:
                    utc(datetime.fromisoformat(str(value["at"]))))
 
 
-def status_change_key(change: StatusChange) -> str:
-    """Where a status change is recorded: a folder per artefact, a file per change."""
-    stem = artefact_file_stem(change.artefact_key)
-    return f"{LAYOUT.registry_prefix}{stem}/{utc(change.at):%Y-%m-%dT%H:%M:%S.%f}Z_{change.action}.json"
+class ConcurrentChangeError(StorageError):
+    """Another status change of the model was recorded as the same change (the n-th) first."""
 
 
-def put_status_change(bucket: str, change: StatusChange, client: Any = None) -> str:
-    """Record a status change under a new key; never overwrites (conditional write).
+def status_change_key(artefact_key: str, number: int) -> str:
+    """Where the `number`-th status change of a model is recorded: a folder per artefact, a
+    file per change, named by its number and the artefact's file stem (its timestamp)."""
+    stem = artefact_file_stem(artefact_key)
+    return f"{LAYOUT.registry_prefix}{stem}/{number:06d}_{stem}.json"
+
+
+def put_status_change(bucket: str, change: StatusChange, client: Any = None, number: Optional[int] = None) -> str:
+    """Record a status change as the model's `number`-th; never overwrites (conditional write).
+
+    Args:
+        number: which change of the model this is: one more than the changes its check saw.
+            By default one more than the changes recorded now.
 
     Returns:
         The key written.
 
     Raises:
-        StorageError: S3 refused or failed, or a record already exists at the key.
+        ConcurrentChangeError: the model's `number`-th change is already recorded.
+        StorageError: S3 refused or failed.
     """
     client = client or s3_client()
-    key = status_change_key(change)
+    if number is None:
+        number = len(list_status_changes(bucket, client).get(change.artefact_key, [])) + 1
+    key = status_change_key(change.artefact_key, number)
     body = json.dumps(change.to_json(), sort_keys=True).encode("utf-8")
-    put_new_object(client, bucket, key, body, "a status change", ContentType="application/json")
+    put_new_object(client, bucket, key, body, f"change {number} of the model's status", ConcurrentChangeError,
+                   ContentType="application/json")
     return key
 
 

@@ -22,8 +22,8 @@ from pipeline.serve.lifecycle import (
     stop_on_signals,
     warm_up,
 )
-from pipeline.settings import API, SERVE
-from pipeline.storage.client import StorageError
+from pipeline.settings import API, S3, SERVE
+from pipeline.storage.client import S3DeadlineError, StorageError, end_s3_deadline, start_s3_deadline
 from pipeline.storage.report_files import get_report_html
 from pipeline.storage.signed_artefacts import ArtefactError, get_model
 from pipeline.utils import StageArgumentParser
@@ -58,15 +58,21 @@ def serve(
 
     Raises:
         SigningKeyError: MODEL_SIGNING_KEY is unset or malformed.
-        StorageError: no model artefact, or it is unsigned, tampered with, corrupt or unreadable.
+        StorageError: no model artefact, or it is unsigned, tampered with, corrupt or unreadable;
+            S3DeadlineError: S3 was too slow to load it by S3.serve_deadline_seconds.
         ModelCompatibilityError: the artefact was trained with another scikit-learn version,
             or its tree walk disagrees with its estimator.
         OSError: the port cannot be opened.
         StopRequested: SIGTERM or SIGINT arrived before the service started serving.
     """
     stop_on_signals()
-    model = load_model(bucket)
-    app = create_app(model, load_report(bucket, model), access_log=access_log)
+    start_s3_deadline("the serve stage", S3.serve_deadline_seconds)
+    try:
+        model = load_model(bucket)
+        report = load_report(bucket, model)
+    finally:
+        end_s3_deadline()
+    app = create_app(model, report, access_log=access_log)
     warm_up(model)
     freeze_start_up_objects()
     log.info(f"serving model {model}")
@@ -105,6 +111,8 @@ def load_report(bucket: str, model: Model) -> Optional[bytes]:
     """
     try:
         html = get_report_html(bucket, model)
+    except S3DeadlineError:
+        raise  # the stage cannot start inside its limit: no report is no reason to go on
     except StorageError as error:
         log.warning(f"cannot read the report of model {model.artefact_id}; serving without it: {error}")
         return None

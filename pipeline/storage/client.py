@@ -6,6 +6,9 @@ standard retry mode (S3.connect_timeout_seconds, S3.read_timeout_seconds, S3.max
 a hanging S3 fails a stage within its time limit: the S3 time budget, which
 `pipeline/settings.py` asserts against the serve stage's start-up limit (the arithmetic is in
 docs/reliability.md).
+Per-read timeouts do not bound an S3 that answers a byte at a time: each stage also has one
+overall S3 deadline inside its limit (`start_s3_deadline`, S3.serve_deadline_seconds and
+S3.train_deadline_seconds), after which its S3 work fails with an S3DeadlineError.
 Every failure becomes a StorageError naming the object and what was being done to it. An
 object is never overwritten where that matters: `put_new_object` writes only where nothing is.
 
@@ -13,7 +16,13 @@ All S3 access is plain boto3; endpoint, region and credentials come from the sta
 environment variables (`AWS_ENDPOINT_URL` selects an S3-compatible server).
 """
 import json
-from typing import Any, Dict, NamedTuple, Optional, Tuple, Type
+import signal
+import threading
+import time
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Tuple, Type
 
 import boto3
 from botocore.config import Config
@@ -46,6 +55,113 @@ class ObjectTooLargeError(StorageError):
         self.uri, self.size, self.limit = uri, size, limit
 
 
+class S3DeadlineError(StorageError, CancelledError):
+    """The stage's S3 work was not done by the stage's S3 deadline (`start_s3_deadline`).
+
+    A CancelledError too: botocore passes that through as a cancelled call instead of wrapping
+    it as a connection error and retrying (the call is over: its stage has no time left)."""
+
+
+class _Deadline:
+    """A stage's one overall S3 deadline: when it ends, what it is called, how deep in S3 calls
+    the main thread is, and the SIGALRM handler it replaced."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name, self.seconds = name, seconds
+        self.ends = time.monotonic() + seconds
+        self.depth = 0
+        self.doing = ""
+        self.previous_handler: Any = None
+
+    def error(self) -> S3DeadlineError:
+        doing = f" while {self.doing} was running" if self.doing else ""
+        return S3DeadlineError(
+            f"{self.name}'s S3 deadline of {self.seconds:g} s passed{doing}: S3 answered too slowly for "
+            "the stage to end inside its limit")
+
+
+_deadline: Optional[_Deadline] = None
+
+
+def start_s3_deadline(name: str, seconds: float) -> None:
+    """From now on, the S3 work of this process must end within `seconds` (one deadline for
+    the whole stage, not per call): a call still running then is interrupted, and every call
+    after it fails at once, with an S3DeadlineError naming the deadline.
+
+    Per-read timeouts do not bound a call whose answer trickles in (a byte every few seconds
+    restarts every read timeout), nor the sum of a stage's calls; this does. It is enforced
+    with SIGALRM, armed only while the main thread is inside an S3 call, so nothing else the
+    stage does (training) is ever interrupted. `S3_DEADLINE_SECONDS` overrides `seconds` (tests).
+
+    Args:
+        name: the stage as the error names it ("the serve stage").
+        seconds: the deadline, from now (S3.serve_deadline_seconds, S3.train_deadline_seconds).
+    """
+    global _deadline
+    end_s3_deadline()
+    deadline = _Deadline(name, _setting(ENVIRONMENT.s3_deadline, seconds))
+    if threading.current_thread() is threading.main_thread():
+        deadline.previous_handler = signal.signal(signal.SIGALRM, _deadline_passed)
+    _deadline = deadline
+
+
+def end_s3_deadline() -> None:
+    """No deadline any more (the stage's S3 work is done); the SIGALRM handler is restored."""
+    global _deadline
+    deadline, _deadline = _deadline, None
+    if deadline is not None and deadline.previous_handler is not None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, deadline.previous_handler)
+
+
+@contextmanager
+def within_s3_deadline(doing: str) -> Iterator[None]:
+    """S3 work (a call, reading a body) that must end by the deadline, if one is set.
+
+    Raises:
+        S3DeadlineError: the deadline passed before or during the work.
+    """
+    _enter_s3_call(doing)
+    try:
+        yield
+    finally:
+        _leave_s3_call()
+
+
+def _enter_s3_call(doing: str, **_: Any) -> None:
+    deadline = _deadline
+    if deadline is None or threading.current_thread() is not threading.main_thread():
+        return
+    deadline.depth += 1
+    if deadline.depth > 1:
+        return
+    deadline.doing = doing
+    left = deadline.ends - time.monotonic()
+    if left <= 0:
+        deadline.depth -= 1
+        raise deadline.error()
+    signal.setitimer(signal.ITIMER_REAL, left)
+
+
+def _leave_s3_call(**_: Any) -> None:
+    deadline = _deadline
+    if deadline is None or threading.current_thread() is not threading.main_thread() or deadline.depth == 0:
+        return
+    deadline.depth -= 1
+    if deadline.depth == 0:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _deadline_passed(signum: int, frame: Optional[FrameType]) -> None:
+    deadline = _deadline
+    if deadline is not None and deadline.depth > 0:
+        raise deadline.error()
+
+
+def _before_call(model: Any = None, **_: Any) -> None:
+    _enter_s3_call(f"S3 {getattr(model, 'name', 'call')}")
+
+
 class ObjectInfo(NamedTuple):
     """What a HEAD request tells about an object."""
 
@@ -61,7 +177,12 @@ def s3_client() -> Any:
         read_timeout=_setting(ENVIRONMENT.s3_read_timeout, S3.read_timeout_seconds),
         retries={"mode": "standard", "total_max_attempts": int(_setting(ENVIRONMENT.s3_max_attempts, S3.max_attempts))},
     )
-    return boto3.client("s3", config=config)
+    client = boto3.client("s3", config=config)
+    # Every call, every attempt and backoff included, counts against the stage's S3 deadline.
+    client.meta.events.register("before-call.s3", _before_call)
+    client.meta.events.register("after-call.s3", _leave_s3_call)
+    client.meta.events.register("after-call-error.s3", _leave_s3_call)
+    return client
 
 
 def _setting(name: str, default: float) -> float:
@@ -91,12 +212,13 @@ def get_object_bytes(
     """
     extra = {"VersionId": version_id} if version_id else {}
     try:
-        response = client.get_object(Bucket=bucket, Key=key, **extra)
-        size = int(response.get("ContentLength", 0))
-        if max_bytes is not None and size > max_bytes:
-            response["Body"].close()
-            raise ObjectTooLargeError(f"s3://{bucket}/{key}", size, max_bytes)
-        return response["Body"].read(), response
+        with within_s3_deadline(f"reading s3://{bucket}/{key}"):
+            response = client.get_object(Bucket=bucket, Key=key, **extra)
+            size = int(response.get("ContentLength", 0))
+            if max_bytes is not None and size > max_bytes:
+                response["Body"].close()
+                raise ObjectTooLargeError(f"s3://{bucket}/{key}", size, max_bytes)
+            return response["Body"].read(), response
     except (ClientError, BotoCoreError) as error:
         raise storage_error(error, bucket, key, "read") from error
 

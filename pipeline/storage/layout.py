@@ -4,8 +4,9 @@ Layout of a bucket::
 
     datasets/time_to_dispatch_<ISO-8601 timestamp>.csv   weekly data from data engineering
     models/time_to_dispatch_<UTC timestamp>_<id>.pkl    model artefacts, never overwritten
-    registry/<artefact file stem>/<UTC timestamp>_<action>.json
+    registry/<artefact file stem>/<n>_<artefact file stem>.json
                                                          who rejected or restored a model, when, why
+                                                         (its n-th change; earlier: <UTC timestamp>_<action>.json)
     reports/<artefact file stem>/report.json, *.png, report.html
                                                          each training run's model report
     predictions/<dataset file stem>.csv                  the backfill's estimates for a week

@@ -1,16 +1,18 @@
 """Streaming objects in and out, for batch scoring: reads in bounded chunks
 (`open_object_stream`) and multipart uploads (`MultipartWriter`) that are aborted on any
-failure, so that a failed run leaves no partial object.
+failure or stop, the abort retried for a while, so that a failed run leaves no partial
+object and no parts.
 """
 import io
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Dict, List, NamedTuple, Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.settings import S3
-from pipeline.storage.client import StorageError, response_version_id, s3_client, storage_error
+from pipeline.storage.client import StorageError, error_code, response_version_id, s3_client, storage_error
 
 
 log = logging.getLogger(__name__)
@@ -108,9 +110,11 @@ class MultipartWriter:
                                      ContentType=self._content_type, Metadata=self.metadata)["UploadId"]
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if not self._completed:
-            self.abort()
+            # A stop (SIGTERM, Ctrl-C) has only Kubernetes' grace period left for the aborts.
+            stopping = exc_type is not None and not issubclass(exc_type, Exception)
+            self.abort(S3.abort_after_stop_seconds if stopping else S3.abort_retry_seconds)
         self._sender.shutdown(wait=True)
 
     def write(self, data: bytes) -> None:
@@ -138,8 +142,12 @@ class MultipartWriter:
         self._completed = True
         return response_version_id(response) or ""
 
-    def abort(self) -> None:
-        """Abort the upload, dropping every part; a failure to abort is logged, not raised."""
+    def abort(self, seconds: float = S3.abort_retry_seconds) -> None:
+        """Abort the upload, dropping every part; retried for up to `seconds`, with a pause
+        doubling from 1 s to 8 s between attempts, since an S3 that just failed a part (a
+        stretch of 503 SlowDown) may well fail the abort's own attempts too. A failure to
+        abort by then is logged, not raised: the bucket's lifecycle rule for incomplete
+        uploads removes what is left (docs/deployment.md)."""
         if self._upload_id is None or self._completed:
             return
         try:
@@ -147,10 +155,25 @@ class MultipartWriter:
         except StorageError:
             pass  # the part failed: the upload is aborted all the same
         upload_id, self._upload_id = self._upload_id, None
-        try:
-            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
-        except (ClientError, BotoCoreError) as error:
-            log.warning(f"s3://{self.bucket}/{self.key}: could not abort multipart upload {upload_id}: {error}")
+        ends, pause = time.monotonic() + seconds, 1.0
+        while True:
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+                return
+            except ClientError as error:
+                if error_code(error) == "NoSuchUpload":
+                    return  # an earlier attempt went through; only its answer was lost
+                failure: Exception = error
+            except BotoCoreError as error:
+                failure = error
+            left = ends - time.monotonic()
+            if left <= 0:
+                log.warning(f"s3://{self.bucket}/{self.key}: could not abort multipart upload {upload_id} "
+                            f"within {seconds:g} s: {failure}; the bucket's lifecycle rule for incomplete "
+                            "uploads removes its parts")
+                return
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, 8.0)
 
     def _upload_part(self) -> None:
         """Hand the buffer to the sender as the next part, once the part before is sent."""

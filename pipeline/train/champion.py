@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
 from pipeline.settings import MESSAGES
-from pipeline.storage.client import StorageError
+from pipeline.storage.client import S3DeadlineError, StorageError
 from pipeline.storage.datasets import Dataset, get_dataset_version
 from pipeline.storage.layout import NoObjectsError
 from pipeline.storage.signed_artefacts import ArtefactError
@@ -103,6 +103,8 @@ def load_champion(bucket: str) -> Tuple[Optional[Model], Optional[Dataset]]:
     lineage = champion.dataset
     try:
         reference = get_dataset_version(lineage.bucket, lineage.key, lineage.version_id)
+    except S3DeadlineError:
+        raise  # S3 is too slow for the stage to end in time: no reason to go on without a reference
     except StorageError as error:
         log.warning(f"cannot read the live model's training week, so there is no reference week: {error}")
         return champion, None

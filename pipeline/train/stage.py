@@ -12,8 +12,9 @@ import math
 from typing import Any, Dict, List, Optional, Sequence
 
 from pipeline.artefact.model import Model
-from pipeline.artefact.signing import load_signing_keys
-from pipeline.settings import TRAIN
+from pipeline.artefact.signing import SigningKeys, load_signing_keys
+from pipeline.settings import S3, TRAIN
+from pipeline.storage.client import end_s3_deadline, start_s3_deadline
 from pipeline.storage.datasets import get_latest_dataset
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.report_files import put_report
@@ -60,7 +61,8 @@ def train(
 
     Raises:
         SigningKeyError: MODEL_SIGNING_KEY is unset or malformed (checked before any work).
-        StorageError: S3 failed or holds no usable dataset.
+        StorageError: S3 failed or holds no usable dataset; S3DeadlineError: the stage's S3
+            work was not done by S3.train_deadline_seconds after it started.
         DatasetError: the dataset cannot be trained on.
         InvalidModelError: the model fails the serve stage's structure check (nothing is persisted).
         ModelRefusedError: one or more gates failed (all are named); the report is written.
@@ -68,6 +70,23 @@ def train(
     check_thresholds_valid(error_threshold, warning_threshold)
     check_tolerance_valid(champion_tolerance)
     keys = load_signing_keys()
+    start_s3_deadline("the train stage", S3.train_deadline_seconds)
+    try:
+        return _train(bucket, error_threshold, warning_threshold, keys, hyperparam_grid, n_jobs, champion_tolerance)
+    finally:
+        end_s3_deadline()
+
+
+def _train(
+    bucket: str,
+    error_threshold: float,
+    warning_threshold: float,
+    keys: SigningKeys,
+    hyperparam_grid: Optional[Dict[str, List[Any]]],
+    n_jobs: Optional[int],
+    champion_tolerance: float,
+) -> Model:
+    """`train`'s steps, inside the stage's S3 deadline."""
     dataset = get_latest_dataset(bucket)
     log.info(f"training on {dataset.uri} (ETag {dataset.etag}, version {dataset.version_id})")
     data = prepare_data(dataset.data)

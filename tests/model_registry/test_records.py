@@ -19,8 +19,8 @@ def test_status_changes_never_touch_the_models_folder_nor_overwrite(s3: Any, buc
     assert key.startswith("registry/time_to_dispatch_2026-10-01T12:00:00.000000Z_00000001/")
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.models_prefix)
     assert [o["Key"] for o in listing["Contents"]] == [only.artefact_key]
-    with pytest.raises(StorageError, match="a status change already exists at this key"):
-        put_status_change(bucket, status_change(only, REJECT))
+    with pytest.raises(StorageError, match="change 1 of the model's status already exists at this key"):
+        put_status_change(bucket, status_change(only, REJECT), number=1)
 
 
 def test_a_malformed_status_record_is_named(s3: Any, bucket: str) -> None:

@@ -9,9 +9,12 @@ one that shows the budget holds; the other slow cases scale the timeouts down th
 S3_* environment variables so that the suite stays within minutes, and
 `test_the_s3_budget_fits_each_stage_and_rides_out_a_70_s_stall` checks production's arithmetic.
 """
+import signal
 import socket
 import socketserver
 import struct
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -29,6 +32,8 @@ pytestmark = pytest.mark.e2e
 LIMITS = yaml.safe_load((LOCAL.repo_root / "bodywork.yaml").read_text())["stages"]
 TRAIN_LIMIT = float(LIMITS["train_model"]["batch"]["max_completion_time_seconds"])
 SERVE_LIMIT = float(LIMITS["serve_model"]["service"]["max_startup_time_seconds"])
+# The S3 deadline the trickle cases give both stages: short, to keep them within seconds.
+TRICKLE_DEADLINE = 6.0
 # Scaled-down timeouts for the slow cases: the same arithmetic, ten times faster.
 FAST_TIMEOUTS = {
     ENVIRONMENT.s3_connect_timeout: "1", ENVIRONMENT.s3_read_timeout: "2", ENVIRONMENT.s3_max_attempts: "4",
@@ -47,7 +52,12 @@ class FaultProxy(socketserver.ThreadingTCPServer):
       reset_puts: reset this many PUT connections halfway through their body;
       stall_for: from the first request on, hold every request for this many seconds after
         that first one arrived, then forward (a stall: S3 silent, then back);
-      never_answer: read every request and never answer it.
+      never_answer: read every request and never answer it;
+      trickle_seconds: send every answer one byte at a time, this many seconds apart (each
+        byte well inside the read timeout, so no per-read timeout ever fires);
+      hold_later_parts: hold every multipart UploadPart after the first this many seconds;
+      slow_down_after_parts: (N, M): once N UploadParts were forwarded, answer the next M
+        requests 503 SlowDown.
     """
 
     daemon_threads = True
@@ -61,6 +71,10 @@ class FaultProxy(socketserver.ThreadingTCPServer):
         self.stall_for = 0.0
         self.stall_until = 0.0
         self.never_answer = False
+        self.trickle_seconds = 0.0
+        self.hold_later_parts = 0.0
+        self.slow_down_after_parts = (0, 0)
+        self.parts_forwarded = 0
         self.stopping = threading.Event()
         self.seen: List[Tuple[str, str, str]] = []  # (method, path, what the proxy did)
         self.lock = threading.Lock()
@@ -109,6 +123,11 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
                     self._log(method, path, "503 SlowDown")
                     client.sendall(_response(503, "Slow Down", SLOW_DOWN, b"application/xml"))
                     continue
+                is_part = method == "PUT" and "partNumber=" in path and "uploadId=" in path
+                if is_part and self.server.hold_later_parts and self.server.parts_forwarded >= 1:
+                    self._log(method, path, "held")
+                    if self.server.stopping.wait(self.server.hold_later_parts):
+                        return
                 with self.server.lock:
                     if self.server.stall_for:
                         self.server.stall_until = time.monotonic() + self.server.stall_for
@@ -118,8 +137,22 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
                     self._log(method, path, f"stalled {wait:.1f}s")
                     if self.server.stopping.wait(wait):
                         return
-                client.sendall(self._forward(raw_head, body))
+                response = self._forward(raw_head, body)
+                if self.server.trickle_seconds:
+                    self._log(method, path, "trickled")
+                    for byte in response:
+                        client.sendall(bytes([byte]))
+                        if self.server.stopping.wait(self.server.trickle_seconds):
+                            return
+                    continue
+                client.sendall(response)
                 self._log(method, path, "forwarded")
+                if is_part:
+                    with self.server.lock:
+                        self.server.parts_forwarded += 1
+                        after, count = self.server.slow_down_after_parts
+                        if after and self.server.parts_forwarded == after:
+                            self.server.slow_down = count
         except OSError:
             return
         finally:
@@ -193,9 +226,9 @@ def models_in(s3: Any, bucket: str) -> List[str]:
     return sorted(item.key for item in list_models(bucket, s3))
 
 
-def train(env: Dict[str, str], bucket: str) -> Tuple[Any, float]:
+def train(env: Dict[str, str], bucket: str, timeout: float = TRAIN_LIMIT + 30) -> Tuple[Any, float]:
     started = time.monotonic()
-    result = run_cli(["-m", "pipeline.train_model", bucket, "0.9", "0.95"], env, timeout=TRAIN_LIMIT + 30)
+    result = run_cli(["-m", "pipeline.train_model", bucket, "0.9", "0.95"], env, timeout=timeout)
     return result, time.monotonic() - started
 
 
@@ -284,6 +317,23 @@ def test_train_with_s3_never_answering_fails_with_one_error_line_within_the_budg
     assert models_in(s3, bucket_with_model) == before
 
 
+def test_train_with_s3_trickling_fails_with_one_error_line_naming_its_s3_deadline(
+    s3_env: Dict[str, str], s3: Any, bucket_with_model: str, proxy: FaultProxy
+) -> None:
+    # A byte every 0.5 s never trips a 2 s read timeout: only the stage's deadline ends it.
+    before = models_in(s3, bucket_with_model)
+    proxy.trickle_seconds = 0.5
+    env = through(s3_env, proxy.endpoint, **FAST_TIMEOUTS, **{ENVIRONMENT.s3_deadline: str(TRICKLE_DEADLINE)})
+
+    result, elapsed = train(env, bucket_with_model, timeout=TRICKLE_DEADLINE + 30)
+
+    assert result.returncode == 1
+    [line] = error_lines(result.stdout)
+    assert f"train_model failed: the train stage's S3 deadline of {TRICKLE_DEADLINE:g} s passed while " in line
+    assert elapsed < TRICKLE_DEADLINE + 20
+    assert models_in(s3, bucket_with_model) == before
+
+
 # --- the serve stage ------------------------------------------------------------------------
 
 def test_serve_with_s3_refusing_connections_exits_1_with_one_error_line(
@@ -327,3 +377,79 @@ def test_serve_with_s3_never_answering_exits_1_within_its_start_up_limit_with_pr
     assert f"serve_model failed: s3://{bucket_with_model}/models/: cannot list it: Read timeout" in line
     assert len(proxy.seen) == S3.max_attempts
     assert S3.max_attempts * S3.read_timeout_seconds <= elapsed < SERVE_LIMIT
+
+
+def test_serve_with_s3_trickling_exits_1_naming_its_s3_deadline_and_never_opens_the_port(
+    s3_env: Dict[str, str], bucket_with_model: str, start: StartService, proxy: FaultProxy
+) -> None:
+    proxy.trickle_seconds = 0.5
+    env = through(s3_env, proxy.endpoint, **FAST_TIMEOUTS, **{ENVIRONMENT.s3_deadline: str(TRICKLE_DEADLINE)})
+
+    service, elapsed = serve_until_exit(start, env, bucket_with_model, TRICKLE_DEADLINE)
+
+    assert service.process.returncode == 1
+    [line] = error_lines(service.log())
+    assert f"serve_model failed: the serve stage's S3 deadline of {TRICKLE_DEADLINE:g} s passed while " in line
+    assert "serving model" not in service.log()
+    assert elapsed < TRICKLE_DEADLINE + 20
+
+
+# --- batch scoring's multipart uploads ----------------------------------------------------
+
+# Enough rows for an output of more than two 8 MiB parts.
+BATCH_ROWS = 450_000
+
+
+def put_large_orders(s3: Any, bucket: str, key: str) -> None:
+    lines = ["order_id,product_code,orders_placed"]
+    lines += [f"O-{i:07d},SKU00{i % 5 + 1},{i % 300}" for i in range(BATCH_ROWS)]
+    s3.put_object(Bucket=bucket, Key=key, Body=("\n".join(lines) + "\n").encode())
+
+
+def uploads_left(s3: Any, bucket: str) -> List[str]:
+    return [upload["Key"] for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def test_batch_scoring_stopped_by_sigterm_after_a_part_aborts_its_uploads_and_exits_143(
+    s3_env: Dict[str, str], s3: Any, bucket_with_model: str, proxy: FaultProxy
+) -> None:
+    put_large_orders(s3, bucket_with_model, "in/orders.csv")
+    proxy.hold_later_parts = 3.0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.score_batch", bucket_with_model, "in/orders.csv", "out/orders.csv"],
+        env=through(s3_env, proxy.endpoint, **FAST_TIMEOUTS), cwd=LOCAL.repo_root, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(what == "held" for _, _, what in proxy.seen):  # one part in, the next on its way
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+
+    assert process.returncode == 143, output
+    [line] = error_lines(output)
+    assert "score_batch stopped by SIGTERM before it finished: the uploads were aborted" in line
+    assert uploads_left(s3, bucket_with_model) == []
+    assert [item["Key"] for item in s3.list_objects_v2(Bucket=bucket_with_model, Prefix="out/").get("Contents", [])] \
+        == []
+
+
+def test_batch_scoring_retries_the_abort_through_503s_and_leaves_no_parts(
+    s3_env: Dict[str, str], s3: Any, bucket_with_model: str, proxy: FaultProxy
+) -> None:
+    # Twenty 503s after two parts: more than a part's and both aborts' four attempts each.
+    put_large_orders(s3, bucket_with_model, "in/orders.csv")
+    proxy.slow_down_after_parts = (2, 20)
+
+    result = run_cli(["-m", "pipeline.score_batch", bucket_with_model, "in/orders.csv", "out/orders.csv"],
+                     through(s3_env, proxy.endpoint, **FAST_TIMEOUTS), timeout=120)
+
+    assert result.returncode == 1, result.stdout
+    [line] = error_lines(result.stdout)
+    assert "score_batch failed: " in line and "SlowDown" in line
+    assert uploads_left(s3, bucket_with_model) == []
+    assert [what for _, _, what in proxy.seen].count("503 SlowDown") == 20
