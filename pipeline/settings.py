@@ -107,6 +107,9 @@ class LayoutSettings:
         "signature", "", "The S3 metadata key of a model artefact's HMAC-SHA256 signature.")
     key_id_metadata_key: str = setting(
         "signing-key-id", "", "The S3 metadata key of the id of the key that signed a model artefact.")
+    signature_scheme_metadata_key: str = setting(
+        "signature-scheme", "", "The S3 metadata key of what a model artefact's signature covers "
+        "(ARTEFACT.signature_scheme); artefacts signed over their bytes only have none.")
     model_id_metadata_key: str = setting(
         "model-artefact-id", "", "Metadata of a scored object: the artefact id of the model that made its "
         "estimates.")
@@ -217,6 +220,10 @@ class ArtefactSettings:
         4, "", "The pickle protocol artefacts are written with; every supported Python reads it.")
     min_secret_chars: int = setting(
         32, "characters", "The shortest signing secret accepted (`openssl rand -hex 32` makes one of 64).")
+    signature_scheme: str = setting(
+        "2", "", "What an artefact's signature covers: scheme 2 is the artefact's key (which names its "
+        "timestamp and id) and the SHA-256 of its bytes, so a copy at another key does not verify. "
+        "Artefacts signed over their bytes only (no scheme in their metadata) are refused.")
     min_id_prefix: int = setting(
         4, "characters", "The shortest start of an artefact id that may name a model in the registry CLI "
         "and batch scoring.")

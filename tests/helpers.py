@@ -46,18 +46,23 @@ START_TIMEOUT = 60.0
 TEST_SIGNING_KEY = "test:" + "0123456789abcdef" * 4
 
 
-def signed_metadata(body: bytes, signing_key: str = TEST_SIGNING_KEY) -> Dict[str, str]:
-    """The metadata `put_model` gives an artefact: its SHA-256 and its signature under
-    `signing_key` ("KEY_ID:SECRET"), computed here as docs/reliability.md describes them
-    (HMAC-SHA256 over the bytes, in hex) rather than by the code under test."""
+def signed_metadata(body: bytes, key: str, signing_key: str = TEST_SIGNING_KEY) -> Dict[str, str]:
+    """The metadata `put_model` gives an artefact at the S3 key `key`: its SHA-256 and its
+    signature under `signing_key` ("KEY_ID:SECRET"), computed here as docs/reliability.md
+    describes them (HMAC-SHA256, in hex, over the compact JSON of the key, the scheme and the
+    SHA-256 of the bytes) rather than by the code under test."""
     import hashlib
     import hmac
+    import json
 
     key_id, _, secret = signing_key.partition(":")
+    digest = hashlib.sha256(body).hexdigest()
+    message = json.dumps({"key": key, "scheme": "2", "sha256": digest}, sort_keys=True, separators=(",", ":"))
     return {
-        LAYOUT.sha256_metadata_key: hashlib.sha256(body).hexdigest(),
+        LAYOUT.sha256_metadata_key: digest,
         LAYOUT.key_id_metadata_key: key_id,
-        LAYOUT.signature_metadata_key: hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest(),
+        LAYOUT.signature_metadata_key: hmac.new(secret.encode("utf-8"), message.encode(), hashlib.sha256).hexdigest(),
+        LAYOUT.signature_scheme_metadata_key: "2",
     }
 
 

@@ -2,12 +2,14 @@
 ERROR line and exit 1 before the port opens, never a crash; the line says how to take the
 artefact out of service."""
 import pickle
+from datetime import datetime, timezone
 from typing import Any, Callable, Dict
 
 import numpy as np
 import pytest
 
 from pipeline.artefact.model import Model
+from pipeline.model_registry.records import REJECT, StatusChange, put_status_change
 from pipeline.settings import ARTEFACT, ENVIRONMENT, LAYOUT
 from pipeline.storage.layout import model_key
 from pipeline.storage.signed_artefacts import put_model
@@ -41,7 +43,7 @@ def _put_signed(s3: Any, bucket: str, model: Model, signing_key: str) -> str:
     key = model_key(model)
     model.artefact_key = key
     body = pickle.dumps(model, protocol=ARTEFACT.pickle_protocol)
-    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, signing_key))
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, key, signing_key))
     return key
 
 
@@ -79,7 +81,7 @@ def test_an_unsigned_artefact_with_a_matching_checksum_is_refused(
     key = model_key(unsigned)
     body = pickle.dumps(unsigned, protocol=ARTEFACT.pickle_protocol)
     s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body,
-                  Metadata={LAYOUT.sha256_metadata_key: signed_metadata(body)[LAYOUT.sha256_metadata_key]})
+                  Metadata={LAYOUT.sha256_metadata_key: signed_metadata(body, key)[LAYOUT.sha256_metadata_key]})
 
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
@@ -92,7 +94,7 @@ def test_a_corrupt_artefact_stops_the_service_with_the_command_that_takes_it_out
     key = model_key(trained_model)
     body = pickle.dumps(trained_model, protocol=ARTEFACT.pickle_protocol)
     s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=body[: len(body) // 2],
-                  Metadata=signed_metadata(body))
+                  Metadata=signed_metadata(body, key))
 
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
@@ -108,7 +110,7 @@ def test_an_artefact_signed_with_another_secret_under_the_services_key_id_is_ref
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
     assert (f"s3://{bucket_with_datasets}/{key}: the artefact's signature does not match its bytes "
-            "under key id 'test'") in line
+            "and its key under key id 'test'") in line
 
 
 def test_an_artefact_re_signed_with_an_unknown_key_id_is_refused(
@@ -152,3 +154,21 @@ def test_without_a_signing_key_the_service_says_so_in_its_one_error_line(
     line = the_error_of_a_failed_start(bucket_with_model, env, start)
 
     assert "serve_model failed: MODEL_SIGNING_KEY is not set" in line
+
+
+def test_a_rejected_artefact_copied_to_a_newer_key_is_not_served(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, trained_model: Model, start: StartService
+) -> None:
+    # No key needed: a copy of the rejected object, bytes and metadata, under a newer name.
+    rejected = put_model(bucket_with_datasets, trained_model, s3)
+    put_status_change(bucket_with_datasets, StatusChange(
+        rejected, REJECT, "late orders", "tester", datetime.now(timezone.utc)))
+    replay = (f"{LAYOUT.models_prefix}{LAYOUT.model_file_stem}_"
+              f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%S.%f}Z_replay01.pkl")
+    s3.copy_object(Bucket=bucket_with_datasets, Key=replay, MetadataDirective="COPY",
+                   CopySource={"Bucket": bucket_with_datasets, "Key": rejected})
+
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
+
+    assert f"s3://{bucket_with_datasets}/{replay}: " in line
+    assert "copied here from another key" in line
