@@ -224,6 +224,15 @@ class ArtefactSettings:
         "2", "", "What an artefact's signature covers: scheme 2 is the artefact's key (which names its "
         "timestamp and id) and the SHA-256 of its bytes, so a copy at another key does not verify. "
         "Artefacts signed over their bytes only (no scheme in their metadata) are refused.")
+    max_artefact_bytes: int = setting(
+        16 * MIB, "B", "A model artefact larger than this is refused from its Content-Length before its body "
+        "is read, and the train stage persists none larger. Loading costs about four times the pickle (its "
+        "bytes, the unpickled tree, the tree walk's lists): 16 MiB makes about 70 MB, which fits beside the "
+        "serve stage's own memory and the connections' buffered bodies in the pod's memory request "
+        "(check_budgets). A depth-10 tree, the deepest the grid names, pickles to well under 1 MB.")
+    artefact_load_factor: int = setting(
+        4, "x", "How many times an artefact's size loading it takes in memory, at most: its bytes, the "
+        "unpickled estimator, and the tree walk's Python lists (about twice the tree's arrays).")
     min_id_prefix: int = setting(
         4, "characters", "The shortest start of an artefact id that may name a model in the registry CLI "
         "and batch scoring.")
@@ -440,7 +449,8 @@ def check_budgets(settings: Settings) -> None:
     - the drain plus the graceful stop fit Kubernetes' grace period: the service exits cleanly
       before SIGKILL;
     - every connection buffering the largest body and head, plus the service's own memory,
-      fits the serve pod's memory request.
+      fits the serve pod's memory request, and so does loading the largest model artefact
+      accepted beside them.
 
     Raises:
         BudgetError: a budget does not fit, naming both numbers.
@@ -464,6 +474,14 @@ def check_budgets(settings: Settings) -> None:
             f"{serve.max_concurrent_connections} connections x ({serve.max_body_bytes:,} + {serve.max_header_bytes:,}) "
             f"bytes of body and head, {buffered:,} bytes, plus the service's {serve.resident_memory_mb} MB, is "
             f"{memory:,} bytes: over the serve pod's memory request of {serve.memory_request_mb} MB")
+    artefact = settings.artefact
+    loading = artefact.artefact_load_factor * artefact.max_artefact_bytes
+    if memory + loading > serve.memory_request_mb * MB:
+        raise BudgetError(
+            f"loading the largest artefact accepted, {artefact.artefact_load_factor} x "
+            f"{artefact.max_artefact_bytes:,} bytes, beside the connections' {buffered:,} bytes and the service's "
+            f"{serve.resident_memory_mb} MB, is {memory + loading:,} bytes: over the serve pod's memory request of "
+            f"{serve.memory_request_mb} MB")
 
 
 def environment_value(name: str, environ: Optional[Mapping[str, str]] = None) -> str:

@@ -172,3 +172,15 @@ def test_a_rejected_artefact_copied_to_a_newer_key_is_not_served(
 
     assert f"s3://{bucket_with_datasets}/{replay}: " in line
     assert "copied here from another key" in line
+
+
+def test_an_oversized_newest_artefact_is_refused_from_its_size_with_one_error_line(
+    s3_env: Dict[str, str], s3: Any, bucket_with_datasets: str, start: StartService
+) -> None:
+    size = 40 * 2**20
+    key = f"{LAYOUT.models_prefix}{LAYOUT.model_file_stem}_2026-10-01T12:00:00.000000Z_b1660001.pkl"
+    s3.put_object(Bucket=bucket_with_datasets, Key=key, Body=b"\0" * size)
+
+    line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
+
+    assert f"s3://{bucket_with_datasets}/{key}: the object is {size:,} bytes, over the limit of" in line

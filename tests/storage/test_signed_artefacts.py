@@ -11,7 +11,7 @@ import re
 import sys
 import types
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, List
 
 import pytest
 
@@ -20,7 +20,7 @@ from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
 from pipeline.model_registry.records import REJECT, StatusChange, put_status_change
 from pipeline.settings import ARTEFACT, LAYOUT
-from pipeline.storage.client import NoSuchBucketError
+from pipeline.storage.client import NoSuchBucketError, s3_client
 from pipeline.storage.layout import model_key
 from pipeline.storage.signed_artefacts import ArtefactError, get_model, put_model
 from tests.helpers import TEST_SIGNING_KEY, persist_model_copy, signed_metadata
@@ -247,3 +247,36 @@ def test_an_artefact_signed_over_its_bytes_only_is_refused_naming_the_remedy(
 
     with pytest.raises(ArtefactError, match="signed over its bytes only.*retrain"):
         get_model(bucket, key)
+
+
+# --- the size limit ----------------------------------------------------------------------
+
+# Far over any artefact the train stage makes, and over the artefact size limit.
+OVERSIZED_BYTES = 40 * 2**20
+
+
+def test_an_artefact_over_the_size_limit_is_refused_before_its_body_is_read(s3: Any, bucket: str) -> None:
+    key = f"{LAYOUT.models_prefix}{LAYOUT.model_file_stem}_2026-10-01T12:00:00.000000Z_b1660001.pkl"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"\0" * OVERSIZED_BYTES)
+    client = s3_client()
+    bodies: List[Any] = []
+    client.meta.events.register("after-call.s3.GetObject", lambda parsed, **_: bodies.append(parsed["Body"]))
+
+    with pytest.raises(ArtefactError, match=f"s3://{bucket}/{key}: the object is {OVERSIZED_BYTES:,} bytes, "
+                       "over the limit of"):
+        get_model(bucket, key, client)
+
+    # botocore counts what was read of each response's body: nothing of this one.
+    assert [body._amount_read for body in bodies] == [0]
+    assert ARTEFACT.max_artefact_bytes < OVERSIZED_BYTES
+
+
+def test_put_model_refuses_an_artefact_over_the_size_limit_so_none_is_persisted_that_no_reader_loads(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    trained_model.hyperparameters["padding"] = "x" * (ARTEFACT.max_artefact_bytes + 1)
+
+    with pytest.raises(ArtefactError, match="over the artefact size limit"):
+        put_model(bucket, trained_model)
+
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.models_prefix).get("KeyCount", 0) == 0
