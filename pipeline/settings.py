@@ -123,8 +123,10 @@ class LayoutSettings:
 
     @property
     def reserved_prefixes(self) -> Tuple[str, ...]:
-        """Prefixes that hold the pipeline's own inputs and artefacts: batch scoring never writes there."""
-        return (self.datasets_prefix, self.models_prefix, self.registry_prefix)
+        """Prefixes that hold the pipeline's own objects: batch scoring's OUTPUT_KEY is never under
+        one (the service serves reports as HTML; the backfill trusts what is under predictions/)."""
+        return (self.datasets_prefix, self.models_prefix, self.registry_prefix, self.reports_prefix,
+                self.predictions_prefix)
 
 
 @dataclass(frozen=True)
