@@ -151,6 +151,11 @@ class ApiSettings:
         "/metrics", "", "Prometheus metrics, on by default (the product's contract).")
     docs_path: str = setting(
         "/docs", "", "FastAPI's OpenAPI page (the product's contract).")
+    report_content_security_policy: str = setting(
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'", "", "The model report's Content-Security-Policy: the page is text, inline "
+        "style and plots embedded as data: URLs, so the browser loads nothing else and runs no script, "
+        "whatever the HTML in the bucket holds.")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pipeline.local.synthetic import generate_orders, generate_weeks
 from pipeline.settings import LAYOUT, LOCAL
 from pipeline.storage.datasets import put_dataset
 from pipeline.storage.layout import report_prefix
-from pipeline.storage.report_files import put_report
+from pipeline.storage.report_files import put_report, report_digest
 from pipeline.storage.signed_artefacts import put_model
 
 # The machine state the suite creates outside the checkout: paths and Debian package lists.
@@ -199,7 +199,8 @@ def logged_json(lines: List[str], marker: str) -> Any:
 
 def models_created(bucket: str, model: Model, days: List[int], with_report: bool = True) -> List[Model]:
     """Copies of `model` created on the given days of October 2026 with ids `000000DD`,
-    persisted; oldest first. Without a report they are like models made before reports existed."""
+    persisted; oldest first, each with its report (whose SHA-256 it records, as the train stage
+    does). Without a report they are like models made before reports existed."""
     made = []
     for day in days:
         copy = pickle.loads(pickle.dumps(model))
@@ -208,8 +209,10 @@ def models_created(bucket: str, model: Model, days: List[int], with_report: bool
         copy.report_key = None
         if with_report:
             prefix = report_prefix(copy)
-            put_report(bucket, prefix, {"report.html": f"<html>report of {copy.artefact_id}</html>".encode()})
+            page = f"<html>report of {copy.artefact_id}</html>".encode()
+            put_report(bucket, prefix, {"report.html": page})
             copy.report_key = prefix + "report.html"
+            copy.report_sha256 = report_digest(page)
         put_model(bucket, copy)
         made.append(copy)
     return made

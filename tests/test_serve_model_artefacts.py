@@ -1,6 +1,7 @@
 """Crafted and badly signed artefacts against the real serve CLI: each is refused with one
 ERROR line and exit 1 before the port opens, never a crash; the line says how to take the
 artefact out of service."""
+import http.client
 import pickle
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict
@@ -10,12 +11,13 @@ import pytest
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.records import REJECT, StatusChange, put_status_change
-from pipeline.settings import ARTEFACT, ENVIRONMENT, LAYOUT
+from pipeline.settings import API, ARTEFACT, ENVIRONMENT, LAYOUT, LOCAL
 from pipeline.storage.layout import model_key
 from pipeline.storage.signed_artefacts import put_model
 from tests.helpers import (
     StartService,
     crafted_model,
+    models_created,
     signed_metadata,
     stop_service,
     the_error_of_a_failed_start,
@@ -184,3 +186,24 @@ def test_an_oversized_newest_artefact_is_refused_from_its_size_with_one_error_li
     line = the_error_of_a_failed_start(bucket_with_datasets, s3_env, start)
 
     assert f"s3://{bucket_with_datasets}/{key}: the object is {size:,} bytes, over the limit of" in line
+
+
+def test_a_report_replaced_in_the_bucket_is_not_served(
+    s3_env: Dict[str, str], s3: Any, bucket: str, trained_model: Model, start: StartService
+) -> None:
+    # Anyone who can write reports/ could put a page with a script in place of the report.
+    [model] = models_created(bucket, trained_model, [1])
+    s3.put_object(Bucket=bucket, Key=str(model.report_key), ContentType="text/html",
+                  Body=b"<html><body><script>alert(1)</script></body></html>")
+    service = start(["-m", "pipeline.serve_model", bucket], s3_env)
+    wait_until_listening(service)
+
+    connection = http.client.HTTPConnection(LOCAL.loopback_host, service.port, timeout=10)
+    connection.request("GET", API.model_report_path)
+    response = connection.getresponse()
+    body = response.read()
+    assert stop_service(service) == 0
+
+    assert (response.status, b"<script>" in body) == (404, False)
+    assert (f"the report s3://{bucket}/{model.report_key} is not the one model {model.artefact_id} was "
+            "signed with") in service.log()
