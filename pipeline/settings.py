@@ -126,6 +126,9 @@ class LayoutSettings:
         "signature", "", "The S3 metadata key of a model artefact's HMAC-SHA256 signature.")
     key_id_metadata_key: str = setting(
         "signing-key-id", "", "The S3 metadata key of the id of the key that signed a model artefact.")
+    signature_scheme_metadata_key: str = setting(
+        "signature-scheme", "", "The S3 metadata key of what a model artefact's signature covers "
+        "(ARTEFACT.signature_scheme); artefacts signed over their bytes only have none.")
     model_id_metadata_key: str = setting(
         "model-artefact-id", "", "Metadata of a scored object: the artefact id of the model that made its "
         "estimates.")
@@ -139,8 +142,10 @@ class LayoutSettings:
 
     @property
     def reserved_prefixes(self) -> Tuple[str, ...]:
-        """Prefixes that hold the pipeline's own inputs and artefacts: batch scoring never writes there."""
-        return (self.datasets_prefix, self.models_prefix, self.registry_prefix)
+        """Prefixes that hold the pipeline's own objects: batch scoring's OUTPUT_KEY is never under
+        one (the service serves reports as HTML; the backfill trusts what is under predictions/)."""
+        return (self.datasets_prefix, self.models_prefix, self.registry_prefix, self.reports_prefix,
+                self.predictions_prefix)
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,11 @@ class ApiSettings:
         "/metrics", "", "Prometheus metrics, on by default (the product's contract).")
     docs_path: str = setting(
         "/docs", "", "FastAPI's OpenAPI page (the product's contract).")
+    report_content_security_policy: str = setting(
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'", "", "The model report's Content-Security-Policy: the page is text, inline "
+        "style and plots embedded as data: URLs, so the browser loads nothing else and runs no script, "
+        "whatever the HTML in the bucket holds.")
 
 
 @dataclass(frozen=True)
@@ -241,6 +251,19 @@ class ArtefactSettings:
         4, "", "The pickle protocol artefacts are written with; every supported Python reads it.")
     min_secret_chars: int = setting(
         32, "characters", "The shortest signing secret accepted (`openssl rand -hex 32` makes one of 64).")
+    signature_scheme: str = setting(
+        "2", "", "What an artefact's signature covers: scheme 2 is the artefact's key (which names its "
+        "timestamp and id) and the SHA-256 of its bytes, so a copy at another key does not verify. "
+        "Artefacts signed over their bytes only (no scheme in their metadata) are refused.")
+    max_artefact_bytes: int = setting(
+        16 * MIB, "B", "A model artefact larger than this is refused from its Content-Length before its body "
+        "is read, and the train stage persists none larger. Loading costs about four times the pickle (its "
+        "bytes, the unpickled tree, the tree walk's lists): 16 MiB makes about 70 MB, which fits beside the "
+        "serve stage's own memory and the connections' buffered bodies in the pod's memory request "
+        "(check_budgets). A depth-10 tree, the deepest the grid names, pickles to well under 1 MB.")
+    artefact_load_factor: int = setting(
+        4, "x", "How many times an artefact's size loading it takes in memory, at most: its bytes, the "
+        "unpickled estimator, and the tree walk's Python lists (about twice the tree's arrays).")
     min_id_prefix: int = setting(
         4, "characters", "The shortest start of an artefact id that may name a model in the registry CLI "
         "and batch scoring.")
@@ -475,7 +498,8 @@ def check_budgets(settings: Settings) -> None:
     - the drain plus the graceful stop fit Kubernetes' grace period: the service exits cleanly
       before SIGKILL;
     - every connection buffering the largest body and head, plus the service's own memory,
-      fits the serve pod's memory request.
+      fits the serve pod's memory request, and so does loading the largest model artefact
+      accepted beside them.
 
     Raises:
         BudgetError: a budget does not fit, naming both numbers.
@@ -512,6 +536,14 @@ def check_budgets(settings: Settings) -> None:
             f"{serve.max_concurrent_connections} connections x ({serve.max_body_bytes:,} + {serve.max_header_bytes:,}) "
             f"bytes of body and head, {buffered:,} bytes, plus the service's {serve.resident_memory_mb} MB, is "
             f"{memory:,} bytes: over the serve pod's memory request of {serve.memory_request_mb} MB")
+    artefact = settings.artefact
+    loading = artefact.artefact_load_factor * artefact.max_artefact_bytes
+    if memory + loading > serve.memory_request_mb * MB:
+        raise BudgetError(
+            f"loading the largest artefact accepted, {artefact.artefact_load_factor} x "
+            f"{artefact.max_artefact_bytes:,} bytes, beside the connections' {buffered:,} bytes and the service's "
+            f"{serve.resident_memory_mb} MB, is {memory + loading:,} bytes: over the serve pod's memory request of "
+            f"{serve.memory_request_mb} MB")
 
 
 def environment_value(name: str, environ: Optional[Mapping[str, str]] = None) -> str:

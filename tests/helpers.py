@@ -28,7 +28,7 @@ from pipeline.local.synthetic import generate_orders, generate_weeks
 from pipeline.settings import LAYOUT, LOCAL
 from pipeline.storage.datasets import put_dataset
 from pipeline.storage.layout import report_prefix
-from pipeline.storage.report_files import put_report
+from pipeline.storage.report_files import put_report, report_digest
 from pipeline.storage.signed_artefacts import put_model
 
 # The machine state the suite creates outside the checkout: paths and Debian package lists.
@@ -46,18 +46,23 @@ START_TIMEOUT = 60.0
 TEST_SIGNING_KEY = "test:" + "0123456789abcdef" * 4
 
 
-def signed_metadata(body: bytes, signing_key: str = TEST_SIGNING_KEY) -> Dict[str, str]:
-    """The metadata `put_model` gives an artefact: its SHA-256 and its signature under
-    `signing_key` ("KEY_ID:SECRET"), computed here as docs/reliability.md describes them
-    (HMAC-SHA256 over the bytes, in hex) rather than by the code under test."""
+def signed_metadata(body: bytes, key: str, signing_key: str = TEST_SIGNING_KEY) -> Dict[str, str]:
+    """The metadata `put_model` gives an artefact at the S3 key `key`: its SHA-256 and its
+    signature under `signing_key` ("KEY_ID:SECRET"), computed here as docs/reliability.md
+    describes them (HMAC-SHA256, in hex, over the compact JSON of the key, the scheme and the
+    SHA-256 of the bytes) rather than by the code under test."""
     import hashlib
     import hmac
+    import json
 
     key_id, _, secret = signing_key.partition(":")
+    digest = hashlib.sha256(body).hexdigest()
+    message = json.dumps({"key": key, "scheme": "2", "sha256": digest}, sort_keys=True, separators=(",", ":"))
     return {
-        LAYOUT.sha256_metadata_key: hashlib.sha256(body).hexdigest(),
+        LAYOUT.sha256_metadata_key: digest,
         LAYOUT.key_id_metadata_key: key_id,
-        LAYOUT.signature_metadata_key: hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest(),
+        LAYOUT.signature_metadata_key: hmac.new(secret.encode("utf-8"), message.encode(), hashlib.sha256).hexdigest(),
+        LAYOUT.signature_scheme_metadata_key: "2",
     }
 
 
@@ -194,7 +199,8 @@ def logged_json(lines: List[str], marker: str) -> Any:
 
 def models_created(bucket: str, model: Model, days: List[int], with_report: bool = True) -> List[Model]:
     """Copies of `model` created on the given days of October 2026 with ids `000000DD`,
-    persisted; oldest first. Without a report they are like models made before reports existed."""
+    persisted; oldest first, each with its report (whose SHA-256 it records, as the train stage
+    does). Without a report they are like models made before reports existed."""
     made = []
     for day in days:
         copy = pickle.loads(pickle.dumps(model))
@@ -203,8 +209,10 @@ def models_created(bucket: str, model: Model, days: List[int], with_report: bool
         copy.report_key = None
         if with_report:
             prefix = report_prefix(copy)
-            put_report(bucket, prefix, {"report.html": f"<html>report of {copy.artefact_id}</html>".encode()})
+            page = f"<html>report of {copy.artefact_id}</html>".encode()
+            put_report(bucket, prefix, {"report.html": page})
             copy.report_key = prefix + "report.html"
+            copy.report_sha256 = report_digest(page)
         put_model(bucket, copy)
         made.append(copy)
     return made

@@ -18,7 +18,7 @@ from pipeline.serve.api import create_app
 from pipeline.settings import API, LAYOUT, LOCAL
 from pipeline.storage.datasets import list_datasets, put_dataset
 from pipeline.storage.layout import predictions_key
-from tests.helpers import csv_text, error_lines, persist_model_copy, run_cli
+from tests.helpers import csv_text, error_lines, models_created, persist_model_copy, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -229,6 +229,26 @@ def test_bad_arguments_exit_1_with_one_error_line(s3_env: Dict[str, str], args: 
     (error,) = error_lines(result.stdout)
     assert "Invalid arguments passed to score_batch.py" in error and reason in error
     assert "usage: python -m pipeline.score_batch BUCKET INPUT_KEY OUTPUT_KEY" in error
+
+
+@pytest.mark.parametrize("output", ["report", "predictions/time_to_dispatch_2026-10-02T23:00:00.csv"])
+def test_output_under_the_pipelines_own_prefixes_is_refused_and_nothing_is_written(
+    s3: Any, s3_env: Dict[str, str], bucket: str, trained_model: Model, output: str
+) -> None:
+    # The report is served as HTML: a batch output over it would put a file's cells on the page.
+    [model] = models_created(bucket, trained_model, [1])
+    output = str(model.report_key) if output == "report" else output
+    prefix = output.split("/", 1)[0] + "/"
+    before = keys(s3, bucket, prefix)
+    put_csv(s3, bucket, "in/rep.csv", [COLUMNS, ["<script>alert(1)</script>", "SKU001", "north", "1"]])
+
+    result = score(bucket, s3_env, "in/rep.csv", output)
+
+    assert result.returncode == 1, result.stdout
+    (error,) = error_lines(result.stdout)
+    assert f"OUTPUT_KEY {output} is under {prefix}" in error
+    assert keys(s3, bucket, prefix) == before
+    assert b"<script>" not in s3.get_object(Bucket=bucket, Key=str(model.report_key))["Body"].read()
 
 
 # --- the same command line, in-process ----------------------------------------------------

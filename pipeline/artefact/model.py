@@ -223,6 +223,9 @@ class Model:
     # Where the run's report.html is (under reports/); None for models made before reports.
     # Artefacts pickled before the field existed read it from the class default.
     report_key: Optional[str] = None
+    # The SHA-256 of that report.html, signed with the artefact: the service serves the report
+    # only if the object at report_key still has it. None for models made before it was recorded.
+    report_sha256: Optional[str] = None
     _walker: Optional[_TreeWalker] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -131,7 +131,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         check_keys_apart(args.input_key, args.output_key)
     except ScoringError as error:
         raise ValueError(str(error)) from None
-    if args.output_key.startswith(LAYOUT.reserved_prefixes):
-        raise ValueError(f"OUTPUT_KEY {args.output_key} is under {', '.join(LAYOUT.reserved_prefixes)}, "
-                         "which hold the pipeline's datasets, models and registry")
+    check_output_not_reserved(args.output_key)
     return args
+
+
+def check_output_not_reserved(output_key: str) -> None:
+    """Refuse an OUTPUT_KEY (and with it its rejects key) under a prefix where the pipeline keeps
+    its own objects (LAYOUT.reserved_prefixes): a batch output there could replace a report the
+    service serves as HTML, a week's predictions the backfill trusts, or a dataset.
+
+    Raises:
+        ValueError: naming the prefix and every reserved prefix.
+    """
+    for prefix in LAYOUT.reserved_prefixes:
+        if output_key.startswith(prefix):
+            raise ValueError(
+                f"OUTPUT_KEY {output_key} is under {prefix}, one of the prefixes that hold the pipeline's own "
+                f"objects ({', '.join(LAYOUT.reserved_prefixes)}); batch output goes elsewhere")

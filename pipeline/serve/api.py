@@ -35,6 +35,10 @@ from pipeline.serve.metrics import ServiceMetrics, instrument
 from pipeline.settings import API, ARTEFACT, MESSAGES, SERVE
 from pipeline.utils import quote
 
+# The report is HTML from the bucket: whatever it holds, the browser runs no script from it and
+# loads nothing but its embedded plots (docs/reliability.md, "Threat model").
+REPORT_HEADERS = {"Content-Security-Policy": API.report_content_security_policy, "X-Content-Type-Options": "nosniff"}
+
 
 class ErrorMessage(BaseModel):
     """An error that is not about one field: unparseable, too large or too slow a body."""
@@ -229,7 +233,7 @@ def create_app(
             where = f"named {model.report_key}, not found" if model.report_key else "made before reports existed"
             return JSONResponse(status_code=404, content={
                 "detail": f"model {model.artefact_id} has no report ({where})"})
-        return HTMLResponse(report_html)
+        return HTMLResponse(report_html, headers=REPORT_HEADERS)
 
     @app.get(API.health_path, summary="Liveness")
     async def health() -> Dict[str, str]:

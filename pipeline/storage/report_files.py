@@ -1,6 +1,11 @@
 """The model report's files on S3: each training run's report.json, plots and report.html
 under `reports/`, never overwritten, and reading them back.
+
+The SHA-256 of a model's report.html is recorded in the model artefact (`report_sha256`), which
+is signed: the service serves the report only if the object still has that digest, so a page
+put in its place by anyone who can write `reports/` is not served.
 """
+import hashlib
 import logging
 from typing import Any, Dict, List, Optional
 
@@ -9,12 +14,22 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline.artefact.model import Model
 from pipeline.settings import LAYOUT
 from pipeline.storage.client import StorageError, error_code, get_object_bytes, put_new_object, s3_client, storage_error
+from pipeline.utils import quote
 from pipeline.storage.layout import artefact_file_stem
 
 # What a report's files are served as, by extension; nothing else is written under reports/.
 REPORT_CONTENT_TYPES = {".json": "application/json", ".png": "image/png", ".html": "text/html; charset=utf-8"}
 
 log = logging.getLogger(__name__)
+
+
+class ReportError(StorageError):
+    """A model's report is not the one its signed artefact records."""
+
+
+def report_digest(body: bytes) -> str:
+    """The SHA-256 of a report file, in hex: what a model artefact records of its report.html."""
+    return hashlib.sha256(body).hexdigest()
 
 
 def put_report(bucket: str, prefix: str, files: Dict[str, bytes], client: Any = None) -> List[str]:
@@ -50,13 +65,16 @@ def get_report_html(bucket: str, model: Model, client: Any = None) -> Optional[b
     reports existed) or whose report object is missing.
 
     Raises:
+        ReportError: the model records no SHA-256 of its report, or the report's is another
+            (it was replaced or altered since the model was signed).
         NoSuchBucketError, AccessDeniedError, StorageError: S3 refused or failed otherwise.
     """
     if not model.report_key:
         return None
     client = client or s3_client()
+    uri = f"s3://{bucket}/{model.report_key}"
     try:
-        return bytes(client.get_object(Bucket=bucket, Key=model.report_key)["Body"].read())
+        body = bytes(client.get_object(Bucket=bucket, Key=model.report_key)["Body"].read())
     except ClientError as error:
         if error_code(error) in ("NoSuchKey", "404"):
             log.warning(f"model {model.artefact_id} names the report s3://{bucket}/{model.report_key}, "
@@ -65,6 +83,13 @@ def get_report_html(bucket: str, model: Model, client: Any = None) -> Optional[b
         raise storage_error(error, bucket, model.report_key, "read") from error
     except BotoCoreError as error:
         raise storage_error(error, bucket, model.report_key, "read") from error
+    actual = report_digest(body)
+    if actual != model.report_sha256:
+        recorded = f"records {quote(model.report_sha256)}" if model.report_sha256 else "records none"
+        raise ReportError(
+            f"the report {uri} is not the one model {model.artefact_id} was signed with (its SHA-256 is {actual}; "
+            f"the model's signed artefact {recorded}): it was replaced or altered, so it is not served")
+    return body
 
 
 def get_report_file(bucket: str, model: Model, name: str, client: Any = None) -> bytes:

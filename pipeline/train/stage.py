@@ -17,7 +17,7 @@ from pipeline.settings import S3, TRAIN
 from pipeline.storage.client import end_s3_deadline, start_s3_deadline
 from pipeline.storage.datasets import get_latest_dataset
 from pipeline.storage.layout import report_prefix
-from pipeline.storage.report_files import put_report
+from pipeline.storage.report_files import put_report, report_digest
 from pipeline.storage.signed_artefacts import put_model
 from pipeline.train.champion import (
     apply_decision,
@@ -107,10 +107,12 @@ def _train(
         comparison, drift, logic_failures, (error_threshold, warning_threshold), champion_tolerance, decision,
     )
     prefix = report_prefix(model)
-    put_report(bucket, prefix, build_report(findings))
+    report = build_report(findings)
+    put_report(bucket, prefix, report)
     log.info(f"model report written to s3://{bucket}/{prefix}{REPORT_HTML}")
     apply_decision(decision, f"s3://{bucket}/{prefix}{REPORT_HTML}")
     model.report_key = prefix + REPORT_HTML
+    model.report_sha256 = report_digest(report[REPORT_HTML])
     key = put_model(bucket, model, keys=keys)
     log.info(f"persisted model {model} to s3://{bucket}/{key}")
     return model

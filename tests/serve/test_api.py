@@ -252,6 +252,20 @@ def test_model_report_serves_the_report_html_it_was_given(served_model: Model) -
     assert response.content == page
 
 
+def test_model_report_is_served_with_a_content_security_policy_that_runs_no_script(served_model: Model) -> None:
+    # The report is written by the train stage and kept in the bucket: whatever it holds, the
+    # browser shows it as a page of text, inline style and embedded images, and runs nothing.
+    page = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
+
+    response = TestClient(create_app(served_model, page)).get(API.model_report_path)
+
+    policy = {part.split()[0]: part.split()[1:] for part in response.headers["content-security-policy"].split(";")
+              if part.strip()}
+    assert policy["default-src"] == ["'none'"] and "script-src" not in policy
+    assert policy["img-src"] == ["data:"] and policy["style-src"] == ["'unsafe-inline'"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
 def test_model_report_of_a_model_made_before_reports_is_a_404_naming_the_model(served_model: Model) -> None:
     served_model.report_key = None
 

@@ -3,23 +3,27 @@ loaded only once verified and only if made of allowed classes; artefacts pickled
 `pipeline/` had folders, whose classes were `pipeline.model.*`, still load.
 """
 import hashlib
+import hmac
 import io
 import os
 import pickle
+import re
 import sys
 import types
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, List
 
 import pytest
 
 from pipeline.artefact import features, model as model_module
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
+from pipeline.model_registry.records import REJECT, StatusChange, put_status_change
 from pipeline.settings import ARTEFACT, LAYOUT
-from pipeline.storage.client import NoSuchBucketError
+from pipeline.storage.client import NoSuchBucketError, s3_client
 from pipeline.storage.layout import model_key
 from pipeline.storage.signed_artefacts import ArtefactError, get_model, put_model
-from tests.helpers import signed_metadata
+from tests.helpers import TEST_SIGNING_KEY, persist_model_copy, signed_metadata
 
 # Where the artefact's classes were before `pipeline/` had folders, as such artefacts name them.
 FORMER_PATHS = {
@@ -114,7 +118,7 @@ def test_get_live_model_refuses_a_correctly_checksummed_pickle_that_is_not_a_mod
 ) -> None:
     body = pickle.dumps(payload)
     key = "models/time_to_dispatch_2026-01-01T00:00:00.000000Z_deadbeef.pkl"
-    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body))
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, key))
 
     with pytest.raises(ArtefactError, match=message):
         get_live_model(bucket)
@@ -130,7 +134,7 @@ def test_an_artefact_signed_with_an_unknown_key_id_is_refused(
 ) -> None:
     body = pickle.dumps(trained_model)
     s3.put_object(Bucket=bucket, Key=model_key(trained_model), Body=body,
-                  Metadata=signed_metadata(body, "elsewhere:" + "e" * 64))
+                  Metadata=signed_metadata(body, model_key(trained_model), "elsewhere:" + "e" * 64))
 
     with pytest.raises(ArtefactError, match="signed with key id 'elsewhere', which is not one of the keys"):
         get_live_model(bucket)
@@ -140,7 +144,7 @@ def test_put_model_signs_the_artefact_with_the_current_key(s3: Any, bucket: str,
     key = put_model(bucket, trained_model)
     stored = s3.get_object(Bucket=bucket, Key=key)
 
-    assert stored["Metadata"] == signed_metadata(stored["Body"].read())
+    assert stored["Metadata"] == signed_metadata(stored["Body"].read(), key)
 
 
 def pickled_under_the_former_paths(model: Any) -> bytes:
@@ -166,7 +170,7 @@ def test_an_artefact_pickled_under_the_former_module_paths_loads_verified_as_tod
     assert b"pipeline.model" in body and b"pipeline.features" in body and b"pipeline.artefact" not in body
     assert "pipeline.model" not in sys.modules and Model.__module__ == "pipeline.artefact.model"
     key = model_key(trained_model)
-    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body))
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, key))
 
     loaded = get_model(bucket, key)
 
@@ -182,7 +186,97 @@ def test_the_former_module_paths_admit_only_the_artefacts_own_classes(s3: Any, b
     # there, not one of the classes an artefact is made of.
     body = b"cpipeline.model\nlibrary_versions\n(tR."
     key = "models/time_to_dispatch_2026-01-01T00:00:00.000000Z_deadbeef.pkl"
-    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body))
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, key))
 
     with pytest.raises(ArtefactError, match=r"names pipeline\.model\.library_versions, which a model artefact may not"):
         get_model(bucket, key)
+
+
+# --- where an artefact lives is part of what is signed (replays and rollbacks) -------------
+
+def _replay_key() -> str:
+    """A key newer than every model, as someone who can write `models/` would pick it."""
+    now = datetime.now(timezone.utc)
+    return f"{LAYOUT.models_prefix}{LAYOUT.model_file_stem}_{now:%Y-%m-%dT%H:%M:%S.%f}Z_replay01.pkl"
+
+
+@pytest.mark.parametrize("copied", ["the-rejected-model", "an-older-model"])
+def test_a_signed_artefact_copied_to_a_newer_key_is_refused_not_made_live(
+    s3: Any, bucket: str, trained_model: Model, copied: str
+) -> None:
+    older = persist_model_copy(bucket, trained_model, datetime(2026, 10, 1, 12, tzinfo=timezone.utc), "0ld00001")
+    newest = persist_model_copy(bucket, trained_model, datetime(2026, 10, 8, 12, tzinfo=timezone.utc), "bad00002")
+    put_status_change(bucket, StatusChange(
+        str(newest.artefact_key), REJECT, "late orders", "tester", datetime(2026, 10, 9, tzinfo=timezone.utc)))
+    source = newest if copied == "the-rejected-model" else older
+    replay = _replay_key()
+    s3.copy_object(Bucket=bucket, Key=replay, CopySource={"Bucket": bucket, "Key": str(source.artefact_key)},
+                   MetadataDirective="COPY")
+
+    with pytest.raises(ArtefactError, match=f"s3://{bucket}/{replay}: .*copied here from another key"):
+        get_live_model(bucket)
+
+
+def test_an_artefact_signed_for_its_key_whose_own_identity_is_another_is_refused(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    # Signed for the key it lives at, by a holder of the key, yet the model inside says it is
+    # another artefact: what it is must match where it lives too.
+    body = pickle.dumps(trained_model, protocol=ARTEFACT.pickle_protocol)
+    key = f"{LAYOUT.models_prefix}{LAYOUT.model_file_stem}_2026-10-01T12:00:00.000000Z_0ther001.pkl"
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, key))
+
+    with pytest.raises(ArtefactError, match=re.escape(f"s3://{bucket}/{key}: the artefact is model "
+                                                      f"'{trained_model.artefact_id}' created at ") + ".*"
+                       + re.escape(f", whose key is '{model_key(trained_model)}', not the key it was read from")):
+        get_model(bucket, key)
+
+
+def test_an_artefact_signed_over_its_bytes_only_is_refused_naming_the_remedy(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    # How artefacts were signed before the key was part of what is signed: a copy of such an
+    # artefact at any other key verifies as well as the original.
+    body = pickle.dumps(trained_model, protocol=ARTEFACT.pickle_protocol)
+    key = model_key(trained_model)
+    metadata = signed_metadata(body, key)
+    metadata[LAYOUT.signature_metadata_key] = hmac.new(
+        TEST_SIGNING_KEY.partition(":")[2].encode(), body, hashlib.sha256).hexdigest()
+    del metadata[LAYOUT.signature_scheme_metadata_key]
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
+
+    with pytest.raises(ArtefactError, match="signed over its bytes only.*retrain"):
+        get_model(bucket, key)
+
+
+# --- the size limit ----------------------------------------------------------------------
+
+# Far over any artefact the train stage makes, and over the artefact size limit.
+OVERSIZED_BYTES = 40 * 2**20
+
+
+def test_an_artefact_over_the_size_limit_is_refused_before_its_body_is_read(s3: Any, bucket: str) -> None:
+    key = f"{LAYOUT.models_prefix}{LAYOUT.model_file_stem}_2026-10-01T12:00:00.000000Z_b1660001.pkl"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"\0" * OVERSIZED_BYTES)
+    client = s3_client()
+    bodies: List[Any] = []
+    client.meta.events.register("after-call.s3.GetObject", lambda parsed, **_: bodies.append(parsed["Body"]))
+
+    with pytest.raises(ArtefactError, match=f"s3://{bucket}/{key}: the object is {OVERSIZED_BYTES:,} bytes, "
+                       "over the limit of"):
+        get_model(bucket, key, client)
+
+    # botocore counts what was read of each response's body: nothing of this one.
+    assert [body._amount_read for body in bodies] == [0]
+    assert ARTEFACT.max_artefact_bytes < OVERSIZED_BYTES
+
+
+def test_put_model_refuses_an_artefact_over_the_size_limit_so_none_is_persisted_that_no_reader_loads(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    trained_model.hyperparameters["padding"] = "x" * (ARTEFACT.max_artefact_bytes + 1)
+
+    with pytest.raises(ArtefactError, match="over the artefact size limit"):
+        put_model(bucket, trained_model)
+
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.models_prefix).get("KeyCount", 0) == 0

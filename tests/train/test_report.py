@@ -1,5 +1,6 @@
 """The model report: what report.json holds, valid PNGs, a self-contained HTML page, and the
 report every train run writes under reports/ (over S3)."""
+import hashlib
 import json
 import re
 from typing import Any, Dict
@@ -10,7 +11,8 @@ from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import list_models
 from pipeline.settings import LAYOUT
 from pipeline.storage.client import StorageError
-from pipeline.storage.report_files import put_report
+from pipeline.storage.report_files import get_report_html, put_report
+from pipeline.storage.signed_artefacts import get_model
 from pipeline.train import report, stage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -45,6 +47,17 @@ def test_every_run_writes_its_report_under_reports_in_a_folder_named_after_the_a
     assert model.artefact_id in persisted["folder"]
     assert model.report_key == persisted["folder"] + "report.html"
     assert sorted(persisted["files"]) == sorted(["report.json", "report.html", *report.PLOT_FILES.values()])
+
+
+def test_the_persisted_model_records_its_reports_sha256_and_serves_only_that_report(
+    s3: Any, bucket_with_model: str, persisted: Dict[str, Any]
+) -> None:
+    model: Model = persisted["model"]
+    loaded = get_model(bucket_with_model, str(model.artefact_key))
+    page = body(persisted["files"], "report.html")
+
+    assert loaded.report_sha256 == hashlib.sha256(page).hexdigest()
+    assert get_report_html(bucket_with_model, loaded) == page
 
 
 def test_report_json_holds_the_metrics_parameters_champion_drift_checks_and_decision(
