@@ -1,8 +1,12 @@
 """Hostile clients against the real service process: oversized and slow bodies, surrogates,
 deep nesting, every 4xx of the contract, resident memory afterwards, and a shutdown with a
-client stalled mid-body."""
+client stalled mid-body; oversized and endless request heads, random methods and an HTTP/2
+upgrade on both server stacks."""
+import http.client
 import json
+import random
 import socket
+import string
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Sequence, Tuple
@@ -10,7 +14,7 @@ from typing import Any, Dict, Iterator, Sequence, Tuple
 import pytest
 
 from pipeline.settings import API, LOCAL, MB, SERVE
-from tests.helpers import LOG_LINE, Service, StartService, stop_service, wait_until_listening
+from tests.helpers import LOG_LINE, Service, StartService, parse_metrics, stop_service, wait_until_listening
 
 pytestmark = pytest.mark.e2e
 
@@ -18,6 +22,22 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def service(s3_env: Dict[str, str], bucket_with_model: str, start: StartService) -> Iterator[Service]:
     running = start(["-m", "pipeline.serve_model", bucket_with_model], s3_env)
+    wait_until_listening(running)
+    yield running
+    stop_service(running)
+
+
+# The deployment's stack (uvloop and httptools) and the pure-Python fallback (asyncio and h11):
+# the hostile clients of the connection itself (its head, its method, an upgrade) meet the
+# HTTP parser, which differs between the two.
+SERVER_STACKS = ["auto", "pure-python"]
+
+
+@pytest.fixture(params=SERVER_STACKS)
+def service_on_stack(
+    request: pytest.FixtureRequest, s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> Iterator[Service]:
+    running = start(["-m", "pipeline.serve_model", bucket_with_model, "--server-stack", request.param], s3_env)
     wait_until_listening(running)
     yield running
     stop_service(running)
@@ -147,3 +167,26 @@ def test_sigterm_with_a_client_stalled_mid_body_ends_cleanly_in_the_log_format(s
     assert time.monotonic() - started < SERVE.graceful_shutdown_seconds
     lines = service.log().splitlines()
     assert lines and all(LOG_LINE.match(line) for line in lines), "\n".join(lines)
+
+
+# --- the connection: its head, its method, an upgrade, on both server stacks ---------------
+
+def test_random_methods_do_not_grow_the_metric_series(service_on_stack: Service) -> None:
+    connection = http.client.HTTPConnection(LOCAL.loopback_host, service_on_stack.port, timeout=10)
+    rng = random.Random(8)
+    for _ in range(300):
+        method = "".join(rng.choices(string.ascii_uppercase, k=12))
+        try:
+            connection.request(method, API.health_path)
+            connection.getresponse().read()
+        except (http.client.HTTPException, OSError):  # httptools refuses unknown methods itself
+            connection.close()
+            connection = http.client.HTTPConnection(LOCAL.loopback_host, service_on_stack.port, timeout=10)
+    connection.request("GET", API.metrics_path)
+    scrape = parse_metrics(connection.getresponse().read())
+    connection.close()
+
+    series = scrape.series("time_to_dispatch_http_requests_total")
+    methods = {labels["method"] for labels, _ in series}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "other"}
+    assert len(series) < 20
