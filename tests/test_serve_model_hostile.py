@@ -7,6 +7,7 @@ import json
 import random
 import socket
 import string
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Sequence, Tuple
@@ -171,6 +172,78 @@ def test_sigterm_with_a_client_stalled_mid_body_ends_cleanly_in_the_log_format(s
 
 # --- the connection: its head, its method, an upgrade, on both server stacks ---------------
 
+def send_head_and_read(port: int, pieces: Sequence[bytes], timeout: float = 20) -> Tuple[int, bytes, bool]:
+    """Send `pieces` (stopping if the server closes), then read; the status, the body, and
+    whether the server closed the connection after answering."""
+    with socket.create_connection((LOCAL.loopback_host, port), timeout=timeout) as sock:
+        for piece in pieces:
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+        response = b""
+        closed = False
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                closed = True
+                break
+            if not data:
+                closed = True
+                break
+            response += data
+            head, _, body = response.partition(b"\r\n\r\n")
+            if _ and len(body) >= _length(response):
+                sock.settimeout(2)
+                try:
+                    closed = sock.recv(1) == b""
+                except (ConnectionResetError, socket.timeout):
+                    closed = not isinstance(sys.exc_info()[1], socket.timeout)
+                break
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body, closed
+
+
+def test_a_head_over_the_head_limit_is_refused_and_the_connection_closed(service_on_stack: Service) -> None:
+    header = b"X-Padding: " + b"a" * (16 * SERVE.max_header_bytes)
+    pieces = [f"GET {API.health_path} HTTP/1.1\r\nHost: test\r\n".encode()]
+    pieces += [header[i:i + 4096] for i in range(0, len(header), 4096)] + [b"\r\n\r\n"]
+
+    status, _, closed = send_head_and_read(service_on_stack.port, pieces)
+
+    assert (status in (400, 431), closed) == (True, True), status
+
+
+def test_heads_that_never_end_do_not_shut_out_other_clients_and_are_closed(service_on_stack: Service) -> None:
+    partial = f"GET {API.health_path} HTTP/1.1\r\nHost: test\r\nX-Slow: 1\r\n".encode()
+    slow = [socket.create_connection((LOCAL.loopback_host, service_on_stack.port))
+            for _ in range(SERVE.max_concurrent_requests + 6)]
+    try:
+        for sock in slow:
+            sock.sendall(partial)
+        time.sleep(0.5)
+        health = [send_head_and_read(service_on_stack.port, [f"GET {API.health_path} HTTP/1.1\r\nHost: test\r\n"
+                                                             "Connection: close\r\n\r\n".encode()])[0]
+                  for _ in range(5)]
+        slow[0].settimeout(SERVE.head_timeout_seconds + 5)
+        started = time.monotonic()
+        try:
+            ended: Any = slow[0].recv(65536)
+        except socket.timeout:
+            ended = None
+        waited = time.monotonic() - started
+    finally:
+        for sock in slow:
+            sock.close()
+
+    assert health == [200] * 5
+    assert ended == b"" or ended.startswith(b"HTTP/1.1 408 ")
+    assert waited < SERVE.head_timeout_seconds + 1
+    warnings = [line for line in service_on_stack.log().splitlines() if " - WARNING - " in line]
+    assert len(warnings) <= 2, warnings
+
+
 def test_random_methods_do_not_grow_the_metric_series(service_on_stack: Service) -> None:
     connection = http.client.HTTPConnection(LOCAL.loopback_host, service_on_stack.port, timeout=10)
     rng = random.Random(8)
@@ -190,3 +263,17 @@ def test_random_methods_do_not_grow_the_metric_series(service_on_stack: Service)
     methods = {labels["method"] for labels, _ in series}
     assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "other"}
     assert len(series) < 20
+
+
+def test_an_http2_upgrade_with_a_body_is_answered_or_refused_clearly_never_a_422(service_on_stack: Service) -> None:
+    body = json.dumps({"product_code": "SKU001", "orders_placed": 112}).encode()
+    head = (f"POST {API.predict_path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").encode()
+
+    status, answer, _ = send_head_and_read(service_on_stack.port, [head + body])
+
+    if status == 200:
+        assert json.loads(answer)["est_hours_to_dispatch"] > 0
+    else:
+        assert (status, "upgrade" in json.loads(answer)["detail"]) == (400, True), answer
