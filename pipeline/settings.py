@@ -198,17 +198,32 @@ class ServeSettings:
     keep_alive_timeout_seconds: int = setting(
         5, "s", "An idle keep-alive connection is closed after this long (uvicorn's default, made explicit).")
     max_header_bytes: int = setting(
-        16 * KIB, "B", "Request headers may be at most this large (h11's incomplete-event limit): a request "
-        "line and a few headers need well under 1 KB.")
+        16 * KIB, "B", "A request head (its request line and headers) may be at most this large, on both server "
+        "stacks (h11's incomplete-event limit; on httptools counted by pipeline/serve/connections.py): larger "
+        "is answered 431, or 400 by h11, and the connection closed. A request line and a few headers need "
+        "well under 1 KB.")
     max_errors_reported: int = setting(
         20, "errors", "A 422 lists at most this many validation errors, then one that counts the rest: a "
         "1 MB body of 90,000 unknown fields once made a 9 MB answer that took the event loop seconds. An "
         "object with more fields than this over the request's own is refused as a whole, before each field "
         "is checked.")
-    max_concurrent_connections: int = setting(
-        64, "connections", "At most this many connections and requests at once, beyond which uvicorn answers "
-        "503. Each may buffer up to max_body_bytes, so this bounds buffered bodies to 64 MiB over the "
-        "service's own memory: inside the pod's memory request.")
+    head_timeout_seconds: float = setting(
+        10.0, "s", "A request head not fully arrived this long after its first byte (or after the connection "
+        "opened) is answered 408 and the connection closed, as a slow body is: sockets that never finish "
+        "their head cannot hold connections for longer than that. The same ten seconds as body_timeout_seconds.")
+    max_concurrent_requests: int = setting(
+        64, "requests", "At most this many requests running at once, beyond which the service answers 503. "
+        "Each may buffer up to max_body_bytes, so this bounds buffered bodies to 64 MiB over the service's "
+        "own memory: inside the pod's memory request. Connections whose head is still arriving are not "
+        "requests yet, so they cannot shut other clients out.")
+    max_open_connections: int = setting(
+        1024, "connections", "At most this many connections open at once; a new one beyond it is closed at "
+        "once. Each holds at most a head (max_header_bytes) until it becomes a request, so they take at most "
+        "16 MiB; the head timeout closes those that never finish.")
+    refusal_log_interval_seconds: float = setting(
+        60.0, "s", "Refused connections and requests (503, 408, 431, over the open-connection limit) are "
+        "logged as one WARNING with their counts at most this often, the first at once: a flood of refusals "
+        "must not grow the log by a line each.")
     listen_backlog: int = setting(
         2048, "connections", "uvicorn's default backlog of connections waiting to be accepted.")
     graceful_shutdown_seconds: int = setting(
@@ -497,9 +512,9 @@ def check_budgets(settings: Settings) -> None:
     - batch scoring's two aborts after SIGTERM fit Kubernetes' grace period, with 5 s to spare;
     - the drain plus the graceful stop fit Kubernetes' grace period: the service exits cleanly
       before SIGKILL;
-    - every connection buffering the largest body and head, plus the service's own memory,
-      fits the serve pod's memory request, and so does loading the largest model artefact
-      accepted beside them.
+    - every request buffering the largest body and head, and every other open connection
+      the largest head, plus the service's own memory, fit the serve pod's memory request, and
+      so does loading the largest model artefact accepted beside them.
 
     Raises:
         BudgetError: a budget does not fit, naming both numbers.
@@ -529,12 +544,14 @@ def check_budgets(settings: Settings) -> None:
         raise BudgetError(
             f"the drain and the graceful stop, {serve.max_drain_seconds} + {serve.graceful_shutdown_seconds} = "
             f"{stop} s, are over Kubernetes' grace period of {serve.termination_grace_seconds} s")
-    buffered = serve.max_concurrent_connections * (serve.max_body_bytes + serve.max_header_bytes)
+    buffered = (serve.max_concurrent_requests * (serve.max_body_bytes + serve.max_header_bytes)
+                + serve.max_open_connections * serve.max_header_bytes)
     memory = buffered + serve.resident_memory_mb * MB
     if memory > serve.memory_request_mb * MB:
         raise BudgetError(
-            f"{serve.max_concurrent_connections} connections x ({serve.max_body_bytes:,} + {serve.max_header_bytes:,}) "
-            f"bytes of body and head, {buffered:,} bytes, plus the service's {serve.resident_memory_mb} MB, is "
+            f"{serve.max_concurrent_requests} requests x ({serve.max_body_bytes:,} + {serve.max_header_bytes:,}) "
+            f"bytes of body and head and {serve.max_open_connections} connections x {serve.max_header_bytes:,} "
+            f"bytes of head, {buffered:,} bytes, plus the service's {serve.resident_memory_mb} MB, is "
             f"{memory:,} bytes: over the serve pod's memory request of {serve.memory_request_mb} MB")
     artefact = settings.artefact
     loading = artefact.artefact_load_factor * artefact.max_artefact_bytes

@@ -1,8 +1,12 @@
 """Hostile clients against the real service process: oversized and slow bodies, surrogates,
 deep nesting, every 4xx of the contract, resident memory afterwards, and a shutdown with a
-client stalled mid-body."""
+client stalled mid-body; oversized and endless request heads, random methods and an HTTP/2
+upgrade on both server stacks."""
+import http.client
 import json
+import random
 import socket
+import string
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Sequence, Tuple
@@ -10,7 +14,7 @@ from typing import Any, Dict, Iterator, Sequence, Tuple
 import pytest
 
 from pipeline.settings import API, LOCAL, MB, SERVE
-from tests.helpers import LOG_LINE, Service, StartService, stop_service, wait_until_listening
+from tests.helpers import LOG_LINE, Service, StartService, parse_metrics, stop_service, wait_until_listening
 
 pytestmark = pytest.mark.e2e
 
@@ -18,6 +22,22 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def service(s3_env: Dict[str, str], bucket_with_model: str, start: StartService) -> Iterator[Service]:
     running = start(["-m", "pipeline.serve_model", bucket_with_model], s3_env)
+    wait_until_listening(running)
+    yield running
+    stop_service(running)
+
+
+# The deployment's stack (uvloop and httptools) and the pure-Python fallback (asyncio and h11):
+# the hostile clients of the connection itself (its head, its method, an upgrade) meet the
+# HTTP parser, which differs between the two.
+SERVER_STACKS = ["auto", "pure-python"]
+
+
+@pytest.fixture(params=SERVER_STACKS)
+def service_on_stack(
+    request: pytest.FixtureRequest, s3_env: Dict[str, str], bucket_with_model: str, start: StartService
+) -> Iterator[Service]:
+    running = start(["-m", "pipeline.serve_model", bucket_with_model, "--server-stack", request.param], s3_env)
     wait_until_listening(running)
     yield running
     stop_service(running)
@@ -147,3 +167,116 @@ def test_sigterm_with_a_client_stalled_mid_body_ends_cleanly_in_the_log_format(s
     assert time.monotonic() - started < SERVE.graceful_shutdown_seconds
     lines = service.log().splitlines()
     assert lines and all(LOG_LINE.match(line) for line in lines), "\n".join(lines)
+
+
+# --- the connection: its head, its method, an upgrade, on both server stacks ---------------
+
+def send_head_and_read(port: int, pieces: Sequence[bytes], timeout: float = 20) -> Tuple[int, bytes, bool]:
+    """Send `pieces` (stopping if the server closes), then read; the status, the body, and
+    whether the server closed the connection after answering."""
+    with socket.create_connection((LOCAL.loopback_host, port), timeout=timeout) as sock:
+        for piece in pieces:
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+        response = b""
+        closed = False
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                closed = True
+                break
+            if not data:
+                closed = True
+                break
+            response += data
+            head, _, body = response.partition(b"\r\n\r\n")
+            if _ and len(body) >= _length(response):
+                # Answered: a server that closes does so at once, but a loaded machine may
+                # take a while to run it.
+                sock.settimeout(10)
+                try:
+                    closed = sock.recv(1) == b""
+                except socket.timeout:
+                    closed = False
+                except OSError:  # reset: closed with our unread bytes still in its buffer
+                    closed = True
+                break
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body, closed
+
+
+def test_a_head_over_the_head_limit_is_refused_and_the_connection_closed(service_on_stack: Service) -> None:
+    header = b"X-Padding: " + b"a" * (16 * SERVE.max_header_bytes)
+    pieces = [f"GET {API.health_path} HTTP/1.1\r\nHost: test\r\n".encode()]
+    pieces += [header[i:i + 4096] for i in range(0, len(header), 4096)] + [b"\r\n\r\n"]
+
+    status, _, closed = send_head_and_read(service_on_stack.port, pieces)
+
+    assert (status in (400, 431), closed) == (True, True), status
+
+
+def test_heads_that_never_end_do_not_shut_out_other_clients_and_are_closed(service_on_stack: Service) -> None:
+    partial = f"GET {API.health_path} HTTP/1.1\r\nHost: test\r\nX-Slow: 1\r\n".encode()
+    slow = [socket.create_connection((LOCAL.loopback_host, service_on_stack.port))
+            for _ in range(SERVE.max_concurrent_requests + 6)]
+    try:
+        for sock in slow:
+            sock.sendall(partial)
+        time.sleep(0.5)
+        health = [send_head_and_read(service_on_stack.port, [f"GET {API.health_path} HTTP/1.1\r\nHost: test\r\n"
+                                                             "Connection: close\r\n\r\n".encode()])[0]
+                  for _ in range(5)]
+        slow[0].settimeout(SERVE.head_timeout_seconds + 5)
+        started = time.monotonic()
+        try:
+            ended: Any = slow[0].recv(65536)
+        except socket.timeout:
+            ended = None
+        waited = time.monotonic() - started
+    finally:
+        for sock in slow:
+            sock.close()
+
+    assert health == [200] * 5
+    assert ended == b"" or ended.startswith(b"HTTP/1.1 408 ")
+    assert waited < SERVE.head_timeout_seconds + 1
+    warnings = [line for line in service_on_stack.log().splitlines() if " - WARNING - " in line]
+    assert len(warnings) <= 2, warnings
+
+
+def test_random_methods_do_not_grow_the_metric_series(service_on_stack: Service) -> None:
+    connection = http.client.HTTPConnection(LOCAL.loopback_host, service_on_stack.port, timeout=10)
+    rng = random.Random(8)
+    for _ in range(300):
+        method = "".join(rng.choices(string.ascii_uppercase, k=12))
+        try:
+            connection.request(method, API.health_path)
+            connection.getresponse().read()
+        except (http.client.HTTPException, OSError):  # httptools refuses unknown methods itself
+            connection.close()
+            connection = http.client.HTTPConnection(LOCAL.loopback_host, service_on_stack.port, timeout=10)
+    connection.request("GET", API.metrics_path)
+    scrape = parse_metrics(connection.getresponse().read())
+    connection.close()
+
+    series = scrape.series("time_to_dispatch_http_requests_total")
+    methods = {labels["method"] for labels, _ in series}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "other"}
+    assert len(series) < 20
+
+
+def test_an_http2_upgrade_with_a_body_is_answered_or_refused_clearly_never_a_422(service_on_stack: Service) -> None:
+    body = json.dumps({"product_code": "SKU001", "orders_placed": 112}).encode()
+    head = (f"POST {API.predict_path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").encode()
+
+    status, answer, _ = send_head_and_read(service_on_stack.port, [head + body])
+
+    if status == 200:
+        assert json.loads(answer)["est_hours_to_dispatch"] > 0
+    else:
+        assert (status, "upgrade" in json.loads(answer)["detail"]) == (400, True), answer

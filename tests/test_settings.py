@@ -137,14 +137,15 @@ def test_a_drain_and_graceful_stop_past_kubernetes_grace_period_fail(changes: Di
 
 
 @pytest.mark.parametrize("changes", [
-    {"max_concurrent_connections": 200},
+    {"max_concurrent_requests": 200},
+    {"max_open_connections": 8000},
     {"max_body_bytes": 4 * 2**20},
     {"resident_memory_mb": 330},
     {"memory_request_mb": 250},
 ])
 def test_connections_times_the_body_limit_past_the_pods_memory_fail(changes: Dict[str, Any]) -> None:
     settings = with_setting("serve", **changes)
-    with pytest.raises(BudgetError, match=rf"connections x .* over the serve pod's memory request of "
+    with pytest.raises(BudgetError, match=rf"requests x .* over the serve pod's memory request of "
                                           rf"{settings.serve.memory_request_mb} MB"):
         check_budgets(settings)
 
@@ -152,11 +153,12 @@ def test_connections_times_the_body_limit_past_the_pods_memory_fail(changes: Dic
 def test_the_memory_budget_counts_the_head_limit_too() -> None:
     serve = SETTINGS.serve
     spare = serve.memory_request_mb * MB - serve.resident_memory_mb * MB
-    per_connection = serve.max_body_bytes + serve.max_header_bytes
-    just_too_many = spare // per_connection + 1
+    spare -= serve.max_open_connections * serve.max_header_bytes
+    per_request = serve.max_body_bytes + serve.max_header_bytes
+    just_too_many = spare // per_request + 1
     assert just_too_many * serve.max_body_bytes <= spare  # the bodies alone would still fit
     with pytest.raises(BudgetError):
-        check_budgets(with_setting("serve", max_concurrent_connections=just_too_many))
+        check_budgets(with_setting("serve", max_concurrent_requests=just_too_many))
 
 
 def test_the_start_up_limit_is_bodywork_yamls() -> None:

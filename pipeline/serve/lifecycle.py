@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from pipeline.artefact.model import Model
+from pipeline.serve.connections import protocol_class
 from pipeline.settings import ARTEFACT, SERVE
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -148,7 +149,8 @@ def _importable(module: str) -> bool:
 
 def uvicorn_config(app: FastAPI, stack: ServerStack) -> uvicorn.Config:
     """The uvicorn settings of the service: one worker, the project's log format, graceful stop,
-    and the limits on keep-alive, header size and concurrent connections.
+    keep-alive, and uvicorn's protocol for the stack's parser with the service's limits on heads,
+    requests and connections (`pipeline/serve/connections.py`).
 
     `log_config=None` leaves logging alone, so uvicorn's records propagate to the root
     logger that `configure_logger` set up. uvicorn's own access log stays off: the app logs
@@ -158,13 +160,15 @@ def uvicorn_config(app: FastAPI, stack: ServerStack) -> uvicorn.Config:
         app,
         workers=1,
         loop=stack.loop,
-        http=stack.http,
+        http=protocol_class(stack.http),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=SERVE.graceful_shutdown_seconds,
         timeout_keep_alive=SERVE.keep_alive_timeout_seconds,
         h11_max_incomplete_event_size=SERVE.max_header_bytes,
-        limit_concurrency=SERVE.max_concurrent_connections,
+        # Requests, not connections, are limited by the protocol (connections.py): uvicorn's
+        # limit counts connections whose head never ends, and logs every refusal.
+        limit_concurrency=None,
         backlog=SERVE.listen_backlog,
         # The app has no start-up or shutdown handlers (the model is loaded and warmed up
         # before uvicorn starts); without the lifespan task, a stop signal that arrives while

@@ -14,9 +14,11 @@ What `/metrics` exposes (the Prometheus text format, `prometheus-client`'s expos
     process_*, python_*                                             the library's process metrics
 
 `route` is the route's template (`/api/v0.1/time_to_dispatch`), never the raw path, and every
-path that matches no route is `<unmatched>`, so that a scanner cannot grow the number of
-series. Every request is counted, whatever answers it: the 422s of validation, 404s, 405s, and
-500s from an unhandled exception.
+path that matches no route is `<unmatched>`; `method` is one of HTTP's methods or `other` (h11
+accepts any token as a method); `status` a status code from 100 to 599 or `other`: every label
+comes from a closed set, so that a scanner cannot grow the number of series. Every request is
+counted, whatever answers it: the 422s of validation, 404s, 405s, and 500s from an unhandled
+exception.
 
 Why not the library's `Counter` and `Histogram`: each update takes a lock and a label lookup,
 and a batch of 1,000 would take 1,000 histogram updates. The service updates its figures only
@@ -47,6 +49,9 @@ from pipeline.settings import API
 
 PREFIX = "time_to_dispatch"
 UNMATCHED_ROUTE = "<unmatched>"
+# The methods of RFC 9110 and PATCH; any other is counted as OTHER_LABEL.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+OTHER_LABEL = "other"
 # The service answers in a fraction of a millisecond; the buckets resolve that, and still
 # separate the slow tail up to seconds.
 LATENCY_BUCKETS_SECONDS = (
@@ -117,8 +122,10 @@ class ServiceMetrics(Collector):
         self.registry.register(self)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one answered request and its duration."""
-        key = (route, method, str(status))
+        """Count one answered request and its duration; a method or status outside the closed
+        sets is counted as `other`."""
+        key = (route, method if method in KNOWN_METHODS else OTHER_LABEL,
+               str(status) if 100 <= status <= 599 else OTHER_LABEL)
         self.requests[key] = self.requests.get(key, 0) + 1
         histogram = self.latency.get(route)
         if histogram is None:

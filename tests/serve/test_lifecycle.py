@@ -110,4 +110,5 @@ def test_the_pure_python_stack_is_asyncio_and_h11() -> None:
 def test_uvicorn_is_configured_with_the_stack_and_without_its_own_access_log(stack: ServerStack) -> None:
     config = uvicorn_config(FastAPI(), stack)
 
-    assert (config.loop, config.http, config.access_log) == (stack.loop, stack.http, False)
+    assert (config.loop, config.http.__name__, config.access_log) == (
+        stack.loop, {"httptools": "LimitedHttpToolsProtocol", "h11": "LimitedH11Protocol"}[stack.http], False)

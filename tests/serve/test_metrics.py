@@ -317,3 +317,13 @@ def test_the_access_log_works_with_metrics_off(served_model: Model, caplog: pyte
     client.get(API.health_path)
 
     assert [r.getMessage().split(" route=")[1].split()[0] for r in logged_requests(caplog)] == [API.health_path]
+
+
+def test_methods_and_statuses_outside_the_closed_sets_are_counted_as_other(served_model: Model) -> None:
+    metrics = ServiceMetrics(served_model)
+    for index in range(100):
+        metrics.observe_request("<unmatched>", f"RANDOM{index}", 404, 0.001)
+    metrics.observe_request("<unmatched>", "GET", 1000, 0.001)
+
+    assert sorted(metrics.requests) == [("<unmatched>", "GET", "other"), ("<unmatched>", "other", "404")]
+    assert metrics.requests[("<unmatched>", "other", "404")] == 100
