@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks import use_throwaway_signing_key
 from pipeline.local.local_s3 import LocalS3, seed_weeks
-from pipeline.settings import API, LOCAL
+from pipeline.settings import API, ENVIRONMENT, LOCAL
 from pipeline.train.stage import train
 
 REQUEST = json.dumps({"product_code": "SKU003", "orders_placed": 112}).encode()
@@ -47,7 +47,7 @@ def free_port() -> int:
 
 
 def start_service(bucket: str, port: int, stack: str) -> "subprocess.Popen[bytes]":
-    env = {**os.environ, "PYTHONPATH": str(LOCAL.repo_root)}
+    env = {**os.environ, ENVIRONMENT.python_path: str(LOCAL.repo_root)}
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.serve_model", bucket, "--host", LOCAL.loopback_host, "--port", str(port),
          "--server-stack", stack],

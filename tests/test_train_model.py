@@ -10,7 +10,7 @@ from pipeline import train_model
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import generate_orders
 from pipeline.model_registry.live_model import get_live_model, live_model_object
-from pipeline.settings import ARTEFACT, ENVIRONMENT, LOCAL, MESSAGES, S3, TRAIN
+from pipeline.settings import ARTEFACT, ENVIRONMENT, LAYOUT, LOCAL, MESSAGES, S3, TRAIN
 from pipeline.storage.signed_artefacts import put_model
 from tests.helpers import LOG_LINE, error_lines, latest_drop, model_keys, newest_model_key, run_cli
 
@@ -275,7 +275,7 @@ def test_cli_with_a_row_above_the_trained_orders_limit_refuses_the_week_and_pers
     week.loc[week.index[7], "orders_placed"] = 150_000
     _week_in(s3, bucket_with_model, week)
     before = model_keys(s3, bucket_with_model)
-    reports_before = s3.list_objects_v2(Bucket=bucket_with_model, Prefix="reports/").get("KeyCount", 0)
+    reports_before = s3.list_objects_v2(Bucket=bucket_with_model, Prefix=LAYOUT.reports_prefix).get("KeyCount", 0)
 
     result = run_cli(["-m", "pipeline.train_model", bucket_with_model, "0.9", "0.8"], s3_env)
 
@@ -284,4 +284,5 @@ def test_cli_with_a_row_above_the_trained_orders_limit_refuses_the_week_and_pers
     assert (f"1 row(s) with orders_placed above {ARTEFACT.max_trained_orders_placed:,} (e.g. 150000) "
             "at CSV line(s) 9") in line
     assert model_keys(s3, bucket_with_model) == before
-    assert s3.list_objects_v2(Bucket=bucket_with_model, Prefix="reports/").get("KeyCount", 0) == reports_before
+    reports_after = s3.list_objects_v2(Bucket=bucket_with_model, Prefix=LAYOUT.reports_prefix).get("KeyCount", 0)
+    assert reports_after == reports_before
