@@ -84,6 +84,12 @@ class S3Settings:
         "retried for up to this long: both inside Kubernetes' grace period before SIGKILL.")
     default_read_bytes: int = setting(
         1 * MIB, "B", "The chunk batch scoring reads its input in: memory does not grow with the file.")
+    max_bucket_name_chars: int = setting(
+        63, "characters", "S3's own limit on a bucket's name. A longer BUCKET argument is refused at once, quoted "
+        "cut short, so that no log line echoes an unbounded name in every s3:// URI it writes.")
+    max_key_bytes: int = setting(
+        1024, "B", "S3's own limit on an object key (UTF-8). A longer key argument (batch scoring's INPUT_KEY "
+        "or OUTPUT_KEY) is refused at once, quoted cut short, before any S3 call or log line echoes it.")
 
     def worst_case_call_seconds(self) -> float:
         """The longest one S3 call can take before it fails: every attempt waits out both timeouts
@@ -438,6 +444,9 @@ class MessageSettings:
         "metadata value) a log line or an error message quotes: enough to recognise it, never megabytes.")
     max_codes_named: int = setting(
         5, "codes", "How many unknown product codes an error names; the rest are counted.")
+    max_argument_error_chars: int = setting(
+        1000, "characters", "The longest a command line's parse error may be: argparse's own messages quote "
+        "the arguments they refuse (`unrecognized arguments: ...`), so a longer one is cut, with its length.")
 
 
 @dataclass(frozen=True)

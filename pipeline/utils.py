@@ -5,7 +5,7 @@ import sys
 import warnings
 from typing import Any, NoReturn, Optional, Sequence, TextIO, Type, Union
 
-from pipeline.settings import MESSAGES
+from pipeline.settings import MESSAGES, S3
 
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(module)s.%(funcName)s - %(message)s"
 
@@ -111,7 +111,14 @@ class StageArgumentParser(argparse.ArgumentParser):
         args = self.parse_args(list(argv))
         if not args.bucket.strip():
             raise ValueError("S3_BUCKET is empty")
+        if len(args.bucket) > S3.max_bucket_name_chars:
+            raise ValueError(
+                f"S3_BUCKET {quote(args.bucket)} is longer than S3 allows a bucket's name "
+                f"({S3.max_bucket_name_chars} characters)")
         return args
 
     def error(self, message: str) -> NoReturn:
+        limit = MESSAGES.max_argument_error_chars
+        if len(message) > limit:
+            message = f"{message[:limit]}... ({len(message)} characters)"
         raise ValueError(message)

@@ -4,7 +4,7 @@ import csv
 import io
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +15,7 @@ from pipeline.local.synthetic import generate_weeks
 from pipeline.model_registry.live_model import list_models
 from pipeline.model_registry.records import REJECT, StatusChange, put_status_change
 from pipeline.serve.api import create_app
-from pipeline.settings import API, LAYOUT, LOCAL
+from pipeline.settings import API, LAYOUT, LOCAL, MESSAGES
 from pipeline.storage.datasets import list_datasets, put_dataset
 from pipeline.storage.layout import predictions_key
 from tests.helpers import csv_text, error_lines, models_created, persist_model_copy, run_cli
@@ -231,6 +231,24 @@ def test_bad_arguments_exit_1_with_one_error_line(s3_env: Dict[str, str], args: 
     assert "usage: python -m pipeline.score_batch BUCKET INPUT_KEY OUTPUT_KEY" in error
 
 
+@pytest.mark.parametrize("bucket_name, args", [
+    (None, ["in/" + "k" * 100_000, "out.csv"]),
+    (None, ["in.csv", "out/" + "k" * 100_000]),
+    (None, ["in/" + "k" * 100_000, "in/" + "k" * 100_000]),
+    ("b" * 100_000, ["in.csv", "out.csv"]),
+    (None, ["in.csv", "out.csv", "--" + "f" * 100_000]),
+], ids=["input key", "output key", "output key is input key", "bucket", "unknown option"])
+def test_a_100_kb_argument_is_quoted_cut_short_in_the_one_error_line(
+    s3_env: Dict[str, str], bucket_with_model: str, bucket_name: Optional[str], args: List[str]
+) -> None:
+    result = score(bucket_name or bucket_with_model, s3_env, *args)
+
+    assert result.returncode == 1
+    (error,) = error_lines(result.stdout)
+    assert "Invalid arguments passed to score_batch.py" in error
+    assert max(len(line) for line in result.stdout.splitlines()) < 3 * MESSAGES.max_argument_error_chars
+
+
 @pytest.mark.parametrize("output", ["report", "predictions/time_to_dispatch_2026-10-02T23:00:00.csv"])
 def test_output_under_the_pipelines_own_prefixes_is_refused_and_nothing_is_written(
     s3: Any, s3_env: Dict[str, str], bucket: str, trained_model: Model, output: str
@@ -246,7 +264,7 @@ def test_output_under_the_pipelines_own_prefixes_is_refused_and_nothing_is_writt
 
     assert result.returncode == 1, result.stdout
     (error,) = error_lines(result.stdout)
-    assert f"OUTPUT_KEY {output} is under {prefix}" in error
+    assert f"OUTPUT_KEY {output!r} is under {prefix}" in error
     assert keys(s3, bucket, prefix) == before
     assert b"<script>" not in s3.get_object(Bucket=bucket, Key=str(model.report_key))["Body"].read()
 

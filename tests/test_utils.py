@@ -5,6 +5,7 @@ from typing import Iterator, List
 
 import pytest
 
+from pipeline.settings import MESSAGES, S3
 from pipeline.utils import LOG_FORMAT, StageArgumentParser, configure_logger, quote
 
 
@@ -72,6 +73,24 @@ def test_stage_argument_parser_reads_the_bucket_first() -> None:
 def test_stage_argument_parser_raises_value_error_with_the_reason(argv: List[str], reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         StageArgumentParser(prog="stage.py").parse_stage_args(argv)
+
+
+def test_stage_argument_parser_refuses_a_bucket_name_longer_than_s3_allows_quoting_it_cut_short() -> None:
+    assert StageArgumentParser(prog="stage.py").parse_stage_args(["b" * S3.max_bucket_name_chars]).bucket
+
+    with pytest.raises(ValueError, match="longer than S3 allows") as raised:
+        StageArgumentParser(prog="stage.py").parse_stage_args(["b" * 100_000])
+
+    assert len(str(raised.value)) < 300
+
+
+def test_stage_argument_parser_cuts_argparses_own_message_about_a_100_kb_argument() -> None:
+    with pytest.raises(ValueError, match="unrecognized arguments") as raised:
+        StageArgumentParser(prog="stage.py").parse_stage_args(["bucket", "--" + "x" * 100_000])
+
+    message = str(raised.value)
+    assert len(message) < MESSAGES.max_argument_error_chars + 50
+    assert message.endswith(" characters)")
 
 
 def test_quote_shows_a_short_value_whole() -> None:

@@ -15,9 +15,9 @@ from pipeline.batch.backfill import BackfillResult, parse_date, run_backfill
 from pipeline.batch.scoring import ScoringError, ScoringSummary, check_keys_apart, score_object
 from pipeline.model_registry.live_model import live_model_object, resolve_model_key
 from pipeline.model_registry.records import rejected_model_keys
-from pipeline.settings import BATCH, LAYOUT
+from pipeline.settings import BATCH, LAYOUT, S3
 from pipeline.storage.signed_artefacts import get_model
-from pipeline.utils import StageArgumentParser
+from pipeline.utils import StageArgumentParser, quote
 
 USAGE = (
     "usage: python -m pipeline.score_batch BUCKET INPUT_KEY OUTPUT_KEY [--model MODEL] "
@@ -125,8 +125,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         raise ValueError("--since and --until go with --backfill")
     if not (args.input_key and args.output_key and args.input_key.strip() and args.output_key.strip()):
         raise ValueError("INPUT_KEY and OUTPUT_KEY are both needed (or --backfill)")
-    if args.output_key == args.input_key:
-        raise ValueError(f"OUTPUT_KEY is INPUT_KEY ({args.input_key}); the input is never overwritten")
+    for name, key in (("INPUT_KEY", args.input_key), ("OUTPUT_KEY", args.output_key)):
+        if len(key.encode("utf-8", "surrogatepass")) > S3.max_key_bytes:
+            raise ValueError(f"{name} {quote(key)} is longer than S3 allows a key ({S3.max_key_bytes} bytes)")
     try:
         check_keys_apart(args.input_key, args.output_key)
     except ScoringError as error:
@@ -146,5 +147,5 @@ def check_output_not_reserved(output_key: str) -> None:
     for prefix in LAYOUT.reserved_prefixes:
         if output_key.startswith(prefix):
             raise ValueError(
-                f"OUTPUT_KEY {output_key} is under {prefix}, one of the prefixes that hold the pipeline's own "
+                f"OUTPUT_KEY {quote(output_key)} is under {prefix}, one of the prefixes that hold the pipeline's own "
                 f"objects ({', '.join(LAYOUT.reserved_prefixes)}); batch output goes elsewhere")
