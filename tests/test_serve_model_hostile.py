@@ -280,3 +280,18 @@ def test_an_http2_upgrade_with_a_body_is_answered_or_refused_clearly_never_a_422
         assert json.loads(answer)["est_hours_to_dispatch"] > 0
     else:
         assert (status, "upgrade" in json.loads(answer)["detail"]) == (400, True), answer
+
+
+def test_invalid_requests_and_unsupported_upgrades_do_not_log_a_line_each(service_on_stack: Service) -> None:
+    garbage = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not HTTP at all\r\n\r\n"
+    upgrade = (f"GET {API.health_path} HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\n"
+               "Upgrade: websocket\r\n\r\n").encode()
+    for _ in range(40):
+        for request in (garbage, upgrade):
+            send_head_and_read(service_on_stack.port, [request])
+
+    lines = service_on_stack.log().splitlines()
+    assert not [line for line in lines if not LOG_LINE.match(line)]
+    warned = [line for line in lines if "Invalid HTTP request" in line or "upgrade" in line.lower()]
+    assert 1 <= len(warned) <= 2, warned
+    assert "requests uvicorn warned of" in warned[0]

@@ -17,7 +17,8 @@ uvicorn's own, for its stack, with:
 - on httptools, a request with a body that asks to upgrade the connection (to HTTP/2, `h2c`)
   is answered 400 saying so: httptools hands the body to the other protocol, and the request
   would reach the app without it;
-- refusals counted and logged at most once per SERVE.refusal_log_interval_seconds, the first at once.
+- refusals counted and logged at most once per SERVE.refusal_log_interval_seconds, the first at once;
+  so are uvicorn's own per-request WARNINGs (an invalid request, an upgrade it does not support).
 
 uvicorn reads its protocol's `app` once per request, when the request's head has been parsed,
 on both stacks: that is where a head stops its timer and the request is admitted or refused.
@@ -46,9 +47,10 @@ class RefusalLog:
     costs the log one line a minute, not one a refusal."""
 
     def __init__(self, interval_seconds: float = SERVE.refusal_log_interval_seconds,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, title: str = "connections refused") -> None:
         self.interval_seconds = interval_seconds
         self.clock = clock
+        self.title = title
         self.counts: Dict[str, int] = {}
         self.last_logged: Optional[float] = None
 
@@ -59,12 +61,31 @@ class RefusalLog:
         if self.last_logged is None or now - self.last_logged >= self.interval_seconds:
             summary = "; ".join(f"{count} {why}" for why, count in sorted(self.counts.items()))
             since = "" if self.last_logged is None else f" in the last {now - self.last_logged:.0f} s"
-            log.warning(f"connections refused{since}: {summary}")
+            log.warning(f"{self.title}{since}: {summary}")
             self.counts = {}
             self.last_logged = now
 
 
 REFUSALS = RefusalLog()
+# uvicorn's protocols log a WARNING of their own for each invalid request ("Invalid HTTP request
+# received.", answered 400) and each upgrade they do not support (two lines on h11): a client
+# sending those in a loop would grow the log by a line a request. They are counted here instead.
+PROTOCOL_WARNINGS = RefusalLog(title="requests uvicorn warned of")
+
+
+class CountedWarnings:
+    """uvicorn's logger for one connection, whose WARNINGs (uvicorn's own constant messages, one
+    per request) are counted in PROTOCOL_WARNINGS rather than logged one by one; everything
+    else (errors from the app, trace lines) goes to uvicorn's logger unchanged."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def warning(self, message: object, *args: Any, **kwargs: Any) -> None:
+        PROTOCOL_WARNINGS.note(str(message) % args if args else str(message))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
 
 
 def refusal(status: int, detail: str) -> ASGIApp:
@@ -111,6 +132,7 @@ class ConnectionLimits:
     cycle: Any
     loop: asyncio.AbstractEventLoop
     limit_concurrency: Optional[int]
+    logger: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._awaiting_head = True
@@ -119,6 +141,7 @@ class ConnectionLimits:
         super().__init__(*args, **kwargs)
         # Requests are limited here, by their number, not by uvicorn, by connections.
         self.limit_concurrency = None
+        self.logger = CountedWarnings(self.logger)
 
     @property
     def app(self) -> ASGIApp:
