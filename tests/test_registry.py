@@ -71,6 +71,28 @@ def test_list_shows_every_model_newest_first_with_its_status_and_metrics(
         f"{newest.metrics.mean_absolute_error:.4f}", newest.dataset.key]
 
 
+def test_a_copy_of_a_rejected_artefact_at_a_newer_key_is_listed_as_refused_with_a_warning_naming_the_remedy(
+    s3: Any, s3_env: Dict[str, str], bucket: str, three_models: List[Model]
+) -> None:
+    newest = f"{LAYOUT.models_prefix}{LAYOUT.model_file_stem}_2026-10-15T12:00:00.000000Z_00000015.pkl"
+    assert registry(bucket, s3_env, "reject", "00000015", "--reason", "late orders").returncode == 0
+    replay = f"{LAYOUT.models_prefix}{LAYOUT.model_file_stem}_2026-10-20T12:00:00.000000Z_replay01.pkl"
+    s3.copy_object(Bucket=bucket, Key=replay, MetadataDirective="COPY", CopySource={"Bucket": bucket, "Key": newest})
+
+    listed = registry(bucket, s3_env, "list")
+    shown = registry(bucket, s3_env, "show", "replay01")
+
+    assert listed.returncode == 0, listed.stdout
+    table = "\n".join(line for line in listed.stdout.splitlines() if not LOG_LINE.match(line))
+    assert model_line_statuses(table)[:2] == [["replay01", "refused"], ["00000015", "rejected"]]
+    assert "copied here from another key" in table.splitlines()[1]
+    for result in (listed, shown):
+        (warning,) = [line for line in result.stdout.splitlines() if " - WARNING - " in line]
+        assert "model replay01 is the newest that is not rejected, but every stage refuses it" in warning
+        assert f"python -m pipeline.registry {bucket} reject replay01" in warning
+    assert "model replay01: refused" in shown.stdout.splitlines()
+
+
 def test_reject_then_restore_round_trip_and_the_serve_stage_follows(
     s3: Any, s3_env: Dict[str, str], bucket: str, three_models: List[Model], start: StartService
 ) -> None:

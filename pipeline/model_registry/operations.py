@@ -8,6 +8,11 @@ A model's status is one of:
 - rejected: its latest status change in `registry/` is a rejection;
 - superseded: not rejected, but a newer model is live.
 
+`list` and `show` show a model that fails verification (unsigned, tampered with, or a copy of a
+signed artefact at another key) as `refused`, whatever its status: no stage loads it. If it is
+the newest model that is not rejected, they also log a WARNING: the serve stage will not start
+until it is rejected.
+
 Rejecting or restoring writes a new status-change record under `registry/` (who, when, why);
 nothing is ever deleted or overwritten. `run_command` runs one command of the registry CLI
 (`pipeline/registry.py`), whose arguments `parse_args` reads.
@@ -37,6 +42,8 @@ from pipeline.storage.signed_artefacts import ArtefactError, get_model
 from pipeline.utils import StageArgumentParser, quote
 
 LIVE, REJECTED, SUPERSEDED = "live", "rejected", "superseded"
+# Shown instead of its status for a model no stage will load (it fails verification).
+REFUSED = "refused"
 COMMANDS = ("list", "show", REJECT, RESTORE)
 USAGE = (
     "usage: python -m pipeline.registry S3_BUCKET list | show MODEL | reject MODEL --reason TEXT | "
@@ -106,8 +113,11 @@ def list_lines(bucket: str) -> List[str]:
         model, problem = _load(bucket, entry.key)
         created = f"{entry.created:%Y-%m-%d %H:%M:%S}"
         if model is None:
-            lines.append(f"{entry.artefact_id:<10} {created:<20} {entry.status:<10} {'?':>7} {'?':>7}  "
-                         f"(unreadable: {problem})")
+            # Not loadable (a copy at another key, unsigned, tampered with): every stage refuses it.
+            lines.append(f"{entry.artefact_id:<10} {created:<20} {REFUSED:<10} {'?':>7} {'?':>7}  "
+                         f"(refused: {problem})")
+            if entry.status == LIVE:
+                log.warning(refused_live_warning(bucket, entry, problem))
             continue
         lines.append(
             f"{entry.artefact_id:<10} {created:<20} {entry.status:<10} {model.metrics.r_squared:>7.4f} "
@@ -125,7 +135,10 @@ def show_lines(bucket: str, reference: str) -> List[str]:
     """
     entry = resolve_model(bucket, model_entries(bucket), reference)
     model, problem = _load(bucket, entry.key)
-    lines = [f"model {entry.artefact_id}: {entry.status}", f"artefact: s3://{bucket}/{entry.key}"]
+    status = entry.status if model is not None else REFUSED
+    lines = [f"model {entry.artefact_id}: {status}", f"artefact: s3://{bucket}/{entry.key}"]
+    if model is None and entry.status == LIVE:
+        log.warning(refused_live_warning(bucket, entry, problem))
     report_keys = list_report_keys(bucket, entry.key)
     if report_keys:
         folder = report_keys[0].rsplit("/", 1)[0]
@@ -133,7 +146,7 @@ def show_lines(bucket: str, reference: str) -> List[str]:
     else:
         lines.append("report: none (the model was made before reports existed)")
     if model is None:
-        lines.append(f"lineage: unreadable ({problem})")
+        lines.append(f"lineage: refused ({problem})")
     else:
         lines.append("lineage: " + json.dumps(model.lineage(), indent=1, sort_keys=True, default=str))
     lines.append(f"status history ({len(entry.history)} change(s)):")
@@ -194,6 +207,13 @@ def current_identity() -> str:
         return f"os-user:{getpass.getuser()}"
     except (KeyError, OSError):
         return "unknown"
+
+
+def refused_live_warning(bucket: str, entry: ModelEntry, problem: str) -> str:
+    """What to say when the newest model that is not rejected cannot be loaded."""
+    return (f"model {entry.artefact_id} is the newest that is not rejected, but every stage refuses it "
+            f"({problem}): the serve stage will not start until it is rejected: python -m pipeline.registry "
+            f"{bucket} reject {entry.artefact_id} --reason '...'")
 
 
 def _load(bucket: str, key: str) -> Tuple[Optional[Model], str]:
