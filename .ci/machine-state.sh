@@ -4,9 +4,9 @@
 # The state the test suite leaves on a machine outside the checkout, defined once: every path it
 # writes, every list of Debian packages it installs, and the one function that installs them.
 # Sourced, never executed, by tests/cluster/cluster.sh, image/setup_engine.sh,
-# image/make_base.sh, .ci/shellcheck and .ci/reset-machine (which removes all of it again); the
-# Python tests read it through tests/helpers.machine_state(). docs/testing.md ("Fresh-machine
-# state and the reset") lists the same in a table.
+# image/make_base.sh, .ci/shellcheck, .ci/browser and .ci/reset-machine (which removes all of
+# it again); the Python tests read it through tests/helpers.machine_state(). docs/testing.md
+# ("Fresh-machine state and the reset") lists the same in a table.
 #
 # Sourcing it only defines variables and functions: it sets no shell option, runs no command
 # and prints nothing, so it is safe under the caller's `set -euo pipefail` and without it.
@@ -70,6 +70,8 @@ TTD_ENGINE_PACKAGES=(podman buildah runc conmon golang-github-containers-common 
 TTD_MONITORING_PACKAGES=(prometheus)
 # the static tox environment (.ci/shellcheck): shellcheck over every shell script.
 TTD_STATIC_PACKAGES=(shellcheck)
+# the tests tox environment (.ci/browser --install): the browser of the browser test.
+TTD_BROWSER_PACKAGES=(chromium)
 
 # What this file defines, by kind: .ci/reset-machine and the tests go through these names.
 TTD_STATE_PATH_VARS=(TTD_K8S_CACHE TTD_K8S_STATE TTD_K8S_RUN TTD_K8S_REGISTRY_DATA
@@ -79,7 +81,7 @@ TTD_STATE_PATH_VARS=(TTD_K8S_CACHE TTD_K8S_STATE TTD_K8S_RUN TTD_K8S_REGISTRY_DA
                      TTD_CONTAINERS_REGISTRIES_CONF TTD_DEBSRC_FILE TTD_PACKAGE_RECORD
                      TTD_POLICY_RC_D)
 TTD_PACKAGE_LIST_VARS=(TTD_CLUSTER_PACKAGES TTD_ENGINE_PACKAGES TTD_MONITORING_PACKAGES
-                       TTD_STATIC_PACKAGES)
+                       TTD_STATIC_PACKAGES TTD_BROWSER_PACKAGES)
 
 # apt-get as every script runs it: waits up to 15 minutes for another apt to finish.
 TTD_APT=(apt-get -o DPkg::Lock::Timeout=900)

@@ -175,7 +175,10 @@ class ApiSettings:
     metrics_path: str = setting(
         "/metrics", "", "Prometheus metrics, on by default (the product's contract).")
     docs_path: str = setting(
-        "/docs", "", "FastAPI's OpenAPI page (the product's contract).")
+        "/docs", "", "FastAPI's OpenAPI page, Swagger UI (the product's contract).")
+    docs_assets_path: str = setting(
+        "/docs/assets", "", "Where the service serves the documentation pages' scripts, stylesheets and icon "
+        "itself, so that the pages work without internet access (docs/api.md).")
     report_content_security_policy: str = setting(
         "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'", "", "The model report's Content-Security-Policy: the page is text, inline "

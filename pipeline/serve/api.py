@@ -8,6 +8,7 @@
     GET  /health                           liveness
     GET  /ready                            readiness: a model is loaded and warmed up
     GET  /metrics                          Prometheus metrics (metrics.py), on by default
+    GET  /docs, /openapi.json              the API's documentation, every asset served here (api_docs.py)
 
 `create_app` is the app factory: production (`start_up.serve`) and the tests build the app
 the same way, with a loaded model passed in. docs/api.md documents the contract. Bodies over
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchem
 from pydantic_core import PydanticCustomError
 
 from pipeline.artefact.model import Model
+from pipeline.serve.api_docs import add_docs
 from pipeline.serve.hot_path import HotPathMiddleware, HotPathRoute
 from pipeline.serve.limits import RequestLimits
 from pipeline.serve.metrics import ServiceMetrics, instrument
@@ -189,8 +191,13 @@ def create_app(
         # The service exports no OpenTelemetry (its metrics are `metrics.py`'s); left on, FastAPI's
         # native telemetry looks up the global providers on every request (docs/benchmarks.md).
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # The stock documentation pages load their scripts from a public CDN: `add_docs` serves
+        # Swagger UI with the service's own copies, and ReDoc stays off (api_docs.py says why).
+        docs_url=None,
+        redoc_url=None,
     )
     app.router.route_class = HotPathRoute if hot_path else APIRoute
+    add_docs(app)
     app.add_exception_handler(RequestValidationError, validation_error_response)
     service_metrics = ServiceMetrics(model) if metrics else None
     observe_prediction = service_metrics.observe_prediction if service_metrics else _ignore_prediction

@@ -219,7 +219,8 @@ class RequestObserver:
 
     It labels a request with the template of the route that answered it: FastAPI puts its
     route in the scope when it matches (`scope["route"]`); the few plain Starlette routes
-    (`/docs`, `/openapi.json`) are matched here, and anything else is `<unmatched>`.
+    (`/openapi.json`) are matched here, every file of a mount (the docs' assets) is labelled
+    with the mount's path, and anything else is `<unmatched>`.
 
     Args:
         app: the ASGI app to wrap.
@@ -262,8 +263,13 @@ class RequestObserver:
         if route is not None:
             return str(route.path)
         if "endpoint" in scope:
-            from starlette.routing import Match
+            from starlette.routing import Match, Mount
 
+            # A mount (the docs' assets) leaves its app as the endpoint and the scope's path
+            # relative to itself, which could match another route: the mount's own path first.
+            for candidate in self.routes:
+                if isinstance(candidate, Mount) and candidate.app is scope["endpoint"]:
+                    return str(candidate.path)
             for candidate in self.routes:
                 if candidate.matches(scope)[0] != Match.NONE:
                     return str(candidate.path)

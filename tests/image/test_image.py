@@ -20,6 +20,7 @@ import yaml
 from pipeline.artefact.model import Model
 from pipeline.local.local_s3 import LocalS3
 from pipeline.model_registry.live_model import get_live_model
+from pipeline.serve import api_docs
 from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
 from pipeline.storage.layout import latest_object
 from tests.helpers import TEST_SIGNING_KEY, bucket_with_weeks, port_accepts
@@ -116,6 +117,14 @@ def test_image_bodywork_command_is_the_signal_forwarding_wrapper_of_bodywork_3_0
     assert run_in_image(runtime_image, "sh", "-c", probe).split() == [
         "/opt/venv/bin/bodywork", "#!/bin/sh", "3.0.12",
     ]
+
+
+def test_image_has_the_files_the_api_docs_page_serves(runtime_image: str) -> None:
+    # The service serves Swagger UI's assets itself (no CDN): they must be in the image.
+    probe = ("import importlib.resources as r, sys; d = r.files(sys.argv[1]).joinpath('static'); "
+             "print(*(len(d.joinpath(n).read_bytes()) > 0 for n in sys.argv[2:]))")
+    output = run_in_image(runtime_image, "python", "-c", probe, api_docs.ASSETS_PACKAGE, *api_docs.ASSETS)
+    assert output.split() == ["True"] * len(api_docs.ASSETS)
 
 
 @pytest.mark.parametrize("stage", ["train_model", "serve_model"])

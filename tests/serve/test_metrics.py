@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.artefact.model import Model
+from pipeline.serve import api_docs
 from pipeline.serve.api import create_app
 from pipeline.serve.metrics import (
     LATENCY_BUCKETS_SECONDS,
@@ -126,6 +127,19 @@ def test_the_docs_routes_are_counted_under_their_own_paths(client: TestClient) -
 
     assert requests_counted(metrics, "/openapi.json", 200, method="GET") == 1
     assert requests_counted(metrics, API.docs_path, 200, method="GET") == 1
+
+
+def test_the_docs_assets_are_counted_under_their_folder_whatever_the_file(client: TestClient) -> None:
+    # "health" is a file name that the path relative to the mount shares with another route.
+    names = (api_docs.SWAGGER_JS, api_docs.SWAGGER_CSS, "no-such-file.js", "health")
+    for name in names:
+        client.get(f"{API.docs_assets_path}/{name}")
+
+    metrics = scrape(client)
+
+    assert requests_counted(metrics, API.docs_assets_path, 200, method="GET") == 2
+    assert requests_counted(metrics, API.docs_assets_path, 404, method="GET") == 2
+    assert {labels["route"] for labels, _ in metrics.series(REQUESTS)} == {API.docs_assets_path}
 
 
 def test_an_unhandled_exception_is_counted_as_a_500(served_model: Model) -> None:
