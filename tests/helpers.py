@@ -546,7 +546,7 @@ def start_mlflow_server(folder: Path, timeout: float = 120.0) -> MlflowServer:
             raise RuntimeError(f"mlflow server exited with {process.returncode}: "
                                f"{(folder / 'server.log').read_text()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{uri}/version", timeout=2) as response:
                 if response.status == 200:
                     return MlflowServer(process, uri)
         except OSError:

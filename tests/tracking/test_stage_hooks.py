@@ -11,7 +11,7 @@ import pytest
 from pipeline import registry
 from pipeline.local.synthetic import generate_orders, generate_weeks
 from pipeline.model_registry.live_model import get_live_model, list_models
-from pipeline.model_registry.operations import LIVE
+from pipeline.model_registry.operations import LIVE, REJECTED, model_entries
 from pipeline.settings import ENVIRONMENT, LOCAL
 from pipeline.storage.datasets import put_dataset
 from pipeline.tracking.mlflow_client import TrackingError
@@ -129,3 +129,18 @@ def test_a_later_run_registers_the_live_model_an_untracked_run_persisted(
     assert sources == {f"s3://{bucket}/{tracked.artefact_key}"}
     assert untracked.artefact_key != tracked.artefact_key
     assert mlflow_reader.get_model_version_by_alias(bucket, LIVE).source == f"s3://{bucket}/{tracked.artefact_key}"
+
+
+def test_a_reject_with_the_server_down_is_recorded_in_s3_with_one_warning(
+    bucket_with_model: str, monkeypatch: pytest.MonkeyPatch, cli_output: Any,
+) -> None:
+    live = get_live_model(bucket_with_model)
+    down = f"http://{LOCAL.loopback_host}:{free_port()}"
+    tracking_env(monkeypatch, down, bucket_with_model)
+
+    assert registry.CLI.main([bucket_with_model, "reject", live.artefact_id, "--reason", "bad week"]) == 0
+
+    warnings = [line for line in cli_output() if " - WARNING - " in line and "experiment tracking" in line]
+    assert len(warnings) == 1 and down in warnings[0] and "not recorded: the reject of" in warnings[0]
+    assert [(entry.key, entry.status) for entry in model_entries(bucket_with_model)] == [
+        (live.artefact_key, REJECTED)]
