@@ -3,6 +3,7 @@
 version whose source is its S3 artefact; `live` where the live-model rule says; and a server
 that is down costing one WARNING, never the week."""
 import logging
+import socket
 from datetime import timedelta
 from typing import Any, List
 
@@ -144,3 +145,19 @@ def test_a_reject_with_the_server_down_is_recorded_in_s3_with_one_warning(
     assert len(warnings) == 1 and down in warnings[0] and "not recorded: the reject of" in warnings[0]
     assert [(entry.key, entry.status) for entry in model_entries(bucket_with_model)] == [
         (live.artefact_key, REJECTED)]
+
+
+def test_with_a_server_that_never_answers_the_model_is_persisted_and_one_warning_names_it(
+    s3: Any, bucket_with_datasets: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind((LOCAL.loopback_host, 0))
+        silent.listen(16)  # connections are accepted by the kernel; nothing ever answers them
+        uri = f"http://{LOCAL.loopback_host}:{silent.getsockname()[1]}"
+        tracking_env(monkeypatch, uri, bucket_with_datasets)
+        with caplog.at_level(logging.INFO):
+            model = stage.train(bucket_with_datasets, 0.9, 0.95)
+
+    assert [item.key for item in list_models(bucket_with_datasets)] == [model.artefact_key]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "tracking" in r.getMessage()]
+    assert len(warnings) == 1 and uri in warnings[0] and "not recorded" in warnings[0]
