@@ -2,7 +2,8 @@
 
 Usage: python3 -m pipeline.run_local [--port PORT] [--s3-port PORT] [--weeks N]
        [--r2-error-threshold X] [--r2-warning-threshold Y] [--exit-after-request]
-       [--bucket NAME [--endpoint-url URL] [--seed-synthetic-data]] [--with-batch] [--in-place]
+       [--bucket NAME [--endpoint-url URL] [--seed-synthetic-data]] [--with-batch] [--with-mlflow]
+       [--in-place]
 
 Run from the repository root with any Python 3.11+ that has pip: it imports only the standard
 library until the project's virtualenv `.venv/` has the pinned requirements (`--in-place` runs
@@ -20,6 +21,7 @@ from pipeline.local.bootstrap import BootstrapError, run_in_place_or_reexecute
 from pipeline.local.processes import LocalProcessError
 from pipeline.local.run import (
     EMBEDDED_S3_MODULES,
+    MLFLOW_SERVER_MODULES,
     RUNTIME_MODULES,
     LocalRunError,
     Settings,
@@ -46,7 +48,8 @@ def cli(argv: Sequence[str]) -> int:
         # would do nothing. "Ctrl-C stops everything" must hold whatever the process inherited.
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
             signal.signal(stop_signal, raise_stop)
-        required = RUNTIME_MODULES + (EMBEDDED_S3_MODULES if settings.embedded_s3 else ())
+        required = RUNTIME_MODULES + (EMBEDDED_S3_MODULES if settings.embedded_s3 else ()) \
+            + (MLFLOW_SERVER_MODULES if settings.with_mlflow else ())
         run_in_place_or_reexecute("pipeline.run_local", argv, required, settings.in_place)
         run_pipeline(settings)
 

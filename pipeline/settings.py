@@ -367,6 +367,31 @@ class DriftSettings:
 
 
 @dataclass(frozen=True)
+class TrackingSettings:
+    """Experiment tracking in MLflow (optional, off unless MLFLOW_TRACKING_URI is set): its client's
+    time budget inside the train stage's job limit (docs/governance.md)."""
+
+    http_timeout_seconds: int = setting(
+        5, "s", "Each request of the MLflow client waits at most this long (MLFLOW_HTTP_REQUEST_TIMEOUT, "
+        "default 120 s): a tracking server that answers in well under a second does not need more, and a "
+        "hanging one costs seconds, not minutes.")
+    http_max_retries: int = setting(
+        1, "retries", "The MLflow client retries a failed request this often (MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+        "default 7 with exponential backoff: minutes against a server that is down).")
+    http_backoff_factor: int = setting(
+        1, "s", "The MLflow client's backoff before its retry (MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, default 2).")
+    budget_seconds: float = setting(
+        20.0, "s", "All of a train run's tracking (the run, its artifacts, the model version, the alias) must "
+        "end this long after it starts, or it is abandoned with one WARNING. It starts after the stage's S3 "
+        "deadline has ended, so the deadline plus this fits the stage's job limit, with 40 s to spare.")
+    max_key_chars: int = setting(
+        250, "characters", "MLflow's longest parameter, metric and tag key; longer keys are cut.")
+    max_value_chars: int = setting(
+        5000, "characters", "Parameter and tag values are cut to this (MLflow refuses longer tag values on "
+        "some backends); a refused run's gates are in its report.json in full.")
+
+
+@dataclass(frozen=True)
 class BatchSettings:
     """Batch scoring."""
 
@@ -388,7 +413,13 @@ class LocalSettings:
     venv_dir_name: str = setting(
         ".venv", "", "The project's virtualenv, in the repository's root.")
     requirement_file_names: Tuple[str, ...] = setting(
-        ("requirements_pipe.txt", "requirements_cicd.txt"), "", "What the local run's virtualenv installs.")
+        ("requirements_pipe.txt", "requirements_cicd.txt", "requirements_mlflow.txt"), "", "What the local run's "
+        "virtualenv installs (the last: the MLflow server that --with-mlflow starts).")
+    mlflow_folder_name: str = setting(
+        ".local_run/mlflow", "", "Where --with-mlflow's tracking server keeps its SQLite database, its artifacts "
+        "and its log, in the repository's root (ignored by git); kept between runs, so past runs stay visible.")
+    mlflow_start_timeout_seconds: float = setting(
+        120.0, "s", "How long the local run waits for its MLflow server's port to open (about 20 s here).")
     stamp_file_name: str = setting(
         ".time_to_dispatch_requirements.sha256", "", "Written into the virtualenv after a successful install: "
         "the digest of the requirement files; the same digest next time means there is nothing to install.")
@@ -489,6 +520,22 @@ class EnvironmentSettings:
         "never go through one.")
     python_path: str = setting(
         "PYTHONPATH", "", "The local run puts the repository's root on it for its children.")
+    mlflow_tracking_uri: str = setting(
+        "MLFLOW_TRACKING_URI", "", "MLflow's standard variable: the tracking server. Unset, nothing is tracked.")
+    mlflow_experiment_name: str = setting(
+        "MLFLOW_EXPERIMENT_NAME", "", "MLflow's standard variable: the experiment a train run is logged to "
+        "(default: the bucket's name).")
+    mlflow_registered_model_name: str = setting(
+        "MLFLOW_REGISTERED_MODEL_NAME", "", "The registered model whose versions are the persisted models "
+        "(default: the artefacts' name, time-to-dispatch).")
+    mlflow_client_variables: Tuple[str, ...] = setting(
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"),
+        "", "The MLflow client's own variables for its timeout, retries and backoff: set from TRACKING unless "
+        "already set.")
+    mlflow_quiet_variables: Tuple[str, ...] = setting(
+        ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "MLFLOW_CONFIGURE_LOGGING"), "", "Set to true and false: "
+        "the MLflow client prints no run URL on stdout and installs no log handler of its own, so every line "
+        "the train stage writes keeps the log format.")
 
 
 @dataclass(frozen=True)
@@ -503,6 +550,7 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     messages: MessageSettings = field(default_factory=MessageSettings)
     environment: EnvironmentSettings = field(default_factory=EnvironmentSettings)
@@ -521,6 +569,8 @@ def check_budgets(settings: Settings) -> None:
     - each stage's one overall S3 deadline is at least the worst case of one call and ends
       inside the stage's limit (the serve stage's 20 s before its start-up limit, for the
       clone, the pip step and the warm-up; the train stage's 60 s before its job limit);
+    - the train stage's S3 deadline and then its experiment tracking's budget fit its job limit
+      with 40 s to spare: a slow tracking server never costs the week;
     - batch scoring's two aborts after SIGTERM fit Kubernetes' grace period, with 5 s to spare;
     - the drain plus the graceful stop fit Kubernetes' grace period: the service exits cleanly
       before SIGKILL;
@@ -546,6 +596,11 @@ def check_budgets(settings: Settings) -> None:
             raise BudgetError(
                 f"the {stage} stage's S3 deadline, {deadline:g} s, must be at least the S3 time budget of one call "
                 f"({worst_s3:g} s) and at most its limit of {limit} s less {room} s")
+    train_limit, tracking = settings.train.max_completion_time_seconds, settings.tracking.budget_seconds
+    if s3.train_deadline_seconds + tracking > train_limit - 40:
+        raise BudgetError(
+            f"the train stage's S3 deadline and its tracking budget, {s3.train_deadline_seconds:g} + {tracking:g} s, "
+            f"do not fit its job limit of {train_limit} s with 40 s to spare")
     aborts = 2 * s3.abort_after_stop_seconds
     if aborts > serve.termination_grace_seconds - 5:
         raise BudgetError(
@@ -595,6 +650,7 @@ ARTEFACT = SETTINGS.artefact
 TRAIN = SETTINGS.train
 DRIFT = SETTINGS.drift
 BATCH = SETTINGS.batch
+TRACKING = SETTINGS.tracking
 LOCAL = SETTINGS.local
 MESSAGES = SETTINGS.messages
 ENVIRONMENT = SETTINGS.environment

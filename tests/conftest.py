@@ -22,7 +22,16 @@ from pipeline.settings import ENVIRONMENT, LOCAL
 from pipeline.storage.client import s3_client
 from pipeline.storage.datasets import put_dataset
 from pipeline.storage.signed_artefacts import put_model
-from tests.helpers import TEST_SIGNING_KEY, TEST_WEEK_SEED, Service, StartService, start_service
+from tests.helpers import (
+    TEST_SIGNING_KEY,
+    TEST_WEEK_SEED,
+    MlflowServer,
+    Service,
+    StartService,
+    start_mlflow_server,
+    start_service,
+    stop_mlflow_server,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -163,3 +172,20 @@ def start(tmp_path: Path) -> Iterator[StartService]:
         if service.process.poll() is None:
             service.process.kill()
             service.process.wait()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server on loopback for the whole session (it takes about 20 s to
+    start); each test logs to its own experiment and registered model (`helpers.tracking_env`)."""
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    stop_mlflow_server(server)
+
+
+@pytest.fixture
+def mlflow_reader(mlflow_server: MlflowServer) -> Any:
+    """MLflow's own client for the session's server, to read back what was logged."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)

@@ -517,3 +517,61 @@ def machine_state() -> Dict[str, str]:
                           timeout=60)
     assert done.returncode == 0, f"sourcing {MACHINE_STATE} failed: {done.stderr}"
     return dict(item.split("=", 1) for item in done.stdout.split("\0") if item)
+
+
+class MlflowServer(NamedTuple):
+    """A real MLflow tracking server (`mlflow server`, SQLite backend, a local artifact folder)."""
+
+    process: "subprocess.Popen[bytes]"
+    uri: str
+
+
+def start_mlflow_server(folder: Path, timeout: float = 120.0) -> MlflowServer:
+    """Start `mlflow server` on a free loopback port with its database and artifacts in `folder`
+    and wait until it answers its health check; its output goes to `folder`/server.log."""
+    import urllib.request
+
+    port = free_port()
+    (folder / "artifacts").mkdir(parents=True, exist_ok=True)
+    with open(folder / "server.log", "ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+             "--artifacts-destination", str(folder / "artifacts"), "--host", LOCAL.loopback_host,
+             "--port", str(port), "--workers", "1"],
+            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://{LOCAL.loopback_host}:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}: "
+                               f"{(folder / 'server.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{uri}/version", timeout=2) as response:
+                if response.status == 200:
+                    return MlflowServer(process, uri)
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"mlflow server did not answer within {timeout:g} s")
+
+
+def stop_mlflow_server(server: MlflowServer) -> None:
+    """Stop the server and every worker it started (its own session)."""
+    import os
+
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+
+
+def tracking_env(monkeypatch: pytest.MonkeyPatch, uri: str, bucket: str) -> None:
+    """Tracking on, to `uri`, with the test's own experiment and registered model (the bucket's name)."""
+    from pipeline.settings import ENVIRONMENT
+
+    monkeypatch.setenv(ENVIRONMENT.mlflow_tracking_uri, uri)
+    monkeypatch.setenv(ENVIRONMENT.mlflow_experiment_name, bucket)
+    monkeypatch.setenv(ENVIRONMENT.mlflow_registered_model_name, bucket)

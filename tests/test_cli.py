@@ -229,7 +229,8 @@ ENTRY_POINTS = [
     ("score_batch", score_batch.CLI.main, ["bucket", "--backfill", "--since", "nope"],
      f"not an ISO-8601 date or date-time: 'nope'; {SCORE_BATCH_USAGE}"),
     ("registry", registry.CLI.main, ["bucket", "frobnicate"],
-     "argument command: invalid choice: 'frobnicate' (choose from 'list', 'show', 'reject', 'restore'); "
+     "argument command: invalid choice: 'frobnicate' (choose from 'list', 'show', 'reject', 'restore', "
+     "'track-history'); "
      f"{REGISTRY_USAGE}"),
     ("run_local", run_local.cli, ["--weeks", "x"], "argument --weeks: invalid int value: 'x'"),
 ]

@@ -58,7 +58,7 @@ BODYWORK_YAML = LOCAL.repo_root / "bodywork.yaml"
 # terminationGracePeriodSeconds' default; Bodywork's Deployment does not set it.
 CIRCLECI_CONFIG = LOCAL.repo_root / ".circleci" / "config.yml"
 TOX_INI = LOCAL.repo_root / "tox.ini"
-REQUIREMENTS_PIPE, REQUIREMENTS_CICD = LOCAL.requirement_files
+REQUIREMENTS_PIPE, REQUIREMENTS_CICD, REQUIREMENTS_MLFLOW = LOCAL.requirement_files
 REQUIREMENTS_BODYWORK_ENV = LOCAL.repo_root / "tests" / "bodywork" / "requirements.txt"
 MYPY_INI = LOCAL.repo_root / "mypy.ini"
 TRAIN_BENCHMARK = LOCAL.repo_root / "benchmarks" / "results" / "train.json"
@@ -232,15 +232,15 @@ def test_stage_requirements_cover_the_pinned_libraries_the_stage_imports(stage: 
     module = bodywork_config()["stages"][stage]["executable_module_path"][:-3].replace("/", ".")
     loaded = subprocess.run(
         [sys.executable, "-c",
-         f"import importlib, sys; importlib.import_module({module!r}); print(' '.join(sys.modules))"],
+         f"import importlib, sys; importlib.import_module({module!r}); "
+         "print('\\n'.join(str(getattr(m, '__file__', None) or '') for m in list(sys.modules.values())))"],
         cwd=LOCAL.repo_root, capture_output=True, text=True, timeout=120, check=True,
-    ).stdout.split()
-    providers = metadata.packages_distributions()
-    imported = {
-        distribution_name(dist)
-        for name in loaded
-        for dist in providers.get(name.split(".")[0], [])
-    }
+    ).stdout.split("\n")
+    # By the files the modules were loaded from, not by top-level name: a namespace package
+    # (opentelemetry) is shared by distributions the stage never imports from.
+    owners = {str(file.locate()): dist.metadata["Name"] for dist in metadata.distributions()
+              for file in (dist.files or []) if file.suffix in (".py", ".so")}
+    imported = {distribution_name(owners[path]) for path in loaded if path in owners}
     pinned = {distribution_name(line) for line in requirement_lines(REQUIREMENTS_PIPE)}
     listed = {distribution_name(r) for r in bodywork_config()["stages"][stage]["requirements"]}
     assert sorted((imported & pinned) - listed) == []

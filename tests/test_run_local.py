@@ -257,6 +257,33 @@ def test_with_batch_scores_a_synthetic_orders_file_and_prints_where_the_output_i
     assert len(rejects["Body"].read().decode().splitlines()) == 1 + 3
 
 
+@pytest.mark.e2e
+def test_with_mlflow_starts_a_tracking_server_prints_its_ui_and_logs_the_training_there(
+    s3: Any, s3_endpoint: str, bucket_with_datasets: str
+) -> None:
+    from mlflow import MlflowClient
+
+    env = local_run_env({ENVIRONMENT.aws_access_key_id: "testing", ENVIRONMENT.aws_secret_access_key: "testing",
+                         ENVIRONMENT.aws_default_region: LOCAL.region})
+    env.pop(ENVIRONMENT.mlflow_tracking_uri, None)
+
+    run = run_to_completion(["--exit-after-request", "--with-mlflow", "--bucket", bucket_with_datasets,
+                             "--endpoint-url", s3_endpoint], env)
+
+    assert run.returncode == 0, "\n".join(run.lines)
+    assert [line for line in run.lines if not LOG_LINE.match(line)] == []
+    [ui] = {m.group(1) for line in run.lines for m in [re.search(r"MLflow UI: (http://127\.0\.0\.1:\d+)", line)] if m}
+    assert any("the MLflow server stopped" in line for line in run.lines)
+    # The server has stopped with the run; what it stored is read back with MLflow's own client.
+    store = MlflowClient(tracking_uri=f"sqlite:///{LOCAL.repo_root / LOCAL.mlflow_folder_name}/mlflow.db")
+    experiment = store.get_experiment_by_name(bucket_with_datasets)
+    assert experiment is not None, ui
+    [tracked] = store.search_runs([experiment.experiment_id])
+    assert tracked.info.status == "FINISHED"
+    model_key = tracked.data.tags["artefact_uri"].split("/", 3)[3]
+    assert s3.head_object(Bucket=bucket_with_datasets, Key=model_key)["ContentLength"] > 0
+
+
 # --- the command line and the virtualenv -----------------------------------------------------
 
 

@@ -41,10 +41,12 @@ class Child:
         self._forwarder: Optional[threading.Thread] = None
 
     @classmethod
-    def start(cls, command: Sequence[str], name: str) -> "Child":
+    def start(cls, command: Sequence[str], name: str, log_file: Optional[IO[str]] = None) -> "Child":
+        """Start `command`; its output is piped (to forward) or, with `log_file`, written there
+        (a server whose lines are not in the pipeline's log format)."""
         process = subprocess.Popen(
             list(command), cwd=LOCAL.repo_root, env=child_environment(), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            stdout=log_file or subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
             start_new_session=True,
         )
         log.info(f"{name} started (pid {process.pid})")
@@ -75,7 +77,8 @@ class Child:
             log.info(f"the {self.name} stopped (exit code {self.process.returncode})")
         if self._forwarder is not None:
             self._forwarder.join(timeout)
-        self._stdout.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
     @property
     def _stdout(self) -> IO[str]:
@@ -113,6 +116,13 @@ def _output_lock() -> Any:
         if getattr(handler, "_time_to_dispatch", False) and handler.lock is not None:
             return handler.lock
     return threading.Lock()
+
+
+def free_port(host: str) -> int:
+    """A TCP port of `host` that is free right now (the system picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -1,5 +1,6 @@
 """The local run in order: an embedded S3 (or a real bucket), synthetic weeks, a signing key,
-the train stage's CLI, optionally batch scoring's, the serve stage's CLI, the example request.
+optionally an MLflow tracking server, the train stage's CLI, optionally batch scoring's, the
+serve stage's CLI, the example request.
 
 Standard library only at module level, like `pipeline/run_local.py`, which wires
 `parse_args`, the virtualenv bootstrap and `run_pipeline` and maps failures to the exit code.
@@ -15,13 +16,15 @@ import sys
 from types import FrameType
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-from pipeline.local.processes import Child, http_json, port_is_free, signals_ignored, wait_for_port
+from pipeline.local.processes import Child, free_port, http_json, port_is_free, signals_ignored, wait_for_port
 from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, SERVE, environment_value
 
 # What the local run and the two stages import; if all of them are importable the current
 # virtualenv is good enough to run in place.
 RUNTIME_MODULES = ("boto3", "numpy", "pandas", "sklearn", "fastapi", "uvicorn")
 EMBEDDED_S3_MODULES = ("moto", "flask", "werkzeug")
+# The MLflow server of --with-mlflow (requirements_mlflow.txt; the client alone has no server).
+MLFLOW_SERVER_MODULES = ("mlflow", "sqlalchemy", "alembic", "graphene")
 
 DESCRIPTION = "The whole pipeline on one machine: an embedded S3, the train stage, the serve stage."
 EXAMPLE_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
@@ -53,6 +56,7 @@ class Settings(NamedTuple):
     seed_synthetic_data: bool
     in_place: bool
     with_batch: bool = False
+    with_mlflow: bool = False
 
     @property
     def embedded_s3(self) -> bool:
@@ -75,6 +79,7 @@ def run_pipeline(settings: Settings) -> None:
     """
     s3_server = None
     service: Optional[Child] = None
+    mlflow_server: Optional[Child] = None
     try:
         if settings.embedded_s3:
             s3_server, endpoint = start_embedded_s3(settings.s3_port)
@@ -89,6 +94,8 @@ def run_pipeline(settings: Settings) -> None:
             if settings.embedded_s3:  # in a real bucket, newer real datasets may exist
                 log.info(f"the train stage will pick the newest dataset: s3://{bucket}/{newest}")
         ensure_signing_key()
+        if settings.with_mlflow:
+            mlflow_server = start_mlflow_server()
         run_train_stage(bucket, settings.r2_error_threshold, settings.r2_warning_threshold)
         if settings.with_batch:
             run_batch_scoring(bucket)
@@ -98,6 +105,8 @@ def run_pipeline(settings: Settings) -> None:
         report_example(request_example(base_url), bucket)
         log.info(f"model report: {base_url}{API.model_report_path}")
         log.info(f"API docs: {base_url}{API.docs_path}")
+        if mlflow_server is not None:
+            log.info(f"MLflow UI: {environment_value(ENVIRONMENT.mlflow_tracking_uri)}")
         if settings.exit_after_request:
             log.info("--exit-after-request: stopping")
             return
@@ -108,6 +117,8 @@ def run_pipeline(settings: Settings) -> None:
         with signals_ignored():
             if service is not None:
                 service.stop(LOCAL.stop_timeout_seconds)
+            if mlflow_server is not None:
+                mlflow_server.stop(LOCAL.stop_timeout_seconds)
             if s3_server is not None:
                 s3_server.stop()
                 log.info("embedded S3 stopped")
@@ -190,6 +201,34 @@ def seed_synthetic_datasets(bucket: str, weeks: int) -> str:
     for key in keys:
         log.info(f"uploaded synthetic dataset s3://{bucket}/{key}")
     return keys[-1]
+
+
+def start_mlflow_server() -> Child:
+    """Start an MLflow tracking server on a free loopback port (SQLite and an artifact folder
+    under LOCAL.mlflow_folder_name, kept between runs) and point this process and the train
+    stage at it with MLFLOW_TRACKING_URI.
+
+    Raises:
+        LocalProcessError: the server exited or did not open its port in time.
+    """
+    folder = LOCAL.repo_root / LOCAL.mlflow_folder_name
+    (folder / "artifacts").mkdir(parents=True, exist_ok=True)
+    port = free_port(LOCAL.loopback_host)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+               "--artifacts-destination", str(folder / "artifacts"), "--host", LOCAL.loopback_host,
+               "--port", str(port), "--workers", "1"]
+    log.info(f"starting an MLflow tracking server: {_display(command)} (its log: {folder / 'server.log'})")
+    with open(folder / "server.log", "a", encoding="utf-8") as server_log:
+        server = Child.start(command, "MLflow server", log_file=server_log)
+    try:
+        wait_for_port(LOCAL.loopback_host, port, server, LOCAL.mlflow_start_timeout_seconds)
+    except BaseException:
+        with signals_ignored():
+            server.stop(LOCAL.stop_timeout_seconds)
+        raise
+    os.environ[ENVIRONMENT.mlflow_tracking_uri] = f"http://{LOCAL.loopback_host}:{port}"
+    log.info(f"MLflow UI: http://{LOCAL.loopback_host}:{port} (the train stage logs its run there)")
+    return server
 
 
 def run_train_stage(bucket: str, error_threshold: float, warning_threshold: float) -> None:
@@ -335,6 +374,8 @@ def parse_args(argv: Sequence[str]) -> Settings:
                         help="also upload the synthetic datasets to --bucket")
     parser.add_argument("--with-batch", action="store_true",
                         help="also score a synthetic orders file with the batch CLI and print where the output is")
+    parser.add_argument("--with-mlflow", action="store_true",
+                        help="also start an MLflow tracking server, log the training to it and print its UI's URL")
     parser.add_argument("--in-place", action="store_true",
                         help="run with the current interpreter; never create or update .venv")
     try:
@@ -353,5 +394,5 @@ def parse_args(argv: Sequence[str]) -> Settings:
     return Settings(
         args.port, args.s3_port, args.weeks, args.r2_error_threshold, args.r2_warning_threshold,
         args.exit_after_request, args.bucket, args.endpoint_url, args.seed_synthetic_data, args.in_place,
-        args.with_batch,
+        args.with_batch, args.with_mlflow,
     )

@@ -44,10 +44,13 @@ from pipeline.utils import StageArgumentParser, quote
 LIVE, REJECTED, SUPERSEDED = "live", "rejected", "superseded"
 # Shown instead of its status for a model no stage will load (it fails verification).
 REFUSED = "refused"
-COMMANDS = ("list", "show", REJECT, RESTORE)
+# The history command: every past run logged to MLflow (run by pipeline/registry.py with
+# pipeline/tracking/history.py, which this folder does not import).
+TRACK_HISTORY = "track-history"
+COMMANDS = ("list", "show", REJECT, RESTORE, TRACK_HISTORY)
 USAGE = (
     "usage: python -m pipeline.registry S3_BUCKET list | show MODEL | reject MODEL --reason TEXT | "
-    "restore MODEL [--reason TEXT] (MODEL: an artefact id or its key)"
+    "restore MODEL [--reason TEXT] | track-history (MODEL: an artefact id or its key)"
 )
 DEFAULT_RESTORE_REASON = "restored"
 
@@ -226,8 +229,8 @@ def _load(bucket: str, key: str) -> Tuple[Optional[Model], str]:
 # --- the registry CLI's commands ------------------------------------------------------------
 
 
-def run_command(bucket: str, command: str, model: str = "", reason: str = "") -> None:
-    """Run one registry command against the bucket.
+def run_command(bucket: str, command: str, model: str = "", reason: str = "") -> Optional[StatusChange]:
+    """Run one registry command against the bucket; returns the status change reject or restore made.
 
     Raises:
         RegistryError: MODEL names no model or several, or the change does not apply to it.
@@ -243,6 +246,8 @@ def run_command(bucket: str, command: str, model: str = "", reason: str = "") ->
         if live is not None:
             log.info(f"live model now: s3://{bucket}/{live.key}; the serve stage serves it from its next start")
         print(f"{change.action} {change.artefact_key}")
+        return change
+    return None
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -256,9 +261,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("model", nargs="?", default="")
     parser.add_argument("--reason", default="")
     args = parser.parse_stage_args(argv)
-    if args.command == "list" and args.model:
-        raise ValueError("list takes no MODEL")
-    if args.command != "list" and not args.model.strip():
+    if args.command in ("list", TRACK_HISTORY) and args.model:
+        raise ValueError(f"{args.command} takes no MODEL")
+    if args.command not in ("list", TRACK_HISTORY) and not args.model.strip():
         raise ValueError(f"{args.command} needs a MODEL")
     if args.command == REJECT and not args.reason.strip():
         raise ValueError("reject needs --reason TEXT: say why")

@@ -19,7 +19,9 @@ from pipeline.storage.datasets import get_latest_dataset
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.report_files import put_report, report_digest
 from pipeline.storage.signed_artefacts import put_model
+from pipeline.tracking.stage_hooks import TrainingRun, check_tracking, track_training
 from pipeline.train.champion import (
+    ModelRefusedError,
     apply_decision,
     check_tolerance_valid,
     compare_with_champion,
@@ -33,6 +35,7 @@ from pipeline.train.steps import (
     check_thresholds_valid,
     evaluate,
     logic_check_failures,
+    logic_check_headroom,
     prepare_data,
     r_squared_failure,
     test_rows,
@@ -42,7 +45,7 @@ from pipeline.utils import StageArgumentParser
 
 USAGE = (
     "usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_THRESHOLD "
-    "[--n-jobs N] [--champion-tolerance T] (thresholds are numbers in (0, 1]; T a number >= 0, "
+    "[--n-jobs N] [--champion-tolerance T] [--tracking-required] (thresholds are numbers in (0, 1]; T a number >= 0, "
     f"default {TRAIN.default_champion_tolerance}: how much worse than the live model's MAE, relatively)"
 )
 
@@ -56,8 +59,12 @@ def train(
     hyperparam_grid: Optional[Dict[str, List[Any]]] = None,
     n_jobs: Optional[int] = None,
     champion_tolerance: float = TRAIN.default_champion_tolerance,
+    tracking_required: bool = False,
 ) -> Model:
     """Train on the newest dataset, judge the model, report, and persist it if every gate passes.
+
+    With MLFLOW_TRACKING_URI set, the run (refused ones too) is then logged to MLflow and a
+    persisted model registered (`tracking.stage_hooks.track_training`), after the S3 deadline.
 
     Raises:
         SigningKeyError: MODEL_SIGNING_KEY is unset or malformed (checked before any work).
@@ -66,15 +73,28 @@ def train(
         DatasetError: the dataset cannot be trained on.
         InvalidModelError: the model fails the serve stage's structure check (nothing is persisted).
         ModelRefusedError: one or more gates failed (all are named); the report is written.
+        TrackingError: with `tracking_required` only: the tracking server failed before training,
+            or after the model was persisted.
     """
     check_thresholds_valid(error_threshold, warning_threshold)
     check_tolerance_valid(champion_tolerance)
     keys = load_signing_keys()
+    if tracking_required:
+        check_tracking(bucket)
+    grid = hyperparam_grid or HYPERPARAM_GRID
+    run = TrainingRun(bucket, params={"grid_size": math.prod(len(values) for values in grid.values()),
+                                      "n_jobs": n_jobs})
     start_s3_deadline("the train stage", S3.train_deadline_seconds)
     try:
-        return _train(bucket, error_threshold, warning_threshold, keys, hyperparam_grid, n_jobs, champion_tolerance)
+        model = _train(bucket, error_threshold, warning_threshold, keys, grid, n_jobs, champion_tolerance, run)
+    except ModelRefusedError:
+        end_s3_deadline()
+        track_training(run)
+        raise
     finally:
         end_s3_deadline()
+    track_training(run, tracking_required)
+    return model
 
 
 def _train(
@@ -82,15 +102,16 @@ def _train(
     error_threshold: float,
     warning_threshold: float,
     keys: SigningKeys,
-    hyperparam_grid: Optional[Dict[str, List[Any]]],
+    hyperparam_grid: Dict[str, List[Any]],
     n_jobs: Optional[int],
     champion_tolerance: float,
+    run: TrainingRun,
 ) -> Model:
-    """`train`'s steps, inside the stage's S3 deadline."""
+    """`train`'s steps, inside the stage's S3 deadline; `run` gathers what tracking logs."""
     dataset = get_latest_dataset(bucket)
     log.info(f"training on {dataset.uri} (ETag {dataset.etag}, version {dataset.version_id})")
     data = prepare_data(dataset.data)
-    search = tune_hyperparameters(data.X_train, data.y_train, hyperparam_grid or HYPERPARAM_GRID, n_jobs)
+    search = tune_hyperparameters(data.X_train, data.y_train, hyperparam_grid, n_jobs)
     metrics = evaluate(search.estimator, data)
     model = build_model(search.estimator, search.best_params, data, metrics, dataset)
     champion, reference = load_champion(bucket)
@@ -109,11 +130,14 @@ def _train(
     prefix = report_prefix(model)
     report = build_report(findings)
     put_report(bucket, prefix, report)
+    run.model, run.report_files, run.failures = model, report, decision.failures
+    run.metrics.update(logic_check_headroom(search.estimator, data))
     log.info(f"model report written to s3://{bucket}/{prefix}{REPORT_HTML}")
     apply_decision(decision, f"s3://{bucket}/{prefix}{REPORT_HTML}")
     model.report_key = prefix + REPORT_HTML
     model.report_sha256 = report_digest(report[REPORT_HTML])
     key = put_model(bucket, model, keys=keys)
+    run.artefact_key = key
     log.info(f"persisted model {model} to s3://{bucket}/{key}")
     return model
 
@@ -129,6 +153,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("warning_threshold", type=float)
     parser.add_argument("--n-jobs", type=int, default=None)
     parser.add_argument("--champion-tolerance", type=float, default=TRAIN.default_champion_tolerance)
+    parser.add_argument("--tracking-required", action="store_true")
     args = parser.parse_stage_args(argv)
     for name in ("error_threshold", "warning_threshold"):
         value = getattr(args, name)

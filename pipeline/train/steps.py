@@ -246,6 +246,22 @@ def logic_check_failures(estimator: DecisionTreeRegressor, data: PreparedData) -
     return failures
 
 
+def logic_check_headroom(estimator: DecisionTreeRegressor, data: PreparedData) -> Dict[str, float]:
+    """How far the model is from failing each logic check (positive: that much room):
+    the smallest rise of a product's estimate from check_orders_low to check_orders_high orders,
+    the lowest estimate on the test set (above 0), and the room under the test set's ceiling."""
+    codes = list(data.encoding.codes)
+    low = estimator.predict(encode_features([TRAIN.check_orders_low] * len(codes), codes, data.encoding))
+    high = estimator.predict(encode_features([TRAIN.check_orders_high] * len(codes), codes, data.encoding))
+    test_predictions = estimator.predict(data.X_test)
+    ceiling = TRAIN.max_estimate_to_label_ratio * float(np.max(data.y_test))
+    return {
+        "logic_headroom.smallest_rise_hours": float(np.min(high - low)),
+        "logic_headroom.lowest_estimate_hours": float(np.min(test_predictions)),
+        "logic_headroom.below_ceiling_hours": float(ceiling - np.max(test_predictions)),
+    }
+
+
 def check_model_logic(estimator: DecisionTreeRegressor, data: PreparedData) -> None:
     """The logic checks of `logic_check_failures`, as a gate of their own.
 

@@ -10,10 +10,11 @@ from pipeline.settings import LOCAL
 
 @pytest.fixture
 def requirement_files(tmp_path: Path) -> List[Path]:
-    pipe, cicd = (tmp_path / name for name in LOCAL.requirement_file_names)
+    pipe, cicd, mlflow = (tmp_path / name for name in LOCAL.requirement_file_names)
     pipe.write_text("numpy==2.0.2\n")
     cicd.write_text("pytest==9.0.3\n")
-    return [pipe, cicd]
+    mlflow.write_text("mlflow==3.17.2\n")
+    return [pipe, cicd, mlflow]
 
 
 def test_no_install_when_requirements_are_unchanged_since_the_last_install(
