@@ -517,3 +517,18 @@ def machine_state() -> Dict[str, str]:
                           timeout=60)
     assert done.returncode == 0, f"sourcing {MACHINE_STATE} failed: {done.stderr}"
     return dict(item.split("=", 1) for item in done.stdout.split("\0") if item)
+
+
+# The parts a model artefact gained with the served estimate (calibration, upper bound, ranges).
+SERVED_PARTS = ("calibration", "upper_bound", "trained_ranges", "tree_metrics", "served_monotonicity")
+
+
+def made_before_the_served_parts(model: Any) -> Any:
+    """A copy of `model` as an artefact pickled before the served parts existed holds it: without
+    those attributes, so that unpickled it reads them from the class defaults."""
+    import copy
+
+    old = copy.copy(model)
+    for name in SERVED_PARTS:
+        old.__dict__.pop(name, None)
+    return old

@@ -11,11 +11,14 @@ import logging
 import math
 from typing import Any, Dict, List, Optional, Sequence
 
+from sklearn.tree import DecisionTreeRegressor
+
+from pipeline.artefact.calibration import ServedEstimator
 from pipeline.artefact.model import Model
 from pipeline.artefact.signing import SigningKeys, load_signing_keys
 from pipeline.settings import S3, TRAIN
 from pipeline.storage.client import end_s3_deadline, start_s3_deadline
-from pipeline.storage.datasets import get_latest_dataset
+from pipeline.storage.datasets import Dataset, get_latest_dataset
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.report_files import put_report, report_digest
 from pipeline.storage.signed_artefacts import put_model
@@ -26,12 +29,14 @@ from pipeline.train.champion import (
     decide,
     load_champion,
 )
+from pipeline.train.calibrate import fit_calibration, fit_upper_bound, trained_ranges
 from pipeline.train.drift import compute_drift, log_findings
 from pipeline.train.report import REPORT_HTML, RunFindings, build_report
 from pipeline.train.steps import (
     build_model,
     check_thresholds_valid,
     evaluate,
+    PreparedData,
     logic_check_failures,
     prepare_data,
     r_squared_failure,
@@ -42,8 +47,9 @@ from pipeline.utils import StageArgumentParser
 
 USAGE = (
     "usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_THRESHOLD "
-    "[--n-jobs N] [--champion-tolerance T] (thresholds are numbers in (0, 1]; T a number >= 0, "
-    f"default {TRAIN.default_champion_tolerance}: how much worse than the live model's MAE, relatively)"
+    "[--n-jobs N] [--champion-tolerance T] [--upper-coverage C] [--no-calibration] (thresholds are numbers "
+    f"in (0, 1]; T a number >= 0, default {TRAIN.default_champion_tolerance}: how much worse than the live "
+    f"model's MAE, relatively; C in (0, 1), default {TRAIN.default_upper_coverage}: the upper bound's coverage)"
 )
 
 log = logging.getLogger(__name__)
@@ -56,8 +62,14 @@ def train(
     hyperparam_grid: Optional[Dict[str, List[Any]]] = None,
     n_jobs: Optional[int] = None,
     champion_tolerance: float = TRAIN.default_champion_tolerance,
+    calibrate: bool = TRAIN.calibrate,
+    upper_coverage: float = TRAIN.default_upper_coverage,
 ) -> Model:
     """Train on the newest dataset, judge the model, report, and persist it if every gate passes.
+
+    The served estimate is the tree's isotonic calibration (`calibrate`, on by default) or the
+    tree's own; every gate judges the served estimate, and the upper bound is fitted for
+    `upper_coverage` on its held-out residuals.
 
     Raises:
         SigningKeyError: MODEL_SIGNING_KEY is unset or malformed (checked before any work).
@@ -69,10 +81,12 @@ def train(
     """
     check_thresholds_valid(error_threshold, warning_threshold)
     check_tolerance_valid(champion_tolerance)
+    check_coverage_valid(upper_coverage)
     keys = load_signing_keys()
     start_s3_deadline("the train stage", S3.train_deadline_seconds)
     try:
-        return _train(bucket, error_threshold, warning_threshold, keys, hyperparam_grid, n_jobs, champion_tolerance)
+        return _train(bucket, error_threshold, warning_threshold, keys, hyperparam_grid, n_jobs, champion_tolerance,
+                      calibrate, upper_coverage)
     finally:
         end_s3_deadline()
 
@@ -85,14 +99,16 @@ def _train(
     hyperparam_grid: Optional[Dict[str, List[Any]]],
     n_jobs: Optional[int],
     champion_tolerance: float,
+    calibrate: bool,
+    upper_coverage: float,
 ) -> Model:
     """`train`'s steps, inside the stage's S3 deadline."""
     dataset = get_latest_dataset(bucket)
     log.info(f"training on {dataset.uri} (ETag {dataset.etag}, version {dataset.version_id})")
     data = prepare_data(dataset.data)
     search = tune_hyperparameters(data.X_train, data.y_train, hyperparam_grid or HYPERPARAM_GRID, n_jobs)
-    metrics = evaluate(search.estimator, data)
-    model = build_model(search.estimator, search.best_params, data, metrics, dataset)
+    model = build_served_model(search.estimator, search.best_params, data, dataset, calibrate, upper_coverage)
+    metrics = model.metrics
     champion, reference = load_champion(bucket)
     orders, codes = test_rows(data)
     comparison = compare_with_champion(model, champion, orders, codes, data.y_test, champion_tolerance) \
@@ -100,7 +116,7 @@ def _train(
     drift = compute_drift(dataset.data, reference.data if reference else None,
                           reference.uri if reference else None, champion)
     log_findings(drift)
-    logic_failures = logic_check_failures(search.estimator, data)
+    logic_failures = logic_check_failures(model.served_estimator, data)
     decision = decide(logic_failures, r_squared_failure(metrics, error_threshold, warning_threshold), comparison)
     findings = RunFindings(
         model, champion, dataset.data, reference.data if reference else None, orders, codes, data.y_test,
@@ -118,6 +134,34 @@ def _train(
     return model
 
 
+def build_served_model(
+    estimator: DecisionTreeRegressor,
+    hyperparameters: Dict[str, Any],
+    data: PreparedData,
+    dataset: Dataset,
+    calibrate: bool = TRAIN.calibrate,
+    upper_coverage: float = TRAIN.default_upper_coverage,
+) -> Model:
+    """The tuned tree with what is served over it: the calibration (if `calibrate`), the upper
+    bound from the served estimate's held-out residuals, the trained ranges, and both the served
+    estimate's metrics (the model's `metrics`, which the gates judge) and the tree's own."""
+    tree_metrics = evaluate(estimator, data, "the tree's test metrics")
+    calibration = fit_calibration(estimator, data) if calibrate else None
+    if calibration is None:
+        log.info("calibration is off: the tree's estimate is served")
+    served = ServedEstimator(estimator, calibration, data.encoding.codes)
+    metrics = evaluate(served, data, "the served estimate's test metrics") if calibrate else tree_metrics
+    upper_bound = fit_upper_bound(data.y_test - served.predict(data.X_test), upper_coverage)
+    return build_model(estimator, hyperparameters, data, metrics, dataset, calibration=calibration,
+                       upper_bound=upper_bound, ranges=trained_ranges(data), tree_metrics=tree_metrics)
+
+
+def check_coverage_valid(coverage: float) -> None:
+    """Raises ValueError unless the upper bound's coverage is a number in (0, 1)."""
+    if not (isinstance(coverage, (int, float)) and math.isfinite(coverage) and 0 < coverage < 1):
+        raise ValueError(f"the upper bound's coverage must be a number in (0, 1), got {coverage!r}")
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the CLI arguments.
 
@@ -129,10 +173,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("warning_threshold", type=float)
     parser.add_argument("--n-jobs", type=int, default=None)
     parser.add_argument("--champion-tolerance", type=float, default=TRAIN.default_champion_tolerance)
+    parser.add_argument("--upper-coverage", type=float, default=TRAIN.default_upper_coverage)
+    parser.add_argument("--no-calibration", dest="calibrate", action="store_false", default=TRAIN.calibrate)
     args = parser.parse_stage_args(argv)
     for name in ("error_threshold", "warning_threshold"):
         value = getattr(args, name)
         if not (math.isfinite(value) and 0 < value <= 1):
             raise ValueError(f"R2_{name.split('_')[0].upper()}_THRESHOLD must be in (0, 1], got {value}")
     check_tolerance_valid(args.champion_tolerance)
+    check_coverage_valid(args.upper_coverage)
     return args

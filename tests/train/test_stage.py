@@ -65,7 +65,10 @@ def test_train_logs_each_step_as_it_goes(bucket_with_datasets: str, caplog: pyte
     assert "grid search: 300 candidates" in text
     assert f"best parameters {model.hyperparameters}" in text
     assert "logic checks passed" in text
-    assert "monotonicity over 0.." in text
+    assert "monotonicity of the tree over 0.." in text
+    assert "monotonicity of the served estimate over 0.." in text and "0 decreasing step(s)" in text
+    assert "the tree's test metrics: r²=" in text and "the served estimate's test metrics: r²=" in text
+    assert "upper bound: estimate + " in text
     assert f"to s3://{bucket_with_datasets}/{model.artefact_key}" in text
 
 
