@@ -33,7 +33,7 @@ import pandas as pd
 from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
 from pipeline.local.synthetic import PRODUCT_SLOPES, generate_orders, generate_weeks
-from pipeline.settings import TRAIN
+from pipeline.settings import LAYOUT, TRAIN
 from pipeline.storage.datasets import Dataset
 from pipeline.train.stage import build_served_model
 from pipeline.train.steps import PreparedData, measure_monotonicity, prepare_data
@@ -48,7 +48,7 @@ def train_week(frame: pd.DataFrame, name: str) -> "tuple[Model, PreparedData]":
     """The model the train stage would build on `frame` (not persisted, no gates)."""
     data = prepare_data(frame)
     search = tune_hyperparameters(data.X_train, data.y_train, HYPERPARAM_GRID)
-    dataset = Dataset(frame, "benchmark", f"datasets/{name}.csv",
+    dataset = Dataset(frame, "benchmark", f"{LAYOUT.datasets_prefix}{name}.csv",
                       pd.Timestamp("2021-01-01", tz="UTC").to_pydatetime(), "etag", None)
     return build_served_model(search.estimator, search.best_params, data, dataset), data
 

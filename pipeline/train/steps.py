@@ -312,7 +312,8 @@ def measure_monotonicity(estimator: Any, data: PreparedData, step: float = 1.0, 
     report = MonotonicityReport(data.max_orders_placed, per_product)
     log.info(
         f"monotonicity of {what} over 0..{data.max_orders_placed + beyond:g} orders in steps of {step:g}: "
-        f"{report.total_decreasing_steps} decreasing step(s), largest drop {report.largest_drop_hours:.3f}h; per product "
+        f"{report.total_decreasing_steps} decreasing step(s), largest drop {report.largest_drop_hours:.3f}h; "
+        "per product "
         + listed([f"{c}: {p.decreasing_steps}" for c, p in list(per_product.items())[:MESSAGES.max_codes_named]],
                  total=len(per_product))
     )
