@@ -5,7 +5,8 @@ Weeks 0..N are synthetic weeks of the same process (`generate_orders`, seeds SEE
 Each week is read and trained as the train stage reads and trains it: uploaded as CSV to a
 local S3 server (`put_dataset`) and read back with `get_latest_dataset` (the size limit and
 the strict CSV parse), then `prepare_data` (dataset validation, look-alike product codes),
-`tune_hyperparameters` on the full grid, `evaluate` and `build_model`; week i's model is the
+`tune_hyperparameters` on the full grid and `build_served_model` (what the stage serves: the
+calibrated estimate, which the gates judge); week i's model is the
 champion of week i+1:
 
 - the per-week gates, on every week: the dataset read and validation (refusals, and WARNING
@@ -55,12 +56,11 @@ from pipeline.settings import TRAIN
 from pipeline.storage.client import StorageError
 from pipeline.storage.datasets import Dataset, get_latest_dataset, put_dataset
 from pipeline.train.champion import compare_with_champion, decide
+from pipeline.train.stage import build_served_model
 from pipeline.train.drift import compute_drift, log_findings
 from pipeline.train.steps import (
     DatasetError,
     PreparedData,
-    build_model,
-    evaluate,
     logic_check_failures,
     prepare_data,
     r_squared_failure,
@@ -129,8 +129,7 @@ def train_week(dataset: Dataset) -> Tuple[Model, PreparedData]:
     """
     prepared = prepare_data(dataset.data)
     search = tune_hyperparameters(prepared.X_train, prepared.y_train, HYPERPARAM_GRID, n_jobs=1)
-    metrics = evaluate(search.estimator, prepared)
-    return build_model(search.estimator, search.best_params, prepared, metrics, dataset), prepared
+    return build_served_model(search.estimator, search.best_params, prepared, dataset), prepared
 
 
 def logic_check_of(failure: str) -> str:
@@ -152,7 +151,7 @@ def logic_headroom(model: Model, prepared: PreparedData) -> Dict[str, float]:
     codes = list(prepared.encoding.codes)
     low = model.predict(codes, np.full(len(codes), float(TRAIN.check_orders_low)))
     high = model.predict(codes, np.full(len(codes), float(TRAIN.check_orders_high)))
-    estimates = model.estimator.predict(prepared.X_test)
+    estimates = model.served_estimator.predict(prepared.X_test)
     return {
         "smallest_rise_hours": float(np.min(high - low)),
         "lowest_test_estimate_hours": float(np.min(estimates)),
@@ -232,7 +231,7 @@ def run(weeks: int, seed: int, bucket: str) -> Dict[str, Any]:
             validation_refused.append(f"week {week}: {error}")
             continue
         validation_warnings = lines.take()
-        logic = logic_check_failures(model.estimator, prepared)
+        logic = logic_check_failures(model.served_estimator, prepared)
         r2 = r_squared_failure(model.metrics, R2_ERROR_THRESHOLD, R2_WARNING_THRESHOLD)
         r2_warnings = lines.take()
         warnings = validation_warnings + r2_warnings

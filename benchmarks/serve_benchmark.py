@@ -40,6 +40,7 @@ repository root (on a shared machine, under a lock so that no two benchmarks ove
         --json benchmarks/results/serve.json --text benchmarks/results/serve.txt
 """
 import argparse
+import copy
 import http.client
 import json
 import logging
@@ -137,7 +138,8 @@ class Server(NamedTuple):
 def floor_app(model: Model) -> FastAPI:
     """The route with our request and response schema, `async def`, answering a constant."""
     request_model = build_request_model(model.product_codes)
-    constant = Prediction(est_hours_to_dispatch=5.321, model_version=str(model))
+    constant = Prediction(est_hours_to_dispatch=5.321, model_version=str(model), upper_hours_to_dispatch=6.9,
+                          extrapolated=False)
     app = FastAPI()
     app.add_exception_handler(RequestValidationError, validation_error_response)
 
@@ -149,7 +151,8 @@ def floor_app(model: Model) -> FastAPI:
 
 
 def straightforward_app(model: Model) -> FastAPI:
-    """The route with our schema, `def`, calling the estimator's `predict` on a 1x2 array."""
+    """The route with our schema, `def`, calling the model's vectorised `estimate` (the
+    calibration's numpy search, or the estimator's `predict` on a 1x2 array) for one row."""
     request_model = build_request_model(model.product_codes)
     version = str(model)
     app = FastAPI()
@@ -158,8 +161,11 @@ def straightforward_app(model: Model) -> FastAPI:
     @app.post(API.predict_path, response_model=Prediction)
     def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
         body: PredictionRequest = request
-        features = np.array([[body.orders_placed, model.encoding.index(body.product_code)]], dtype=np.float64)
-        return Prediction(est_hours_to_dispatch=float(model.estimator.predict(features)[0]), model_version=version)
+        estimate = model.estimate([body.product_code], [body.orders_placed])
+        upper = estimate.upper_hours_to_dispatch
+        return Prediction(est_hours_to_dispatch=float(estimate.est_hours_to_dispatch[0]), model_version=version,
+                          upper_hours_to_dispatch=None if upper is None else float(upper[0]),
+                          extrapolated=bool(estimate.extrapolated[0]))
 
     return app
 
@@ -399,12 +405,18 @@ def targets_met(load: Dict[str, Any]) -> Dict[str, bool]:
 
 
 def prediction_call_costs(model: Model) -> Dict[str, float]:
-    """Microseconds per call of the two ways to predict one row, in this process (best of 5)."""
+    """Microseconds per call of the ways to predict one row, in this process (best of 5): the
+    estimator's `predict`, the tree walk (the model without its calibration), the calibration's
+    binary search (`predict_one` of the calibrated model) and every field (`estimate_one`)."""
     features = np.array([[112.0, float(model.encoding.index("SKU001"))]])
-    model.predict_one("SKU001", 112.0)
+    tree_only = copy.copy(model)
+    tree_only.calibration = None
+    tree_only.predict_one("SKU001", 112.0)
     calls = {
         "estimator_predict_1x2_us": lambda: model.estimator.predict(features),
+        "tree_walk_us": lambda: tree_only.predict_one("SKU001", 112.0),
         "predict_one_us": lambda: model.predict_one("SKU001", 112.0),
+        "estimate_one_us": lambda: model.estimate_one("SKU001", 112.0),
     }
     return {name: round(min(timeit.repeat(call, number=2000, repeat=5)) / 2000 * 1e6, 2)
             for name, call in calls.items()}
@@ -539,7 +551,8 @@ def benchmark(args: argparse.Namespace, command: str) -> Dict[str, Any]:
             out.print(f"target for ours (metrics on): {target}: {'met' if ok else 'NOT met'}")
         costs = prediction_call_costs(s3.model)
         out.print(f"per call, in-process: estimator.predict on a 1x2 array {costs['estimator_predict_1x2_us']} us, "
-                  f"Model.predict_one {costs['predict_one_us']} us")
+                  f"the tree walk {costs['tree_walk_us']} us, Model.predict_one (calibrated: a binary search) "
+                  f"{costs['predict_one_us']} us, Model.estimate_one (every field) {costs['estimate_one_us']} us")
         asgi_costs = asgi_request_costs(s3.model)
         out.print("CPU per single prediction request through the app alone (ASGI calls in-process, best of 5 x 2000): "
                   + ", ".join(f"{name[:-3]} {us} us" for name, us in asgi_costs.items()))

@@ -332,6 +332,18 @@ class TrainSettings:
     max_completion_time_seconds: int = setting(
         500, "s", "bodywork.yaml's train_model.batch.max_completion_time_seconds, mirrored (a test checks they "
         "are equal): the train stage's job limit; its S3 deadline must fit inside it.")
+    calibrate: bool = setting(
+        True, "", "Serve the isotonic calibration of the tree (non-decreasing in orders_placed per product) "
+        "rather than the tree itself; `--no-calibration` on the train CLI turns it off for a run. On the "
+        "benchmark's weeks it lowered the test MAE and removed every dip (docs/data-and-model.md).")
+    default_upper_coverage: float = setting(
+        0.9, "fraction", "The coverage the upper bound is fitted for (`--upper-coverage`): the share of next "
+        "week's orders meant to be dispatched within upper_hours_to_dispatch, \"9 orders in 10\".")
+    dips_step_orders: float = setting(
+        0.5, "orders", "The served estimate's dips are counted at every half order (docs/data-and-model.md).")
+    dips_beyond_orders: float = setting(
+        20.0, "orders", "... from 0 to this many orders past the largest orders_placed of the week, where "
+        "requests are flagged extrapolated.")
     default_champion_tolerance: float = setting(
         0.20, "ratio", "How much worse than the champion's MAE, relatively, the challenger's may be on the same "
         "rows before it is refused. From benchmarks/governance.py: on 40 pairs of healthy weeks no challenger "

@@ -1,7 +1,8 @@
 """Train stage: newest dataset in, validated and versioned model out.
 
 Usage: python -m pipeline.train_model S3_BUCKET R2_ERROR_THRESHOLD R2_WARNING_THRESHOLD
-       [--n-jobs N] [--champion-tolerance T] [--tracking-required]
+       [--n-jobs N] [--champion-tolerance T] [--upper-coverage C] [--no-calibration]
+       [--tracking-required]
 
 Bodywork runs it as `python train_model.py ARGS` from `pipeline/` with the repository root on
 PYTHONPATH. Exit code 0: a model was persisted, signed with the key in MODEL_SIGNING_KEY.
@@ -25,6 +26,7 @@ CLI = CommandLine(
     lambda arguments: train(
         arguments.bucket, arguments.error_threshold, arguments.warning_threshold,
         n_jobs=arguments.n_jobs, champion_tolerance=arguments.champion_tolerance,
+        calibrate=arguments.calibrate, upper_coverage=arguments.upper_coverage,
         tracking_required=arguments.tracking_required,
     ),
     usage=USAGE, failures=[Failures((StorageError, DatasetError, ModelRefusedError, ValueError, TrackingError))],

@@ -575,3 +575,18 @@ def tracking_env(monkeypatch: pytest.MonkeyPatch, uri: str, bucket: str) -> None
     monkeypatch.setenv(ENVIRONMENT.mlflow_tracking_uri, uri)
     monkeypatch.setenv(ENVIRONMENT.mlflow_experiment_name, bucket)
     monkeypatch.setenv(ENVIRONMENT.mlflow_registered_model_name, bucket)
+
+
+# The parts a model artefact gained with the served estimate (calibration, upper bound, ranges).
+SERVED_PARTS = ("calibration", "upper_bound", "trained_ranges", "tree_metrics", "served_monotonicity")
+
+
+def made_before_the_served_parts(model: Any) -> Any:
+    """A copy of `model` as an artefact pickled before the served parts existed holds it: without
+    those attributes, so that unpickled it reads them from the class defaults."""
+    import copy
+
+    old = copy.copy(model)
+    for name in SERVED_PARTS:
+        old.__dict__.pop(name, None)
+    return old

@@ -252,7 +252,8 @@ def test_with_batch_scores_a_synthetic_orders_file_and_prints_where_the_output_i
     assert any(f"batch scoring output: {output} (rejects: {rejects_uri})" in line for line in run.lines)
     scored = s3.get_object(Bucket=bucket_with_datasets, Key=LOCAL.batch_output_key)["Body"].read().decode()
     rejects = s3.get_object(Bucket=bucket_with_datasets, Key=LOCAL.batch_output_key + LAYOUT.rejects_suffix)
-    assert scored.splitlines()[0] == "order_id,orders_placed,product_code,est_hours_to_dispatch"
+    assert scored.splitlines()[0] == \
+        "order_id,orders_placed,product_code,est_hours_to_dispatch,upper_hours_to_dispatch,extrapolated"
     assert len(scored.splitlines()) == 1 + 10_000
     assert len(rejects["Body"].read().decode().splitlines()) == 1 + 3
 

@@ -18,7 +18,14 @@ from pipeline.serve.api import create_app
 from pipeline.settings import API, LAYOUT, LOCAL, MESSAGES
 from pipeline.storage.datasets import list_datasets, put_dataset
 from pipeline.storage.layout import predictions_key
-from tests.helpers import csv_text, error_lines, models_created, persist_model_copy, run_cli
+from tests.helpers import (
+    csv_text,
+    error_lines,
+    made_before_the_served_parts,
+    models_created,
+    persist_model_copy,
+    run_cli,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -61,10 +68,37 @@ def test_output_keeps_every_column_in_order_and_adds_the_estimate(
 
     assert result.returncode == 0, result.stdout + result.stderr
     output = read_csv(s3, bucket_with_model, "out/orders.csv")
-    assert output[0] == COLUMNS + ["est_hours_to_dispatch"]
+    assert output[0] == COLUMNS + ["est_hours_to_dispatch", "upper_hours_to_dispatch", "extrapolated"]
     assert [row[:4] for row in output[1:]] == ROWS
     assert [float(row[4]) for row in output[1:]] == [
         trained_model.predict_one(code, float(orders)) for _, code, _, orders in ROWS]
+
+
+@pytest.mark.parametrize("made", ["today", "before the served parts"])
+def test_single_batch_and_batch_scoring_agree_on_every_field(
+    s3: Any, s3_env: Dict[str, str], bucket_with_datasets: str, trained_model: Model, made: str
+) -> None:
+    model = trained_model if made == "today" else made_before_the_served_parts(trained_model)
+    served = persist_model_copy(bucket_with_datasets, model, datetime.now(timezone.utc), "a9e1d2c3")
+    highest = max(served.trained_range(code).highest for code in served.product_codes)
+    requests = [{"product_code": code, "orders_placed": orders} for code in served.product_codes
+                for orders in (0.0, 0.5, 37.0, 99.75, 150.0, highest, highest + 0.5, highest + 300.0, 1e6)]
+    rows = [[f"R{i}", r["product_code"], "", repr(r["orders_placed"])] for i, r in enumerate(requests)]
+    put_csv(s3, bucket_with_datasets, "in/agree.csv", [COLUMNS] + rows)
+
+    result = score(bucket_with_datasets, s3_env, "in/agree.csv", "out/agree.csv")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = TestClient(create_app(served))
+    single = [client.post(API.predict_path, json=r).json() for r in requests]
+    batch = client.post(API.predict_batch_path, json=requests).json()
+    metadata = s3.head_object(Bucket=bucket_with_datasets, Key="out/agree.csv")["Metadata"]
+    scored = [{"est_hours_to_dispatch": float(row[4]), "model_version": metadata[LAYOUT.model_version_metadata_key],
+               "upper_hours_to_dispatch": float(row[5]) if row[5] else None, "extrapolated": json.loads(row[6])}
+              for row in read_csv(s3, bucket_with_datasets, "out/agree.csv")[1:]]
+    assert single == batch == scored
+    assert {p["extrapolated"] for p in single} == {False, True}
+    assert (None in {p["upper_hours_to_dispatch"] for p in single}) is (made != "today")
 
 
 def test_output_metadata_and_log_name_the_model(
@@ -279,7 +313,8 @@ def test_main_in_process_scores_the_file_and_returns_0(
     assert score_batch.CLI.main([bucket_with_model, "in/orders.csv", "out/orders.csv"]) == 0
 
     assert error_lines("\n".join(cli_output())) == []
-    assert read_csv(s3, bucket_with_model, "out/orders.csv")[0] == COLUMNS + ["est_hours_to_dispatch"]
+    assert read_csv(s3, bucket_with_model, "out/orders.csv")[0] == COLUMNS + [
+        "est_hours_to_dispatch", "upper_hours_to_dispatch", "extrapolated"]
 
 
 def test_main_in_process_with_input_that_is_not_utf8_returns_1_saying_so_and_writes_nothing(
@@ -337,7 +372,8 @@ def test_backfill_predictions_hold_the_rows_the_actual_hours_and_the_estimate(
     key = dataset_keys(weekly_bucket)[1]
     header, *rows = read_csv(s3, weekly_bucket, predictions_key(key))
     dataset = read_csv(s3, weekly_bucket, key)
-    assert header == ["hours_to_dispatch", "orders_placed", "product_code", "est_hours_to_dispatch"]
+    assert header == ["hours_to_dispatch", "orders_placed", "product_code", "est_hours_to_dispatch",
+                      "upper_hours_to_dispatch", "extrapolated"]
     assert [row[:3] for row in rows] == dataset[1:]
     assert [float(row[3]) for row in rows] == [trained_model.predict_one(r[2], float(r[1])) for r in rows]
 

@@ -71,8 +71,20 @@ def get(port: int, path: str) -> Tuple[int, Any]:
 
 
 def expected_estimate(model: Model, product_code: str, orders_placed: float) -> float:
-    features = [[orders_placed, float(model.encoding.codes.index(product_code))]]
-    return float(model.estimator.predict(features)[0])
+    """The served estimate: the calibration's value after the last breakpoint below the point."""
+    assert model.calibration is not None
+    steps = model.calibration.per_product[product_code]
+    return steps.values[sum(1 for threshold in steps.thresholds if threshold < orders_placed)]
+
+
+def expected_answer(model: Model, product_code: str, orders_placed: float) -> Dict[str, Any]:
+    """Every field of the prediction the service answers."""
+    estimate = expected_estimate(model, product_code, orders_placed)
+    assert model.upper_bound is not None and model.trained_ranges is not None
+    trained = model.trained_ranges[product_code]
+    return {"est_hours_to_dispatch": pytest.approx(estimate, abs=1e-9), "model_version": str(model),
+            "upper_hours_to_dispatch": pytest.approx(estimate + model.upper_bound.margin_hours, abs=1e-9),
+            "extrapolated": not trained.lowest <= orders_placed <= trained.highest}
 
 
 # --- serving ------------------------------------------------------------------------------------
@@ -86,8 +98,7 @@ def test_module_cli_serves_the_newest_model(
     status, body = post(service.port, API.predict_path, EXAMPLE_REQUEST)
 
     assert status == 200
-    assert body == {"est_hours_to_dispatch": pytest.approx(expected_estimate(model, "SKU001", 112), abs=1e-9),
-                    "model_version": str(model)}
+    assert body == expected_answer(model, "SKU001", 112)
     assert get(service.port, API.ready_path) == (200, {"status": "ready", "model_version": str(model)})
     assert stop_service(service) == 0
 
@@ -189,7 +200,8 @@ def test_the_cli_falls_back_to_asyncio_and_h11_where_uvloop_and_httptools_are_mi
     status, body = post(service.port, API.predict_path, EXAMPLE_REQUEST)
     assert stop_service(service) == 0
 
-    assert (status, sorted(body)) == (200, ["est_hours_to_dispatch", "model_version"])
+    assert (status, sorted(body)) == (200, ["est_hours_to_dispatch", "extrapolated", "model_version",
+                                            "upper_hours_to_dispatch"])
     log = service.log()
     assert " - WARNING - lifecycle.run_server - uvloop event loop, httptools HTTP parser asked for, but not all " \
            "installed: falling back to the asyncio event loop, h11 HTTP parser" in log
@@ -244,8 +256,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(
     status_line, _, rest = response.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 200 OK"
     answer = json.loads(rest.partition(b"\r\n\r\n")[2])
-    assert answer == {"est_hours_to_dispatch": pytest.approx(expected_estimate(model, "SKU002", 140), abs=1e-9),
-                      "model_version": str(model)}
+    assert answer == expected_answer(model, "SKU002", 140)
     assert refused_during_shutdown
     assert service.process.wait(timeout=30) == 0
     assert not port_accepts(service.port)

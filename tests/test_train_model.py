@@ -41,7 +41,7 @@ def test_cli_trains_and_persists_a_model(s3: Any, s3_env: Dict[str, str], bucket
 @pytest.mark.parametrize(
     "argv",
     [[], ["only-a-bucket"], ["bucket", "0.9"], ["bucket", "high", "0.8"], ["bucket", "0", "0.8"],
-     ["bucket", "0.9", "1.5"], ["bucket", "0.9", "0.8", "surplus"]],
+     ["bucket", "0.9", "1.5"], ["bucket", "0.9", "0.8", "surplus"], ["bucket", "0.9", "0.8", "--upper-coverage", "1"]],
 )
 def test_cli_with_bad_arguments_exits_1_with_the_usage(s3_env: Dict[str, str], argv: List[str]) -> None:
     result = run_cli(["-m", "pipeline.train_model", *argv], s3_env)
@@ -191,6 +191,19 @@ def test_main_in_process_trains_persists_and_returns_0(
     assert any(f"to s3://{bucket_with_datasets}/{key}" in line for line in lines)
     assert error_lines("\n".join(lines)) == []
     assert all(LOG_LINE.match(line) for line in lines), lines
+
+
+@pytest.mark.e2e
+def test_main_in_process_passes_the_calibration_switch_and_the_upper_coverage_to_the_stage(
+    s3: Any, s3_env: Dict[str, str], bucket_with_datasets: str, cli_output: Callable[[], List[str]]
+) -> None:
+    exit_code = train_model.CLI.main([bucket_with_datasets, "0.9", "0.8", "--no-calibration", "--upper-coverage",
+                                      "0.75"])
+
+    assert exit_code == 0, cli_output()
+    model = get_live_model(bucket_with_datasets)
+    assert model.calibration is None and model.upper_bound is not None and model.upper_bound.coverage == 0.75
+    assert any("calibration is off: the tree's estimate is served" in line for line in cli_output())
 
 
 def test_main_in_process_without_a_signing_key_returns_1_with_the_one_error_line(

@@ -10,11 +10,20 @@ import platform
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from sklearn.tree import DecisionTreeRegressor
 
+from pipeline.artefact.calibration import (
+    Calibration,
+    InvalidServedPartError,
+    ServedEstimator,
+    TrainedRange,
+    UpperBound,
+    check_served_parts,
+)
+from pipeline.artefact.calibration import lineage as served_parts_lineage
 from pipeline.artefact.features import Numbers, ProductCodeEncoding, encode_features
 from pipeline.settings import ARTEFACT
 from pipeline.utils import quote
@@ -74,6 +83,22 @@ class MonotonicityReport:
         return max((p.largest_drop_hours for p in self.per_product.values()), default=0.0)
 
 
+class Estimate(NamedTuple):
+    """One prediction's fields besides `model_version`, as the API and batch scoring give them."""
+
+    est_hours_to_dispatch: float
+    upper_hours_to_dispatch: Optional[float]
+    extrapolated: bool
+
+
+class Estimates(NamedTuple):
+    """Many predictions' fields: arrays, `upper` None for a model without an upper bound."""
+
+    est_hours_to_dispatch: np.ndarray
+    upper_hours_to_dispatch: Optional[np.ndarray]
+    extrapolated: np.ndarray
+
+
 def library_versions() -> Dict[str, str]:
     """Versions of Python and of the libraries the artefact's pickle depends on."""
     import pandas
@@ -128,6 +153,10 @@ def check_model_structure(model: "Model") -> None:
             f"the largest orders_placed seen in training is {quote(max_orders)}, not an integer in "
             f"0..{ARTEFACT.max_trained_orders_placed}"
         )
+    try:
+        check_served_parts(codes, model.calibration, model.upper_bound, model.trained_ranges)
+    except InvalidServedPartError as error:
+        raise InvalidModelError(str(error)) from None
 
 
 def _check_tree(tree: Any) -> None:
@@ -226,6 +255,15 @@ class Model:
     # The SHA-256 of that report.html, signed with the artefact: the service serves the report
     # only if the object at report_key still has it. None for models made before it was recorded.
     report_sha256: Optional[str] = None
+    # The served estimate's parts (docs/data-and-model.md, "The served estimate"). Artefacts
+    # pickled before them read None from the class defaults and are served as before: the
+    # tree's estimate, no upper bound, and the whole week's largest orders_placed as the range.
+    # `metrics` are the served estimate's; `tree_metrics` the tree's own (None: they are equal).
+    calibration: Optional[Calibration] = None
+    upper_bound: Optional[UpperBound] = None
+    trained_ranges: Optional[Dict[str, TrainedRange]] = None
+    tree_metrics: Optional[TaskMetrics] = None
+    served_monotonicity: Optional[MonotonicityReport] = None
     _walker: Optional[_TreeWalker] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -247,6 +285,18 @@ class Model:
         return state
 
     @property
+    def served_estimator(self) -> ServedEstimator:
+        """The served estimate as an estimator of the encoded features (calibrated if calibrated)."""
+        return ServedEstimator(self.estimator, self.calibration, self.encoding.codes)
+
+    def trained_range(self, product_code: str) -> TrainedRange:
+        """The range of `orders_placed` a product was trained on; for a model made before ranges
+        were recorded, 0 to the largest `orders_placed` of its whole week."""
+        if self.trained_ranges is None:
+            return TrainedRange(0.0, float(self.monotonicity.max_orders_placed))
+        return self.trained_ranges[product_code]
+
+    @property
     def product_codes(self) -> Tuple[str, ...]:
         return self.encoding.codes
 
@@ -256,17 +306,61 @@ class Model:
         Raises:
             UnknownProductCodeError: if a product code is not one the model was trained on.
         """
-        return np.asarray(
-            self.estimator.predict(encode_features(orders_placed, product_codes, self.encoding)),
-            dtype=np.float64,
-        )
+        return self.served_estimator.predict(encode_features(orders_placed, product_codes, self.encoding))
 
-    def predict_one(self, product_code: str, orders_placed: float) -> float:
-        """The same estimate as `predict` for a single request, without numpy's overhead.
+    def predict_tree(self, product_codes: Sequence[str], orders_placed: Numbers) -> np.ndarray:
+        """The tree's own estimates (what is served when the model has no calibration).
+
+        Raises:
+            UnknownProductCodeError: if a product code is not one the model was trained on.
+        """
+        return np.asarray(self.estimator.predict(encode_features(orders_placed, product_codes, self.encoding)),
+                          dtype=np.float64)
+
+    def estimate(self, product_codes: Sequence[str], orders_placed: Numbers) -> Estimates:
+        """Every prediction field for many requests: the batch endpoint's and batch scoring's.
+
+        Raises:
+            UnknownProductCodeError: if a product code is not one the model was trained on.
+        """
+        orders = np.asarray(orders_placed, dtype=np.float64)
+        if orders.size == 0 and len(product_codes) == 0:  # the estimator refuses zero rows
+            nothing = np.empty(0, dtype=np.float64)
+            return Estimates(nothing, None if self.upper_bound is None else nothing, np.empty(0, dtype=bool))
+        estimates = self.predict(product_codes, orders)
+        upper = None if self.upper_bound is None else estimates + self.upper_bound.margin_hours
+        lowest, highest = self._range_arrays(product_codes)
+        return Estimates(estimates, upper, (orders < lowest) | (orders > highest))
+
+    def estimate_one(self, product_code: str, orders_placed: float) -> Estimate:
+        """`estimate` for a single request, without numpy: the single endpoint's.
 
         Raises:
             UnknownProductCodeError: if the product code is not one the model was trained on.
         """
+        estimate = self.predict_one(product_code, orders_placed)
+        upper = None if self.upper_bound is None else estimate + self.upper_bound.margin_hours
+        return Estimate(estimate, upper, self.trained_range(product_code).excludes(orders_placed))
+
+    def _range_arrays(self, product_codes: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        ranges = [self.trained_range(code) for code in self.encoding.codes]
+        index = self.encoding.encode(product_codes).astype(np.int64)
+        return (np.array([r.lowest for r in ranges], dtype=np.float64)[index],
+                np.array([r.highest for r in ranges], dtype=np.float64)[index])
+
+    def predict_one(self, product_code: str, orders_placed: float) -> float:
+        """The same estimate as `predict` for a single request, without numpy's overhead: one
+        binary search over the product's breakpoints, or the tree walk for a model without a
+        calibration.
+
+        Raises:
+            UnknownProductCodeError: if the product code is not one the model was trained on.
+        """
+        if self.calibration is not None:
+            steps = self.calibration.per_product.get(product_code)
+            if steps is not None:
+                return steps.at(orders_placed)
+            # an unknown code: the tree walk's encoding raises, naming it
         walker = self._walker
         if walker is None:
             walker = self._walker = _TreeWalker(self.estimator)
@@ -294,4 +388,11 @@ class Model:
                 "per_product": {k: asdict(v) for k, v in self.monotonicity.per_product.items()},
             },
             "library_versions": dict(self.library_versions),
+            "tree_metrics": None if self.tree_metrics is None else asdict(self.tree_metrics),
+            "served_monotonicity": None if self.served_monotonicity is None else {
+                "max_orders_placed": self.served_monotonicity.max_orders_placed,
+                "total_decreasing_steps": self.served_monotonicity.total_decreasing_steps,
+                "largest_drop_hours": self.served_monotonicity.largest_drop_hours,
+            },
+            **served_parts_lineage(self.calibration, self.upper_bound, self.trained_ranges),
         }

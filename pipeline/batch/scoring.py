@@ -1,12 +1,14 @@
 """Batch scoring: a CSV of orders in, the same rows with the model's estimate out, in chunks.
 
 The input needs at least the columns `orders_placed` and `product_code`; every other column
-is kept, values and order unchanged, and `est_hours_to_dispatch` is added last. Rows are read
+is kept, values and order unchanged, and the prediction's fields are added last:
+`est_hours_to_dispatch`, `upper_hours_to_dispatch` (empty for a model without an upper bound)
+and `extrapolated` (`true` or `false`). Rows are read
 and scored `chunk_rows` at a time, so memory does not grow with the file. A row that cannot
 be scored is never dropped silently: it becomes a reject (its line number, the reason and the
 original row) and is written to the rejects CSV. The estimates are the service's exactly:
-`Model.predict`, as the API's batch route calls it, printed as the shortest text that reads
-back as the same float (what the API's JSON holds).
+`Model.estimate`, as the API's batch route calls it, printed as the shortest text that reads
+back as the same float (what the API's JSON holds), the flag as JSON writes it.
 
     line,reason,row
     7,orders_placed is negative: '-3',"2021-07-01,-3,SKU001"
@@ -28,14 +30,20 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Te
 import numpy as np
 
 from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
-from pipeline.artefact.model import Model
+from pipeline.artefact.model import Estimates, Model
 from pipeline.settings import ARTEFACT, BATCH, LAYOUT, MESSAGES
 from pipeline.storage.client import delete_object
 from pipeline.storage.multipart import MultipartWriter, open_object_stream
 from pipeline.utils import listed, quote
 
 ESTIMATE_COLUMN = "est_hours_to_dispatch"
+UPPER_COLUMN = "upper_hours_to_dispatch"
+EXTRAPOLATED_COLUMN = "extrapolated"
+# What scoring adds to every row, in this order: the prediction's fields besides model_version.
+OUTPUT_COLUMNS = (ESTIMATE_COLUMN, UPPER_COLUMN, EXTRAPOLATED_COLUMN)
 REJECT_COLUMNS = ("line", "reason", "row")
+# The extrapolated flag as JSON writes it, so that a CSV reader and the API's client read the same.
+_FLAG_TEXT = {True: "true", False: "false"}
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +66,13 @@ class Reject(NamedTuple):
 
 class ScoredChunk(NamedTuple):
     """A chunk of the input: the scorable rows with their estimates, the rejects, and the
-    scored rows' output as CSV text (the row, a comma, the estimate)."""
+    scored rows' output as CSV text (the row, then the prediction's fields)."""
 
     rows: List[List[str]]
     product_codes: List[str]
     estimates: np.ndarray
+    upper: Optional[np.ndarray]
+    extrapolated: np.ndarray
     rejects: List[Reject]
     output: str
 
@@ -125,12 +135,13 @@ def read_header(reader: Any) -> CsvHeader:
     if missing:
         header = listed([quote(name) for name in columns[:MESSAGES.max_codes_named]], total=len(columns))
         raise ScoringError(f"the input has no column {' or '.join(missing)}; its header is {header}")
-    repeated = sorted({name for name in (ORDERS_COLUMN, PRODUCT_COLUMN, ESTIMATE_COLUMN)
+    repeated = sorted({name for name in (ORDERS_COLUMN, PRODUCT_COLUMN) + OUTPUT_COLUMNS
                        if columns.count(name) > 1})
     if repeated:
         raise ScoringError(f"the input's header repeats the column(s) {', '.join(repeated)}")
-    if ESTIMATE_COLUMN in columns:
-        raise ScoringError(f"the input already has a column {ESTIMATE_COLUMN}; refusing to overwrite it")
+    present = [name for name in OUTPUT_COLUMNS if name in columns]
+    if present:
+        raise ScoringError(f"the input already has a column {' and '.join(present)}; refusing to overwrite it")
     return CsvHeader(columns, columns.index(ORDERS_COLUMN), columns.index(PRODUCT_COLUMN))
 
 
@@ -234,8 +245,9 @@ def score_records(
         rows = list(itertools.compress(whole, fine.tolist()))
         codes = list(itertools.compress(codes, fine.tolist()))
         orders = orders[fine]
-    estimates = model.predict(codes, orders) if rows else np.empty(0, dtype=np.float64)
-    return ScoredChunk(rows, codes, estimates, rejects, _output_text(rows, estimates, width))
+    estimated = model.estimate(codes, orders)
+    return ScoredChunk(rows, codes, estimated.est_hours_to_dispatch, estimated.upper_hours_to_dispatch,
+                       estimated.extrapolated, rejects, _output_text(rows, estimated, width))
 
 
 def _line_numbers(records: List[List[str]], first_line: int, one_line_each: bool) -> List[int]:
@@ -250,15 +262,20 @@ def _line_numbers(records: List[List[str]], first_line: int, one_line_each: bool
     return starts
 
 
-def _output_text(rows: List[List[str]], estimates: np.ndarray, width: int) -> str:
-    """The scored rows with their estimates as CSV text.
+def _output_text(rows: List[List[str]], estimated: Estimates, width: int) -> str:
+    """The scored rows with their prediction fields as CSV text.
 
     repr of a float is the shortest text that reads back as the same float: what the API's
     JSON holds for the same estimate; the repr of a list holds each one's, made in one call.
     """
     if not rows:
         return ""
-    texts = repr(estimates.tolist())[1:-1].split(", ")
+    upper = estimated.upper_hours_to_dispatch
+    texts = list(map(",".join, zip(
+        repr(estimated.est_hours_to_dispatch.tolist())[1:-1].split(", "),
+        [""] * len(rows) if upper is None else repr(upper.tolist())[1:-1].split(", "),
+        map(_FLAG_TEXT.__getitem__, estimated.extrapolated.tolist()),
+    )))
     lines = list(map(",".join, rows))
     block = "\n".join(lines)
     if ('"' not in block and "\r" not in block and block.count("\n") == len(rows) - 1
@@ -267,7 +284,7 @@ def _output_text(rows: List[List[str]], estimates: np.ndarray, width: int) -> st
         # that a writer would make; it is much faster.
         return "\n".join(map(",".join, zip(lines, texts))) + "\n"
     for row, text in zip(rows, texts):
-        row.append(text)
+        row.extend(text.split(","))
     return csv_bytes(rows).decode("utf-8")
 
 
@@ -380,7 +397,7 @@ def score_object(
             MultipartWriter(bucket, rejects_key, metadata=metadata, client=client) as rejects:
         chunks = score_chunks(text, model, chunk_rows)
         header: CsvHeader = next(chunks)
-        output.write(csv_bytes([header.columns + [ESTIMATE_COLUMN]]))
+        output.write(csv_bytes([header.columns + list(OUTPUT_COLUMNS)]))
         rejects.write(csv_bytes([REJECT_COLUMNS]))
         for chunk in chunks:
             summary.add(chunk)

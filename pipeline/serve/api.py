@@ -1,7 +1,8 @@
 """The service's HTTP API: request and response schemas, routes, and the 422 handler.
 
     POST /api/v0.1/time_to_dispatch        {"product_code": "SKU001", "orders_placed": 112}
-                                           -> {"est_hours_to_dispatch": 5.321, "model_version": "..."}
+                                           -> {"est_hours_to_dispatch": 5.321, "model_version": "...",
+                                               "upper_hours_to_dispatch": 6.9, "extrapolated": false}
     POST /api/v0.1/time_to_dispatch/batch  [request, ...] (1 to 1,000) -> [prediction, ...]
     GET  /api/v0.1/model                   the model's lineage
     GET  /api/v0.1/model/report            the model's report (HTML), 404 for a model without one
@@ -61,6 +62,13 @@ class Prediction(BaseModel):
 
     est_hours_to_dispatch: float = Field(description="Estimated hours until the order is dispatched.")
     model_version: str = Field(description="The model artefact that made the estimate, with its lineage.")
+    upper_hours_to_dispatch: Optional[float] = Field(
+        description="The order is dispatched within this many hours at the model's stated coverage (0.9 by "
+        "default: 9 orders in 10, measured on held-out orders); never below the estimate. null for a model "
+        "made before upper bounds existed.")
+    extrapolated: bool = Field(
+        description="True when orders_placed is outside the range the model was trained on for this product: "
+        "the estimate is then the one at the nearest edge of that range, not extended beyond the data.")
 
 
 class PredictionRequest(BaseModel):
@@ -209,9 +217,11 @@ def create_app(
               responses=BODY_ERROR_RESPONSES)
     async def time_to_dispatch(request: request_model) -> Prediction:  # type: ignore[valid-type]
         body = cast(PredictionRequest, request)
-        estimate = model.predict_one(body.product_code, body.orders_placed)
-        observe_prediction(body.product_code, body.orders_placed)
-        return Prediction(est_hours_to_dispatch=estimate, model_version=version)
+        estimate = model.estimate_one(body.product_code, body.orders_placed)
+        observe_prediction(body.product_code, body.orders_placed, estimate.extrapolated)
+        return Prediction(est_hours_to_dispatch=estimate.est_hours_to_dispatch, model_version=version,
+                          upper_hours_to_dispatch=estimate.upper_hours_to_dispatch,
+                          extrapolated=estimate.extrapolated)
 
     # One vectorised call of the estimator for the whole batch; a batch of 1,000 takes well
     # under a millisecond, so it too stays on the event loop.
@@ -225,9 +235,13 @@ def create_app(
         bodies = cast(List[PredictionRequest], requests)
         codes = [body.product_code for body in bodies]
         orders = [body.orders_placed for body in bodies]
-        estimates = model.predict(codes, orders)
-        observe_predictions(codes, orders)
-        return [Prediction(est_hours_to_dispatch=float(e), model_version=version) for e in estimates]
+        estimates = model.estimate(codes, orders)
+        observe_predictions(codes, orders, estimates.extrapolated)
+        upper = estimates.upper_hours_to_dispatch
+        uppers = [None] * len(bodies) if upper is None else upper.tolist()
+        return [Prediction(est_hours_to_dispatch=e, model_version=version, upper_hours_to_dispatch=u, extrapolated=x)
+                for e, u, x in zip(estimates.est_hours_to_dispatch.tolist(), uppers,
+                                   estimates.extrapolated.tolist())]
 
     @app.get(API.model_path, summary="The model's lineage")
     async def model_lineage() -> Dict[str, Any]:
@@ -261,11 +275,11 @@ def create_app(
     return app
 
 
-def _ignore_prediction(product_code: str, orders_placed: float) -> None:
+def _ignore_prediction(product_code: str, orders_placed: float, extrapolated: bool) -> None:
     pass
 
 
-def _ignore_predictions(product_codes: Sequence[str], orders_placed: Sequence[float]) -> None:
+def _ignore_predictions(product_codes: Sequence[str], orders_placed: Sequence[float], extrapolated: Any) -> None:
     pass
 
 

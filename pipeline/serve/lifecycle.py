@@ -70,16 +70,20 @@ def check_library_versions(model: Model, installed: str = sklearn.__version__) -
 def warm_up(model: Model) -> None:
     """Exercise both prediction paths for every product code and check they agree.
 
-    Builds the tables of the tree walk (`Model.predict_one`, what the single endpoint uses)
-    before the first request, and compares it with the estimator (what the batch endpoint
-    uses) at every half order from 0 to the largest `orders_placed` seen in training and at
-    every split threshold of the tree.
+    Builds the tables of the tree walk (`Model.predict_one`, what the single endpoint uses;
+    for a calibrated model, the binary search over its breakpoints) before the first request,
+    and compares it with the estimator (what the batch endpoint uses) at every half order from
+    0 to the largest `orders_placed` seen in training, at every split threshold of the tree and
+    at every breakpoint of the calibration, and just above each.
 
     Raises:
         ModelCompatibilityError: if the tree walk and the estimator disagree anywhere.
     """
     orders = np.arange(0.0, model.monotonicity.max_orders_placed + 1.0, 0.5)
     thresholds = model.estimator.tree_.threshold[model.estimator.tree_.feature == 0]
+    if model.calibration is not None:
+        breakpoints = [steps.thresholds for steps in model.calibration.per_product.values()]
+        thresholds = np.concatenate([thresholds, *[np.asarray(b, dtype=np.float64) for b in breakpoints]])
     orders = np.unique(np.concatenate([orders, thresholds, np.nextafter(thresholds, np.inf)]))
     orders = orders[(orders >= 0) & (orders <= ARTEFACT.max_accepted_orders_placed)]
     for code in model.product_codes:

@@ -5,6 +5,7 @@ What `/metrics` exposes (the Prometheus text format, `prometheus-client`'s expos
     time_to_dispatch_http_requests_total{route, method, status}     counter
     time_to_dispatch_http_request_duration_seconds{route}           histogram, sub-millisecond buckets
     time_to_dispatch_predictions_total{product_code}                 counter, batch items one by one
+    time_to_dispatch_extrapolated_predictions_total{product_code}    counter, those flagged extrapolated
     time_to_dispatch_requested_orders_placed{product_code}          histogram of the requests' orders_placed
     time_to_dispatch_model_info{artefact_id, model_version, ...}    1, labelled with the served model
     time_to_dispatch_model_created_timestamp_seconds                gauge
@@ -115,6 +116,7 @@ class ServiceMetrics(Collector):
         self.requests: Dict[Tuple[str, str, str], int] = {}
         self.latency: Dict[str, _Histogram] = {}
         self.predictions = {code: 0 for code in model.product_codes}
+        self.extrapolated = {code: 0 for code in model.product_codes}
         self.orders_placed = {code: _Histogram(ORDERS_PLACED_BUCKETS) for code in model.product_codes}
         self.registry = CollectorRegistry(auto_describe=True)
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
@@ -132,19 +134,24 @@ class ServiceMetrics(Collector):
             histogram = self.latency[route] = _Histogram(LATENCY_BUCKETS_SECONDS)
         histogram.observe(seconds)
 
-    def observe_prediction(self, product_code: str, orders_placed: float) -> None:
+    def observe_prediction(self, product_code: str, orders_placed: float, extrapolated: bool) -> None:
         """Count one prediction; `product_code` is one of the model's (the API validated it)."""
         self.predictions[product_code] += 1
         self.orders_placed[product_code].observe(orders_placed)
+        if extrapolated:
+            self.extrapolated[product_code] += 1
 
-    def observe_predictions(self, product_codes: Sequence[str], orders_placed: Sequence[float]) -> None:
+    def observe_predictions(self, product_codes: Sequence[str], orders_placed: Sequence[float],
+                            extrapolated: np.ndarray) -> None:
         """Count a batch's predictions, each one singly."""
         codes = np.asarray(product_codes)
         orders = np.asarray(orders_placed, dtype=np.float64)
         for code in np.unique(codes):
-            selected = orders[codes == code]
+            chosen = codes == code
+            selected = orders[chosen]
             self.predictions[str(code)] += int(selected.size)
             self.orders_placed[str(code)].observe_many(selected)
+            self.extrapolated[str(code)] += int(np.count_nonzero(extrapolated[chosen]))
 
     def exposition(self) -> bytes:
         """Every metric of the registry in the Prometheus text format."""
@@ -168,6 +175,13 @@ class ServiceMetrics(Collector):
         for code, count in self.predictions.items():
             predictions.add_metric([code], count)
         yield predictions
+        extrapolated = CounterMetricFamily(
+            f"{PREFIX}_extrapolated_predictions", "Estimates for an orders_placed outside the range the model "
+            "was trained on for the product, by product code (each batch item counts once).",
+            labels=["product_code"])
+        for code, count in self.extrapolated.items():
+            extrapolated.add_metric([code], count)
+        yield extrapolated
         yield _histogram_family(
             f"{PREFIX}_requested_orders_placed",
             "The orders_placed of the estimates requested, by product code.",

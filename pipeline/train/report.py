@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from pipeline.artefact.features import LABEL_COLUMN, ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
+from pipeline.settings import MESSAGES, TRAIN
 from pipeline.train.champion import ChampionComparison, Decision
 from pipeline.train.drift import DriftReport
 
@@ -84,6 +85,16 @@ def report_content(findings: RunFindings) -> Dict[str, Any]:
                     "version_id": model.dataset.version_id},
         "metrics": {"r_squared": model.metrics.r_squared, "mean_absolute_error": model.metrics.mean_absolute_error,
                     "n_train": model.metrics.n_train, "n_test": model.metrics.n_test},
+        "tree_metrics": None if model.tree_metrics is None else {
+            "r_squared": model.tree_metrics.r_squared,
+            "mean_absolute_error": model.tree_metrics.mean_absolute_error},
+        "calibrated": model.calibration is not None,
+        "dips": {"tree": model.monotonicity.total_decreasing_steps,
+                 "served": None if model.served_monotonicity is None
+                 else model.served_monotonicity.total_decreasing_steps},
+        "upper_bound": upper_bound_content(findings),
+        "trained_ranges": {code: [model.trained_range(code).lowest, model.trained_range(code).highest]
+                           for code in model.product_codes},
         "hyperparameters": dict(model.hyperparameters),
         "product_codes": list(model.product_codes),
         "logic_checks": {"passed": not findings.logic_failures, "failures": list(findings.logic_failures)},
@@ -100,6 +111,33 @@ def report_content(findings: RunFindings) -> Dict[str, Any]:
         "decision": findings.decision.to_json(),
         "plots": list(PLOT_FILES.values()),
     }
+
+
+def upper_bound_content(findings: RunFindings) -> Optional[Dict[str, Any]]:
+    """The upper bound and its coverage of the held-out rows: the new model's (the rows it was
+    fitted on, so at least its coverage by construction) and the live model's (rows it never
+    saw: next week's coverage, the claim that matters)."""
+    bound = findings.model.upper_bound
+    if bound is None:
+        return None
+    content: Dict[str, Any] = {"coverage": bound.coverage, "margin_hours": bound.margin_hours,
+                               "held_out_coverage": held_out_coverage(findings.model, findings),
+                               "live_model_coverage": None}
+    champion = findings.champion
+    if champion is not None and champion.upper_bound is not None:
+        content["live_model_coverage"] = held_out_coverage(champion, findings)
+    return content
+
+
+def held_out_coverage(model: Model, findings: RunFindings) -> Optional[float]:
+    """The share of the held-out rows (of codes the model knows) at or below its upper bound."""
+    known = np.array([code in model.product_codes for code in findings.test_codes], dtype=bool)
+    if not known.any():
+        return None
+    estimates = model.estimate([c for c, k in zip(findings.test_codes, known) if k], findings.test_orders[known])
+    if estimates.upper_hours_to_dispatch is None:
+        return None
+    return float(np.mean(findings.test_labels[known] <= estimates.upper_hours_to_dispatch))
 
 
 # --- plots: each takes data and returns a figure -----------------------------------------
@@ -122,8 +160,9 @@ def plot_predicted_vs_actual(labels: np.ndarray, predictions: np.ndarray, codes:
 
 
 def plot_estimate_curves(model: Model, champion: Optional[Model], week: pd.DataFrame) -> Figure:
-    """Each product's estimate over orders_placed (new model, and the live model dashed) with
-    the week's orders as points."""
+    """Each product's served estimate over orders_placed, with the tree's own steps, the upper
+    bound, the trained range's edges (beyond them requests are flagged extrapolated) and the
+    live model's estimate dashed, against the week's orders as points."""
     codes = list(model.product_codes)
     columns = min(len(codes), 3)
     rows = math.ceil(len(codes) / columns)
@@ -132,11 +171,25 @@ def plot_estimate_curves(model: Model, champion: Optional[Model], week: pd.DataF
     orders = pd.to_numeric(week[ORDERS_COLUMN], errors="coerce")
     labels = pd.to_numeric(week[LABEL_COLUMN], errors="coerce")
     week_codes = week[PRODUCT_COLUMN].astype(str).str.strip()
-    grid = np.arange(0.0, float(np.nanmax(orders.to_numpy())) + 1.0)
+    grid = np.arange(0.0, float(np.nanmax(orders.to_numpy())) + TRAIN.dips_beyond_orders + TRAIN.dips_step_orders,
+                     TRAIN.dips_step_orders)
     for axes, code in zip(axes_grid, codes):
         mask = (week_codes == code).to_numpy()
         axes.scatter(orders[mask], labels[mask], s=6, alpha=0.35, color="grey", label="this week's orders")
-        axes.plot(grid, model.predict([code] * len(grid), grid), color="tab:blue", label="new model")
+        estimates = model.estimate([code] * len(grid), grid)
+        if model.calibration is not None:
+            axes.plot(grid, model.predict_tree([code] * len(grid), grid), color="tab:green", linewidth=0.8,
+                      alpha=0.8, drawstyle="steps-post", label="the tree's steps")
+        axes.plot(grid, estimates.est_hours_to_dispatch, color="tab:blue", drawstyle="steps-post",
+                  label="new model (served)")
+        if estimates.upper_hours_to_dispatch is not None and model.upper_bound is not None:
+            axes.plot(grid, estimates.upper_hours_to_dispatch, color="tab:blue", linestyle=":",
+                      drawstyle="steps-post", label=f"upper bound ({model.upper_bound.coverage:g})")
+        trained = model.trained_range(code)
+        for edge in (trained.lowest, trained.highest):
+            axes.axvline(edge, color="tab:red", linewidth=0.8, linestyle="-.")
+        axes.axvspan(trained.highest, float(grid[-1]), color="tab:red", alpha=0.06,
+                     label="extrapolated (outside the trained range)")
         if champion is not None and code in champion.product_codes:
             axes.plot(grid, champion.predict([code] * len(grid), grid), color="tab:orange", linestyle="--",
                       label=f"live model {champion.artefact_id}")
@@ -193,7 +246,10 @@ _CAPTIONS = {
     "predicted_vs_actual.png": "Each dot is an order held back from training: how long it really took (across) "
                                "and what the new model estimated (up). Dots near the dashed line are good estimates.",
     "estimate_curves.png": "For each product, the estimate as the day gets busier. Grey dots are this week's orders; "
-                           "the blue line is the new model, the dashed orange line the model serving until now.",
+                           "the blue steps are the new model's served estimate (never lower for a busier day), the "
+                           "green steps the tree it calibrates, the dotted blue line its upper bound, the dashed "
+                           "orange line the model serving until now; red lines mark the range of orders trained on, "
+                           "beyond which requests are flagged extrapolated.",
     "residuals_by_product.png": "How far off the new model was on held-back orders, per product. Boxes "
                                 "centred on zero and of similar height mean no product is systematically "
                                 "over- or under-estimated.",
@@ -227,6 +283,7 @@ def report_html(content: Dict[str, Any], pngs: Dict[str, bytes]) -> str:
         f"{metrics['mean_absolute_error']:.2f} hours on average (mean absolute error), and it explains "
         f"{metrics['r_squared']:.1%} of the variation in dispatch times (r²; required: at least "
         f"{content['r_squared_thresholds']['error']:.0%}).</p>",
+        f"<p>{e(_served_sentence(content))}</p>",
         "<h2>Against the model serving until now</h2>", f"<p>{e(_champion_sentence(content))}</p>",
         "<h2>Common-sense checks</h2>",
         "<p class=\"ok\">Passed: estimates rise from 100 to 150 orders for every product; none is negative "
@@ -241,6 +298,28 @@ def report_html(content: Dict[str, Any], pngs: Dict[str, bytes]) -> str:
                      f"<figcaption>{e(_CAPTIONS.get(name, name))}</figcaption></figure>")
     parts.append(f"<p><small>{e(content['model_version'])}</small></p></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _served_sentence(content: Dict[str, Any]) -> str:
+    """The calibration, the upper bound and its held-out coverage, and the trained ranges, in words."""
+    tree, dips, bound = content["tree_metrics"], content["dips"], content["upper_bound"]
+    words = []
+    if content["calibrated"] and tree is not None:
+        words.append(f"The served estimate is the tree's, made never lower for a busier day: the tree alone was off "
+                     f"by {tree['mean_absolute_error']:.2f} hours and fell {dips['tree']} time(s) as orders grew; "
+                     f"the served estimate falls {dips['served']} time(s).")
+    elif tree is not None:
+        words.append("Calibration was off for this run: the tree's own estimate is served.")
+    if bound is not None:
+        live = bound["live_model_coverage"]
+        words.append(f"Upper bound: estimate + {bound['margin_hours']:.2f} hours, for {bound['coverage']:.0%} of "
+                     f"orders; it covered {bound['held_out_coverage']:.1%} of the held-out orders it was fitted on"
+                     + (f", and the serving model's bound covered {live:.1%} of them (orders it never saw)."
+                        if live is not None else "."))
+    ranges = ", ".join(f"{code} {low:g}-{high:g}" for code, (low, high) in
+                       list(content["trained_ranges"].items())[:MESSAGES.max_codes_named])
+    words.append(f"Requests outside the orders_placed trained on are flagged extrapolated ({ranges}).")
+    return " ".join(words)
 
 
 def _champion_sentence(content: Dict[str, Any]) -> str:

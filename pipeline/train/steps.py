@@ -13,6 +13,7 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeRegressor
 
+from pipeline.artefact.calibration import Calibration, TrainedRange, UpperBound
 from pipeline.artefact.features import (
     DATASET_COLUMNS,
     LABEL_COLUMN,
@@ -187,8 +188,9 @@ def prepare_data(raw: pd.DataFrame) -> PreparedData:
     )
 
 
-def evaluate(estimator: DecisionTreeRegressor, data: PreparedData) -> TaskMetrics:
-    """r² and mean absolute error on the test split."""
+def evaluate(estimator: Any, data: PreparedData, what: str = "test metrics") -> TaskMetrics:
+    """r² and mean absolute error on the test split; `estimator` is anything with the tree's
+    `predict` on encoded features (the tree, or the served estimator)."""
     predictions = estimator.predict(data.X_test)
     metrics = TaskMetrics(
         r_squared=float(r2_score(data.y_test, predictions)),
@@ -197,7 +199,7 @@ def evaluate(estimator: DecisionTreeRegressor, data: PreparedData) -> TaskMetric
         n_test=len(data.y_test),
     )
     log.info(
-        f"test metrics: r²={metrics.r_squared:.4f}, MAE={metrics.mean_absolute_error:.4f} hours "
+        f"{what}: r²={metrics.r_squared:.4f}, MAE={metrics.mean_absolute_error:.4f} hours "
         f"({metrics.n_test} test rows)"
     )
     return metrics
@@ -208,8 +210,11 @@ def test_rows(data: PreparedData) -> Tuple[np.ndarray, List[str]]:
     return data.X_test[:, 0].copy(), [data.encoding.codes[int(i)] for i in data.X_test[:, 1]]
 
 
-def logic_check_failures(estimator: DecisionTreeRegressor, data: PreparedData) -> List[str]:
+def logic_check_failures(estimator: Any, data: PreparedData) -> List[str]:
     """The three checks a model must pass before it is persisted; returns every failure.
+
+    `estimator` is anything with the tree's `predict` on encoded features: the train stage
+    passes the served estimator, so the checks judge what is served.
 
     - every product: a strictly higher estimate at 150 orders than at 100;
     - no negative estimate on the test set;
@@ -246,7 +251,7 @@ def logic_check_failures(estimator: DecisionTreeRegressor, data: PreparedData) -
     return failures
 
 
-def logic_check_headroom(estimator: DecisionTreeRegressor, data: PreparedData) -> Dict[str, float]:
+def logic_check_headroom(estimator: Any, data: PreparedData) -> Dict[str, float]:
     """How far the model is from failing each logic check (positive: that much room):
     the smallest rise of a product's estimate from check_orders_low to check_orders_high orders,
     the lowest estimate on the test set (above 0), and the room under the test set's ceiling."""
@@ -262,7 +267,7 @@ def logic_check_headroom(estimator: DecisionTreeRegressor, data: PreparedData) -
     }
 
 
-def check_model_logic(estimator: DecisionTreeRegressor, data: PreparedData) -> None:
+def check_model_logic(estimator: Any, data: PreparedData) -> None:
     """The logic checks of `logic_check_failures`, as a gate of their own.
 
     Raises:
@@ -302,9 +307,15 @@ def check_r_squared(metrics: TaskMetrics, error_threshold: float, warning_thresh
         raise ModelValidationError(f"{failure}; no model persisted")
 
 
-def measure_monotonicity(estimator: DecisionTreeRegressor, data: PreparedData) -> MonotonicityReport:
-    """Count, per product, the whole-order steps where the estimate falls, and the largest fall."""
-    orders = np.arange(0, data.max_orders_placed + 1, dtype=np.float64)
+def measure_monotonicity(estimator: Any, data: PreparedData, step: float = 1.0, beyond: float = 0.0,
+                         what: str = "the tree") -> MonotonicityReport:
+    """Count, per product, the points where the estimate falls, and the largest fall.
+
+    The points are 0, `step`, 2 `step`, ... up to the largest `orders_placed` plus `beyond`;
+    `estimator` is anything with the tree's `predict` on encoded features (the tree, or the
+    served estimator).
+    """
+    orders = np.arange(0.0, data.max_orders_placed + beyond + step / 2, step, dtype=np.float64)
     per_product: Dict[str, ProductMonotonicity] = {}
     for code in data.encoding.codes:
         estimates = estimator.predict(encode_features(orders, [code] * len(orders), data.encoding))
@@ -316,8 +327,9 @@ def measure_monotonicity(estimator: DecisionTreeRegressor, data: PreparedData) -
         )
     report = MonotonicityReport(data.max_orders_placed, per_product)
     log.info(
-        f"monotonicity over 0..{data.max_orders_placed} orders: {report.total_decreasing_steps} "
-        f"decreasing step(s), largest drop {report.largest_drop_hours:.3f}h; per product "
+        f"monotonicity of {what} over 0..{data.max_orders_placed + beyond:g} orders in steps of {step:g}: "
+        f"{report.total_decreasing_steps} decreasing step(s), largest drop {report.largest_drop_hours:.3f}h; "
+        "per product "
         + listed([f"{c}: {p.decreasing_steps}" for c, p in list(per_product.items())[:MESSAGES.max_codes_named]],
                  total=len(per_product))
     )
@@ -330,9 +342,18 @@ def build_model(
     data: PreparedData,
     metrics: TaskMetrics,
     dataset: Dataset,
+    *,
+    calibration: Optional[Calibration] = None,
+    upper_bound: Optional[UpperBound] = None,
+    ranges: Optional[Dict[str, TrainedRange]] = None,
+    tree_metrics: Optional[TaskMetrics] = None,
 ) -> Model:
     """Wrap the tuned estimator with its lineage (the commit from `GIT_COMMIT_HASH`), and check it
     as every reader will: the train stage never persists a model the serve stage would refuse.
+
+    `metrics` are the served estimate's, `tree_metrics` the tree's own; the tree's dips are
+    measured as before (whole orders, 0 to the largest `orders_placed`) and the served
+    estimate's over TRAIN.dips_step_orders steps to TRAIN.dips_beyond_orders past it.
 
     Raises:
         InvalidModelError: the model fails `check_model_structure` (the same check, with the
@@ -348,7 +369,13 @@ def build_model(
         hyperparameters=dict(hyperparameters),
         monotonicity=measure_monotonicity(estimator, data),
         git_commit=environment_value(ENVIRONMENT.git_commit) or "unknown",
+        calibration=calibration,
+        upper_bound=upper_bound,
+        trained_ranges=ranges,
+        tree_metrics=tree_metrics,
     )
+    model.served_monotonicity = measure_monotonicity(
+        model.served_estimator, data, TRAIN.dips_step_orders, TRAIN.dips_beyond_orders, "the served estimate")
     check_model_structure(model)
     return model
 

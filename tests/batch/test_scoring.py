@@ -29,7 +29,10 @@ def test_scored_rows_keep_every_column_and_the_estimate_is_appended(trained_mode
     output = scoring.output_bytes(chunk).decode()
 
     expected = trained_model.predict(["SKU001", "SKU005"], [112.0, 3.5]).tolist()
-    assert output == f'A1,112,SKU001,"x, with comma",{expected[0]!r}\nA2,3.5,SKU005,,{expected[1]!r}\n'
+    assert trained_model.upper_bound is not None
+    upper = [e + trained_model.upper_bound.margin_hours for e in expected]
+    assert output == (f'A1,112,SKU001,"x, with comma",{expected[0]!r},{upper[0]!r},false\n'
+                      f'A2,3.5,SKU005,,{expected[1]!r},{upper[1]!r},false\n')
 
 
 def test_estimates_are_the_models_predictions_to_the_last_bit(trained_model: Model) -> None:
@@ -197,4 +200,7 @@ def test_plain_rows_are_written_as_their_original_text_plus_the_estimate(trained
     chunk = run(text, trained_model)[1]
 
     first, third = trained_model.predict(["SKU001", "SKU002"], [112.0, 7.5]).tolist()
-    assert scoring.output_bytes(chunk).decode() == f"A1,0112,SKU001,n,{first!r}\nA3,7.50,SKU002,,{third!r}\n"
+    assert trained_model.upper_bound is not None
+    margin = trained_model.upper_bound.margin_hours
+    assert scoring.output_bytes(chunk).decode() == (f"A1,0112,SKU001,n,{first!r},{first + margin!r},false\n"
+                                                    f"A3,7.50,SKU002,,{third!r},{third + margin!r},false\n")

@@ -233,9 +233,12 @@ def service_run(
 
 def test_service_run_by_bodywork_answers_a_prediction_from_the_trained_model(service_run: ServiceRun) -> None:
     assert service_run.response.status_code == 200, service_run.response.text
+    estimate = service_run.model.estimate_one("SKU001", 112)
     assert service_run.response.json() == {
-        "est_hours_to_dispatch": pytest.approx(service_run.model.predict_one("SKU001", 112)),
+        "est_hours_to_dispatch": pytest.approx(estimate.est_hours_to_dispatch),
         "model_version": str(service_run.model),
+        "upper_hours_to_dispatch": pytest.approx(estimate.upper_hours_to_dispatch),
+        "extrapolated": estimate.extrapolated,
     }
 
 

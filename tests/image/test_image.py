@@ -227,9 +227,12 @@ def run_service(image: str, name: str, options: List[str], command: List[str], p
 
 
 def expected_answer(model: Model) -> Dict[str, Any]:
+    estimate = model.estimate_one("SKU001", 112)
     return {
-        "est_hours_to_dispatch": pytest.approx(model.predict_one("SKU001", 112)),
+        "est_hours_to_dispatch": pytest.approx(estimate.est_hours_to_dispatch),
         "model_version": str(model),
+        "upper_hours_to_dispatch": pytest.approx(estimate.upper_hours_to_dispatch),
+        "extrapolated": estimate.extrapolated,
     }
 
 

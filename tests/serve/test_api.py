@@ -20,19 +20,30 @@ from pipeline.train import steps, tuning
 
 
 def estimator_predictions(model: Model, product_code: str, orders_placed: List[float]) -> np.ndarray:
-    """What the wrapped scikit-learn estimator itself predicts for one product code."""
+    """What is served for one product code, computed here from the artefact's parts: the
+    calibration's step function (the value after the last breakpoint below each point), or the
+    wrapped scikit-learn estimator's own prediction for a model without a calibration."""
+    if model.calibration is not None:
+        steps = model.calibration.per_product[product_code]
+        index = [sum(1 for threshold in steps.thresholds if threshold < value) for value in orders_placed]
+        return np.array([steps.values[i] for i in index], dtype=np.float64)
     code_index = model.encoding.codes.index(product_code)
     features = np.column_stack([orders_placed, np.full(len(orders_placed), float(code_index))])
     return np.asarray(model.estimator.predict(features), dtype=np.float64)
 
 
 def orders_to_check(model: Model) -> List[float]:
-    """Whole orders over the trained range and beyond, and each split threshold and the value just above.
+    """Whole orders over the trained range and beyond, and each split threshold and calibration
+    breakpoint, and the value just above each.
 
-    The thresholds are where an exact tree walk and scikit-learn could part ways.
+    The thresholds are where an exact tree walk and scikit-learn could part ways, the
+    breakpoints where the binary search and numpy's could.
     """
     tree = model.estimator.tree_
     thresholds = tree.threshold[tree.feature == 0]
+    if model.calibration is not None:
+        thresholds = np.concatenate([thresholds] + [np.asarray(steps.thresholds)
+                                                    for steps in model.calibration.per_product.values()])
     values = np.concatenate([
         np.arange(0, model.monotonicity.max_orders_placed + 30),
         thresholds,
@@ -57,10 +68,33 @@ def test_prediction_answers_the_estimate_and_the_model_version(client: TestClien
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
+    estimate = estimator_predictions(served_model, "SKU001", [112])[0]
+    assert served_model.upper_bound is not None
     assert response.json() == {
-        "est_hours_to_dispatch": pytest.approx(estimator_predictions(served_model, "SKU001", [112])[0], abs=1e-9),
+        "est_hours_to_dispatch": pytest.approx(estimate, abs=1e-9),
         "model_version": str(served_model),
+        "upper_hours_to_dispatch": pytest.approx(estimate + served_model.upper_bound.margin_hours, abs=1e-9),
+        "extrapolated": False,
     }
+    assert list(response.json()) == ["est_hours_to_dispatch", "model_version", "upper_hours_to_dispatch",
+                                     "extrapolated"]
+
+
+def test_a_request_above_the_trained_range_is_flagged_extrapolated_and_counted(
+    client: TestClient, served_model: Model
+) -> None:
+    highest = served_model.trained_range("SKU004").highest
+    inside = post_json(client, API.predict_path, {"product_code": "SKU004", "orders_placed": highest}).json()
+    above = post_json(client, API.predict_path, {"product_code": "SKU004", "orders_placed": highest + 100}).json()
+    batch = post_json(client, API.predict_batch_path, [{"product_code": "SKU004", "orders_placed": highest + 1},
+                                                       {"product_code": "SKU001", "orders_placed": 10}]).json()
+
+    assert inside["extrapolated"] is False and above["extrapolated"] is True
+    assert above["est_hours_to_dispatch"] == inside["est_hours_to_dispatch"]  # not invented beyond the data
+    assert [item["extrapolated"] for item in batch] == [True, False]
+    metrics = client.get(API.metrics_path).text
+    assert 'time_to_dispatch_extrapolated_predictions_total{product_code="SKU004"} 2.0' in metrics
+    assert 'time_to_dispatch_extrapolated_predictions_total{product_code="SKU001"} 0.0' in metrics
 
 
 def test_model_version_names_the_artefact_hash_dataset_and_commit(client: TestClient, served_model: Model) -> None:

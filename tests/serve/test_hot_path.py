@@ -24,7 +24,7 @@ from pipeline.serve.api import (
 )
 from pipeline.serve.hot_path import HotPathMiddleware, HotPathRoute
 from pipeline.settings import API, ARTEFACT, LOCAL, SERVE
-from tests.helpers import parse_metrics
+from tests.helpers import made_before_the_served_parts, parse_metrics
 
 Answer = Tuple[int, List[Tuple[bytes, bytes]], bytes]
 MOST_ORDERS = ARTEFACT.max_accepted_orders_placed
@@ -113,7 +113,8 @@ Request3 = build_request_model(["SKU001", "SKU002", "SKU003"])
 
 
 async def tenth_of_the_orders(request: Request3) -> Prediction:  # type: ignore[valid-type]
-    return Prediction(est_hours_to_dispatch=request.orders_placed / 10, model_version="v")
+    return Prediction(est_hours_to_dispatch=request.orders_placed / 10, model_version="v",
+                      upper_hours_to_dispatch=request.orders_placed / 5, extrapolated=request.orders_placed > 300)
 
 
 def recorded_app() -> FastAPI:
@@ -173,10 +174,23 @@ def test_valid_requests_get_the_stock_routes_exact_status_headers_and_bytes(trai
         assert answer[0] == 200
 
 
+def test_a_model_without_the_served_parts_gets_the_stock_routes_exact_bytes_too(trained_model: Model) -> None:
+    old = made_before_the_served_parts(trained_model)
+    hot, stock = create_app(old), create_app(old, hot_path=False)
+
+    answers = [asgi_post(hot, body) for body in valid_bodies(old)]
+
+    assert answers == [asgi_post(stock, body) for body in valid_bodies(old)]
+    predictions = [json.loads(content) for _, _, content in answers]
+    assert {p["upper_hours_to_dispatch"] for p in predictions} == {None}
+    assert {p["extrapolated"] for p in predictions} == {False, True}
+
+
 def test_valid_requests_are_answered_without_the_stock_handler(stock_calls: List[bytes]) -> None:
     status, _, content = asgi_post(recorded_app(), b'{"product_code": "SKU001", "orders_placed": 15}')
 
-    assert (status, json.loads(content)) == (200, {"est_hours_to_dispatch": 1.5, "model_version": "v"})
+    assert (status, json.loads(content)) == (200, {"est_hours_to_dispatch": 1.5, "model_version": "v",
+                                                   "upper_hours_to_dispatch": 3.0, "extrapolated": False})
     assert stock_calls == []
 
 

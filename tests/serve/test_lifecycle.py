@@ -40,6 +40,7 @@ def test_model_from_the_installed_scikit_learn_version_is_accepted(served_model:
 
 
 def test_warm_up_refuses_a_model_whose_tree_walk_disagrees_with_its_estimator(served_model: Model) -> None:
+    served_model.calibration = None  # served as the tree: the single endpoint walks it
     served_model.predict_one("SKU001", 0.0)  # builds the tree walk's tables
     walker = served_model._walker
     assert walker is not None
@@ -50,9 +51,28 @@ def test_warm_up_refuses_a_model_whose_tree_walk_disagrees_with_its_estimator(se
 
 
 def test_warm_up_accepts_a_faithful_model(served_model: Model) -> None:
+    served_model.calibration = None
     warm_up(served_model)  # raises if the paths disagree
 
     assert served_model._walker is not None
+
+
+def test_warm_up_accepts_a_faithful_calibrated_model(served_model: Model) -> None:
+    assert served_model.calibration is not None
+
+    warm_up(served_model)  # raises if the binary search and numpy's disagree
+
+
+def test_warm_up_refuses_a_model_whose_binary_search_disagrees_with_the_vectorised_one(served_model: Model) -> None:
+    assert served_model.calibration is not None
+    steps = served_model.calibration.per_product["SKU002"]
+    # The single endpoint's search reads the breakpoints shifted, the batch's the originals.
+    shifted = type(steps)(tuple(t + 0.25 for t in steps.thresholds), steps.values)
+    served_model.calibration.per_product["SKU002"] = type(steps)(steps.thresholds, steps.values)
+    object.__setattr__(served_model.calibration.per_product["SKU002"], "at", shifted.at)
+
+    with pytest.raises(ModelCompatibilityError, match="disagrees with the estimator for SKU002"):
+        warm_up(served_model)
 
 
 # --- the port

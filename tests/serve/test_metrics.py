@@ -9,6 +9,7 @@ import math
 from datetime import timedelta
 from typing import List
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -218,12 +219,15 @@ def test_requested_orders_placed_is_a_histogram_per_product_code(client: TestCli
 def test_single_and_batch_observations_fall_in_the_same_buckets(served_model: Model) -> None:
     one_by_one, together = ServiceMetrics(served_model), ServiceMetrics(served_model)
     values = [0.0, 0.5, 10.0, 10.000001, 299.5, 300.0, 1e9]
-    for value in values:
-        one_by_one.observe_prediction("SKU001", value)
-    together.observe_predictions(["SKU001"] * len(values), values)
+    flags = [value > 299 for value in values]
+    for value, flag in zip(values, flags):
+        one_by_one.observe_prediction("SKU001", value, flag)
+    together.observe_predictions(["SKU001"] * len(values), values, np.array(flags))
 
     assert one_by_one.orders_placed["SKU001"].counts == together.orders_placed["SKU001"].counts
     assert one_by_one.orders_placed["SKU001"].total == together.orders_placed["SKU001"].total
+    assert one_by_one.extrapolated == together.extrapolated == {**{c: 0 for c in served_model.product_codes},
+                                                                "SKU001": 3}
 
 
 # --- the served model ------------------------------------------------------------------------

@@ -23,7 +23,13 @@ from pipeline.settings import ARTEFACT, LAYOUT
 from pipeline.storage.client import NoSuchBucketError, s3_client
 from pipeline.storage.layout import model_key
 from pipeline.storage.signed_artefacts import ArtefactError, get_model, put_model
-from tests.helpers import TEST_SIGNING_KEY, persist_model_copy, signed_metadata
+from tests.helpers import (
+    SERVED_PARTS,
+    TEST_SIGNING_KEY,
+    made_before_the_served_parts,
+    persist_model_copy,
+    signed_metadata,
+)
 
 # Where the artefact's classes were before `pipeline/` had folders, as such artefacts name them.
 FORMER_PATHS = {
@@ -166,6 +172,7 @@ def pickled_under_the_former_paths(model: Any) -> bytes:
 def test_an_artefact_pickled_under_the_former_module_paths_loads_verified_as_todays_classes(
     s3: Any, bucket: str, trained_model: Model
 ) -> None:
+    trained_model = made_before_the_served_parts(trained_model)
     body = pickled_under_the_former_paths(trained_model)
     assert b"pipeline.model" in body and b"pipeline.features" in body and b"pipeline.artefact" not in body
     assert "pipeline.model" not in sys.modules and Model.__module__ == "pipeline.artefact.model"
@@ -280,3 +287,24 @@ def test_put_model_refuses_an_artefact_over_the_size_limit_so_none_is_persisted_
         put_model(bucket, trained_model)
 
     assert s3.list_objects_v2(Bucket=bucket, Prefix=LAYOUT.models_prefix).get("KeyCount", 0) == 0
+
+
+def test_an_artefact_made_before_the_served_parts_loads_and_serves_the_tree_without_a_bound(
+    s3: Any, bucket: str, trained_model: Model
+) -> None:
+    old = made_before_the_served_parts(trained_model)
+    body = pickle.dumps(old, protocol=ARTEFACT.pickle_protocol)
+    assert b"pipeline.artefact.calibration" not in body and not set(SERVED_PARTS) & set(pickle.loads(body).__dict__)
+    key = model_key(trained_model)
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=signed_metadata(body, key))
+
+    loaded = get_model(bucket, key)
+
+    assert loaded.calibration is None and loaded.upper_bound is None and loaded.trained_ranges is None
+    tree = float(trained_model.predict_tree(["SKU003"], [112.0])[0])
+    assert loaded.estimate_one("SKU003", 112) == (tree, None, False)
+    beyond = loaded.monotonicity.max_orders_placed + 1
+    assert loaded.estimate_one("SKU003", beyond).extrapolated is True
+    assert loaded.estimate_one("SKU003", loaded.monotonicity.max_orders_placed).extrapolated is False
+    lineage = loaded.lineage()
+    assert lineage["calibration"] is None and lineage["upper_bound"] is None and lineage["tree_metrics"] is None

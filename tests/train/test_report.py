@@ -83,6 +83,26 @@ def test_report_json_holds_the_metrics_parameters_champion_drift_checks_and_deci
     assert content["decision"] == {"accepted": True, "failures": []}
 
 
+def test_report_json_holds_the_served_estimate_its_bound_coverage_and_the_trained_ranges(
+    persisted: Dict[str, Any], trained_model: Model
+) -> None:
+    model: Model = persisted["model"]
+    content = json.loads(body(persisted["files"], "report.json"))
+    page = body(persisted["files"], "report.html").decode()
+
+    assert model.tree_metrics is not None and model.upper_bound is not None
+    assert content["tree_metrics"]["mean_absolute_error"] == model.tree_metrics.mean_absolute_error
+    assert content["calibrated"] is True and content["dips"]["served"] == 0 and content["dips"]["tree"] > 0
+    bound = content["upper_bound"]
+    assert (bound["coverage"], bound["margin_hours"]) == (0.9, model.upper_bound.margin_hours)
+    # Fitted on these rows: at least the coverage, by construction; the live model never saw them.
+    assert bound["held_out_coverage"] >= 0.9
+    assert 0.5 < bound["live_model_coverage"] <= 1.0
+    assert content["trained_ranges"]["SKU001"] == [model.trained_range("SKU001").lowest,
+                                                   model.trained_range("SKU001").highest]
+    assert "falls 0 time(s)" in page and "flagged extrapolated (SKU001 " in page
+
+
 def test_the_plots_are_png_images(persisted: Dict[str, Any]) -> None:
     for name in report.PLOT_FILES.values():
         assert body(persisted["files"], name).startswith(PNG_SIGNATURE), name

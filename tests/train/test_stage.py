@@ -4,13 +4,16 @@ lines, the threshold semantics, a new product, a bad dataset; and its arguments.
 import logging
 from typing import Any, List
 
+import numpy as np
 import pandas as pd
 import pytest
 import sklearn
 
+from pipeline.artefact.calibration import ServedEstimator
+
 from pipeline.local.synthetic import generate_orders
 from pipeline.model_registry.live_model import get_live_model
-from pipeline.settings import ENVIRONMENT
+from pipeline.settings import ENVIRONMENT, TRAIN
 from pipeline.storage.datasets import get_latest_dataset, put_dataset
 from pipeline.train import stage, steps
 from tests.helpers import latest_drop, model_keys, newest_model_key
@@ -65,7 +68,10 @@ def test_train_logs_each_step_as_it_goes(bucket_with_datasets: str, caplog: pyte
     assert "grid search: 300 candidates" in text
     assert f"best parameters {model.hyperparameters}" in text
     assert "logic checks passed" in text
-    assert "monotonicity over 0.." in text
+    assert "monotonicity of the tree over 0.." in text
+    assert "monotonicity of the served estimate over 0.." in text and "0 decreasing step(s)" in text
+    assert "the tree's test metrics: r²=" in text and "the served estimate's test metrics: r²=" in text
+    assert "upper bound: estimate + " in text
     assert f"to s3://{bucket_with_datasets}/{model.artefact_key}" in text
 
 
@@ -126,6 +132,44 @@ def test_train_on_a_bad_dataset_persists_nothing(s3: Any, bucket_with_model: str
     assert newest_model_key(bucket_with_model) == before
 
 
+def test_train_serves_the_calibrated_estimate_and_keeps_the_trees_metrics_beside_it(
+    bucket_with_datasets: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    judged: List[Any] = []
+    monkeypatch.setattr(stage, "logic_check_failures", lambda estimator, data: judged.append(estimator) or [])
+
+    model = stage.train(bucket_with_datasets, 0.9, 0.95)
+
+    assert model.calibration is not None and model.tree_metrics is not None
+    assert [type(e) for e in judged] == [ServedEstimator] and judged[0].calibration is model.calibration
+    assert model.metrics != model.tree_metrics
+    assert model.metrics.mean_absolute_error < model.tree_metrics.mean_absolute_error
+    assert model.served_monotonicity is not None and model.served_monotonicity.total_decreasing_steps == 0
+    assert model.upper_bound is not None and model.upper_bound.coverage == TRAIN.default_upper_coverage
+    assert model.upper_bound.n_residuals == model.metrics.n_test
+
+
+def test_train_without_calibration_serves_the_tree_with_a_bound_at_the_coverage_asked(
+    bucket_with_datasets: str
+) -> None:
+    model = stage.train(bucket_with_datasets, 0.9, 0.95, calibrate=False, upper_coverage=0.8)
+
+    assert model.calibration is None and model.metrics == model.tree_metrics
+    orders = np.arange(0.0, 330.0, 0.5)
+    assert model.predict(["SKU002"] * len(orders), orders).tolist() == \
+        model.predict_tree(["SKU002"] * len(orders), orders).tolist()
+    assert model.upper_bound is not None and model.upper_bound.coverage == 0.8
+    assert model.trained_ranges is not None and set(model.trained_ranges) == set(model.product_codes)
+
+
+def test_parse_args_reads_the_calibration_switch_and_the_upper_coverage() -> None:
+    defaults = stage.parse_args(["my-bucket", "0.9", "0.8"])
+    chosen = stage.parse_args(["my-bucket", "0.9", "0.8", "--no-calibration", "--upper-coverage", "0.95"])
+
+    assert (defaults.calibrate, defaults.upper_coverage) == (TRAIN.calibrate, TRAIN.default_upper_coverage)
+    assert (chosen.calibrate, chosen.upper_coverage) == (False, 0.95)
+
+
 def test_parse_args_reads_bucket_thresholds_and_n_jobs() -> None:
     args = stage.parse_args(["my-bucket", "0.9", "0.8", "--n-jobs", "2"])
 
@@ -143,6 +187,8 @@ def test_parse_args_reads_bucket_thresholds_and_n_jobs() -> None:
         (["  ", "0.9", "0.8"], "S3_BUCKET is empty"),
         (["bucket", "nan", "0.8"], r"R2_ERROR_THRESHOLD must be in \(0, 1\]"),
         (["bucket", "0.9", "0.8", "extra"], "unrecognized arguments"),
+        (["bucket", "0.9", "0.8", "--upper-coverage", "1"], r"coverage must be a number in \(0, 1\)"),
+        (["bucket", "0.9", "0.8", "--upper-coverage", "nan"], r"coverage must be a number in \(0, 1\)"),
     ],
 )
 def test_parse_args_rejects_bad_arguments_with_the_reason(argv: List[str], reason: str) -> None:
