@@ -200,6 +200,11 @@ class ServeSettings:
         1 * MIB, "B", "Larger bodies are answered 413 before anything parses them. The largest valid body, "
         "pretty-printed with a 4-space indent, is about 105 KB (1,000 items of about 105 bytes); the limit "
         "leaves ten times that.")
+    hot_path_max_body_bytes: int = setting(
+        4 * KIB, "B", "The largest body the hot path tries to answer; a larger one goes to the stock route "
+        "whole, which answers it alike. A valid single prediction is under 200 bytes; a large body is "
+        "nearly always invalid (e.g. 90,000 unknown fields), and the hot path trying it first would parse "
+        "it twice, holding the event loop twice as long.")
     body_timeout_seconds: float = setting(
         10.0, "s", "A body not arrived this long after the request started is answered 408. A valid body of "
         "at most a megabyte arrives in well under a second on any link the shop's platform uses; ten seconds "

@@ -33,6 +33,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.routing import Match
 
 from pipeline.serve.limits import ASGIApp, Message, Receive, Scope, Send
+from pipeline.settings import SERVE
 
 JSON_CONTENT_TYPE = b"application/json"
 
@@ -55,8 +56,11 @@ class HotPathRoute(APIRoute):
 
         Only for a route `on_hot_path`. As the stock handler does, the endpoint's result is
         checked against the response model (an instance of it passes unchanged), then
-        serialised straight to JSON bytes.
+        serialised straight to JSON bytes. A body over SERVE.hot_path_max_body_bytes is left
+        to the stock route unparsed, so that it is parsed once.
         """
+        if len(body) > SERVE.hot_path_max_body_bytes:
+            return None
         try:
             value = self._body_model.model_validate_json(body)
         except ValidationError:

@@ -194,6 +194,18 @@ def test_valid_requests_are_answered_without_the_stock_handler(stock_calls: List
     assert stock_calls == []
 
 
+def test_a_body_over_the_hot_paths_size_goes_to_the_stock_handler_and_is_answered_alike(
+    stock_calls: List[bytes]
+) -> None:
+    small = b'{"product_code": "SKU001", "orders_placed": 15}'
+    padded = small[:-1] + b" " * (SERVE.hot_path_max_body_bytes - len(small) + 1) + b"}"
+
+    status, _, content = asgi_post(recorded_app(), padded)
+
+    assert stock_calls == [padded]
+    assert (status, content) == asgi_post(recorded_app(), small)[::2]
+
+
 @pytest.mark.parametrize("body", INVALID_BODIES)
 def test_an_invalid_body_goes_to_the_stock_handler_whole(stock_calls: List[bytes], body: bytes) -> None:
     status, _, _ = asgi_post(recorded_app(), body, chunks=3)
