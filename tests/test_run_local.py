@@ -185,7 +185,11 @@ def serving_run(request: pytest.FixtureRequest) -> Iterator["subprocess.Popen[st
 
 
 @pytest.mark.e2e
-def test_sigint_while_serving_stops_everything_and_exits_0(serving_run: "subprocess.Popen[str]") -> None:
+@pytest.mark.parametrize("stop_signal, repeated", [(signal.SIGINT, False), (signal.SIGTERM, True)],
+                         ids=["SIGINT", "SIGTERM again and again"])
+def test_a_stop_signal_while_serving_stops_everything_and_exits_0(
+    serving_run: "subprocess.Popen[str]", stop_signal: signal.Signals, repeated: bool
+) -> None:
     lines: "queue.Queue[Optional[str]]" = queue.Queue()
     threading.Thread(target=_read_lines, args=(serving_run.stdout, lines), daemon=True).start()
     seen: List[str] = []
@@ -199,7 +203,13 @@ def test_sigint_while_serving_stops_everything_and_exits_0(serving_run: "subproc
     port = int(serving.group(1))
     assert not port_is_free(LOCAL.loopback_host, port)
 
-    serving_run.send_signal(signal.SIGINT)
+    serving_run.send_signal(stop_signal)
+    # More of the same while it stops (Ctrl-C pressed again, or `timeout` passing on a SIGTERM the
+    # process got already): none may cut its clean-up short.
+    deadline = time.monotonic() + 10
+    while repeated and serving_run.poll() is None and time.monotonic() < deadline:
+        serving_run.send_signal(stop_signal)
+        time.sleep(0.002)
 
     assert serving_run.wait(timeout=60) == 0
     while (line := lines.get(timeout=10)) is not None:

@@ -335,7 +335,14 @@ def _number(value: Any) -> str:
 
 
 def raise_stop(signum: int, frame: Optional[FrameType]) -> None:
-    """The local run's handler of SIGINT and SIGTERM: stop everything, cleanly."""
+    """The local run's handler of SIGINT and SIGTERM: stop everything, cleanly.
+
+    Both signals are ignored from here on, before the Stop is raised: a second signal close
+    behind the first (Ctrl-C twice, or `timeout` passing its SIGTERM on to a process that got
+    one already) would otherwise raise again inside the clean-up and leave the stages running.
+    """
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.SIG_IGN)
     raise Stop(signal.Signals(signum).name)
 
 
