@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Set, Tuple
 
 import pytest
@@ -445,15 +446,19 @@ def test_item_15_eight_concurrent_rejects_record_one_change_and_the_others_exit_
 
 # --- item 11: a slow S3 (last: both stages were started with the session and run meanwhile) ----
 
+def _waited_log(process: "subprocess.Popen[bytes]", log_path: Path, started: float) -> str:
+    """Wait until TRICKLE_WAIT_SECONDS after `started` for `process` to end; its log."""
+    try:
+        process.wait(timeout=max(started + TRICKLE_WAIT_SECONDS - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        pass
+    return log_path.read_text(errors="replace")
+
+
 def test_item_11_serve_on_a_trickling_s3_exits_1_within_its_start_up_limit_never_opening_its_port(
     trickled_stages: TrickledStages
 ) -> None:
-    left = trickled_stages.started + TRICKLE_WAIT_SECONDS - time.monotonic()
-    try:
-        trickled_stages.serve.wait(timeout=max(left, 0.1))
-    except subprocess.TimeoutExpired:
-        pass
-    log = trickled_stages.serve_log.read_text(errors="replace")
+    log = _waited_log(trickled_stages.serve, trickled_stages.serve_log, trickled_stages.started)
 
     assert trickled_stages.serve.poll() == 1, (
         f"still loading {TRICKLE_WAIT_SECONDS:g} s after it started, its last line: " + (log.splitlines() or [""])[-1])
@@ -464,12 +469,7 @@ def test_item_11_serve_on_a_trickling_s3_exits_1_within_its_start_up_limit_never
 def test_item_11_train_on_a_trickling_s3_exits_1_within_its_job_limit_persisting_nothing(
     s3: Any, trickled_stages: TrickledStages
 ) -> None:
-    left = trickled_stages.started + TRICKLE_WAIT_SECONDS - time.monotonic()
-    try:
-        trickled_stages.train.wait(timeout=max(left, 0.1))
-    except subprocess.TimeoutExpired:
-        pass
-    log = trickled_stages.train_log.read_text(errors="replace")
+    log = _waited_log(trickled_stages.train, trickled_stages.train_log, trickled_stages.started)
 
     assert trickled_stages.train.poll() == 1, (
         f"still running {TRICKLE_WAIT_SECONDS:g} s after it started, its last line: " + (log.splitlines() or [""])[-1])
