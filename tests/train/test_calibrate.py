@@ -51,16 +51,40 @@ def test_the_calibration_never_falls_between_or_beyond_the_training_rows() -> No
     assert np.any(np.diff(tree.predict(encode_features(grid, ["SKU001"] * len(grid), data.encoding))) < 0)
 
 
-def test_breakpoints_are_midpoints_where_the_value_rises() -> None:
+def test_between_training_values_the_steps_follow_the_isotonic_interpolation_at_every_whole_order() -> None:
     orders = np.array([0.0, 2.0, 4.0, 10.0])
     data = memorised(np.array([1.0, 1.0, 2.0, 3.0]), orders)
     tree = DecisionTreeRegressor(random_state=0).fit(data.X_train, data.y_train)
 
     steps = fit_calibration(tree, data).per_product["SKU001"]
 
-    assert steps.thresholds == (3.0, 7.0)
-    assert steps.values == (1.0, 2.0, 3.0)
-    assert [steps.at(x) for x in (0.0, 2.9, 3.0, 3.01, 7.0, 7.5, 1e6)] == [1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    # Flat from 0 to 2 (one step), then one step per whole order up to 10, at the midpoints.
+    assert steps.thresholds == (2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5)
+    np.testing.assert_allclose(steps.values, [1.0, 1.5, 2.0, 13 / 6, 14 / 6, 2.5, 16 / 6, 17 / 6, 3.0])
+    assert [steps.at(x) for x in (0.0, 2.5, 2.51, 7.0, 1e6)] == [1.0, 1.0, 1.5, 2.5, 3.0]
+
+
+def test_a_training_value_between_whole_orders_is_served_its_own_projected_value() -> None:
+    orders = np.array([0.0, 2.5, 3.0])
+    data = memorised(np.array([1.0, 2.0, 4.0]), orders)
+    tree = DecisionTreeRegressor(random_state=0).fit(data.X_train, data.y_train)
+
+    steps = fit_calibration(tree, data).per_product["SKU001"]
+
+    assert steps.thresholds == (0.5, 1.5, 2.25, 2.75)
+    np.testing.assert_allclose(steps.values, [1.0, 1.4, 1.8, 2.0, 4.0])
+    assert steps.at(2.5) == 2.0
+
+
+def test_a_product_whose_range_holds_more_than_the_maximum_steps_is_stepped_evenly_across_it() -> None:
+    orders = np.array([0.0, 1000.0])
+    data = memorised(np.array([0.0, 10.0]), orders)
+    tree = DecisionTreeRegressor(random_state=0).fit(data.X_train, data.y_train)
+
+    steps = fit_calibration(tree, data, max_steps=10).per_product["SKU001"]
+
+    assert steps.thresholds == tuple(50.0 + 100.0 * i for i in range(10))
+    np.testing.assert_allclose(steps.values, np.arange(11.0))
 
 
 def test_the_upper_bound_is_the_conformal_quantile_with_the_finite_sample_correction() -> None:
