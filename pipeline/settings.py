@@ -112,6 +112,9 @@ class LayoutSettings:
         "reports/", "", "Each training run's report: report.json, the plots and report.html.")
     predictions_prefix: str = setting(
         _PREDICTIONS_PREFIX, "", "The backfill's estimates for each week, and its summary.")
+    stream_checkpoints_prefix: str = setting(
+        "stream-checkpoints/", "", "The stream consumer's checkpoints: one small JSON object per consumer name, "
+        "input stream and shard, holding the shard's last processed sequence number.")
     dataset_file_stem: str = setting(
         "time_to_dispatch", "", "The name data engineering's files start with, before their timestamp.")
     model_file_stem: str = setting(
@@ -151,7 +154,7 @@ class LayoutSettings:
         """Prefixes that hold the pipeline's own objects: batch scoring's OUTPUT_KEY is never under
         one (the service serves reports as HTML; the backfill trusts what is under predictions/)."""
         return (self.datasets_prefix, self.models_prefix, self.registry_prefix, self.reports_prefix,
-                self.predictions_prefix)
+                self.predictions_prefix, self.stream_checkpoints_prefix)
 
 
 @dataclass(frozen=True)
@@ -556,6 +559,68 @@ class EnvironmentSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """Streaming predictions: Kinesis records in, predictions out (docs/streaming.md)."""
+
+    # --- the consumer on Kubernetes (pipeline/streaming/consumer.py, `python -m pipeline.stream_predict`) ---
+    consumer_default_port: int = setting(
+        8001, "", "The consumer's HTTP port for /metrics, /ready and /health: beside the serve stage's 8000.")
+    consumer_default_name: str = setting(
+        "stream-predict", "", "The consumer's name when --consumer-name is not given: its checkpoints and dead "
+        "letters are filed under it, so two consumers of one stream with different names keep apart.")
+    consumer_name_pattern: str = setting(
+        "[A-Za-z0-9_.-]{1,128}", "regex", "What a consumer name and a stream name may be (Kinesis' own rule for "
+        "stream names): both become parts of S3 keys.")
+    get_records_limit: int = setting(
+        500, "records", "Records asked for in one GetRecords call, a batch: one put_records call at most (500 "
+        "entries). It is also the duplicate bound: after a crash at most this many records per shard are "
+        "processed again.")
+    max_get_records_limit: int = setting(
+        10_000, "records", "Kinesis' own largest GetRecords Limit.")
+    start_positions: Tuple[str, ...] = setting(
+        ("TRIM_HORIZON", "LATEST"), "", "Where a shard without a checkpoint is first read from: TRIM_HORIZON "
+        "(the default: the oldest record kept, so nothing is lost) or LATEST (only records put from now on).")
+    min_read_interval_seconds: float = setting(
+        0.2, "s", "A shard is read at most five times a second: Kinesis' limit of five GetRecords calls per "
+        "shard per second, shared by every consumer of the stream.")
+    idle_poll_seconds: float = setting(
+        0.5, "s", "After a read that found nothing new the shard is read again this long later: low latency "
+        "without spending the read limit on an idle stream.")
+    shard_refresh_seconds: float = setting(
+        10.0, "s", "The shards are listed again this often, to find new shards after a reshard and which "
+        "shards were closed.")
+    backoff_seconds: float = setting(
+        0.5, "s", "The first wait after a throttled read or a batch whose predictions were not all written; "
+        "doubled at each failure in a row.")
+    max_backoff_seconds: float = setting(
+        10.0, "s", "The longest wait between two reads of a throttled shard.")
+    give_up_seconds: float = setting(
+        120.0, "s", "Kinesis failing (not throttling) for this long in a row ends the consumer with one ERROR "
+        "line and exit code 1: Kubernetes restarts it, and it resumes from its checkpoints.")
+    kinesis_connect_timeout_seconds: float = setting(
+        3.0, "s", "Each Kinesis call waits at most this long for a connection.")
+    kinesis_read_timeout_seconds: float = setting(
+        5.0, "s", "Each Kinesis call waits at most this long for each read: GetRecords answers at once, with "
+        "records or without.")
+    kinesis_max_attempts: int = setting(
+        3, "attempts", "Attempts per Kinesis call in botocore's standard retry mode.")
+    stop_seconds: float = setting(
+        25.0, "s", "After SIGTERM the batch in flight is finished and checkpointed; a stop not done this long "
+        "after the signal exits with one ERROR line and code 1 without checkpointing that batch (it is read "
+        "again after the restart): inside Kubernetes' 30 s grace period with 5 s to spare.")
+    ready_timeout_seconds: float = setting(
+        60.0, "s", "How long the local run waits for its consumer's /ready.")
+    local_input_stream: str = setting(
+        "time-to-dispatch-orders", "", "The local run's input stream (--with-stream).")
+    local_output_stream: str = setting(
+        "time-to-dispatch-predictions", "", "The local run's output stream (--with-stream).")
+    local_input_shards: int = setting(
+        2, "shards", "The local run's input stream has two shards, so the consumer reads more than one.")
+    local_read_back_seconds: float = setting(
+        30.0, "s", "How long the local run waits to read its example predictions back from the output stream.")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every group of settings."""
 
@@ -571,6 +636,7 @@ class Settings:
     local: LocalSettings = field(default_factory=LocalSettings)
     messages: MessageSettings = field(default_factory=MessageSettings)
     environment: EnvironmentSettings = field(default_factory=EnvironmentSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
 
 
 class BudgetError(ValueError):
@@ -589,6 +655,7 @@ def check_budgets(settings: Settings) -> None:
     - the train stage's S3 deadline and then its experiment tracking's budget fit its job limit
       with 40 s to spare: a slow tracking server never costs the week;
     - batch scoring's two aborts after SIGTERM fit Kubernetes' grace period, with 5 s to spare;
+      so does the stream consumer's stop (its batch in flight finished and checkpointed);
     - the drain plus the graceful stop fit Kubernetes' grace period: the service exits cleanly
       before SIGKILL;
     - every request buffering the largest body and head, and every other open connection
@@ -637,6 +704,11 @@ def check_budgets(settings: Settings) -> None:
             f"bytes of body and head and {serve.max_open_connections} connections x {serve.max_header_bytes:,} "
             f"bytes of head, {buffered:,} bytes, plus the service's {serve.resident_memory_mb} MB, is "
             f"{memory:,} bytes: over the serve pod's memory request of {serve.memory_request_mb} MB")
+    stream_stop = settings.stream.stop_seconds
+    if stream_stop > serve.termination_grace_seconds - 5:
+        raise BudgetError(
+            f"the stream consumer's stop, {stream_stop:g} s, does not fit Kubernetes' grace period of "
+            f"{serve.termination_grace_seconds} s with 5 s to spare")
     artefact = settings.artefact
     loading = artefact.artefact_load_factor * artefact.max_artefact_bytes
     if memory + loading > serve.memory_request_mb * MB:
@@ -671,6 +743,7 @@ TRACKING = SETTINGS.tracking
 LOCAL = SETTINGS.local
 MESSAGES = SETTINGS.messages
 ENVIRONMENT = SETTINGS.environment
+STREAM = SETTINGS.stream
 
 
 # How docs/settings.md is made from this module.

@@ -590,3 +590,97 @@ def made_before_the_served_parts(model: Any) -> Any:
     for name in SERVED_PARTS:
         old.__dict__.pop(name, None)
     return old
+
+
+# --- streams (the stream consumer's tests) ---------------------------------------------------
+
+
+def kinesis_client() -> Any:
+    """A boto3 Kinesis client for the server AWS_ENDPOINT_URL names (the local one in tests)."""
+    import boto3
+
+    return boto3.client("kinesis")
+
+
+def create_stream(client: Any, shards: int = 1) -> str:
+    """A new stream of `shards` shards with a unique name, active."""
+    import uuid
+
+    name = f"ttd-{uuid.uuid4().hex[:12]}"
+    client.create_stream(StreamName=name, ShardCount=shards)
+    client.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 50})
+    return name
+
+
+def put_events(client: Any, stream: str, events: List[bytes], keys: List[str]) -> None:
+    """Put raw event records on a stream, 500 a call, each with its partition key; all must be taken."""
+    for start in range(0, len(events), 500):
+        entries = [{"Data": data, "PartitionKey": key}
+                   for data, key in zip(events[start:start + 500], keys[start:start + 500])]
+        response = client.put_records(StreamName=stream, Records=entries)
+        assert response.get("FailedRecordCount", 0) == 0, response
+
+
+def read_stream(client: Any, stream: str) -> List[Dict[str, Any]]:
+    """Every record on every shard of a stream, from its beginning: its JSON data as a dict."""
+    import json
+
+    found: List[Dict[str, Any]] = []
+    for shard in client.list_shards(StreamName=stream)["Shards"]:
+        iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
+                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            response = client.get_records(ShardIterator=iterator, Limit=10_000)
+            found += [json.loads(record["Data"]) for record in response["Records"]]
+            if not response["Records"]:
+                break
+            iterator = response.get("NextShardIterator")
+    return found
+
+
+def http_status(url: str) -> Tuple[int, str]:
+    """GET a URL on this machine: its status and body (no proxy, errors answered too)."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=10) as response:
+            return int(response.status), response.read().decode("utf-8")
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode("utf-8")
+
+
+def wait_until_ready(service: Service, timeout: float = START_TIMEOUT) -> None:
+    """Return once the consumer's /ready answers 200; fail if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            pytest.fail(f"the consumer exited with {service.process.returncode}:\n{service.log()}")
+        if port_accepts(service.port) and http_status(f"{service.url}/ready")[0] == 200:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the consumer was not ready within {timeout}s:\n{service.log()}")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0, service: Optional[Service] = None) -> None:
+    """Return once `condition()` holds; fail naming `what` after `timeout` (or if `service` exits)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if service is not None and service.process.poll() is not None:
+            pytest.fail(f"the consumer exited with {service.process.returncode} before {what}:\n{service.log()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"not {what} within {timeout}s" + (f":\n{service.log()}" if service else ""))
+        time.sleep(0.2)
+
+
+def dead_letter_lines(client: Any, bucket: str, prefix: str) -> List[Dict[str, Any]]:
+    """Every dead letter (a JSON line) in the objects under `prefix`."""
+    import json
+
+    lines: List[Dict[str, Any]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().decode("utf-8")
+            lines += [json.loads(line) for line in body.splitlines() if line.strip()]
+    return lines
