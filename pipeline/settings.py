@@ -424,6 +424,61 @@ class BatchSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """Streaming predictions: Kinesis records in, predictions out (docs/streaming.md)."""
+
+    # --- the consumer on Kubernetes (pipeline/streaming/consumer.py, `python -m pipeline.stream_predict`) ---
+    consumer_default_port: int = setting(
+        8001, "", "The consumer's HTTP port for /metrics, /ready and /health: beside the serve stage's 8000.")
+    consumer_default_name: str = setting(
+        "stream-predict", "", "The consumer's name when --consumer-name is not given: its checkpoints and dead "
+        "letters are filed under it, so two consumers of one stream with different names keep apart.")
+    consumer_name_pattern: str = setting(
+        "[A-Za-z0-9_.-]{1,128}", "regex", "What a consumer name and a stream name may be (Kinesis' own rule for "
+        "stream names): both become parts of S3 keys.")
+    get_records_limit: int = setting(
+        500, "records", "Records asked for in one GetRecords call, a batch: one put_records call at most (500 "
+        "entries). It is also the duplicate bound: after a crash at most this many records per shard are "
+        "processed again.")
+    max_get_records_limit: int = setting(
+        10_000, "records", "Kinesis' own largest GetRecords Limit.")
+    start_positions: Tuple[str, ...] = setting(
+        ("TRIM_HORIZON", "LATEST"), "", "Where a shard without a checkpoint is first read from: TRIM_HORIZON "
+        "(the default: the oldest record kept, so nothing is lost) or LATEST (only records put from now on).")
+    min_read_interval_seconds: float = setting(
+        0.2, "s", "A shard is read at most five times a second: Kinesis' limit of five GetRecords calls per "
+        "shard per second, shared by every consumer of the stream.")
+    idle_poll_seconds: float = setting(
+        0.5, "s", "After a read that found nothing new the shard is read again this long later: low latency "
+        "without spending the read limit on an idle stream.")
+    shard_refresh_seconds: float = setting(
+        10.0, "s", "The shards are listed again this often, to find new shards after a reshard and which "
+        "shards were closed.")
+    backoff_seconds: float = setting(
+        0.5, "s", "The first wait after a throttled read or a batch whose predictions were not all written; "
+        "doubled at each failure in a row.")
+    max_backoff_seconds: float = setting(
+        10.0, "s", "The longest wait between two reads of a throttled shard.")
+    give_up_seconds: float = setting(
+        120.0, "s", "Kinesis failing (not throttling) for this long in a row ends the consumer with one ERROR "
+        "line and exit code 1: Kubernetes restarts it, and it resumes from its checkpoints.")
+    stop_seconds: float = setting(
+        25.0, "s", "After SIGTERM the batch in flight is finished and checkpointed; a stop not done this long "
+        "after the signal exits with one ERROR line and code 1 without checkpointing that batch (it is read "
+        "again after the restart): inside Kubernetes' 30 s grace period with 5 s to spare.")
+    ready_timeout_seconds: float = setting(
+        60.0, "s", "How long the local run waits for its consumer's /ready.")
+    local_input_stream: str = setting(
+        "time-to-dispatch-orders", "", "The local run's input stream (--with-stream).")
+    local_output_stream: str = setting(
+        "time-to-dispatch-predictions", "", "The local run's output stream (--with-stream).")
+    local_input_shards: int = setting(
+        2, "shards", "The local run's input stream has two shards, so the consumer reads more than one.")
+    local_read_back_seconds: float = setting(
+        30.0, "s", "How long the local run waits to read its example predictions back from the output stream.")
+
+
+@dataclass(frozen=True)
 class LocalSettings:
     """The local run and the local S3 server; the synthetic data that follows the notebook's facts."""
 
@@ -559,68 +614,6 @@ class EnvironmentSettings:
 
 
 @dataclass(frozen=True)
-class StreamSettings:
-    """Streaming predictions: Kinesis records in, predictions out (docs/streaming.md)."""
-
-    # --- the consumer on Kubernetes (pipeline/streaming/consumer.py, `python -m pipeline.stream_predict`) ---
-    consumer_default_port: int = setting(
-        8001, "", "The consumer's HTTP port for /metrics, /ready and /health: beside the serve stage's 8000.")
-    consumer_default_name: str = setting(
-        "stream-predict", "", "The consumer's name when --consumer-name is not given: its checkpoints and dead "
-        "letters are filed under it, so two consumers of one stream with different names keep apart.")
-    consumer_name_pattern: str = setting(
-        "[A-Za-z0-9_.-]{1,128}", "regex", "What a consumer name and a stream name may be (Kinesis' own rule for "
-        "stream names): both become parts of S3 keys.")
-    get_records_limit: int = setting(
-        500, "records", "Records asked for in one GetRecords call, a batch: one put_records call at most (500 "
-        "entries). It is also the duplicate bound: after a crash at most this many records per shard are "
-        "processed again.")
-    max_get_records_limit: int = setting(
-        10_000, "records", "Kinesis' own largest GetRecords Limit.")
-    start_positions: Tuple[str, ...] = setting(
-        ("TRIM_HORIZON", "LATEST"), "", "Where a shard without a checkpoint is first read from: TRIM_HORIZON "
-        "(the default: the oldest record kept, so nothing is lost) or LATEST (only records put from now on).")
-    min_read_interval_seconds: float = setting(
-        0.2, "s", "A shard is read at most five times a second: Kinesis' limit of five GetRecords calls per "
-        "shard per second, shared by every consumer of the stream.")
-    idle_poll_seconds: float = setting(
-        0.5, "s", "After a read that found nothing new the shard is read again this long later: low latency "
-        "without spending the read limit on an idle stream.")
-    shard_refresh_seconds: float = setting(
-        10.0, "s", "The shards are listed again this often, to find new shards after a reshard and which "
-        "shards were closed.")
-    backoff_seconds: float = setting(
-        0.5, "s", "The first wait after a throttled read or a batch whose predictions were not all written; "
-        "doubled at each failure in a row.")
-    max_backoff_seconds: float = setting(
-        10.0, "s", "The longest wait between two reads of a throttled shard.")
-    give_up_seconds: float = setting(
-        120.0, "s", "Kinesis failing (not throttling) for this long in a row ends the consumer with one ERROR "
-        "line and exit code 1: Kubernetes restarts it, and it resumes from its checkpoints.")
-    kinesis_connect_timeout_seconds: float = setting(
-        3.0, "s", "Each Kinesis call waits at most this long for a connection.")
-    kinesis_read_timeout_seconds: float = setting(
-        5.0, "s", "Each Kinesis call waits at most this long for each read: GetRecords answers at once, with "
-        "records or without.")
-    kinesis_max_attempts: int = setting(
-        3, "attempts", "Attempts per Kinesis call in botocore's standard retry mode.")
-    stop_seconds: float = setting(
-        25.0, "s", "After SIGTERM the batch in flight is finished and checkpointed; a stop not done this long "
-        "after the signal exits with one ERROR line and code 1 without checkpointing that batch (it is read "
-        "again after the restart): inside Kubernetes' 30 s grace period with 5 s to spare.")
-    ready_timeout_seconds: float = setting(
-        60.0, "s", "How long the local run waits for its consumer's /ready.")
-    local_input_stream: str = setting(
-        "time-to-dispatch-orders", "", "The local run's input stream (--with-stream).")
-    local_output_stream: str = setting(
-        "time-to-dispatch-predictions", "", "The local run's output stream (--with-stream).")
-    local_input_shards: int = setting(
-        2, "shards", "The local run's input stream has two shards, so the consumer reads more than one.")
-    local_read_back_seconds: float = setting(
-        30.0, "s", "How long the local run waits to read its example predictions back from the output stream.")
-
-
-@dataclass(frozen=True)
 class Settings:
     """Every group of settings."""
 
@@ -632,11 +625,11 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     messages: MessageSettings = field(default_factory=MessageSettings)
     environment: EnvironmentSettings = field(default_factory=EnvironmentSettings)
-    stream: StreamSettings = field(default_factory=StreamSettings)
 
 
 class BudgetError(ValueError):
@@ -739,11 +732,11 @@ ARTEFACT = SETTINGS.artefact
 TRAIN = SETTINGS.train
 DRIFT = SETTINGS.drift
 BATCH = SETTINGS.batch
+STREAM = SETTINGS.stream
 TRACKING = SETTINGS.tracking
 LOCAL = SETTINGS.local
 MESSAGES = SETTINGS.messages
 ENVIRONMENT = SETTINGS.environment
-STREAM = SETTINGS.stream
 
 
 # How docs/settings.md is made from this module.

@@ -595,13 +595,6 @@ def made_before_the_served_parts(model: Any) -> Any:
 # --- streams (the stream consumer's tests) ---------------------------------------------------
 
 
-def kinesis_client() -> Any:
-    """A boto3 Kinesis client for the server AWS_ENDPOINT_URL names (the local one in tests)."""
-    import boto3
-
-    return boto3.client("kinesis")
-
-
 def create_stream(client: Any, shards: int = 1) -> str:
     """A new stream of `shards` shards with a unique name, active."""
     import uuid
@@ -663,7 +656,8 @@ def wait_until_ready(service: Service, timeout: float = START_TIMEOUT) -> None:
     pytest.fail(f"the consumer was not ready within {timeout}s:\n{service.log()}")
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0, service: Optional[Service] = None) -> None:
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0,
+             service: Optional[Service] = None) -> None:
     """Return once `condition()` holds; fail naming `what` after `timeout` (or if `service` exits)."""
     deadline = time.monotonic() + timeout
     while not condition():

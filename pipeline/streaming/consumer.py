@@ -21,7 +21,6 @@ consumer has reached) before its children are read: the order of a partition key
 is kept. One thread does the reading; the HTTP port is served by another
 (`consumer_metrics.StatusServer`).
 """
-import argparse
 import logging
 import os
 import re
@@ -31,8 +30,6 @@ import time
 from types import FrameType
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.artefact.model import Model
@@ -43,7 +40,7 @@ from pipeline.streaming.checkpoints import Checkpoint, CheckpointStore
 from pipeline.streaming.consumer_metrics import ConsumerMetrics, ConsumerStatus, StatusServer
 from pipeline.streaming.core import process_batch
 from pipeline.streaming.events import StreamRecord
-from pipeline.streaming.output import DeadLetterStore
+from pipeline.streaming.output import DeadLetterStore, kinesis_client
 from pipeline.utils import StageArgumentParser, quote
 
 USAGE = (
@@ -137,15 +134,6 @@ def load_live_model(bucket: str) -> Model:
         end_s3_deadline()
     log.info(f"predicting with model {model}")
     return model
-
-
-def kinesis_client() -> Any:
-    """A boto3 Kinesis client from the standard AWS environment, with the consumer's timeouts."""
-    config = Config(
-        connect_timeout=STREAM.kinesis_connect_timeout_seconds, read_timeout=STREAM.kinesis_read_timeout_seconds,
-        retries={"mode": "standard", "total_max_attempts": STREAM.kinesis_max_attempts},
-    )
-    return boto3.client("kinesis", config=config)
 
 
 class Consumer:

@@ -3,7 +3,7 @@ from typing import Any, Dict
 
 import pytest
 
-from tests.helpers import kinesis_client
+from pipeline.streaming.output import kinesis_client
 
 
 @pytest.fixture

@@ -263,7 +263,8 @@ def test_metrics_count_the_records_by_shard_and_name_the_model(
     assert total(scrape, "time_to_dispatch_stream_records_dead_lettered_total") == 10
     assert sorted(labels["shard_id"] for labels, _ in scrape.series("time_to_dispatch_stream_records_read_total")) \
         == sorted(shards)
-    assert [value for _, value in scrape.series("time_to_dispatch_stream_model_info", artefact_id=trained_model.artefact_id,
+    assert [value for _, value in scrape.series("time_to_dispatch_stream_model_info",
+                                                artefact_id=trained_model.artefact_id,
                                                 model_version=str(trained_model))] == [1.0]
     assert [labels["shard_id"] for labels, _ in scrape.series("time_to_dispatch_stream_millis_behind_latest")] \
         == sorted(shards)
@@ -435,4 +436,3 @@ def test_the_stop_budget_fits_kubernetes_grace_period() -> None:
     from pipeline.settings import SERVE
 
     assert STREAM.stop_seconds <= SERVE.termination_grace_seconds - 5
-
