@@ -112,6 +112,9 @@ class LayoutSettings:
         "reports/", "", "Each training run's report: report.json, the plots and report.html.")
     predictions_prefix: str = setting(
         _PREDICTIONS_PREFIX, "", "The backfill's estimates for each week, and its summary.")
+    stream_dead_letters_prefix: str = setting(
+        "stream-dead-letters/", "", "Stream records that could not be scored: one JSON-lines object per batch, "
+        "under <source>/<shard>/ (docs/streaming.md).")
     stream_checkpoints_prefix: str = setting(
         "stream-checkpoints/", "", "The stream consumer's checkpoints: one small JSON object per consumer name, "
         "input stream and shard, holding the shard's last processed sequence number.")
@@ -154,7 +157,7 @@ class LayoutSettings:
         """Prefixes that hold the pipeline's own objects: batch scoring's OUTPUT_KEY is never under
         one (the service serves reports as HTML; the backfill trusts what is under predictions/)."""
         return (self.datasets_prefix, self.models_prefix, self.registry_prefix, self.reports_prefix,
-                self.predictions_prefix, self.stream_checkpoints_prefix)
+                self.predictions_prefix, self.stream_dead_letters_prefix, self.stream_checkpoints_prefix)
 
 
 @dataclass(frozen=True)
