@@ -25,7 +25,7 @@ import yaml
 from pipeline.artefact.model import Model
 from pipeline.local.local_s3 import create_bucket
 from pipeline.local.synthetic import generate_orders, generate_weeks
-from pipeline.settings import LAYOUT, LOCAL
+from pipeline.settings import API, LAYOUT, LOCAL, STREAM
 from pipeline.storage.datasets import put_dataset
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.report_files import put_report, report_digest
@@ -621,7 +621,7 @@ def read_stream(client: Any, stream: str) -> List[Dict[str, Any]]:
     found: List[Dict[str, Any]] = []
     for shard in client.list_shards(StreamName=stream)["Shards"]:
         iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                             ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+                                             ShardIteratorType=STREAM.start_positions[0])["ShardIterator"]
         while iterator:
             response = client.get_records(ShardIterator=iterator, Limit=10_000)
             found += [json.loads(record["Data"]) for record in response["Records"]]
@@ -650,7 +650,7 @@ def wait_until_ready(service: Service, timeout: float = START_TIMEOUT) -> None:
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
             pytest.fail(f"the consumer exited with {service.process.returncode}:\n{service.log()}")
-        if port_accepts(service.port) and http_status(f"{service.url}/ready")[0] == 200:
+        if port_accepts(service.port) and http_status(f"{service.url}{API.ready_path}")[0] == 200:
             return
         time.sleep(0.05)
     pytest.fail(f"the consumer was not ready within {timeout}s:\n{service.log()}")

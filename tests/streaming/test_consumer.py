@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from pipeline.artefact.model import Model
 from pipeline.serve.api import create_app
-from pipeline.settings import API, STREAM
+from pipeline.settings import API, LOCAL, SERVE, STREAM
 from pipeline.streaming import consumer as consumer_module
 from pipeline.streaming.checkpoints import Checkpoint, CheckpointStore
 from pipeline.streaming.consumer import Consumer, ConsumerOptions, ShardState, parse_args
@@ -106,7 +106,7 @@ def total(scrape: Any, name: str) -> float:
 
 
 def scrape_of(url: str) -> Any:
-    return parse_metrics(http_status(f"{url}/metrics")[1])
+    return parse_metrics(http_status(f"{url}{API.metrics_path}")[1])
 
 
 def duplicates(predictions: List[Dict[str, Any]]) -> int:
@@ -278,7 +278,7 @@ def test_the_consumer_answers_ready_and_healthy_once_reading(
     consumer = start(consumer_args(bucket_with_model, create_stream(kinesis), create_stream(kinesis)), s3_env)
     wait_until_ready(consumer)
 
-    answers = [http_status(f"{consumer.url}{path}")[0] for path in ("/ready", "/health", "/nothing")]
+    answers = [http_status(f"{consumer.url}{path}")[0] for path in (API.ready_path, API.health_path, "/nothing")]
     stop_service(consumer)
 
     assert answers == [200, 200, 404]
@@ -286,14 +286,14 @@ def test_the_consumer_answers_ready_and_healthy_once_reading(
 
 def test_ready_answers_503_until_the_shards_are_read_and_metrics_are_prometheus_text() -> None:
     status = ConsumerStatus()
-    server = StatusServer("127.0.0.1", free_port(), ConsumerMetrics(), status).start()
+    server = StatusServer(LOCAL.loopback_host, free_port(), ConsumerMetrics(), status).start()
     try:
-        url = f"http://127.0.0.1:{server.address[1]}"
-        before = http_status(f"{url}/ready")
+        url = f"http://{LOCAL.loopback_host}:{server.address[1]}"
+        before = http_status(f"{url}{API.ready_path}")
         status.set_ready()
-        after = http_status(f"{url}/ready")
-        health = http_status(f"{url}/health")
-        metrics = http_status(f"{url}/metrics")
+        after = http_status(f"{url}{API.ready_path}")
+        health = http_status(f"{url}{API.health_path}")
+        metrics = http_status(f"{url}{API.metrics_path}")
     finally:
         server.stop()
 
@@ -415,8 +415,10 @@ def test_a_batch_not_all_written_is_checkpointed_before_the_first_unwritten_reco
 def test_the_defaults_read_from_the_trim_horizon_in_batches_of_the_get_records_limit() -> None:
     options = parse_args(["bucket", "--input-stream", "orders", "--output-stream", "predictions"])
 
-    assert options == ConsumerOptions("bucket", "orders", "predictions", "stream-predict", "TRIM_HORIZON", 500,
-                                      "0.0.0.0", 8001)
+    assert options == ConsumerOptions("bucket", "orders", "predictions", STREAM.consumer_default_name,
+                                      STREAM.start_positions[0], STREAM.get_records_limit, SERVE.default_host,
+                                      STREAM.consumer_default_port)
+    assert (options.start_position, options.batch_size, options.port) == (STREAM.start_positions[0], 500, 8001)
 
 
 @pytest.mark.parametrize("extra, problem", [
@@ -433,6 +435,4 @@ def test_a_bad_argument_is_refused_naming_it(extra: List[str], problem: str) -> 
 
 
 def test_the_stop_budget_fits_kubernetes_grace_period() -> None:
-    from pipeline.settings import SERVE
-
     assert STREAM.stop_seconds <= SERVE.termination_grace_seconds - 5
