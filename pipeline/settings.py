@@ -428,7 +428,50 @@ class BatchSettings:
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """Streaming predictions: Kinesis records in, predictions out (docs/streaming.md)."""
+    """Streaming predictions: Kinesis' limits, the output's retries, the dead letters, the Lambda handler,
+    the consumer on Kubernetes."""
+
+    # --- the streaming core and the Lambda handler ---
+    max_put_records_entries: int = setting(
+        500, "records", "Kinesis' most records in one PutRecords call: predictions are written in calls of at most "
+        "this many.")
+    max_put_records_bytes: int = setting(
+        5 * MIB, "B", "Kinesis' most bytes in one PutRecords call (data and partition keys): a call is closed "
+        "before it would pass this.")
+    max_record_bytes: int = setting(
+        1 * MIB, "B", "Kinesis' largest record (data and partition key). A prediction that would be larger (an "
+        "event near the limit, plus the prediction's fields) is dead-lettered, never sent to be refused with "
+        "its whole call.")
+    max_partition_key_chars: int = setting(
+        256, "characters", "Kinesis' longest partition key; order_id is the output's partition key, so an "
+        "event whose order_id is longer is dead-lettered.")
+    put_attempts: int = setting(
+        5, "attempts", "PutRecords attempts for the entries a partial failure names (throttling on a hot "
+        "shard): the first call and four retries of the failed entries only. Entries still failed after them "
+        "are reported unwritten, and the caller does not acknowledge them (Lambda retries from the first).")
+    put_backoff_seconds: float = setting(
+        0.1, "s", "The wait before the first retry of failed entries, doubled before each next one: Kinesis "
+        "counts a shard's throughput per second, so a few tenths of a second lets the next second's quota in.")
+    max_put_backoff_seconds: float = setting(
+        2.0, "s", "The longest wait between two attempts; all the waits together are 0.1 + 0.2 + 0.4 + 0.8 = "
+        "1.5 s, far inside a Lambda's timeout.")
+    kinesis_connect_timeout_seconds: float = setting(
+        3.0, "s", "Each Kinesis call waits at most this long for a connection (as S3's calls do).")
+    kinesis_read_timeout_seconds: float = setting(
+        10.0, "s", "Each Kinesis call waits at most this long for each read: a PutRecords of 5 MiB is answered "
+        "in well under a second.")
+    kinesis_max_attempts: int = setting(
+        3, "attempts", "botocore's standard retry mode's attempts per Kinesis call (a reset connection, a 500); "
+        "entries a PutRecords answer marks failed are retried by the core itself (put_attempts).")
+    lambda_source: str = setting(
+        "lambda", "", "The Lambda handler's dead letters go under the dead-letter prefix in this folder, then "
+        "one folder per shard.")
+    lambda_bucket_variable: str = setting(
+        "TIME_TO_DISPATCH_BUCKET", "", "The Lambda handler's environment variable naming the bucket whose "
+        "live model it serves and where it writes dead letters.")
+    lambda_output_stream_variable: str = setting(
+        "TIME_TO_DISPATCH_OUTPUT_STREAM", "", "The Lambda handler's environment variable naming the stream it "
+        "writes predictions to.")
 
     # --- the consumer on Kubernetes (pipeline/streaming/consumer.py, `python -m pipeline.stream_predict`) ---
     consumer_default_port: int = setting(

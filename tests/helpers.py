@@ -6,6 +6,9 @@ live here, once: a test module imports from here and from conftest, never from a
 module (tests/test_imports.py checks it).
 """
 import functools
+import http.client
+import http.server
+import json
 import pickle
 import re
 import shlex
@@ -14,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -592,6 +596,162 @@ def made_before_the_served_parts(model: Any) -> Any:
     return old
 
 
+# --- a Kinesis partial failure, for real over HTTP ---------------------------------------------
+
+ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+                 b"<Message>Access Denied</Message><RequestId>fault</RequestId></Error>")
+
+
+class AwsFaultProxy:
+    """An HTTP proxy on loopback in front of the local AWS server that fails chosen PutRecords
+    entries as a throttled shard does: the entries are taken out of the request before it is
+    forwarded (so they are not written) and put back into the answer, in place, marked
+    ProvisionedThroughputExceededException. With `deny_s3_puts_under` set to a key prefix, it
+    answers every S3 PUT under it 403 AccessDenied. Every other request goes through unchanged.
+
+        proxy = AwsFaultProxy(upstream_endpoint).start()
+        proxy.fail("ORD-3", times=1)      # the entry of partition key ORD-3 fails once
+        proxy.fail("ORD-4")               # ... fails every time
+        client = boto3.client("kinesis", endpoint_url=proxy.endpoint)
+        proxy.stop()
+
+    `put_records_calls` holds, for each PutRecords forwarded or answered, the partition keys of
+    its entries in order.
+    """
+
+    ALWAYS = -1
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit("//", 1)[1].split(":")
+        self.upstream = (host, int(port))
+        self.failures: Dict[str, int] = {}
+        self.deny_s3_puts_under: Optional[str] = None
+        self.put_records_calls: List[List[str]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self._relay("POST")
+
+            def do_GET(self) -> None:
+                self._relay("GET")
+
+            def do_PUT(self) -> None:
+                self._relay("PUT")
+
+            def do_HEAD(self) -> None:
+                self._relay("HEAD")
+
+            def do_DELETE(self) -> None:
+                self._relay("DELETE")
+
+            def _relay(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length) if length else b""
+                denied = proxy.deny_s3_puts_under
+                if method == "PUT" and denied is not None and f"/{denied}" in self.path:
+                    status, headers, answer = 403, [("Content-Type", "application/xml")], ACCESS_DENIED
+                elif self.headers.get("X-Amz-Target", "").endswith(".PutRecords"):
+                    status, headers, answer = proxy._put_records(self.path, dict(self.headers), body)
+                else:
+                    status, headers, answer = proxy._forward(method, self.path, dict(self.headers), body)
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                if method != "HEAD":
+                    self.wfile.write(answer)
+
+        self.server = http.server.ThreadingHTTPServer((LOCAL.loopback_host, 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOCAL.loopback_host}:{self.server.server_address[1]}"
+
+    def start(self) -> "AwsFaultProxy":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def fail(self, partition_key: str, times: int = ALWAYS) -> None:
+        """Fail the PutRecords entries of `partition_key`, `times` times (ALWAYS: every time)."""
+        with self.lock:
+            self.failures[partition_key] = times
+
+    def _take_failure(self, partition_key: str) -> bool:
+        with self.lock:
+            left = self.failures.get(partition_key, 0)
+            if left == 0:
+                return False
+            if left > 0:
+                self.failures[partition_key] = left - 1
+            return True
+
+    def _forward(self, method: str, path: str, headers: Dict[str, str], body: bytes) -> Tuple[int, Any, bytes]:
+        connection = http.client.HTTPConnection(*self.upstream, timeout=60)
+        try:
+            sent = {name: value for name, value in headers.items() if name.lower() not in ("connection", "expect")}
+            sent["Content-Length"] = str(len(body))
+            connection.request(method, path, body=body, headers=sent)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+    def _put_records(self, path: str, headers: Dict[str, str], body: bytes) -> Tuple[int, Any, bytes]:
+        request = json.loads(body)
+        records = request["Records"]
+        with self.lock:
+            self.put_records_calls.append([record["PartitionKey"] for record in records])
+        failed = [self._take_failure(record["PartitionKey"]) for record in records]
+        kept = [record for record, fails in zip(records, failed) if not fails]
+        if kept:
+            status, answer_headers, answer = self._forward(
+                "POST", path, headers, json.dumps({**request, "Records": kept}).encode())
+            if status != 200:
+                return status, answer_headers, answer
+            written = iter(json.loads(answer)["Records"])
+        else:
+            status, answer_headers, written = 200, [("Content-Type", "application/x-amz-json-1.1")], iter([])
+        stream = request.get("StreamName", "")
+        results = [
+            {"ErrorCode": "ProvisionedThroughputExceededException",
+             "ErrorMessage": f"Rate exceeded for shard shardId-000000000000 in stream {stream} under account "
+                             "123456789012."} if fails else next(written)
+            for fails in failed
+        ]
+        return status, answer_headers, json.dumps({"FailedRecordCount": sum(failed), "Records": results}).encode()
+
+
+def read_stream(kinesis: Any, stream: str) -> List[Dict[str, Any]]:
+    """Every record on every shard of `stream`, shard by shard, each in sequence order."""
+    records: List[Dict[str, Any]] = []
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType=STREAM.start_positions[0])["ShardIterator"]
+        while iterator:
+            answer = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            records += answer["Records"]
+            if not answer["Records"]:
+                break
+            iterator = answer.get("NextShardIterator")
+    return records
+
+
 # --- streams (the stream consumer's tests) ---------------------------------------------------
 
 
@@ -614,21 +774,9 @@ def put_events(client: Any, stream: str, events: List[bytes], keys: List[str]) -
         assert response.get("FailedRecordCount", 0) == 0, response
 
 
-def read_stream(client: Any, stream: str) -> List[Dict[str, Any]]:
+def read_stream_json(client: Any, stream: str) -> List[Dict[str, Any]]:
     """Every record on every shard of a stream, from its beginning: its JSON data as a dict."""
-    import json
-
-    found: List[Dict[str, Any]] = []
-    for shard in client.list_shards(StreamName=stream)["Shards"]:
-        iterator = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                             ShardIteratorType=STREAM.start_positions[0])["ShardIterator"]
-        while iterator:
-            response = client.get_records(ShardIterator=iterator, Limit=10_000)
-            found += [json.loads(record["Data"]) for record in response["Records"]]
-            if not response["Records"]:
-                break
-            iterator = response.get("NextShardIterator")
-    return found
+    return [json.loads(record["Data"]) for record in read_stream(client, stream)]
 
 
 def http_status(url: str) -> Tuple[int, str]:

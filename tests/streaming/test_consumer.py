@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from pipeline.artefact.model import Model
 from pipeline.serve.api import create_app
-from pipeline.settings import API, LOCAL, SERVE, STREAM
+from pipeline.settings import API, LAYOUT, LOCAL, SERVE, STREAM
 from pipeline.streaming import consumer as consumer_module
 from pipeline.streaming.checkpoints import Checkpoint, CheckpointStore
 from pipeline.streaming.consumer import Consumer, ConsumerOptions, ShardState, parse_args
@@ -31,13 +31,12 @@ from tests.helpers import (
     http_status,
     parse_metrics,
     put_events,
-    read_stream,
+    read_stream_json,
     stop_service,
     wait_for,
     wait_until_ready,
 )
 
-DEAD_LETTERS_PREFIX = "stream-dead-letters/"
 # Small batches, so that a crash falls between batches of a few hundred events.
 BATCH_SIZE = 20
 
@@ -129,20 +128,20 @@ def test_a_consumer_killed_mid_stream_and_restarted_loses_nothing_and_repeats_at
     args = consumer_args(bucket_with_model, input_stream, output_stream)
 
     first = start(args, s3_env)
-    wait_for(lambda: len(read_stream(kinesis, output_stream)) >= len(valid) // 3,
+    wait_for(lambda: len(read_stream_json(kinesis, output_stream)) >= len(valid) // 3,
              "a third of the predictions written", service=first)
     first.process.send_signal(signal.SIGKILL)
     first.process.wait()
-    before_restart = len(read_stream(kinesis, output_stream))
+    before_restart = len(read_stream_json(kinesis, output_stream))
     second = start(args, s3_env)
-    wait_for(lambda: {p["order_id"] for p in read_stream(kinesis, output_stream)} >= set(valid),
+    wait_for(lambda: {p["order_id"] for p in read_stream_json(kinesis, output_stream)} >= set(valid),
              "every valid order_id on the output stream", service=second)
-    wait_for(lambda: len(dead_letter_lines(s3, bucket_with_model, DEAD_LETTERS_PREFIX)) >= len(events) - len(valid),
-             "every malformed event dead-lettered", service=second)
+    wait_for(lambda: len(dead_letter_lines(s3, bucket_with_model, LAYOUT.stream_dead_letters_prefix))
+             >= len(events) - len(valid), "every malformed event dead-lettered", service=second)
     assert stop_service(second) == 0
 
-    predictions = read_stream(kinesis, output_stream)
-    letters = dead_letter_lines(s3, bucket_with_model, DEAD_LETTERS_PREFIX)
+    predictions = read_stream_json(kinesis, output_stream)
+    letters = dead_letter_lines(s3, bucket_with_model, LAYOUT.stream_dead_letters_prefix)
     repeated, repeated_letters = duplicates(predictions), len(letters) - (len(events) - len(valid))
     print(f"\ncrash test: {len(events)} events ({len(valid)} valid, {len(events) - len(valid)} malformed) on 2 "
           f"shards, batches of {BATCH_SIZE}; killed with SIGKILL after {before_restart} predictions were written; "
@@ -175,12 +174,12 @@ def test_sigterm_mid_stream_finishes_the_batch_checkpoints_and_exits_0_and_a_res
     args = consumer_args(bucket_with_model, input_stream, output_stream)
 
     first = start(args, s3_env)
-    wait_for(lambda: len(read_stream(kinesis, output_stream)) >= 100, "100 predictions written", service=first)
+    wait_for(lambda: len(read_stream_json(kinesis, output_stream)) >= 100, "100 predictions written", service=first)
     code = stop_service(first)
-    written = read_stream(kinesis, output_stream)
+    written = read_stream_json(kinesis, output_stream)
     checkpoints = CheckpointStore(bucket_with_model, s3, STREAM.consumer_default_name, input_stream).load_all()
     second = start(args, s3_env)
-    wait_for(lambda: len(read_stream(kinesis, output_stream)) >= len(events), "every prediction written",
+    wait_for(lambda: len(read_stream_json(kinesis, output_stream)) >= len(events), "every prediction written",
              service=second)
     stop_service(second)
 
@@ -188,7 +187,7 @@ def test_sigterm_mid_stream_finishes_the_batch_checkpoints_and_exits_0_and_a_res
     assert "SIGTERM: finishing the batch in flight, then stopping" in first.log()
     assert len(written) < len(events)
     assert sum(int(c.sequence_number or 0) for c in checkpoints.values()) == len(written)  # moto numbers 1, 2, ...
-    assert duplicates(read_stream(kinesis, output_stream)) == 0
+    assert duplicates(read_stream_json(kinesis, output_stream)) == 0
 
 
 # --- resharding ----------------------------------------------------------------------------------
@@ -211,7 +210,7 @@ def test_after_a_split_the_closed_parent_is_read_to_its_end_before_its_children(
 
     consumer = start(consumer_args(bucket_with_model, input_stream, output_stream), s3_env)
     wait_until_ready(consumer)
-    wait_for(lambda: len(read_stream(kinesis, output_stream)) >= len(events), "every prediction written",
+    wait_for(lambda: len(read_stream_json(kinesis, output_stream)) >= len(events), "every prediction written",
              service=consumer)
     wait_for(lambda: all(scrape_of(consumer.url).series("time_to_dispatch_stream_millis_behind_latest", shard_id=child)
                          for child in children), "the children read", service=consumer)
@@ -222,7 +221,7 @@ def test_after_a_split_the_closed_parent_is_read_to_its_end_before_its_children(
     assert scrape.value("time_to_dispatch_stream_shard_finished", shard_id=parent) == 1.0
     assert CheckpointStore(bucket_with_model, s3, STREAM.consumer_default_name, input_stream).load_all()[parent] \
         == Checkpoint(parent, str(len(events)), True)
-    assert sorted(p["order_id"] for p in read_stream(kinesis, output_stream)) == sorted(keys)
+    assert sorted(p["order_id"] for p in read_stream_json(kinesis, output_stream)) == sorted(keys)
     log = consumer.log()
     assert log.index(f"shard {parent} is closed and read to its end") < log.index("its children are read next")
 
@@ -251,7 +250,7 @@ def test_metrics_count_the_records_by_shard_and_name_the_model(
     put_events(kinesis, input_stream, events, keys)
     consumer = start(consumer_args(bucket_with_model, input_stream, output_stream), s3_env)
     wait_until_ready(consumer)
-    wait_for(lambda: len(read_stream(kinesis, output_stream)) >= 40, "every prediction written", service=consumer)
+    wait_for(lambda: len(read_stream_json(kinesis, output_stream)) >= 40, "every prediction written", service=consumer)
 
     wait_for(lambda: total(scrape_of(consumer.url), "time_to_dispatch_stream_records_read_total") == 50,
              "every record counted", service=consumer)
@@ -354,10 +353,10 @@ def test_an_expired_iterator_is_acquired_again_after_the_checkpoint(
     flaky = FlakyKinesis(kinesis, ["ExpiredIteratorException"])
     consumer = in_process_consumer(s3, kinesis, bucket_with_model, trained_model, input_stream, output_stream, flaky)
 
-    run_consumer_until(consumer, lambda: len(read_stream(kinesis, output_stream)) >= 20)
+    run_consumer_until(consumer, lambda: len(read_stream_json(kinesis, output_stream)) >= 20)
 
     assert [r.get("StartingSequenceNumber") for r in flaky.iterator_requests] == ["10", "10"]
-    assert sorted(p["order_id"] for p in read_stream(kinesis, output_stream)) == sorted(keys[10:])
+    assert sorted(p["order_id"] for p in read_stream_json(kinesis, output_stream)) == sorted(keys[10:])
     assert any(r.levelname == "WARNING" and "ExpiredIteratorException" in r.getMessage() for r in caplog.records)
 
 
@@ -370,14 +369,14 @@ def test_throttled_reads_back_off_with_a_warning_and_go_on(
     flaky = FlakyKinesis(kinesis, ["ProvisionedThroughputExceededException"] * 2)
     consumer = in_process_consumer(s3, kinesis, bucket_with_model, trained_model, input_stream, output_stream, flaky)
 
-    run_consumer_until(consumer, lambda: len(read_stream(kinesis, output_stream)) >= 10)
+    run_consumer_until(consumer, lambda: len(read_stream_json(kinesis, output_stream)) >= 10)
 
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["shard shardId-000000000000: reads throttled (ProvisionedThroughputExceededException); "
                         "reading again in 0.5 s",
                         "shard shardId-000000000000: reads throttled (ProvisionedThroughputExceededException); "
                         "reading again in 1 s"]
-    assert sorted(p["order_id"] for p in read_stream(kinesis, output_stream)) == sorted(keys)
+    assert sorted(p["order_id"] for p in read_stream_json(kinesis, output_stream)) == sorted(keys)
 
 
 def test_a_batch_not_all_written_is_checkpointed_before_the_first_unwritten_record_and_read_again(
