@@ -602,12 +602,27 @@ ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDeni
                  b"<Message>Access Denied</Message><RequestId>fault</RequestId></Error>")
 
 
+def client_gone(connection: socket.socket) -> bool:
+    """Whether the peer of a server's connection has closed it (a client waiting for an answer
+    sends nothing, so a readable socket is one at its end)."""
+    import select
+
+    readable, _, _ = select.select([connection], [], [], 0)
+    try:
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class AwsFaultProxy:
     """An HTTP proxy on loopback in front of the local AWS server that fails chosen PutRecords
     entries as a throttled shard does: the entries are taken out of the request before it is
     forwarded (so they are not written) and put back into the answer, in place, marked
     ProvisionedThroughputExceededException. With `deny_s3_puts_under` set to a key prefix, it
-    answers every S3 PUT under it 403 AccessDenied. Every other request goes through unchanged.
+    answers every S3 PUT under it 403 AccessDenied; with `slow_s3_puts_under` set to (a key
+    prefix, seconds), it forwards every S3 PUT under it that much later, and not at all if the
+    client has gone meanwhile (killed: its PUT never reached S3). Every other request goes
+    through unchanged.
 
         proxy = AwsFaultProxy(upstream_endpoint).start()
         proxy.fail("ORD-3", times=1)      # the entry of partition key ORD-3 fails once
@@ -626,6 +641,7 @@ class AwsFaultProxy:
         self.upstream = (host, int(port))
         self.failures: Dict[str, int] = {}
         self.deny_s3_puts_under: Optional[str] = None
+        self.slow_s3_puts_under: Optional[Tuple[str, float]] = None
         self.put_records_calls: List[List[str]] = []
         self.lock = threading.Lock()
         proxy = self
@@ -654,7 +670,11 @@ class AwsFaultProxy:
             def _relay(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length) if length else b""
-                denied = proxy.deny_s3_puts_under
+                denied, slow = proxy.deny_s3_puts_under, proxy.slow_s3_puts_under
+                if method == "PUT" and slow is not None and f"/{slow[0]}" in self.path:
+                    time.sleep(slow[1])
+                    if client_gone(self.connection):
+                        return
                 if method == "PUT" and denied is not None and f"/{denied}" in self.path:
                     status, headers, answer = 403, [("Content-Type", "application/xml")], ACCESS_DENIED
                 elif self.headers.get("X-Amz-Target", "").endswith(".PutRecords"):

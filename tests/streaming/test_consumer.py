@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from pipeline.artefact.model import Model
 from pipeline.serve.api import create_app
-from pipeline.settings import API, LAYOUT, LOCAL, SERVE, STREAM
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, SERVE, STREAM
 from pipeline.streaming import consumer as consumer_module
 from pipeline.streaming.checkpoints import Checkpoint, CheckpointStore
 from pipeline.streaming.consumer import Consumer, ConsumerOptions, ShardState, parse_args
@@ -24,6 +24,7 @@ from pipeline.streaming.consumer_metrics import ConsumerMetrics, ConsumerStatus,
 from pipeline.streaming.core import BatchResult
 from pipeline.streaming.output import DeadLetterStore
 from tests.helpers import (
+    AwsFaultProxy,
     StartService,
     create_stream,
     dead_letter_lines,
@@ -116,18 +117,25 @@ def duplicates(predictions: List[Dict[str, Any]]) -> int:
 # --- the crash test ------------------------------------------------------------------------------
 
 
+# The crash test's consumer writes its checkpoints through a proxy that forwards them this much
+# later: the consumer then spends most of its time between a batch's predictions written and its
+# checkpoint, so that the kill falls there, where it makes duplicates, rather than between batches.
+SLOW_CHECKPOINT_SECONDS = 0.3
+
+
 @pytest.mark.e2e
 def test_a_consumer_killed_mid_stream_and_restarted_loses_nothing_and_repeats_at_most_a_batch_per_shard(
     s3: Any, kinesis: Any, bucket_with_model: str, trained_model: Model, s3_env: Dict[str, str],
-    start: StartService,
+    start: StartService, aws_proxy: AwsFaultProxy,
 ) -> None:
     input_stream, output_stream = create_stream(kinesis, shards=2), create_stream(kinesis, shards=1)
     events, keys = make_events(trained_model, 600)
     valid = valid_events(events)
     put_events(kinesis, input_stream, events, keys)
     args = consumer_args(bucket_with_model, input_stream, output_stream)
+    aws_proxy.slow_s3_puts_under = (LAYOUT.stream_checkpoints_prefix, SLOW_CHECKPOINT_SECONDS)
 
-    first = start(args, s3_env)
+    first = start(args, {**s3_env, ENVIRONMENT.aws_endpoint_url: aws_proxy.endpoint})
     wait_for(lambda: len(read_stream_json(kinesis, output_stream)) >= len(valid) // 3,
              "a third of the predictions written", service=first)
     first.process.send_signal(signal.SIGKILL)
@@ -144,7 +152,8 @@ def test_a_consumer_killed_mid_stream_and_restarted_loses_nothing_and_repeats_at
     letters = dead_letter_lines(s3, bucket_with_model, LAYOUT.stream_dead_letters_prefix)
     repeated, repeated_letters = duplicates(predictions), len(letters) - (len(events) - len(valid))
     print(f"\ncrash test: {len(events)} events ({len(valid)} valid, {len(events) - len(valid)} malformed) on 2 "
-          f"shards, batches of {BATCH_SIZE}; killed with SIGKILL after {before_restart} predictions were written; "
+          f"shards, batches of {BATCH_SIZE}; killed with SIGKILL (checkpoints {SLOW_CHECKPOINT_SECONDS:g} s slow) "
+          f"after {before_restart} predictions were written; "
           f"after the restart {len(predictions)} predictions ({repeated} duplicates) and {len(letters)} dead letters "
           f"({repeated_letters} duplicates); bound: {2 * BATCH_SIZE}")
     assert 0 < before_restart < len(valid)
