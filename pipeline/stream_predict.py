@@ -15,7 +15,7 @@ import sys
 
 from pipeline.artefact.signing import SigningKeyError
 from pipeline.cli import CommandLine, Failures
-from pipeline.serve.lifecycle import ModelCompatibilityError
+from pipeline.serve.model_loading import ModelCompatibilityError
 from pipeline.storage.client import StorageError
 from pipeline.streaming.consumer import USAGE, ConsumerError, consume, parse_args
 from pipeline.streaming.output import StreamError

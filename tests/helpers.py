@@ -5,6 +5,7 @@ Fixtures live in conftest.py; plain functions and containers that several test m
 live here, once: a test module imports from here and from conftest, never from another test
 module (tests/test_imports.py checks it).
 """
+import base64
 import functools
 import http.client
 import http.server
@@ -770,6 +771,64 @@ def read_stream(kinesis: Any, stream: str) -> List[Dict[str, Any]]:
                 break
             iterator = answer.get("NextShardIterator")
     return records
+
+
+def lambda_kinesis_event(kinesis: Any, stream: str, shard_id: str, starting_at: Optional[str] = None,
+                         limit: int = 100) -> Dict[str, Any]:
+    """A batch of `stream`'s shard as Lambda's Kinesis event source sends it to a function: up to
+    `limit` records read with GetRecords from the shard's start (or from the record of sequence
+    number `starting_at`, as Lambda resumes after a reported failure), each with its data
+    base64-encoded, its eventID `<shard>:<seq>`, the stream's ARN, and the other fields AWS sets."""
+    if starting_at is None:
+        start = {"ShardIteratorType": "TRIM_HORIZON"}
+    else:
+        start = {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": starting_at}
+    iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard_id, **start)["ShardIterator"]
+    records = kinesis.get_records(ShardIterator=iterator, Limit=limit)["Records"]
+    arn = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamARN"]
+    region = arn.split(":")[3]
+    return {"Records": [{
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": record["PartitionKey"],
+            "sequenceNumber": record["SequenceNumber"],
+            "data": base64.b64encode(record["Data"]).decode("ascii"),
+            "approximateArrivalTimestamp": record["ApproximateArrivalTimestamp"].timestamp(),
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": f"{shard_id}:{record['SequenceNumber']}",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": f"arn:aws:iam::{arn.split(':')[4]}:role/time-to-dispatch-stream",
+        "awsRegion": region,
+        "eventSourceARN": arn,
+    } for record in records]}
+
+
+LAMBDA_REQUIREMENTS = LOCAL.repo_root / "requirements_lambda.txt"
+
+
+def lambda_package(target: Path) -> Path:
+    """A folder laid out as the Lambda's package is (`pip install -r requirements_lambda.txt -t
+    DIR`), made from the distributions installed here: for each one requirements_lambda.txt pins,
+    at the pinned version, a link to each of its top-level files and folders. Nothing else is in
+    it: a Python started with `-S` and this folder and the repository's root on its path (for
+    `pipeline/`) sees only what the package would hold."""
+    from importlib import metadata
+
+    target.mkdir(parents=True, exist_ok=True)
+    for line in LAMBDA_REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, version = line.split("==")
+        installed = metadata.distribution(name)
+        assert installed.version == version, f"{line} but {installed.version} is installed"
+        for top in sorted({Path(str(file)).parts[0] for file in installed.files or []} - {".."}):
+            link = target / top
+            if not link.exists():
+                link.symlink_to(Path(str(installed.locate_file(top))))
+    return target
 
 
 # --- streams (the stream consumer's tests) ---------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.artefact.model import Model
-from pipeline.serve.start_up import load_model
+from pipeline.serve.model_loading import load_model
 from pipeline.settings import S3, SERVE, STREAM
 from pipeline.storage.client import end_s3_deadline, s3_client, start_s3_deadline
 from pipeline.streaming.checkpoints import Checkpoint, CheckpointStore
@@ -96,7 +96,7 @@ def consume(options: ConsumerOptions, stop: Optional[threading.Event] = None) ->
     """Run the consumer until SIGTERM or SIGINT (or `stop` is set).
 
     Raises:
-        SigningKeyError, StorageError, ModelCompatibilityError: as `serve.start_up.load_model`
+        SigningKeyError, StorageError, ModelCompatibilityError: as `serve.model_loading.load_model`
             (no live model, or one that does not verify); StorageError also when a checkpoint
             or dead letter cannot be read or written.
         ConsumerError: the input stream is missing or may not be read, or Kinesis failed for

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 
 from pipeline.artefact.features import ORDERS_COLUMN, PRODUCT_COLUMN
 from pipeline.artefact.model import Model
-from pipeline.serve.api import build_request_model
+from pipeline.serve.request_schema import build_request_model
 from pipeline.settings import STREAM
 
 ORDER_ID_FIELD = "order_id"
