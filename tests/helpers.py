@@ -780,7 +780,7 @@ def lambda_kinesis_event(kinesis: Any, stream: str, shard_id: str, starting_at: 
     number `starting_at`, as Lambda resumes after a reported failure), each with its data
     base64-encoded, its eventID `<shard>:<seq>`, the stream's ARN, and the other fields AWS sets."""
     if starting_at is None:
-        start = {"ShardIteratorType": "TRIM_HORIZON"}
+        start = {"ShardIteratorType": STREAM.start_positions[0]}
     else:
         start = {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": starting_at}
     iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard_id, **start)["ShardIterator"]
