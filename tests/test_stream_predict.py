@@ -6,7 +6,16 @@ import pytest
 
 from pipeline.settings import LAYOUT, LOCAL
 from pipeline.streaming.output import kinesis_client
-from tests.helpers import LOG_LINE, create_stream, error_lines, free_port, run_cli
+from tests.helpers import (
+    LOG_LINE,
+    StartService,
+    create_stream,
+    error_lines,
+    free_port,
+    run_cli,
+    stop_service,
+    wait_until_listening,
+)
 
 
 @pytest.fixture
@@ -67,3 +76,20 @@ def test_a_missing_output_stream_is_one_error_line_naming_it_and_no_checkpoint(
     [line] = error_lines(result.stdout)
     assert "stream_predict failed: " in line and "no-such-output" in line
     assert s3.list_objects_v2(Bucket=bucket_with_model, Prefix=LAYOUT.stream_checkpoints_prefix)["KeyCount"] == 0
+
+
+@pytest.mark.e2e
+def test_sigterm_while_it_starts_exits_0_with_no_error_line(
+    kinesis: Any, bucket_with_model: str, s3_env: Dict[str, str], start: StartService,
+) -> None:
+    consumer = start(["-m", "pipeline.stream_predict", bucket_with_model, "--input-stream", create_stream(kinesis),
+                      "--output-stream", create_stream(kinesis)], s3_env)
+    wait_until_listening(consumer)
+
+    code = stop_service(consumer)
+
+    assert code == 0
+    assert error_lines(consumer.log()) == []
+    last = consumer.log().splitlines()[-1]
+    assert last.endswith("stream_predict stopped by SIGTERM before it read any shard") \
+        or last.endswith("stream_predict stopped as asked")

@@ -63,6 +63,14 @@ class ConsumerError(Exception):
     """Kinesis refused the consumer, or failed for longer than it waits."""
 
 
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived before the consumer read any shard: it stops at once (a
+    BaseException, as the serve stage's, so that no `except Exception` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
 class ConsumerOptions(NamedTuple):
     """What the command line asked for."""
 
@@ -103,16 +111,16 @@ def consume(options: ConsumerOptions, stop: Optional[threading.Event] = None) ->
             longer than STREAM.give_up_seconds.
         StreamError: the output stream is missing or may not be written (the core's).
         OSError: the port cannot be opened.
+        StopRequested: SIGTERM or SIGINT arrived before the shards were read (nothing to finish).
     """
     stop = stop or threading.Event()
-    stop_on_signals(stop)
+    reading = threading.Event()
+    stop_on_signals(stop, reading)
     metrics, status = ConsumerMetrics(), ConsumerStatus()
     server = StatusServer(options.host, options.port, metrics, status).start()
     try:
         model = load_live_model(options.bucket)
         metrics.observe_model(model)
-        if stop.is_set():
-            return
         s3 = s3_client()
         consumer = Consumer(
             options, model, kinesis_client(), CheckpointStore(options.bucket, s3, options.consumer_name,
@@ -120,6 +128,7 @@ def consume(options: ConsumerOptions, stop: Optional[threading.Event] = None) ->
             DeadLetterStore(options.bucket, s3, options.consumer_name), metrics)
         consumer.start()
         status.set_ready()
+        reading.set()
         consumer.run(stop)
     finally:
         server.stop()
@@ -389,14 +398,18 @@ def describe(error: ClientError) -> str:
 # --- stopping ----------------------------------------------------------------------------------
 
 
-def stop_on_signals(stop: threading.Event) -> None:
-    """From now on SIGTERM and SIGINT set `stop`: the batch in flight is finished and
+def stop_on_signals(stop: threading.Event, reading: threading.Event) -> None:
+    """From now on SIGTERM and SIGINT stop the consumer. Before it reads (`reading` not set:
+    the model loading, the shards listed) they raise StopRequested at once, as the serve stage
+    stops before it serves. Once it reads they set `stop`: the batch in flight is finished and
     checkpointed, then the consumer returns. A stop not done within STREAM.stop_seconds exits
     the process with one ERROR line and code 1 (the batch is then read again after a restart)."""
     def request_stop(signum: int, frame: Optional[FrameType]) -> None:
         if stop.is_set():
             return
         stop.set()
+        if not reading.is_set():
+            raise StopRequested(signum)
         log.info(f"{signal.Signals(signum).name}: finishing the batch in flight, then stopping")
         timer = threading.Timer(STREAM.stop_seconds, _stop_overdue)
         timer.daemon = True
