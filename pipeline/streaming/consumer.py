@@ -94,6 +94,8 @@ class ShardState:
         self.ending_sequence = ending_sequence
         self.last_sequence = checkpoint.sequence_number if checkpoint else None
         self.finished = checkpoint.finished if checkpoint else False
+        # The first record of a batch whose prediction was not written: read again from it.
+        self.resume_at: Optional[str] = None
         self.iterator: Optional[str] = None
         self.next_read_at = 0.0
         self.backoff = 0.0
@@ -313,13 +315,14 @@ class Consumer:
         self.totals["written"] += result.written
         self.totals["dead_lettered"] += result.dead_lettered
         if not result.unwritten:
-            state.last_sequence = records[-1].sequence_number
+            state.last_sequence, state.resume_at = records[-1].sequence_number, None
             return True
         self.metrics.unwritten.labels(shard).inc(len(result.unwritten))
         unwritten = {record.sequence_number for record in result.unwritten}
         first = next(i for i, record in enumerate(records) if record.sequence_number in unwritten)
         if first > 0:
             state.last_sequence = records[first - 1].sequence_number
+        state.resume_at = records[first].sequence_number
         state.iterator = None
         state.backoff = min(max(state.backoff * 2, STREAM.backoff_seconds), STREAM.max_backoff_seconds)
         state.next_read_at = self.clock() + state.backoff
@@ -335,9 +338,12 @@ class Consumer:
         return int(state.last_sequence or 0) >= int(state.ending_sequence)
 
     def shard_iterator(self, state: ShardState) -> str:
-        """An iterator just after the shard's checkpoint, or at its start position."""
+        """An iterator at the first record not written, or just after the shard's checkpoint, or
+        at its start position."""
         arguments: Dict[str, Any] = {"StreamName": self.options.input_stream, "ShardId": state.shard_id}
-        if state.last_sequence is not None:
+        if state.resume_at is not None:
+            arguments.update(ShardIteratorType="AT_SEQUENCE_NUMBER", StartingSequenceNumber=state.resume_at)
+        elif state.last_sequence is not None:
             arguments.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=state.last_sequence)
         else:
             arguments.update(ShardIteratorType=self.start_position(state))

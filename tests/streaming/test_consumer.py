@@ -369,6 +369,34 @@ def test_an_expired_iterator_is_acquired_again_after_the_checkpoint(
     assert any(r.levelname == "WARNING" and "ExpiredIteratorException" in r.getMessage() for r in caplog.records)
 
 
+def test_a_first_record_not_written_is_read_again_even_where_the_shard_started_at_latest(
+    s3: Any, kinesis: Any, bucket_with_model: str, trained_model: Model, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    input_stream, output_stream = create_stream(kinesis), create_stream(kinesis)
+    batches: List[List[str]] = []
+
+    def process_batch(records: Any, *args: Any) -> BatchResult:
+        batches.append([r.sequence_number for r in records])
+        return BatchResult(0, 0, list(records)) if len(batches) == 1 else BatchResult(len(records), 0, [])
+
+    monkeypatch.setattr(consumer_module, "process_batch", process_batch)
+    options = ConsumerOptions(bucket_with_model, input_stream, output_stream, start_position=STREAM.start_positions[1])
+    consumer = Consumer(options, trained_model, kinesis,
+                        CheckpointStore(bucket_with_model, s3, options.consumer_name, input_stream),
+                        DeadLetterStore(bucket_with_model, s3, options.consumer_name), ConsumerMetrics())
+    consumer.start()
+    state = consumer.shards["shardId-000000000000"]
+    state.iterator = consumer.shard_iterator(state)
+    events, keys = make_events(trained_model, 5, malformed_every=10**6)
+    put_events(kinesis, input_stream, events, keys)
+
+    consumer.read_shard(state)
+    state.next_read_at = 0.0
+    consumer.read_shard(state)
+
+    assert batches == [["1", "2", "3", "4", "5"], ["1", "2", "3", "4", "5"]]
+
+
 def test_throttled_reads_back_off_with_a_warning_and_go_on(
     s3: Any, kinesis: Any, bucket_with_model: str, trained_model: Model, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -414,6 +442,7 @@ def test_a_batch_not_all_written_is_checkpointed_before_the_first_unwritten_reco
 
     assert after_first == Checkpoint("shardId-000000000000", "3", False)
     assert batches == [[str(n) for n in range(1, 11)], [str(n) for n in range(4, 11)]]
+    assert state.resume_at is None
     assert store.load_all()["shardId-000000000000"].sequence_number == "10"
 
 
