@@ -80,6 +80,8 @@ def put_predictions(
     Raises:
         StreamError: the stream does not exist, access is denied, or Kinesis refused a call as
             invalid, naming the stream.
+        ValueError: a ScoredEvent made by hand, without `data`, whose prediction cannot be
+            encoded (`score_records` dead-letters those instead).
     """
     wait = sleep or time.sleep
     entries = [_entry(event) for event in scored]
