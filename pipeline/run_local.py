@@ -3,7 +3,7 @@
 Usage: python3 -m pipeline.run_local [--port PORT] [--s3-port PORT] [--weeks N]
        [--r2-error-threshold X] [--r2-warning-threshold Y] [--exit-after-request]
        [--bucket NAME [--endpoint-url URL] [--seed-synthetic-data]] [--with-batch] [--with-mlflow]
-       [--in-place]
+       [--with-stream [--stream-port PORT]] [--in-place]
 
 Run from the repository root with any Python 3.11+ that has pip: it imports only the standard
 library until the project's virtualenv `.venv/` has the pinned requirements (`--in-place` runs

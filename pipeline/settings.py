@@ -112,6 +112,12 @@ class LayoutSettings:
         "reports/", "", "Each training run's report: report.json, the plots and report.html.")
     predictions_prefix: str = setting(
         _PREDICTIONS_PREFIX, "", "The backfill's estimates for each week, and its summary.")
+    stream_dead_letters_prefix: str = setting(
+        "stream-dead-letters/", "", "Stream records that could not be scored: one JSON-lines object per batch, "
+        "under <source>/<shard>/ (docs/streaming.md).")
+    stream_checkpoints_prefix: str = setting(
+        "stream-checkpoints/", "", "The stream consumer's checkpoints: one small JSON object per consumer name, "
+        "input stream and shard, holding the shard's last processed sequence number.")
     dataset_file_stem: str = setting(
         "time_to_dispatch", "", "The name data engineering's files start with, before their timestamp.")
     model_file_stem: str = setting(
@@ -151,7 +157,7 @@ class LayoutSettings:
         """Prefixes that hold the pipeline's own objects: batch scoring's OUTPUT_KEY is never under
         one (the service serves reports as HTML; the backfill trusts what is under predictions/)."""
         return (self.datasets_prefix, self.models_prefix, self.registry_prefix, self.reports_prefix,
-                self.predictions_prefix)
+                self.predictions_prefix, self.stream_dead_letters_prefix, self.stream_checkpoints_prefix)
 
 
 @dataclass(frozen=True)
@@ -431,6 +437,104 @@ class BatchSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """Streaming predictions: Kinesis' limits, the output's retries, the dead letters, the Lambda handler,
+    the consumer on Kubernetes."""
+
+    # --- the streaming core and the Lambda handler ---
+    max_put_records_entries: int = setting(
+        500, "records", "Kinesis' most records in one PutRecords call: predictions are written in calls of at most "
+        "this many.")
+    max_put_records_bytes: int = setting(
+        5 * MIB, "B", "Kinesis' most bytes in one PutRecords call (data and partition keys): a call is closed "
+        "before it would pass this.")
+    max_record_bytes: int = setting(
+        1 * MIB, "B", "Kinesis' largest record (data and partition key). A prediction that would be larger (an "
+        "event near the limit, plus the prediction's fields) is dead-lettered, never sent to be refused with "
+        "its whole call.")
+    max_partition_key_chars: int = setting(
+        256, "characters", "Kinesis' longest partition key; order_id is the output's partition key, so an "
+        "event whose order_id is longer is dead-lettered.")
+    put_attempts: int = setting(
+        5, "attempts", "PutRecords attempts for the entries a partial failure names (throttling on a hot "
+        "shard): the first call and four retries of the failed entries only. Entries still failed after them "
+        "are reported unwritten, and the caller does not acknowledge them (Lambda retries from the first).")
+    put_backoff_seconds: float = setting(
+        0.1, "s", "The wait before the first retry of failed entries, doubled before each next one: Kinesis "
+        "counts a shard's throughput per second, so a few tenths of a second lets the next second's quota in.")
+    max_put_backoff_seconds: float = setting(
+        2.0, "s", "The longest wait between two attempts; all the waits together are 0.1 + 0.2 + 0.4 + 0.8 = "
+        "1.5 s, far inside a Lambda's timeout.")
+    kinesis_connect_timeout_seconds: float = setting(
+        3.0, "s", "Each Kinesis call waits at most this long for a connection (as S3's calls do).")
+    kinesis_read_timeout_seconds: float = setting(
+        10.0, "s", "Each Kinesis call waits at most this long for each read: a PutRecords of 5 MiB is answered "
+        "in well under a second.")
+    kinesis_max_attempts: int = setting(
+        3, "attempts", "botocore's standard retry mode's attempts per Kinesis call (a reset connection, a 500); "
+        "entries a PutRecords answer marks failed are retried by the core itself (put_attempts).")
+    lambda_source: str = setting(
+        "lambda", "", "The Lambda handler's dead letters go under the dead-letter prefix in this folder, then "
+        "one folder per shard.")
+    lambda_bucket_variable: str = setting(
+        "TIME_TO_DISPATCH_BUCKET", "", "The Lambda handler's environment variable naming the bucket whose "
+        "live model it serves and where it writes dead letters.")
+    lambda_output_stream_variable: str = setting(
+        "TIME_TO_DISPATCH_OUTPUT_STREAM", "", "The Lambda handler's environment variable naming the stream it "
+        "writes predictions to.")
+
+    # --- the consumer on Kubernetes (pipeline/streaming/consumer.py, `python -m pipeline.stream_predict`) ---
+    consumer_default_port: int = setting(
+        8001, "", "The consumer's HTTP port for /metrics, /ready and /health: beside the serve stage's 8000.")
+    consumer_default_name: str = setting(
+        "stream-predict", "", "The consumer's name when --consumer-name is not given: its checkpoints and dead "
+        "letters are filed under it, so two consumers of one stream with different names keep apart.")
+    consumer_name_pattern: str = setting(
+        "[A-Za-z0-9_.-]{1,128}", "regex", "What a consumer name and a stream name may be (Kinesis' own rule for "
+        "stream names): both become parts of S3 keys.")
+    get_records_limit: int = setting(
+        500, "records", "Records asked for in one GetRecords call, a batch: one put_records call at most (500 "
+        "entries). It is also the duplicate bound: after a crash at most this many records per shard are "
+        "processed again.")
+    max_get_records_limit: int = setting(
+        10_000, "records", "Kinesis' own largest GetRecords Limit.")
+    start_positions: Tuple[str, ...] = setting(
+        ("TRIM_HORIZON", "LATEST"), "", "Where a shard without a checkpoint is first read from: TRIM_HORIZON "
+        "(the default: the oldest record kept, so nothing is lost) or LATEST (only records put from now on).")
+    min_read_interval_seconds: float = setting(
+        0.2, "s", "A shard is read at most five times a second: Kinesis' limit of five GetRecords calls per "
+        "shard per second, shared by every consumer of the stream.")
+    idle_poll_seconds: float = setting(
+        0.5, "s", "After a read that found nothing new the shard is read again this long later: low latency "
+        "without spending the read limit on an idle stream.")
+    shard_refresh_seconds: float = setting(
+        10.0, "s", "The shards are listed again this often, to find new shards after a reshard and which "
+        "shards were closed.")
+    backoff_seconds: float = setting(
+        0.5, "s", "The first wait after a throttled read or a batch whose predictions were not all written; "
+        "doubled at each failure in a row.")
+    max_backoff_seconds: float = setting(
+        10.0, "s", "The longest wait between two reads of a throttled shard.")
+    give_up_seconds: float = setting(
+        120.0, "s", "Kinesis failing (not throttling) for this long in a row ends the consumer with one ERROR "
+        "line and exit code 1: Kubernetes restarts it, and it resumes from its checkpoints.")
+    stop_seconds: float = setting(
+        25.0, "s", "After SIGTERM the batch in flight is finished and checkpointed; a stop not done this long "
+        "after the signal exits with one ERROR line and code 1 without checkpointing that batch (it is read "
+        "again after the restart): inside Kubernetes' 30 s grace period with 5 s to spare.")
+    ready_timeout_seconds: float = setting(
+        60.0, "s", "How long the local run waits for its consumer's /ready.")
+    local_input_stream: str = setting(
+        "time-to-dispatch-orders", "", "The local run's input stream (--with-stream).")
+    local_output_stream: str = setting(
+        "time-to-dispatch-predictions", "", "The local run's output stream (--with-stream).")
+    local_input_shards: int = setting(
+        2, "shards", "The local run's input stream has two shards, so the consumer reads more than one.")
+    local_read_back_seconds: float = setting(
+        30.0, "s", "How long the local run waits to read its example predictions back from the output stream.")
+
+
+@dataclass(frozen=True)
 class LocalSettings:
     """The local run and the local S3 server; the synthetic data that follows the notebook's facts."""
 
@@ -577,6 +681,7 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
     local: LocalSettings = field(default_factory=LocalSettings)
     messages: MessageSettings = field(default_factory=MessageSettings)
@@ -599,6 +704,7 @@ def check_budgets(settings: Settings) -> None:
     - the train stage's S3 deadline and then its experiment tracking's budget fit its job limit
       with 40 s to spare: a slow tracking server never costs the week;
     - batch scoring's two aborts after SIGTERM fit Kubernetes' grace period, with 5 s to spare;
+      so does the stream consumer's stop (its batch in flight finished and checkpointed);
     - the drain plus the graceful stop fit Kubernetes' grace period: the service exits cleanly
       before SIGKILL;
     - every request buffering the largest body and head, and every other open connection
@@ -647,6 +753,11 @@ def check_budgets(settings: Settings) -> None:
             f"bytes of body and head and {serve.max_open_connections} connections x {serve.max_header_bytes:,} "
             f"bytes of head, {buffered:,} bytes, plus the service's {serve.resident_memory_mb} MB, is "
             f"{memory:,} bytes: over the serve pod's memory request of {serve.memory_request_mb} MB")
+    stream_stop = settings.stream.stop_seconds
+    if stream_stop > serve.termination_grace_seconds - 5:
+        raise BudgetError(
+            f"the stream consumer's stop, {stream_stop:g} s, does not fit Kubernetes' grace period of "
+            f"{serve.termination_grace_seconds} s with 5 s to spare")
     artefact = settings.artefact
     loading = artefact.artefact_load_factor * artefact.max_artefact_bytes
     if memory + loading > serve.memory_request_mb * MB:
@@ -677,6 +788,7 @@ ARTEFACT = SETTINGS.artefact
 TRAIN = SETTINGS.train
 DRIFT = SETTINGS.drift
 BATCH = SETTINGS.batch
+STREAM = SETTINGS.stream
 TRACKING = SETTINGS.tracking
 LOCAL = SETTINGS.local
 MESSAGES = SETTINGS.messages

@@ -34,12 +34,17 @@ def configure_logger(level: int = logging.INFO) -> logging.Logger:
     setattr(handler, "_time_to_dispatch", True)
     root.addHandler(handler)
     root.setLevel(level)
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_libraries()
     # A library's warning (e.g. boto3 announcing the end of Python 3.9 support) would otherwise
     # be two bare lines on stderr; as one log line it keeps the stage's output in one format.
     warnings.showwarning = _log_warning
     return root
+
+
+def quiet_libraries() -> None:
+    """Log only WARNING and above from the libraries that log every HTTP call at INFO."""
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _log_warning(

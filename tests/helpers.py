@@ -5,7 +5,11 @@ Fixtures live in conftest.py; plain functions and containers that several test m
 live here, once: a test module imports from here and from conftest, never from another test
 module (tests/test_imports.py checks it).
 """
+import base64
 import functools
+import http.client
+import http.server
+import json
 import pickle
 import re
 import shlex
@@ -14,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,7 +30,7 @@ import yaml
 from pipeline.artefact.model import Model
 from pipeline.local.local_s3 import create_bucket
 from pipeline.local.synthetic import generate_orders, generate_weeks
-from pipeline.settings import LAYOUT, LOCAL
+from pipeline.settings import API, LAYOUT, LOCAL, STREAM
 from pipeline.storage.datasets import put_dataset
 from pipeline.storage.layout import report_prefix
 from pipeline.storage.report_files import put_report, report_digest
@@ -590,3 +595,313 @@ def made_before_the_served_parts(model: Any) -> Any:
     for name in SERVED_PARTS:
         old.__dict__.pop(name, None)
     return old
+
+
+# --- a Kinesis partial failure, for real over HTTP ---------------------------------------------
+
+ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+                 b"<Message>Access Denied</Message><RequestId>fault</RequestId></Error>")
+
+
+def client_gone(connection: socket.socket) -> bool:
+    """Whether the peer of a server's connection has closed it (a client waiting for an answer
+    sends nothing, so a readable socket is one at its end)."""
+    import select
+
+    readable, _, _ = select.select([connection], [], [], 0)
+    try:
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+class AwsFaultProxy:
+    """An HTTP proxy on loopback in front of the local AWS server that fails chosen PutRecords
+    entries as a throttled shard does: the entries are taken out of the request before it is
+    forwarded (so they are not written) and put back into the answer, in place, marked
+    ProvisionedThroughputExceededException. With `deny_s3_puts_under` set to a key prefix, it
+    answers every S3 PUT under it 403 AccessDenied; with `slow_s3_puts_under` set to (a key
+    prefix, seconds), it forwards every S3 PUT under it that much later, and not at all if the
+    client has gone meanwhile (killed: its PUT never reached S3). Every other request goes
+    through unchanged.
+
+        proxy = AwsFaultProxy(upstream_endpoint).start()
+        proxy.fail("ORD-3", times=1)      # the entry of partition key ORD-3 fails once
+        proxy.fail("ORD-4")               # ... fails every time
+        client = boto3.client("kinesis", endpoint_url=proxy.endpoint)
+        proxy.stop()
+
+    `put_records_calls` holds, for each PutRecords forwarded or answered, the partition keys of
+    its entries in order.
+    """
+
+    ALWAYS = -1
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit("//", 1)[1].split(":")
+        self.upstream = (host, int(port))
+        self.failures: Dict[str, int] = {}
+        self.deny_s3_puts_under: Optional[str] = None
+        self.slow_s3_puts_under: Optional[Tuple[str, float]] = None
+        self.put_records_calls: List[List[str]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self._relay("POST")
+
+            def do_GET(self) -> None:
+                self._relay("GET")
+
+            def do_PUT(self) -> None:
+                self._relay("PUT")
+
+            def do_HEAD(self) -> None:
+                self._relay("HEAD")
+
+            def do_DELETE(self) -> None:
+                self._relay("DELETE")
+
+            def _relay(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length) if length else b""
+                denied, slow = proxy.deny_s3_puts_under, proxy.slow_s3_puts_under
+                if method == "PUT" and slow is not None and f"/{slow[0]}" in self.path:
+                    time.sleep(slow[1])
+                    if client_gone(self.connection):
+                        return
+                if method == "PUT" and denied is not None and f"/{denied}" in self.path:
+                    status, headers, answer = 403, [("Content-Type", "application/xml")], ACCESS_DENIED
+                elif self.headers.get("X-Amz-Target", "").endswith(".PutRecords"):
+                    status, headers, answer = proxy._put_records(self.path, dict(self.headers), body)
+                else:
+                    status, headers, answer = proxy._forward(method, self.path, dict(self.headers), body)
+                self.send_response(status)
+                for name, value in headers:
+                    if name.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                if method != "HEAD":
+                    self.wfile.write(answer)
+
+        self.server = http.server.ThreadingHTTPServer((LOCAL.loopback_host, 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOCAL.loopback_host}:{self.server.server_address[1]}"
+
+    def start(self) -> "AwsFaultProxy":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def fail(self, partition_key: str, times: int = ALWAYS) -> None:
+        """Fail the PutRecords entries of `partition_key`, `times` times (ALWAYS: every time)."""
+        with self.lock:
+            self.failures[partition_key] = times
+
+    def _take_failure(self, partition_key: str) -> bool:
+        with self.lock:
+            left = self.failures.get(partition_key, 0)
+            if left == 0:
+                return False
+            if left > 0:
+                self.failures[partition_key] = left - 1
+            return True
+
+    def _forward(self, method: str, path: str, headers: Dict[str, str], body: bytes) -> Tuple[int, Any, bytes]:
+        connection = http.client.HTTPConnection(*self.upstream, timeout=60)
+        try:
+            sent = {name: value for name, value in headers.items() if name.lower() not in ("connection", "expect")}
+            sent["Content-Length"] = str(len(body))
+            connection.request(method, path, body=body, headers=sent)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+    def _put_records(self, path: str, headers: Dict[str, str], body: bytes) -> Tuple[int, Any, bytes]:
+        request = json.loads(body)
+        records = request["Records"]
+        with self.lock:
+            self.put_records_calls.append([record["PartitionKey"] for record in records])
+        failed = [self._take_failure(record["PartitionKey"]) for record in records]
+        kept = [record for record, fails in zip(records, failed) if not fails]
+        if kept:
+            status, answer_headers, answer = self._forward(
+                "POST", path, headers, json.dumps({**request, "Records": kept}).encode())
+            if status != 200:
+                return status, answer_headers, answer
+            written = iter(json.loads(answer)["Records"])
+        else:
+            status, answer_headers, written = 200, [("Content-Type", "application/x-amz-json-1.1")], iter([])
+        stream = request.get("StreamName", "")
+        results = [
+            {"ErrorCode": "ProvisionedThroughputExceededException",
+             "ErrorMessage": f"Rate exceeded for shard shardId-000000000000 in stream {stream} under account "
+                             "123456789012."} if fails else next(written)
+            for fails in failed
+        ]
+        return status, answer_headers, json.dumps({"FailedRecordCount": sum(failed), "Records": results}).encode()
+
+
+def read_stream(kinesis: Any, stream: str) -> List[Dict[str, Any]]:
+    """Every record on every shard of `stream`, shard by shard, each in sequence order."""
+    records: List[Dict[str, Any]] = []
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType=STREAM.start_positions[0])["ShardIterator"]
+        while iterator:
+            answer = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            records += answer["Records"]
+            if not answer["Records"]:
+                break
+            iterator = answer.get("NextShardIterator")
+    return records
+
+
+def lambda_kinesis_event(kinesis: Any, stream: str, shard_id: str, starting_at: Optional[str] = None,
+                         limit: int = 100) -> Dict[str, Any]:
+    """A batch of `stream`'s shard as Lambda's Kinesis event source sends it to a function: up to
+    `limit` records read with GetRecords from the shard's start (or from the record of sequence
+    number `starting_at`, as Lambda resumes after a reported failure), each with its data
+    base64-encoded, its eventID `<shard>:<seq>`, the stream's ARN, and the other fields AWS sets."""
+    if starting_at is None:
+        start = {"ShardIteratorType": STREAM.start_positions[0]}
+    else:
+        start = {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": starting_at}
+    iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard_id, **start)["ShardIterator"]
+    records = kinesis.get_records(ShardIterator=iterator, Limit=limit)["Records"]
+    arn = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamARN"]
+    region = arn.split(":")[3]
+    return {"Records": [{
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": record["PartitionKey"],
+            "sequenceNumber": record["SequenceNumber"],
+            "data": base64.b64encode(record["Data"]).decode("ascii"),
+            "approximateArrivalTimestamp": record["ApproximateArrivalTimestamp"].timestamp(),
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": f"{shard_id}:{record['SequenceNumber']}",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": f"arn:aws:iam::{arn.split(':')[4]}:role/time-to-dispatch-stream",
+        "awsRegion": region,
+        "eventSourceARN": arn,
+    } for record in records]}
+
+
+LAMBDA_REQUIREMENTS = LOCAL.repo_root / "requirements_lambda.txt"
+
+
+def lambda_package(target: Path) -> Path:
+    """A folder laid out as the Lambda's package is (`pip install -r requirements_lambda.txt -t
+    DIR`), made from the distributions installed here: for each one requirements_lambda.txt pins,
+    at the pinned version, a link to each of its top-level files and folders. Nothing else is in
+    it: a Python started with `-S` and this folder and the repository's root on its path (for
+    `pipeline/`) sees only what the package would hold."""
+    from importlib import metadata
+
+    target.mkdir(parents=True, exist_ok=True)
+    for line in LAMBDA_REQUIREMENTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, version = line.split("==")
+        installed = metadata.distribution(name)
+        assert installed.version == version, f"{line} but {installed.version} is installed"
+        for top in sorted({Path(str(file)).parts[0] for file in installed.files or []} - {".."}):
+            link = target / top
+            if not link.exists():
+                link.symlink_to(Path(str(installed.locate_file(top))))
+    return target
+
+
+# --- streams (the stream consumer's tests) ---------------------------------------------------
+
+
+def create_stream(client: Any, shards: int = 1) -> str:
+    """A new stream of `shards` shards with a unique name, active."""
+    import uuid
+
+    name = f"ttd-{uuid.uuid4().hex[:12]}"
+    client.create_stream(StreamName=name, ShardCount=shards)
+    client.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 50})
+    return name
+
+
+def put_events(client: Any, stream: str, events: List[bytes], keys: List[str]) -> None:
+    """Put raw event records on a stream, 500 a call, each with its partition key; all must be taken."""
+    for start in range(0, len(events), 500):
+        entries = [{"Data": data, "PartitionKey": key}
+                   for data, key in zip(events[start:start + 500], keys[start:start + 500])]
+        response = client.put_records(StreamName=stream, Records=entries)
+        assert response.get("FailedRecordCount", 0) == 0, response
+
+
+def read_stream_json(client: Any, stream: str) -> List[Dict[str, Any]]:
+    """Every record on every shard of a stream, from its beginning: its JSON data as a dict."""
+    return [json.loads(record["Data"]) for record in read_stream(client, stream)]
+
+
+def http_status(url: str) -> Tuple[int, str]:
+    """GET a URL on this machine: its status and body (no proxy, errors answered too)."""
+    import urllib.error
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=10) as response:
+            return int(response.status), response.read().decode("utf-8")
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode("utf-8")
+
+
+def wait_until_ready(service: Service, timeout: float = START_TIMEOUT) -> None:
+    """Return once the consumer's /ready answers 200; fail if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            pytest.fail(f"the consumer exited with {service.process.returncode}:\n{service.log()}")
+        if port_accepts(service.port) and http_status(f"{service.url}{API.ready_path}")[0] == 200:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the consumer was not ready within {timeout}s:\n{service.log()}")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0,
+             service: Optional[Service] = None) -> None:
+    """Return once `condition()` holds; fail naming `what` after `timeout` (or if `service` exits)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if service is not None and service.process.poll() is not None:
+            pytest.fail(f"the consumer exited with {service.process.returncode} before {what}:\n{service.log()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"not {what} within {timeout}s" + (f":\n{service.log()}" if service else ""))
+        time.sleep(0.2)
+
+
+def dead_letter_lines(client: Any, bucket: str, prefix: str) -> List[Dict[str, Any]]:
+    """Every dead letter (a JSON line) in the objects under `prefix`."""
+    import json
+
+    lines: List[Dict[str, Any]] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().decode("utf-8")
+            lines += [json.loads(line) for line in body.splitlines() if line.strip()]
+    return lines

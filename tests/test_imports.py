@@ -38,6 +38,7 @@ LOCAL_S3_HELPER = "pipeline.local.local_s3"
 # The CLIs the product's contracts name, each `python -m pipeline.<name>`.
 CONTRACT_ENTRY_POINTS = {
     "pipeline.train_model", "pipeline.serve_model", "pipeline.score_batch", "pipeline.registry", "pipeline.run_local",
+    "pipeline.stream_predict",
 }
 MAX_ENTRY_POINT_LINES = 300
 # Top-level modules that are not entry points: the entry points' command-line runner, the log

@@ -23,7 +23,7 @@ from pipeline import run_local
 from pipeline.local import run as local_run
 from pipeline.local.processes import port_is_free
 from pipeline.local.synthetic import generate_weeks
-from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, STREAM
 from pipeline.storage.layout import dataset_key
 from pipeline.utils import LOG_FORMAT
 from tests.helpers import LOG_LINE, free_port, logged_json
@@ -293,6 +293,35 @@ def test_with_mlflow_starts_a_tracking_server_prints_its_ui_and_logs_the_trainin
     assert tracked.info.status == "FINISHED"
     model_key = tracked.data.tags["artefact_uri"].split("/", 3)[3]
     assert s3.head_object(Bucket=bucket_with_datasets, Key=model_key)["ContentLength"] > 0
+
+
+@pytest.mark.e2e
+def test_with_stream_prints_the_predictions_read_back_from_the_output_stream_and_the_dead_letter() -> None:
+    import json
+
+    run = run_to_completion(["--exit-after-request", "--with-stream", "--stream-port", str(free_port())],
+                            local_run_env())
+
+    assert run.returncode == 0, "\n".join(run.lines)
+    assert [line for line in run.lines if not LOG_LINE.match(line)] == []
+    marker = f"prediction read back from {STREAM.local_output_stream}: "
+    predictions = [json.loads(line.split(marker, 1)[1]) for line in run.lines if marker in line]
+    assert sorted(p["order_id"] for p in predictions) == ["ORD-LOCAL-1", "ORD-LOCAL-2", "ORD-LOCAL-3", "ORD-LOCAL-4"]
+    assert all(p["est_hours_to_dispatch"] > 0 and p["artefact_id"] for p in predictions)
+    [letter] = [line for line in run.lines if "dead letter at " in line]
+    assert f"s3://{LOCAL.bucket}/{LAYOUT.stream_dead_letters_prefix}{STREAM.consumer_default_name}/" in letter
+    assert "orders_placed" in letter
+    assert any("the stream stage stopped (exit code 0)" in line for line in run.lines)
+
+
+def test_with_stream_on_a_bucket_without_a_local_endpoint_is_an_invalid_argument(
+    cli_output: Callable[[], List[str]]
+) -> None:
+    assert run_local.cli(["--with-stream", "--bucket", "some-bucket"]) == 1
+
+    [line] = cli_output()
+    assert "Invalid arguments passed to run_local.py: --with-stream creates streams: with --bucket it needs " \
+           "--endpoint-url" in line
 
 
 # --- the command line and the virtualenv -----------------------------------------------------

@@ -203,3 +203,26 @@ def wait_for_port(host: str, port: int, service: Child, timeout: float) -> None:
         except OSError:
             time.sleep(0.1)
     raise LocalProcessError(f"the {service.name} did not open port {port} within {timeout:.0f}s")
+
+
+def wait_for_ready(url: str, service: Child, timeout: float) -> None:
+    """Wait until GET `url` answers 200 (a stage's readiness endpoint).
+
+    Raises:
+        LocalProcessError: if the service exits first or the timeout passes.
+    """
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = service.process.poll()
+        if code is not None:
+            raise LocalProcessError(f"the {service.name} exited with code {code} before it was ready")
+        try:
+            with opener.open(url, timeout=1.0) as response:
+                if response.status == 200:
+                    log.info(f"the {service.name} is ready ({url})")
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise LocalProcessError(f"the {service.name} was not ready within {timeout:.0f}s ({url})")

@@ -1,6 +1,7 @@
 """The local run in order: an embedded S3 (or a real bucket), synthetic weeks, a signing key,
 optionally an MLflow tracking server, the train stage's CLI, optionally batch scoring's, the
-serve stage's CLI, the example request.
+serve stage's CLI, the example request, optionally the stream stage's CLI with two streams and
+example events.
 
 Standard library only at module level, like `pipeline/run_local.py`, which wires
 `parse_args`, the virtualenv bootstrap and `run_pipeline` and maps failures to the exit code.
@@ -16,8 +17,16 @@ import sys
 from types import FrameType
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-from pipeline.local.processes import Child, free_port, http_json, port_is_free, signals_ignored, wait_for_port
-from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, SERVE, environment_value
+from pipeline.local.processes import (
+    Child,
+    free_port,
+    http_json,
+    port_is_free,
+    signals_ignored,
+    wait_for_port,
+    wait_for_ready,
+)
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, SERVE, STREAM, environment_value
 
 # What the local run and the two stages import; if all of them are importable the current
 # virtualenv is good enough to run in place.
@@ -57,6 +66,8 @@ class Settings(NamedTuple):
     in_place: bool
     with_batch: bool = False
     with_mlflow: bool = False
+    with_stream: bool = False
+    stream_port: int = STREAM.consumer_default_port
 
     @property
     def embedded_s3(self) -> bool:
@@ -80,6 +91,7 @@ def run_pipeline(settings: Settings) -> None:
     s3_server = None
     service: Optional[Child] = None
     mlflow_server: Optional[Child] = None
+    consumer: Optional[Child] = None
     try:
         if settings.embedded_s3:
             s3_server, endpoint = start_embedded_s3(settings.s3_port)
@@ -107,6 +119,9 @@ def run_pipeline(settings: Settings) -> None:
         log.info(f"API docs: {base_url}{API.docs_path}")
         if mlflow_server is not None:
             log.info(f"MLflow UI: {environment_value(ENVIRONMENT.mlflow_tracking_uri)}")
+        if settings.with_stream:
+            consumer = start_stream_stage(bucket, settings.stream_port)
+            stream_examples(bucket)
         if settings.exit_after_request:
             log.info("--exit-after-request: stopping")
             return
@@ -115,6 +130,8 @@ def run_pipeline(settings: Settings) -> None:
         raise LocalRunError(f"the serve stage exited by itself with code {code}")
     finally:
         with signals_ignored():
+            if consumer is not None:
+                consumer.stop(LOCAL.stop_timeout_seconds)
             if service is not None:
                 service.stop(LOCAL.stop_timeout_seconds)
             if mlflow_server is not None:
@@ -283,6 +300,70 @@ def start_serve_stage(bucket: str, port: int) -> Child:
     return service
 
 
+def start_stream_stage(bucket: str, port: int) -> Child:
+    """Create the two streams, start the stream stage's CLI as a subprocess on 127.0.0.1:`port`
+    and wait until it answers ready.
+
+    Raises:
+        LocalRunError: the port is in use, or a stream cannot be created.
+        LocalProcessError: the stage exited or was not ready in time.
+    """
+    from pipeline.local.example_stream import ExampleStreamError, create_streams
+
+    if not port_is_free(LOCAL.loopback_host, port):
+        raise LocalRunError(f"port {port} on {LOCAL.loopback_host} is in use; pass another --stream-port")
+    try:
+        create_streams(STREAM.local_input_stream, STREAM.local_output_stream, STREAM.local_input_shards)
+    except ExampleStreamError as error:
+        raise LocalRunError(str(error)) from error
+    log.info(f"created the streams {STREAM.local_input_stream} ({STREAM.local_input_shards} shards) and "
+             f"{STREAM.local_output_stream}")
+    command = [sys.executable, "-m", "pipeline.stream_predict", bucket, "--input-stream", STREAM.local_input_stream,
+               "--output-stream", STREAM.local_output_stream, "--host", LOCAL.loopback_host, "--port", str(port)]
+    log.info(f"starting the stream stage: {_display(command)}")
+    consumer = Child.start(command, "stream stage")
+    consumer.forward_in_background()
+    try:
+        wait_for_ready(f"http://{LOCAL.loopback_host}:{port}{API.ready_path}", consumer, STREAM.ready_timeout_seconds)
+    except BaseException:
+        with signals_ignored():
+            consumer.stop(LOCAL.stop_timeout_seconds)
+        raise
+    return consumer
+
+
+def stream_examples(bucket: str) -> None:
+    """Put the example events on the input stream; print the predictions read back from the
+    output stream and the dead letter from the bucket.
+
+    Raises:
+        LocalRunError: Kinesis or S3 failed, or the predictions did not come back in time.
+    """
+    from pipeline.local.example_stream import (
+        EXAMPLE_EVENTS,
+        VALID_EXAMPLES,
+        ExampleStreamError,
+        put_examples,
+        read_dead_letters,
+        read_predictions,
+    )
+
+    try:
+        for event in EXAMPLE_EVENTS:
+            log.info(f"example event on {STREAM.local_input_stream}: {json.dumps(event)}")
+        put_examples(STREAM.local_input_stream)
+        predictions = read_predictions(STREAM.local_output_stream, VALID_EXAMPLES, STREAM.local_read_back_seconds)
+        for prediction in predictions:
+            log.info(f"prediction read back from {STREAM.local_output_stream}: {json.dumps(prediction)}")
+        letters = read_dead_letters(bucket, STREAM.consumer_default_name, len(EXAMPLE_EVENTS) - VALID_EXAMPLES,
+                                    STREAM.local_read_back_seconds)
+    except ExampleStreamError as error:
+        raise LocalRunError(str(error)) from error
+    for letter in letters:
+        log.info(f"dead letter at s3://{bucket}/{letter['key']}: {letter['reason']} "
+                 f"(sequence number {letter['sequence_number']})")
+
+
 def request_example(base_url: str) -> ExampleResult:
     """POST the example request, then GET the model's lineage.
 
@@ -383,14 +464,20 @@ def parse_args(argv: Sequence[str]) -> Settings:
                         help="also score a synthetic orders file with the batch CLI and print where the output is")
     parser.add_argument("--with-mlflow", action="store_true",
                         help="also start an MLflow tracking server, log the training to it and print its UI's URL")
+    parser.add_argument("--with-stream", action="store_true",
+                        help="also create two Kinesis streams on the embedded server, start the stream stage, put "
+                             "example events and print the predictions read back")
+    parser.add_argument("--stream-port", type=int, default=STREAM.consumer_default_port,
+                        help=f"port of the stream stage's /metrics and /ready on {LOCAL.loopback_host} "
+                             f"(default {STREAM.consumer_default_port})")
     parser.add_argument("--in-place", action="store_true",
                         help="run with the current interpreter; never create or update .venv")
     try:
         args = parser.parse_args(list(argv))
     except _ArgumentError as error:
         raise ValueError(str(error)) from None
-    for name, value in (("--port", args.port), ("--s3-port", args.s3_port)):
-        if not 0 <= value <= 65535 or (name == "--port" and value == 0):
+    for name, value in (("--port", args.port), ("--s3-port", args.s3_port), ("--stream-port", args.stream_port)):
+        if not 0 <= value <= 65535 or (name != "--s3-port" and value == 0):
             raise ValueError(f"{name} must be a TCP port, got {value}")
     if args.weeks < 1:
         raise ValueError(f"--weeks must be at least 1, got {args.weeks}")
@@ -398,8 +485,13 @@ def parse_args(argv: Sequence[str]) -> Settings:
         raise ValueError("--bucket is empty")
     if args.bucket is None and (args.endpoint_url or args.seed_synthetic_data):
         raise ValueError("--endpoint-url and --seed-synthetic-data apply only with --bucket")
+    if args.with_stream and args.bucket is not None and not args.endpoint_url:
+        raise ValueError("--with-stream creates streams: with --bucket it needs --endpoint-url (a local server), "
+                         "never the AWS account of the environment")
+    if args.with_stream and args.stream_port == args.port:
+        raise ValueError(f"--stream-port must differ from --port, both are {args.port}")
     return Settings(
         args.port, args.s3_port, args.weeks, args.r2_error_threshold, args.r2_warning_threshold,
         args.exit_after_request, args.bucket, args.endpoint_url, args.seed_synthetic_data, args.in_place,
-        args.with_batch, args.with_mlflow,
+        args.with_batch, args.with_mlflow, args.with_stream, args.stream_port,
     )

@@ -1,7 +1,8 @@
 """The service process's life: model checks before serving, the port, uvicorn, the stop.
 
-The serve stage loads a model, refuses one that this code cannot serve faithfully (another
-scikit-learn version, a tree walk that disagrees with the estimator), then opens its port
+The serve stage loads a model (`model_loading.py`), refuses one that this code cannot serve
+faithfully (another scikit-learn version there, a tree walk that disagrees with the estimator
+here), then opens its port
 and runs uvicorn on it until SIGTERM or SIGINT, when it stops gracefully.
 
 uvicorn runs on the fastest stack installed: the uvloop event loop and the httptools HTTP
@@ -18,12 +19,13 @@ from types import FrameType
 from typing import List, NamedTuple, Optional
 
 import numpy as np
-import sklearn
 import uvicorn
 from fastapi import FastAPI
 
 from pipeline.artefact.model import Model
 from pipeline.serve.connections import protocol_class
+# Re-exported: the serve stage's checks of a model, before and after loading it, in one place.
+from pipeline.serve.model_loading import ModelCompatibilityError, check_library_versions  # noqa: F401
 from pipeline.settings import ARTEFACT, SERVE
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -44,27 +46,6 @@ class ServerStack(NamedTuple):
 FAST_STACK = ServerStack(loop="uvloop", http="httptools")
 PURE_PYTHON_STACK = ServerStack(loop="asyncio", http="h11")
 SERVER_STACKS = {"auto": FAST_STACK, "pure-python": PURE_PYTHON_STACK}
-
-
-class ModelCompatibilityError(Exception):
-    """The model artefact cannot be served faithfully by this code and these libraries."""
-
-
-def check_library_versions(model: Model, installed: str = sklearn.__version__) -> None:
-    """Refuse a model whose recorded scikit-learn version is not the installed one.
-
-    A pickled estimator is only guaranteed to behave the same under the version that made it.
-
-    Raises:
-        ModelCompatibilityError: naming both versions.
-    """
-    recorded = model.library_versions.get("scikit-learn")
-    if recorded != installed:
-        raise ModelCompatibilityError(
-            f"model artefact {model.artefact_key} was trained with scikit-learn {recorded}, but "
-            f"scikit-learn {installed} is installed; refusing to serve it (retrain the model or "
-            f"install scikit-learn=={recorded})"
-        )
 
 
 def warm_up(model: Model) -> None:

@@ -10,22 +10,19 @@ import logging
 from typing import Optional, Sequence
 
 from pipeline.artefact.model import Model
-from pipeline.artefact.signing import load_signing_keys
-from pipeline.model_registry.live_model import live_model_object
 from pipeline.serve.api import create_app
 from pipeline.serve.lifecycle import (
     SERVER_STACKS,
-    check_library_versions,
     freeze_start_up_objects,
     open_port,
     run_server,
     stop_on_signals,
     warm_up,
 )
+from pipeline.serve.model_loading import load_model
 from pipeline.settings import API, S3, SERVE
 from pipeline.storage.client import S3DeadlineError, StorageError, end_s3_deadline, start_s3_deadline
 from pipeline.storage.report_files import get_report_html
-from pipeline.storage.signed_artefacts import ArtefactError, get_model
 from pipeline.utils import StageArgumentParser
 
 USAGE = (
@@ -78,31 +75,6 @@ def serve(
     log.info(f"serving model {model}")
     sock = open_port(host, port)
     run_server(app, sock, SERVER_STACKS[server_stack], drain_seconds)
-
-
-def load_model(bucket: str) -> Model:
-    """The live model artefact in the bucket, verified, checked against the installed scikit-learn.
-
-    A live artefact that fails verification stops the service: it never falls back to an
-    older model by itself. The error says how to take the artefact out of service.
-
-    Raises:
-        SigningKeyError: MODEL_SIGNING_KEY is unset or malformed.
-        StorageError: as `live_model.get_live_model`.
-        ModelCompatibilityError: as `check_library_versions`.
-    """
-    keys = load_signing_keys()
-    live = live_model_object(bucket)
-    try:
-        model = get_model(bucket, live.key, keys=keys)
-    except ArtefactError as error:
-        raise ArtefactError(
-            f"{error}. To take it out of service, so that the newest model before it is served: "
-            f"python -m pipeline.registry {bucket} reject {live.key} --reason TEXT"
-        ) from error
-    log.info(f"loaded model artefact s3://{bucket}/{model.artefact_key}")
-    check_library_versions(model)
-    return model
 
 
 def load_report(bucket: str, model: Model) -> Optional[bytes]:

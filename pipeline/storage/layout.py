@@ -12,6 +12,12 @@ Layout of a bucket::
     predictions/<dataset file stem>.csv                  the backfill's estimates for a week
     predictions/backtest.json, predictions/backtest_mae.png
                                                          the backfill's summary and its plot
+    stream-dead-letters/<source>/<shard id>/<first sequence number>.jsonl
+                                                         stream records that could not be scored, one
+                                                         object per batch (docs/streaming.md)
+    stream-checkpoints/<consumer name>/<input stream>/<shard id>.json
+                                                         the stream consumer's last processed sequence
+                                                         number of each shard, overwritten at each batch
 
 "Newest" is the newest timestamp in the key, over every object under the prefix (listings
 are paged, 1,000 keys a page). Keys without a timestamp are skipped, keys whose timestamp is
@@ -116,6 +122,22 @@ def predictions_key(dataset_key: str) -> str:
     """Where the backfill writes a week's estimates: `predictions/<dataset file stem>.csv`."""
     stem = dataset_key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return f"{LAYOUT.predictions_prefix}{stem}.csv"
+
+
+def dead_letter_key(source: str, shard_id: str, first_sequence_number: str) -> str:
+    """Where a batch's dead letters go: `stream-dead-letters/<source>/<shard id>/<first sequence
+    number>.jsonl`, `source` being what read the stream (the Lambda handler, a consumer)."""
+    return f"{LAYOUT.stream_dead_letters_prefix}{source}/{shard_id}/{first_sequence_number}.jsonl"
+
+
+def stream_checkpoints_prefix(consumer_name: str, stream_name: str) -> str:
+    """Where the stream consumer `consumer_name` keeps its checkpoints of `stream_name`'s shards."""
+    return f"{LAYOUT.stream_checkpoints_prefix}{consumer_name}/{stream_name}/"
+
+
+def stream_checkpoint_key(consumer_name: str, stream_name: str, shard_id: str) -> str:
+    """The checkpoint of one shard: `stream-checkpoints/<consumer>/<stream>/<shard id>.json`."""
+    return f"{stream_checkpoints_prefix(consumer_name, stream_name)}{shard_id}.json"
 
 
 def list_timestamped_objects(

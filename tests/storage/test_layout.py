@@ -13,6 +13,7 @@ from pipeline.storage.datasets import get_latest_dataset, put_dataset
 from pipeline.storage.layout import (
     NoObjectsError,
     dataset_key,
+    dead_letter_key,
     parse_key_timestamp,
     predictions_key,
 )
@@ -63,6 +64,14 @@ def test_a_predictions_key_is_the_dataset_file_stem_under_predictions() -> None:
     key = predictions_key("datasets/time_to_dispatch_2021-07-01T16|45|38.csv")
 
     assert key == "predictions/time_to_dispatch_2021-07-01T16|45|38.csv"
+
+
+def test_a_dead_letter_key_is_the_source_the_shard_and_the_first_sequence_number() -> None:
+    sequence_number = "49590338271490256608559692538361571095921575989136588898"
+
+    key = dead_letter_key("consumer", "shardId-000000000001", sequence_number)
+
+    assert key == f"stream-dead-letters/consumer/shardId-000000000001/{sequence_number}.jsonl"
 
 
 def test_get_latest_dataset_takes_the_newest_timestamp_not_the_last_upload(s3: Any, bucket: str) -> None:
