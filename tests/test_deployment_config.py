@@ -63,7 +63,7 @@ REQUIREMENTS_BODYWORK_ENV = LOCAL.repo_root / "tests" / "bodywork" / "requiremen
 MYPY_INI = LOCAL.repo_root / "mypy.ini"
 TRAIN_BENCHMARK = LOCAL.repo_root / "benchmarks" / "results" / "train.json"
 SERVE_BENCHMARK = LOCAL.repo_root / "benchmarks" / "results" / "serve.json"
-STAGES = ("train_model", "serve_model")
+STAGES = ("train_model", "serve_model", "stream_predict")
 # The Python of the stages' runtime image (docs/deployment.md): what the deployed code runs
 # on, so what mypy checks it for and what the tests and the Bodywork checks run on.
 IMAGE_PYTHON = "3.11"

@@ -28,8 +28,8 @@ def test_pipeline_deploys_to_the_pipelines_namespace(bodywork_config: BodyworkCo
     )
 
 
-def test_dag_trains_then_serves(bodywork_config: BodyworkConfig) -> None:
-    assert bodywork_config.pipeline.workflow == [["train_model"], ["serve_model"]]
+def test_dag_trains_then_serves_and_consumes_the_stream(bodywork_config: BodyworkConfig) -> None:
+    assert bodywork_config.pipeline.workflow == [["train_model"], ["serve_model", "stream_predict"]]
 
 
 def test_pipeline_takes_its_secrets_from_a_group(bodywork_config: BodyworkConfig) -> None:
@@ -64,7 +64,21 @@ def test_serve_stage_has_two_replicas_on_port_8000_behind_the_ingress(
     assert (stage.replicas, stage.port, stage.create_ingress) == (2, 8000, True)
 
 
-@pytest.mark.parametrize("stage", ["train_model", "serve_model"])
+def test_stream_stage_is_a_service_running_the_stream_consumer(bodywork_config: BodyworkConfig) -> None:
+    stage = bodywork_config.stages["stream_predict"]
+    assert isinstance(stage, ServiceStageConfig)
+    assert stage.executable_module_path == LOCAL.repo_root / "pipeline" / "stream_predict.py"
+    assert stage.args == ["time-to-dispatch", "--input-stream", "time-to-dispatch-orders",
+                          "--output-stream", "time-to-dispatch-estimates"]
+
+
+def test_stream_stage_is_one_replica_on_port_8001_without_an_ingress(bodywork_config: BodyworkConfig) -> None:
+    stage = bodywork_config.stages["stream_predict"]
+    assert isinstance(stage, ServiceStageConfig)
+    assert (stage.replicas, stage.port, stage.create_ingress) == (1, 8001, False)
+
+
+@pytest.mark.parametrize("stage", ["train_model", "serve_model", "stream_predict"])
 def test_stage_gets_the_aws_credentials_and_the_signing_key_from_secrets(
     bodywork_config: BodyworkConfig, stage: str
 ) -> None:

@@ -58,6 +58,8 @@ KUBERNETES_VERSIONS = ("1.22.0", "1.31.0")
 # The last Kubernetes version serving batch/v1beta1 CronJobs, which Bodywork 3.0 creates.
 LAST_VERSION_WITH_V1BETA1_CRONJOB = "1.24.0"
 COMMIT = "0123abc"
+# The cluster test's node, and the smallest the deployment is sized for (docs/decisions/0013).
+NODE_CORES = 2.0
 AWS_VARIABLES = [ENVIRONMENT.aws_access_key_id, ENVIRONMENT.aws_secret_access_key, ENVIRONMENT.aws_default_region]
 # What each stage's container reads from secrets: name -> (secret, key).
 SECRET_ENV = {
@@ -174,15 +176,14 @@ def train_job(
     return {"apiVersion": "batch/v1", "kind": "Job", **client.ApiClient().sanitize_for_serialization(job)}
 
 
-@pytest.fixture(scope="module")
-def serve_deployment_object(
-    cluster_api: str, bodywork_config: BodyworkConfig, deployment_args: Dict[str, Any]
+def service_stage_deployment(
+    stage_name: str, bodywork_config: BodyworkConfig, deployment_args: Dict[str, Any]
 ) -> client.V1Deployment:
-    """The deployment for serve_model, as Bodywork's workflow controller builds it."""
-    stage = bodywork_config.stages["serve_model"]
+    """The deployment for a service stage, as Bodywork's workflow controller builds it."""
+    stage = bodywork_config.stages[stage_name]
     assert isinstance(stage, ServiceStageConfig)
     namespace = bodywork_config.pipeline.namespace
-    deployment = k8s.configure_service_stage_deployment(
+    return k8s.configure_service_stage_deployment(
         namespace,
         stage.name,
         bodywork_config.pipeline.name,
@@ -197,17 +198,34 @@ def serve_deployment_object(
         memory_request=stage.memory_request,
         startup_time_seconds=stage.max_startup_time,
     )
-    return deployment
+
+
+def as_sent(deployment: client.V1Deployment) -> Dict[str, Any]:
+    """A deployment as the JSON Bodywork would send to the cluster."""
+    # AppsV1Api.create_namespaced_deployment sends it to apps/v1's deployments.
+    return {"apiVersion": "apps/v1", "kind": "Deployment", **client.ApiClient().sanitize_for_serialization(deployment)}
+
+
+@pytest.fixture(scope="module")
+def serve_deployment_object(
+    cluster_api: str, bodywork_config: BodyworkConfig, deployment_args: Dict[str, Any]
+) -> client.V1Deployment:
+    """The deployment for serve_model, as Bodywork's workflow controller builds it."""
+    return service_stage_deployment("serve_model", bodywork_config, deployment_args)
 
 
 @pytest.fixture(scope="module")
 def serve_deployment(serve_deployment_object: client.V1Deployment) -> Dict[str, Any]:
     """The deployment for serve_model, as the JSON Bodywork would send to the cluster."""
-    # AppsV1Api.create_namespaced_deployment sends it to apps/v1's deployments.
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        **client.ApiClient().sanitize_for_serialization(serve_deployment_object),
-    }
+    return as_sent(serve_deployment_object)
+
+
+@pytest.fixture(scope="module")
+def stream_deployment(
+    cluster_api: str, bodywork_config: BodyworkConfig, deployment_args: Dict[str, Any]
+) -> Dict[str, Any]:
+    """The deployment for stream_predict, the stream consumer, as Bodywork would send it."""
+    return as_sent(service_stage_deployment("stream_predict", bodywork_config, deployment_args))
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +367,48 @@ def test_serve_deployment_runs_the_service_stage(
 ) -> None:
     assert container(serve_deployment)["command"] == ["bodywork", "stage"]
     assert container(serve_deployment)["args"] == [deployment_args["git_url"], "serve_model", "--branch=master"]
+
+
+def test_stream_deployment_is_valid_for_kubernetes(stream_deployment: Dict[str, Any], version: str) -> None:
+    result = kubernetes_validate.validate(stream_deployment, version, strict=True)
+    assert result == version.rsplit(".", 1)[0]
+
+
+def test_stream_deployment_is_one_replica_probed_on_port_8001(stream_deployment: Dict[str, Any]) -> None:
+    assert stream_deployment["spec"]["replicas"] == 1
+    probes = {name: container(stream_deployment)[name] for name in ("startupProbe", "livenessProbe")}
+    assert {name: probe["tcpSocket"] for name, probe in probes.items()} == {
+        "startupProbe": {"port": 8001}, "livenessProbe": {"port": 8001}
+    }
+
+
+def test_stream_deployment_requests_the_configured_resources_and_secrets(
+    stream_deployment: Dict[str, Any], bodywork_config: BodyworkConfig
+) -> None:
+    assert container(stream_deployment)["resources"] == requests_in_config(bodywork_config, "stream_predict")
+    assert secret_env(stream_deployment) == SECRET_ENV
+
+
+def test_stream_deployment_runs_the_stream_stage(
+    stream_deployment: Dict[str, Any], deployment_args: Dict[str, Any]
+) -> None:
+    assert container(stream_deployment)["command"] == ["bodywork", "stage"]
+    assert container(stream_deployment)["args"] == [deployment_args["git_url"], "stream_predict", "--branch=master"]
+
+
+def test_requests_fit_a_two_core_node_during_the_retrain_and_during_a_rollout(
+    bodywork_config: BodyworkConfig, serve_deployment: Dict[str, Any], stream_deployment: Dict[str, Any]
+) -> None:
+    """The weekly retrain runs beside the running service and consumer; a rollout runs the old
+    and the new pods (maxSurge) side by side. A job that cannot be scheduled fails the deployment
+    (docs/decisions/0013)."""
+    stages = bodywork_config.stages
+    serve = stages["serve_model"].cpu_request * serve_deployment["spec"]["replicas"]
+    stream = stages["stream_predict"].cpu_request * stream_deployment["spec"]["replicas"]
+    surge = sum(stages[name].cpu_request * deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+                for name, deployment in (("serve_model", serve_deployment), ("stream_predict", stream_deployment)))
+    assert stages["train_model"].cpu_request + serve + stream <= NODE_CORES + 1e-9
+    assert serve + stream + surge <= NODE_CORES + 1e-9
 
 
 # --- the weekly cronjob ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Both stages run by Bodywork's own stage runner, as the pods Bodywork creates run them.
+"""Every stage run by Bodywork's own stage runner, as the pods Bodywork creates run them.
 
 A stage's pod runs the command of the Job or Deployment that Bodywork builds for it:
 `bodywork stage REPO_URL STAGE --branch=master [TIME_LIMIT]`. Bodywork then clones the
@@ -6,8 +6,8 @@ repository, pip-installs the stage's `requirements`, and runs `python MODULE ARG
 module's folder with the clone on PYTHONPATH (bodywork/stage_execution.py). Here that same
 command runs with the repository made from the working tree (`file://`, see conftest.py), the
 stage's AWS variables pointing at the local S3 server, and the bucket named in bodywork.yaml
-holding synthetic weeks. The DAG's order is kept: serve_model serves the model that
-train_model has just persisted.
+holding synthetic weeks. The DAG's order is kept: serve_model serves, and stream_predict
+predicts with, the model that train_model has just persisted.
 
 pip runs with PIP_NO_INDEX: every stage requirement must already be satisfied by this
 environment (tox installs requirements_pipe.txt), so the step takes a second and needs no
@@ -17,12 +17,14 @@ One change from production, in the clone's bodywork.yaml only: the service is gi
 `--host 127.0.0.1`, so that it listens on this machine's loopback rather than on every
 interface. Its port stays bodywork.yaml's.
 """
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -172,6 +174,66 @@ def process_exists(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+class ServicePod:
+    """A service stage run by `bodywork stage` with its Deployment's command, as a pod runs it."""
+
+    def __init__(self, runner: "subprocess.Popen[bytes]", module: str, port: int, log_path: Path) -> None:
+        self.runner, self.module, self.port, self.log_path = runner, module, port, log_path
+        self.stage_pid: Optional[int] = None
+
+    def stage_process(self) -> int:
+        """The stage's own process under Bodywork's runner (`python MODULE ...`)."""
+        found = [pid for pid in child_pids(self.runner.pid)
+                 if self.module.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(found) == 1, f"expected one {self.module} process under Bodywork's, found {found}"
+        return found[0]
+
+    def stop(self) -> StageRun:
+        """SIGTERM to the stage's process, as Kubernetes sends it; Bodywork's runner then ends."""
+        self.stage_pid = self.stage_process()
+        os.kill(self.stage_pid, signal.SIGTERM)
+        exit_code = self.runner.wait(timeout=STOP_TIMEOUT_SECONDS)
+        return StageRun(exit_code, self.log_path.read_text())
+
+    def left_running(self) -> bool:
+        return (self.stage_pid is not None and process_exists(self.stage_pid)) or port_is_open(self.port)
+
+
+@contextmanager
+def service_stage(
+    bodywork_config: BodyworkConfig, name: str, stage_repo: Path, commit: str, s3_endpoint: str, pod_dir: Path,
+) -> Iterator[ServicePod]:
+    """Start a service stage as its pod would, wait until its port opens (the probe's test), and
+    kill whatever is left of it at the end."""
+    stage = bodywork_config.stages[name]
+    assert isinstance(stage, ServiceStageConfig)
+    if port_is_open(stage.port):
+        pytest.fail(f"port {stage.port} on {LOCAL.loopback_host} is already in use: cannot start {name} there")
+    deployment = k8s.configure_service_stage_deployment(
+        bodywork_config.pipeline.namespace, stage.name, bodywork_config.pipeline.name,
+        stage_repo.as_uri(), commit, BRANCH, replicas=stage.replicas, port=stage.port,
+        image=bodywork_config.pipeline.docker_image, cpu_request=stage.cpu_request,
+        memory_request=stage.memory_request, startup_time_seconds=stage.max_startup_time,
+    )
+    log_path = pod_dir / "output.log"
+    with open(log_path, "w") as log:
+        runner = subprocess.Popen(
+            pod_command(deployment), cwd=pod_dir, env=pod_environment(s3_endpoint, commit),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + stage.max_startup_time
+        while not port_is_open(stage.port):
+            if runner.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{name} never opened port {stage.port}:\n{log_path.read_text()[-LOG_TAIL:]}")
+            time.sleep(0.2)
+        yield ServicePod(runner, Path(stage.executable_module_path).name, stage.port, log_path)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+
+
 @pytest.fixture(scope="module")
 def service_run(
     bodywork_config: BodyworkConfig, stage_repo: Path, production_bucket: str, s3_endpoint: str,
@@ -185,50 +247,19 @@ def service_run(
     period. docs/deployment.md, "6. History and logs", says what that means. Here the
     service gets the signal.)
     """
-    stage = bodywork_config.stages["serve_model"]
-    assert isinstance(stage, ServiceStageConfig)
     assert train_run.exit_code == 0, "the service needs the model the train stage persists"
-    if port_is_open(stage.port):
-        pytest.fail(f"port {stage.port} on {LOCAL.loopback_host} is already in use: cannot start the service there")
-    deployment = k8s.configure_service_stage_deployment(
-        bodywork_config.pipeline.namespace, stage.name, bodywork_config.pipeline.name,
-        stage_repo.as_uri(), commit, BRANCH, replicas=stage.replicas, port=stage.port,
-        image=bodywork_config.pipeline.docker_image, cpu_request=stage.cpu_request,
-        memory_request=stage.memory_request, startup_time_seconds=stage.max_startup_time,
-    )
-    pod = tmp_path_factory.mktemp("serve-pod")
-    log_path = pod / "output.log"
-    with open(log_path, "w") as log:
-        runner = subprocess.Popen(
-            pod_command(deployment), cwd=pod, env=pod_environment(s3_endpoint, commit),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + stage.max_startup_time
-        while not port_is_open(stage.port):
-            if runner.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the service never opened port {stage.port}:\n{log_path.read_text()[-LOG_TAIL:]}")
-            time.sleep(0.2)
+    with service_stage(bodywork_config, "serve_model", stage_repo, commit, s3_endpoint,
+                       tmp_path_factory.mktemp("serve-pod")) as pod:
         response = httpx.post(
-            f"http://{LOCAL.loopback_host}:{stage.port}{API.predict_path}", json=PREDICTION_REQUEST, timeout=10
+            f"http://{LOCAL.loopback_host}:{pod.port}{API.predict_path}", json=PREDICTION_REQUEST, timeout=10
         )
-        services = [
-            pid for pid in child_pids(runner.pid)
-            if b"serve_model.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
-        assert len(services) == 1, f"expected one serve_model.py process under Bodywork's, found {services}"
-        os.kill(services[0], signal.SIGTERM)
-        exit_code = runner.wait(timeout=STOP_TIMEOUT_SECONDS)
+        stopped = pod.stop()
         yield ServiceRun(
             model=get_live_model(production_bucket, client=s3_client),
             response=response,
-            stage=StageRun(exit_code, log_path.read_text()),
-            service_left_running=process_exists(services[0]) or port_is_open(stage.port),
+            stage=stopped,
+            service_left_running=pod.left_running(),
         )
-    finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGKILL)
-            runner.wait()
 
 
 def test_service_run_by_bodywork_answers_a_prediction_from_the_trained_model(service_run: ServiceRun) -> None:
@@ -245,3 +276,77 @@ def test_service_run_by_bodywork_answers_a_prediction_from_the_trained_model(ser
 def test_service_run_by_bodywork_stops_cleanly_on_sigterm(service_run: ServiceRun) -> None:
     assert service_run.stage.exit_code == 0, service_run.stage.tail()
     assert not service_run.service_left_running
+
+
+# --- the stream consumer -----------------------------------------------------------------
+
+@dataclass
+class StreamRun:
+    """What the stream consumer did with one order event, and how it stopped."""
+
+    model: Model
+    event: Dict[str, Any]
+    predictions: List[Dict[str, Any]]
+    ready: int
+    stage: StageRun
+    left_running: bool
+
+
+def stream_records(kinesis: Any, stream: str) -> List[Dict[str, Any]]:
+    """Every record on `stream`, from every shard's start, as JSON."""
+    found = []
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator)
+            found += [json.loads(record["Data"]) for record in page["Records"]]
+            iterator = page.get("NextShardIterator") if page["Records"] else None
+    return found
+
+
+@pytest.fixture(scope="module")
+def stream_run(
+    bodywork_config: BodyworkConfig, stage_repo: Path, production_bucket: str, s3_endpoint: str,
+    s3_client: Any, commit: str, train_run: StageRun, tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[StreamRun]:
+    """stream_predict run by `bodywork stage` with its Deployment's command, against two streams
+    made on the local server as docs/deployment.md makes them: one order event in, then SIGTERM."""
+    assert train_run.exit_code == 0, "the consumer needs the model the train stage persists"
+    args = bodywork_config.stages["stream_predict"].args
+    input_stream, output_stream = (args[args.index(flag) + 1] for flag in ("--input-stream", "--output-stream"))
+    kinesis = boto3.client("kinesis", endpoint_url=s3_endpoint, region_name=LOCAL.region,
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    for name in (input_stream, output_stream):
+        kinesis.create_stream(StreamName=name, ShardCount=2)
+        kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 1})
+    event = {"order_id": "order-1", **PREDICTION_REQUEST, "basket": "kept as it is"}
+    with service_stage(bodywork_config, "stream_predict", stage_repo, commit, s3_endpoint,
+                       tmp_path_factory.mktemp("stream-pod")) as pod:
+        ready = httpx.get(f"http://{LOCAL.loopback_host}:{pod.port}/ready", timeout=10).status_code
+        kinesis.put_record(StreamName=input_stream, Data=json.dumps(event).encode(), PartitionKey="order-1")
+        deadline, predictions = time.monotonic() + 60, []
+        while not predictions and time.monotonic() < deadline:
+            predictions = stream_records(kinesis, output_stream)
+            time.sleep(0.5)
+        stopped = pod.stop()
+        yield StreamRun(get_live_model(production_bucket, client=s3_client), event, predictions, ready,
+                        stopped, pod.left_running())
+
+
+def test_stream_stage_run_by_bodywork_turns_an_event_into_the_services_prediction(stream_run: StreamRun) -> None:
+    estimate = stream_run.model.estimate_one("SKU001", 112)
+    assert stream_run.ready == 200
+    assert stream_run.predictions == [{
+        **stream_run.event,
+        "est_hours_to_dispatch": pytest.approx(estimate.est_hours_to_dispatch),
+        "model_version": str(stream_run.model),
+        "upper_hours_to_dispatch": pytest.approx(estimate.upper_hours_to_dispatch),
+        "extrapolated": estimate.extrapolated,
+        "artefact_id": stream_run.model.artefact_id,
+    }], stream_run.stage.tail()
+
+
+def test_stream_stage_run_by_bodywork_stops_cleanly_on_sigterm(stream_run: StreamRun) -> None:
+    assert stream_run.stage.exit_code == 0, stream_run.stage.tail()
+    assert not stream_run.left_running

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
+import boto3
 import pytest
 import yaml
 
@@ -43,6 +44,7 @@ PIPELINE_NAMESPACE = "pipelines"
 BODYWORK_NAMESPACE = "bodywork-deployment-jobs"
 WEEKS_BEFORE_FIRST_DEPLOYMENT = 2
 SIGNING_KEY_SECRET = "model-signing-key"
+STREAM_SHARDS = 2
 # Generous bounds for a loaded 2-core machine; each wait fails with what it waited for.
 UP_TIMEOUT = 45 * 60  # includes the first build of Kubernetes (about 10 minutes when idle)
 IMAGE_TIMEOUT = 30 * 60
@@ -70,6 +72,8 @@ class ClusterRun:
         self.work_tree = work_tree
         self.bare = bare
         self.deployments: List[Deployment] = []
+        # What the service answered for tests.cluster.test_cluster.REQUEST, once a test has asked.
+        self.rest_answer: Optional[Dict[str, Any]] = None
         self.kubectl_path = str(_cluster_bin() / "kubectl")
 
     def kubectl(self, *args: str, timeout: float = 120, check: bool = True) -> str:
@@ -190,6 +194,7 @@ def run(cluster: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clu
         config = yaml.safe_load((LOCAL.repo_root / "bodywork.yaml").read_text())
         bucket = config["stages"]["train_model"]["args"][0]
         create_bucket(s3_client(), bucket)
+        create_streams(config)
         for week in range(WEEKS_BEFORE_FIRST_DEPLOYMENT):
             add_week(bucket, week)
         work_tree = work / "tree"
@@ -241,6 +246,21 @@ def _copy_working_tree(target: Path, image: str) -> None:
         secrets = stage.setdefault("secrets", {})
         secrets[ENVIRONMENT.aws_endpoint_url] = secrets[ENVIRONMENT.aws_access_key_id]
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def stream_names(config: Dict[str, Any]) -> Dict[str, str]:
+    """The streams the stream_predict stage's args name: {"--input-stream": NAME, "--output-stream": NAME}."""
+    args = config["stages"]["stream_predict"]["args"]
+    return {flag: args[args.index(flag) + 1] for flag in ("--input-stream", "--output-stream")}
+
+
+def create_streams(config: Dict[str, Any]) -> None:
+    """The two streams, as docs/deployment.md's "What you need" creates them (2 shards each), on
+    the S3 server, which serves Kinesis too."""
+    kinesis = boto3.client("kinesis")
+    for name in stream_names(config).values():
+        kinesis.create_stream(StreamName=name, ShardCount=STREAM_SHARDS)
+        kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 1})
 
 
 def signing_key_secret(config: Dict[str, Any]) -> str:

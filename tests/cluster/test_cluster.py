@@ -14,6 +14,7 @@ import urllib.request
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Tuple
 
+import boto3
 import pytest
 import yaml
 
@@ -21,7 +22,7 @@ from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
 from pipeline.storage.client import s3_client
 from tests.cluster.conftest import (
     BODYWORK_NAMESPACE, PIPELINE_NAMESPACE, WEEKS_BEFORE_FIRST_DEPLOYMENT, ClusterRun, add_week,
-    documented_command, documented_secret_commands, signing_key_secret,
+    documented_command, documented_secret_commands, signing_key_secret, stream_names,
 )
 from tests.helpers import free_port
 
@@ -143,6 +144,39 @@ def test_prediction_through_kubectl_port_forward_answers_200(run: ClusterRun) ->
     assert answer is not None, f"no answer through port-forward: {forward.stdout.read() if forward.stdout else ''}"
     status, body = answer
     assert status == 200 and body["est_hours_to_dispatch"] > 0, body
+    run.rest_answer = body
+
+
+def output_records(stream: str) -> List[Dict[str, Any]]:
+    """Every record on `stream` so far, from every shard's start, as JSON."""
+    kinesis = boto3.client("kinesis")
+    found = []
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
+                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=1000)
+            found += [json.loads(record["Data"]) for record in page["Records"]]
+            iterator = page.get("NextShardIterator") if page["Records"] else None
+    return found
+
+
+def test_stream_consumer_turns_an_order_event_into_the_services_prediction(run: ClusterRun) -> None:
+    config = yaml.safe_load((run.work_tree / "bodywork.yaml").read_text())
+    streams = stream_names(config)
+    order_id = f"cluster-{time.time_ns()}"
+    event = {"order_id": order_id, **REQUEST}
+    boto3.client("kinesis").put_record(StreamName=streams["--input-stream"], Data=json.dumps(event).encode(),
+                                       PartitionKey=order_id)
+
+    def prediction() -> List[Dict[str, Any]]:
+        return [r for r in output_records(streams["--output-stream"]) if r.get("order_id") == order_id]
+
+    (found,) = wait_for(f"a prediction for {order_id} on {streams['--output-stream']}", prediction, 120, run)
+    assert run.rest_answer is not None, "the port-forward test did not get the service's answer"
+    assert {k: found[k] for k in run.rest_answer} == run.rest_answer
+    (key,) = model_keys(run.bucket)
+    assert found["artefact_id"] in key
 
 
 def test_documented_get_deployments_lists_the_service(run: ClusterRun) -> None:

@@ -127,7 +127,7 @@ def test_image_has_the_files_the_api_docs_page_serves(runtime_image: str) -> Non
     assert output.split() == ["True"] * len(api_docs.ASSETS)
 
 
-@pytest.mark.parametrize("stage", ["train_model", "serve_model"])
+@pytest.mark.parametrize("stage", ["train_model", "serve_model", "stream_predict"])
 def test_stage_requirements_are_all_satisfied_in_the_image_without_any_index(runtime_image: str, stage: str) -> None:
     """What Bodywork's `pip install` finds in the pod: nothing to install, nothing to fetch."""
     requirements = bodywork_config()["stages"][stage]["requirements"]
