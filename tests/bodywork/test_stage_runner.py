@@ -38,7 +38,7 @@ from bodywork.git import get_git_commit_hash
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
-from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, STREAM
 from pipeline.storage.layout import latest_object
 from tests.bodywork.conftest import BRANCH
 from tests.helpers import TEST_SIGNING_KEY, bucket_with_weeks
@@ -297,7 +297,7 @@ def stream_records(kinesis: Any, stream: str) -> List[Dict[str, Any]]:
     found = []
     for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
         iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType=STREAM.start_positions[0])["ShardIterator"]
         while iterator:
             page = kinesis.get_records(ShardIterator=iterator)
             found += [json.loads(record["Data"]) for record in page["Records"]]
@@ -323,7 +323,11 @@ def stream_run(
     event = {"order_id": "order-1", **PREDICTION_REQUEST, "basket": "kept as it is"}
     with service_stage(bodywork_config, "stream_predict", stage_repo, commit, s3_endpoint,
                        tmp_path_factory.mktemp("stream-pod")) as pod:
-        ready = httpx.get(f"http://{LOCAL.loopback_host}:{pod.port}/ready", timeout=10).status_code
+        # The port opens before the model is loaded; /ready says when the shards are read.
+        deadline, ready = time.monotonic() + 60, 0
+        while ready != 200 and time.monotonic() < deadline:
+            ready = httpx.get(f"http://{LOCAL.loopback_host}:{pod.port}{API.ready_path}", timeout=10).status_code
+            time.sleep(0.2)
         kinesis.put_record(StreamName=input_stream, Data=json.dumps(event).encode(), PartitionKey="order-1")
         deadline, predictions = time.monotonic() + 60, []
         while not predictions and time.monotonic() < deadline:

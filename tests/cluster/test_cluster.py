@@ -18,7 +18,7 @@ import boto3
 import pytest
 import yaml
 
-from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, STREAM
 from pipeline.storage.client import s3_client
 from tests.cluster.conftest import (
     BODYWORK_NAMESPACE, PIPELINE_NAMESPACE, WEEKS_BEFORE_FIRST_DEPLOYMENT, ClusterRun, add_week,
@@ -153,7 +153,7 @@ def output_records(stream: str) -> List[Dict[str, Any]]:
     found = []
     for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
         iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                              ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+                                              ShardIteratorType=STREAM.start_positions[0])["ShardIterator"]
         while iterator:
             page = kinesis.get_records(ShardIterator=iterator, Limit=1000)
             found += [json.loads(record["Data"]) for record in page["Records"]]
