@@ -38,10 +38,10 @@ from bodywork.git import get_git_commit_hash
 
 from pipeline.artefact.model import Model
 from pipeline.model_registry.live_model import get_live_model
-from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, STREAM
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
 from pipeline.storage.layout import latest_object
 from tests.bodywork.conftest import BRANCH
-from tests.helpers import TEST_SIGNING_KEY, bucket_with_weeks
+from tests.helpers import TEST_SIGNING_KEY, bucket_with_weeks, read_stream_json
 
 PREDICTION_REQUEST = {"product_code": "SKU001", "orders_placed": 112}
 # How long the service may take to stop after SIGTERM (serve_model's graceful shutdown
@@ -292,19 +292,6 @@ class StreamRun:
     left_running: bool
 
 
-def stream_records(kinesis: Any, stream: str) -> List[Dict[str, Any]]:
-    """Every record on `stream`, from every shard's start, as JSON."""
-    found = []
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType=STREAM.start_positions[0])["ShardIterator"]
-        while iterator:
-            page = kinesis.get_records(ShardIterator=iterator)
-            found += [json.loads(record["Data"]) for record in page["Records"]]
-            iterator = page.get("NextShardIterator") if page["Records"] else None
-    return found
-
-
 @pytest.fixture(scope="module")
 def stream_run(
     bodywork_config: BodyworkConfig, stage_repo: Path, production_bucket: str, s3_endpoint: str,
@@ -331,7 +318,7 @@ def stream_run(
         kinesis.put_record(StreamName=input_stream, Data=json.dumps(event).encode(), PartitionKey="order-1")
         deadline, predictions = time.monotonic() + 60, []
         while not predictions and time.monotonic() < deadline:
-            predictions = stream_records(kinesis, output_stream)
+            predictions = read_stream_json(kinesis, output_stream)
             time.sleep(0.5)
         stopped = pod.stop()
         yield StreamRun(get_live_model(production_bucket, client=s3_client), event, predictions, ready,

@@ -18,13 +18,13 @@ import boto3
 import pytest
 import yaml
 
-from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL, STREAM
+from pipeline.settings import API, ENVIRONMENT, LAYOUT, LOCAL
 from pipeline.storage.client import s3_client
 from tests.cluster.conftest import (
     BODYWORK_NAMESPACE, PIPELINE_NAMESPACE, WEEKS_BEFORE_FIRST_DEPLOYMENT, ClusterRun, add_week,
     documented_command, documented_secret_commands, signing_key_secret, stream_names,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, read_stream_json
 
 SERVICE = "serve-model"
 REQUEST = {"product_code": "SKU001", "orders_placed": 112}
@@ -147,20 +147,6 @@ def test_prediction_through_kubectl_port_forward_answers_200(run: ClusterRun) ->
     run.rest_answer = body
 
 
-def output_records(stream: str) -> List[Dict[str, Any]]:
-    """Every record on `stream` so far, from every shard's start, as JSON."""
-    kinesis = boto3.client("kinesis")
-    found = []
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                              ShardIteratorType=STREAM.start_positions[0])["ShardIterator"]
-        while iterator:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=1000)
-            found += [json.loads(record["Data"]) for record in page["Records"]]
-            iterator = page.get("NextShardIterator") if page["Records"] else None
-    return found
-
-
 def test_stream_consumer_turns_an_order_event_into_the_services_prediction(run: ClusterRun) -> None:
     config = yaml.safe_load((run.work_tree / "bodywork.yaml").read_text())
     streams = stream_names(config)
@@ -170,7 +156,8 @@ def test_stream_consumer_turns_an_order_event_into_the_services_prediction(run: 
                                        PartitionKey=order_id)
 
     def prediction() -> List[Dict[str, Any]]:
-        return [r for r in output_records(streams["--output-stream"]) if r.get("order_id") == order_id]
+        written = read_stream_json(boto3.client("kinesis"), streams["--output-stream"])
+        return [r for r in written if r.get("order_id") == order_id]
 
     (found,) = wait_for(f"a prediction for {order_id} on {streams['--output-stream']}", prediction, 120, run)
     assert run.rest_answer is not None, "the port-forward test did not get the service's answer"
