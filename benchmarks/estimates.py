@@ -14,15 +14,15 @@ with `build_served_model` (calibration on, the default coverage):
   fold scored by a model trained (with its own 80/20 split, tree and bound) on the other four;
 - the tests' week (seed 4): MAE and dips as above;
 - drifted weeks: week t's model on week t+1 made with every product slower (slopes times 1.1,
-  1.3) and with busier days (orders_placed times 1.5): where the claimed coverage fails.
-
+  1.3) and with busier days (orders_placed times 1.5): where the claimed coverage fails;
 - with --csv PATH, one given week instead (the seed article's 1,000 rows, for one): read as the
   train stage reads a dataset, its MAE and dips as above and its cross-fitted coverage.
 
 Usage, from the repository root:
 
     PYTHONPATH=. python benchmarks/estimates.py --weeks 32 --json benchmarks/results/estimates.json
-    PYTHONPATH=. python benchmarks/estimates.py --csv dataset.csv --json benchmarks/results/estimates_article.json
+    PYTHONPATH=. python benchmarks/estimates.py --csv seed_article_week.csv \\
+        --json benchmarks/results/estimates_article.json
 """
 import argparse
 import json
@@ -97,6 +97,13 @@ def cross_fitted_coverage(frame: pd.DataFrame, seed: int) -> List[float]:
     return shares
 
 
+def report(summary: Dict[str, Any], **details: Any) -> Dict[str, Any]:
+    """Print the summary a line a figure; the result to store, with the command that produced it."""
+    for name, value in summary.items():
+        print(f"{name}: {value}", flush=True)
+    return {"command": "PYTHONPATH=. python " + shlex.join(sys.argv), "summary": summary, **details}
+
+
 def run(weeks: int, seed: int) -> Dict[str, Any]:
     frames = [week.data for week in generate_weeks(weeks + 1, seed=seed)]
     per_week: List[Dict[str, Any]] = []
@@ -146,10 +153,7 @@ def run(weeks: int, seed: int) -> Dict[str, Any]:
         "drifted": {name: float(np.mean([d["coverage"] for d in drifted if d["change"] == name]))
                     for name in sorted({d["change"] for d in drifted})},
     }
-    for name, value in summary.items():
-        print(f"{name}: {value}", flush=True)
-    return {"command": "PYTHONPATH=. python " + shlex.join(sys.argv), "summary": summary,
-            "per_week": per_week, "drifted": drifted}
+    return report(summary, per_week=per_week, drifted=drifted)
 
 
 def run_csv(path: str, seed: int) -> Dict[str, Any]:
@@ -162,9 +166,7 @@ def run_csv(path: str, seed: int) -> Dict[str, Any]:
     summary = {"rows": len(frame), **figures, "cross_fitted_coverage": shares,
                "cross_fitted_coverage_mean": float(np.mean(shares)),
                "cross_fitted_coverage_sd": float(np.std(shares, ddof=1))}
-    for name, value in summary.items():
-        print(f"{name}: {value}", flush=True)
-    return {"command": "PYTHONPATH=. python " + shlex.join(sys.argv), "summary": summary}
+    return report(summary)
 
 
 if __name__ == "__main__":
